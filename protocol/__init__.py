@@ -1,0 +1,38 @@
+"""Lockgate wire protocol: sans-IO framing and codec. See SPEC.md."""
+from .codec import Encoder, decode_frame, encode_frame, frame_to_obj, parse_request, parse_server_frame, unpack_body
+from .connection import NEED_DATA, Connection
+from .errors import FATAL_CODES, ErrorCode, ProtocolError
+from .frames import MAX_REQUEST_ID, Error, Frame, FrameKind, Push, Reply, Request
+from .framing import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME, HEADER_SIZE, MIN_MAX_FRAME, FrameDecoder, frame_bytes
+from .ops import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_PRIORITY,
+    DEFAULT_VISIBILITY_MS,
+    MAX_DELAY_MS,
+    MAX_PRIORITY,
+    MAX_SHARDS,
+    MAX_VISIBILITY_MS,
+    MAX_WAIT_MS,
+    MIN_PRIORITY,
+    MIN_SHARDS,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
+    QUEUE_NAME_MAX,
+    Op,
+    PushName,
+    QueueKind,
+    shard_for_key,
+    valid_queue_name,
+)
+
+__all__ = [
+    "ABSOLUTE_MAX_FRAME", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_MESSAGE",
+    "DEFAULT_PRIORITY", "DEFAULT_VISIBILITY_MS", "FATAL_CODES", "HEADER_SIZE", "MAX_DELAY_MS",
+    "MAX_PRIORITY", "MAX_REQUEST_ID", "MAX_SHARDS", "MAX_VISIBILITY_MS", "MAX_WAIT_MS",
+    "MIN_MAX_FRAME", "MIN_PRIORITY", "MIN_SHARDS", "NEED_DATA", "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS", "QUEUE_NAME_MAX", "Connection", "Encoder", "Error", "ErrorCode", "Frame",
+    "FrameDecoder", "FrameKind", "Op", "ProtocolError", "Push", "PushName", "QueueKind", "Reply",
+    "Request", "decode_frame", "encode_frame", "frame_bytes", "frame_to_obj", "parse_request",
+    "parse_server_frame", "shard_for_key", "unpack_body", "valid_queue_name",
+]

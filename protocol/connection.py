@@ -1,0 +1,79 @@
+"""A sans-IO connection: feed received bytes in, take frames out, turn frames into bytes.
+
+Either side can use it: ``role="server"`` parses requests, ``role="client"`` parses
+replies, errors and pushes. Decoding errors surface as :class:`ProtocolError`; a fatal
+one (framing lost) leaves the connection broken and every later call raises it again.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .codec import Encoder, parse_request, parse_server_frame, unpack_body
+from .errors import ProtocolError
+from .frames import Error, Frame, Push, Reply, Request
+from .framing import DEFAULT_MAX_FRAME, FrameDecoder
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`Connection.next_frame` when no whole frame is buffered.
+NEED_DATA: Any = _NeedData()
+
+
+class Connection:
+    """Buffers bytes and yields frames for one side of a connection."""
+
+    def __init__(self, role: Literal["client", "server"], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.role = role
+        self._decoder = FrameDecoder(max_frame)
+        self._encoder = Encoder()
+        self._broken: ProtocolError | None = None
+
+    @property
+    def max_frame(self) -> int:
+        """Largest frame body this side accepts."""
+        return self._decoder.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._decoder.max_frame = value
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.feed(data)
+
+    def next_frame(self) -> Request | Reply | Error | Push | Any:
+        """The next whole frame, or ``NEED_DATA``."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            body = self._decoder.next_body()
+            if body is None:
+                return NEED_DATA
+            obj = unpack_body(body)
+            if self.role == "server":
+                return parse_request(obj)
+            return parse_server_frame(obj)
+        except ProtocolError as exc:
+            if exc.fatal:
+                self._broken = exc
+            raise
+
+    def frames(self) -> list[Frame]:
+        """All whole frames buffered now (stops at, and raises, the first error)."""
+        out: list[Frame] = []
+        while True:
+            frame = self.next_frame()
+            if frame is NEED_DATA:
+                return out
+            out.append(frame)
+
+    def send(self, frame: Frame) -> bytes:
+        """The wire bytes for ``frame``."""
+        return self._encoder.encode(frame)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._encoder

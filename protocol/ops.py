@@ -1,0 +1,78 @@
+"""Operation names, protocol constants, queue kinds and the shard hash.
+
+Everything here is part of the wire contract in SPEC.md.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+import crc32c
+
+#: The protocol versions this codebase speaks; ``hello`` negotiates the highest common one.
+PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSION = 1
+
+
+class Op(StrEnum):
+    """Request operation names."""
+
+    HELLO = "hello"
+    PING = "ping"
+    QUEUE_CREATE = "queue_create"
+    QUEUE_DELETE = "queue_delete"
+    QUEUE_LIST = "queue_list"
+    QUEUE_STATS = "queue_stats"
+    PUBLISH = "publish"
+    CONSUME = "consume"
+    ACK = "ack"
+    NACK = "nack"
+
+
+class QueueKind(StrEnum):
+    """How a queue orders the ready messages of one shard."""
+
+    FIFO = "fifo"
+    LIFO = "lifo"
+    PRIORITY = "priority"
+
+
+class PushName(StrEnum):
+    """Names of PUSH frames; clients ignore names they do not know."""
+
+    NOTICE = "notice"
+
+
+#: Message priorities: higher is delivered first; FIFO among equal priorities.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 255
+DEFAULT_PRIORITY = 0
+
+#: Queue name rules: 1..200 characters from this set.
+QUEUE_NAME_MAX = 200
+QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+#: Shards per queue.
+MIN_SHARDS = 1
+MAX_SHARDS = 256
+
+#: Defaults a server applies when a request leaves a field out.
+DEFAULT_VISIBILITY_MS = 30_000
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+DEFAULT_MAX_BATCH = 10_000
+#: The longest a consume may wait for messages, and the longest lease/delay.
+MAX_WAIT_MS = 20 * 60 * 1000
+MAX_VISIBILITY_MS = 12 * 60 * 60 * 1000
+MAX_DELAY_MS = 7 * 24 * 60 * 60 * 1000
+
+
+def shard_for_key(key: bytes, shards: int) -> int:
+    """The shard a keyed message goes to: CRC-32C of the key bytes, modulo ``shards``."""
+    return crc32c.crc32c(key) % shards
+
+
+def valid_queue_name(name: object) -> bool:
+    return (
+        type(name) is str
+        and 0 < len(name) <= QUEUE_NAME_MAX
+        and QUEUE_NAME_CHARS.issuperset(name)
+    )
