@@ -64,18 +64,25 @@ class QueueDelete:
 class Publish:
     """Messages join a queue with consecutive ids ``first_id, first_id + 1, ...``.
 
-    Each row is ``[body, key, priority, shard, ready_at_ms]``; ``ready_at_ms`` 0 means
-    ready at once, otherwise the message is delayed until that wall-clock time.
+    Columns run parallel to ``bodies``; a column is None when every message has the
+    default (no key, priority 0, not delayed), which keeps the common record small.
+    A ``ready_at_ms`` of 0 means ready at once; otherwise the message is delayed until
+    that wall-clock time. The shard is not stored: it follows from the key or the id
+    by the documented rule (``Queue.shard_of``).
     """
 
     TYPE: ClassVar[int] = MutationType.PUBLISH
     queue: str
     first_id: int
     now_ms: int
-    rows: list[list[Any]]
+    bodies: list[bytes]
+    keys: list[bytes | None] | None = None
+    priorities: list[int] | None = None
+    ready_at_ms: list[int] | None = None
 
     def fields(self) -> list[Any]:
-        return [self.queue, self.first_id, self.now_ms, self.rows]
+        return [self.queue, self.first_id, self.now_ms, self.bodies,
+                self.keys, self.priorities, self.ready_at_ms]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,45 @@
+"""Broker settings, with the documented defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7878
+DEFAULT_DATA_DIR = "./lockgate-data"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUE_MESSAGES = 10_000_000
+DEFAULT_MAX_QUEUES = 10_000
+#: Consume requests one connection may have waiting at once.
+DEFAULT_MAX_WAITERS = 1024
+#: Largest read from a socket at once; bounds a connection's input buffer with max_frame.
+RECV_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """Everything the broker can be told at start-up."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    fsync: str = "always"
+    fsync_interval_ms: int = 100
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_message: int = DEFAULT_MAX_MESSAGE
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_queues: int = DEFAULT_MAX_QUEUES
+    max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES
+    max_waiters: int = DEFAULT_MAX_WAITERS
+    node_id: str = "lockgate-1"
+
+    def __post_init__(self) -> None:
+        if self.fsync not in ("always", "interval", "never"):
+            raise ValueError("fsync must be always, interval or never")
+        if self.max_message + 4096 > self.max_frame:
+            raise ValueError("max_frame must exceed max_message by at least 4096 bytes")
+        if self.fsync_interval_ms < 1:
+            raise ValueError("fsync_interval_ms must be at least 1")

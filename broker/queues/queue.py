@@ -1,0 +1,293 @@
+"""A queue: its settings, its shards' ready sets, and its timers.
+
+Pure state: no clock, no I/O. Every method that changes state is called from
+``BrokerState``'s appliers with values taken from a mutation record; ``select`` and
+``due`` only read (``due`` also drops stale timer entries, which are indexes, not state).
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from itertools import islice
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import shard_for_key
+
+from .message import DELAYED, DELETED, LEASED, READY, Message
+from .ready import READY_SETS, ReadySet
+
+#: Bytes a delivery adds to a consume reply beyond its body and key (msgpack overhead).
+DELIVERY_OVERHEAD = 32
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """What a queue was created with."""
+
+    name: str
+    kind: str
+    shards: int
+    visibility_ms: int
+    max_attempts: int
+    dead_letter: str | None
+    max_messages: int
+
+
+class Queue:
+    """Messages of one queue across its shards."""
+
+    def __init__(self, settings: QueueSettings) -> None:
+        self.settings = settings
+        self.ready_sets: list[ReadySet] = [READY_SETS[settings.kind]() for _ in range(settings.shards)]
+        self.messages: dict[int, Message] = {}
+        self.next_id = 1
+        self.leased = 0
+        self.delayed = 0
+        # Lifetime counters.
+        self.published = 0
+        self.acked = 0
+        self.nacked = 0
+        self.expired = 0
+        self.dead_lettered = 0
+        self.dropped = 0
+        # Timers: (deadline_ms, seq, ids) per lease batch; (ready_at_ms, id) per delayed message.
+        self._lease_heap: list[tuple[int, int, list[int]]] = []
+        self._delay_heap: list[tuple[int, int]] = []
+        self._lease_seq = 0
+        #: Shard the next consume starts from (a fairness hint, not logged state).
+        self._cursor = 0
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def ready(self) -> int:
+        return sum(r.count for r in self.ready_sets)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def shard_of(self, msg_id: int, key: bytes | None) -> int:
+        """Where a new message goes: by key hash when keyed, else by id (round robin)."""
+        n = self.settings.shards
+        if n == 1:
+            return 0
+        return shard_for_key(key, n) if key is not None else msg_id % n
+
+    def select(self, max_count: int, byte_budget: int) -> list[Message]:
+        """Up to ``max_count`` ready messages to lease, taken round robin across shards,
+        whose bodies and keys fit in ``byte_budget`` (at least one if any is ready).
+        Reads only."""
+        sets = self.ready_sets
+        n = len(sets)
+        if n == 1:
+            return _take_fitting(sets[0].iter_ready(), max_count, byte_budget)
+        else:
+            start = self._cursor
+            self._cursor = (start + 1) % n
+            order = [sets[(start + i) % n] for i in range(n)]
+            sources = [r.iter_ready() for r in order if r.count]
+        chosen: list[Message] = []
+        budget = byte_budget
+        while sources:
+            for source in list(sources):
+                msg = next(source, None)
+                if msg is None:
+                    sources.remove(source)
+                    continue
+                cost = len(msg.body) + (len(msg.key) if msg.key else 0) + DELIVERY_OVERHEAD
+                if cost > budget and chosen:
+                    return chosen
+                budget -= cost
+                chosen.append(msg)
+                if len(chosen) >= max_count:
+                    return chosen
+        return chosen
+
+    def next_deadline(self) -> int | None:
+        """The earliest pending lease or delay deadline (may be stale), or None."""
+        a = self._lease_heap[0][0] if self._lease_heap else None
+        b = self._delay_heap[0][0] if self._delay_heap else None
+        if a is None:
+            return b
+        return a if b is None else min(a, b)
+
+    def due(self, now_ms: int) -> tuple[list[int], list[int]]:
+        """(ids whose lease expired, ids whose delay elapsed) by ``now_ms``.
+
+        Drops the timer entries it returns or finds stale; the caller turns the ids
+        into RELEASE / PROMOTE mutations and applies them at once.
+        """
+        expired: list[int] = []
+        heap = self._lease_heap
+        msgs = self.messages
+        while heap and heap[0][0] <= now_ms:
+            deadline, _, ids = heapq.heappop(heap)
+            for mid in ids:
+                msg = msgs.get(mid)
+                if msg is not None and msg.state == LEASED and msg.deadline == deadline:
+                    expired.append(mid)
+        if expired:
+            # One message can sit in several lease batches with the same deadline.
+            expired = list(dict.fromkeys(expired))
+        promoted: list[int] = []
+        dheap = self._delay_heap
+        while dheap and dheap[0][0] <= now_ms:
+            ready_at, mid = heapq.heappop(dheap)
+            msg = msgs.get(mid)
+            if msg is not None and msg.state == DELAYED and msg.deadline == ready_at:
+                promoted.append(mid)
+        return expired, promoted
+
+    # -- changing (called only from BrokerState appliers) ------------------------------
+
+    def add(
+        self,
+        first_id: int,
+        bodies: list[bytes],
+        keys: list[bytes | None] | None = None,
+        priorities: list[int] | None = None,
+        ready_at_ms: list[int] | None = None,
+    ) -> None:
+        msgs = self.messages
+        sets = self.ready_sets
+        n = len(bodies)
+        if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
+            # The common case: plain messages into a single shard.
+            push = sets[0].push
+            for mid, body in enumerate(bodies, first_id):
+                msg = msgs[mid] = Message(mid, body, None, 0, 0)
+                push(msg)
+        else:
+            for i, body in enumerate(bodies):
+                mid = first_id + i
+                key = keys[i] if keys is not None else None
+                msg = msgs[mid] = Message(
+                    mid, body, key, priorities[i] if priorities is not None else 0,
+                    self.shard_of(mid, key))
+                ready_at = ready_at_ms[i] if ready_at_ms is not None else 0
+                if ready_at:
+                    self._delay(msg, ready_at)
+                else:
+                    sets[msg.shard].push(msg)
+        self.next_id = first_id + n
+        self.published += n
+
+    def lease(self, deadline_ms: int, ids: list[int]) -> None:
+        msgs = self.messages
+        sets = self.ready_sets
+        taken: list[int] = []
+        for mid in ids:
+            msg = msgs.get(mid)
+            if msg is None or msg.state != READY:
+                continue
+            sets[msg.shard].take(msg)
+            msg.state = LEASED
+            msg.attempts += 1
+            msg.deadline = deadline_ms
+            taken.append(mid)
+        self.leased += len(taken)
+        if taken:
+            self._lease_seq += 1
+            heapq.heappush(self._lease_heap, (deadline_ms, self._lease_seq, taken))
+            if len(self._lease_heap) > 2 * self.leased + 1024:
+                self._compact_leases()
+
+    def remove(self, ids: list[int]) -> int:
+        """Delete messages in any state; returns how many existed."""
+        msgs = self.messages
+        n = 0
+        for mid in ids:
+            msg = msgs.pop(mid, None)
+            if msg is not None:
+                self._unlink(msg)
+                n += 1
+        return n
+
+    def release(self, msg: Message, ready_at_ms: int) -> None:
+        """A leased message returns: ready now, or delayed until ``ready_at_ms``."""
+        self.leased -= 1
+        msg.deadline = 0
+        if ready_at_ms:
+            self._delay(msg, ready_at_ms)
+        else:
+            msg.state = READY
+            self.ready_sets[msg.shard].push(msg)
+
+    def promote(self, ids: list[int]) -> None:
+        msgs = self.messages
+        for mid in ids:
+            msg = msgs.get(mid)
+            if msg is None or msg.state != DELAYED:
+                continue
+            self.delayed -= 1
+            msg.state = READY
+            msg.deadline = 0
+            self.ready_sets[msg.shard].push(msg)
+
+    def _delay(self, msg: Message, ready_at_ms: int) -> None:
+        msg.state = DELAYED
+        msg.deadline = ready_at_ms
+        self.delayed += 1
+        heapq.heappush(self._delay_heap, (ready_at_ms, msg.id))
+        if len(self._delay_heap) > 2 * self.delayed + 1024:
+            self._delay_heap = [e for e in self._delay_heap if self._delay_entry_live(e)]
+            heapq.heapify(self._delay_heap)
+
+    def _unlink(self, msg: Message) -> None:
+        state = msg.state
+        msg.state = DELETED
+        if state == READY:
+            self.ready_sets[msg.shard].forget()
+        elif state == LEASED:
+            self.leased -= 1
+        elif state == DELAYED:
+            self.delayed -= 1
+
+    def _delay_entry_live(self, entry: tuple[int, int]) -> bool:
+        msg = self.messages.get(entry[1])
+        return msg is not None and msg.state == DELAYED and msg.deadline == entry[0]
+
+    def _compact_leases(self) -> None:
+        msgs = self.messages
+        kept = []
+        for deadline, seq, ids in self._lease_heap:
+            live = [m for m in ids if (x := msgs.get(m)) is not None and x.state == LEASED and x.deadline == deadline]
+            if live:
+                kept.append((deadline, seq, live))
+        heapq.heapify(kept)
+        self._lease_heap = kept
+
+    def stats(self) -> dict[str, Any]:
+        s = self.settings
+        ready = self.ready
+        return {
+            "queue": s.name, "kind": s.kind, "shards": s.shards,
+            "visibility_ms": s.visibility_ms, "max_attempts": s.max_attempts,
+            "dead_letter": s.dead_letter, "max_messages": s.max_messages,
+            "ready": ready, "leased": self.leased, "delayed": self.delayed,
+            "messages": len(self.messages),
+            "published": self.published, "acked": self.acked, "nacked": self.nacked,
+            "expired": self.expired, "dead_lettered": self.dead_lettered, "dropped": self.dropped,
+        }
+
+
+def _take_fitting(source: "Iterator[Message]", max_count: int, budget: int) -> list[Message]:
+    """The first messages of ``source``, up to ``max_count`` and ``budget`` bytes (at least one)."""
+    chosen = list(islice(source, max_count))
+    total = sum(len(m.body) for m in chosen) + DELIVERY_OVERHEAD * len(chosen)
+    total += sum(len(m.key) for m in chosen if m.key)
+    if total <= budget:
+        return chosen
+    kept: list[Message] = []
+    for msg in chosen:
+        cost = len(msg.body) + (len(msg.key) if msg.key else 0) + DELIVERY_OVERHEAD
+        if cost > budget and kept:
+            break
+        budget -= cost
+        kept.append(msg)
+    return kept

@@ -1,0 +1,279 @@
+"""The trio server: connections, the live path, long-poll waiters and timers.
+
+The live path for every request: decode -> ``commands.dispatch`` (validate, pick
+mutations) -> append each mutation to the WAL -> apply it to the state -> wait until
+the WAL policy covers the last record -> reply. Replies to everything decoded from
+one read go out in one write.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any
+
+import msgpack
+import trio
+
+from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
+
+from .clock import Clock
+from .commands import Context, Outcome, Session, Wait, dispatch
+from .config import RECV_BYTES, BrokerConfig
+from .mutations import Mutation, Recover
+from .state import BrokerState
+from .wal import FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record, replay
+
+log = logging.getLogger("lockgate.server")
+
+#: Mutation types after which a queue may have newly ready messages.
+_WAKES_CONSUMERS = frozenset({"Publish", "Release", "Promote", "QueueDelete"})
+
+
+class Broker:
+    """One broker process: state, WAL and listeners. Run with ``await broker.serve()``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.state = BrokerState()
+        self.addr = ""
+        self.replay_report: Any = None
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._log: SegmentedLog | None = None
+        self._committer: GroupCommitter | None = None
+        self._clock: Clock | None = None
+        self._ready_events: dict[str, trio.Event] = {}
+        self._timer_poke: trio.Event | None = None
+        self._timer_target = math.inf
+
+    @property
+    def wal_dir(self) -> Any:
+        return self.config.data_dir / "wal"
+
+    # -- start and stop ---------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Replay the WAL into the state and open it for appending."""
+        self.replay_report = replay(self.wal_dir, self.state.apply_record)
+        log.info("replayed %s", self.replay_report)
+        self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover, listen, and serve until cancelled; ``task_status`` gets "host:port"."""
+        self._clock = Clock()
+        self.recover()
+        assert self._log is not None
+        self._committer = GroupCommitter(
+            self._log, FsyncPolicy(self.config.fsync), interval_ms=self.config.fsync_interval_ms)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._committer.run)
+                if any(q.leased for q in self.state.queues.values()):
+                    lsn = self._commit([Recover(self._clock.now_ms())])
+                    await self._committer.wait_durable(lsn)
+                listeners = await nursery.start(partial(
+                    trio.serve_tcp, self._handle_connection, self.config.port, host=self.config.host))
+                host, port = listeners[0].socket.getsockname()[:2]
+                self.addr = f"{host}:{port}"
+                nursery.start_soon(self._timer_loop)
+                task_status.started(self.addr)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._committer.aclose()
+                finally:
+                    self._log.close()
+
+    # -- the live path ----------------------------------------------------------------
+
+    def _commit(self, mutations: tuple[Mutation, ...] | list[Mutation]) -> int:
+        """Append each mutation to the WAL, then apply it. Returns the last LSN."""
+        assert self._log is not None
+        lsn = 0
+        for m in mutations:
+            lsn = self._log.append(encode_record(m.TYPE, self._pack(m.fields())))
+            self.state.apply(m)
+        if self._ready_events:
+            for m in mutations:
+                name = getattr(m, "queue", None)
+                if name is not None and type(m).__name__ in _WAKES_CONSUMERS:
+                    event = self._ready_events.pop(name, None)
+                    if event is not None:
+                        event.set()
+        nxt = self.state.next_timer()
+        if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
+            self._timer_poke.set()
+        return lsn
+
+    def _run_due(self) -> int:
+        """Log and apply lease expiries and elapsed delays; returns the last LSN or 0."""
+        assert self._clock is not None
+        nxt = self.state.next_timer()
+        if nxt is None:
+            return 0
+        now = self._clock.now_ms()
+        if nxt > now:
+            return 0
+        mutations = self.state.due(now)
+        return self._commit(mutations) if mutations else 0
+
+    def _context(self) -> Context:
+        assert self._clock is not None
+        return Context(self.state, self.config, self._clock.now_ms(), self.addr)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        session = Session()
+        try:
+            session.peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            pass
+        conn = Connection("server", max_frame=self.config.max_frame)
+        enc = conn.encoder
+        send_lock = trio.Lock()
+        committer = self._committer
+        assert committer is not None
+        try:
+            async with trio.open_nursery() as waiters:
+                while True:
+                    data = await stream.receive_some(RECV_BYTES)
+                    if not data:
+                        break
+                    conn.receive_data(data)
+                    out: list[bytes] = []
+                    durable: list[tuple[int, int]] = []  # (index in out, request id)
+                    last_lsn = self._run_due()
+                    ctx = self._context()
+                    closing = False
+                    while True:
+                        try:
+                            frame = conn.next_frame()
+                            if frame is NEED_DATA:
+                                break
+                            reply, lsn = self._execute(session, frame, ctx, enc)
+                        except ProtocolError as exc:
+                            out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
+                            if exc.fatal:
+                                closing = True
+                                break
+                            continue
+                        except _Hold as hold:
+                            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
+                            continue
+                        if lsn:
+                            last_lsn = lsn
+                            durable.append((len(out), frame.id))
+                        out.append(reply)
+                    if last_lsn:
+                        try:
+                            await committer.wait_durable(last_lsn)
+                        except StorageError as exc:
+                            for index, rid in durable:
+                                out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR,
+                                                       f"not confirmed: {exc}")
+                    if out:
+                        async with send_lock:
+                            await stream.send_all(b"".join(out))
+                    if closing:
+                        break
+                waiters.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _execute(self, session: Session, req: Request, ctx: Context, enc: Encoder) -> tuple[bytes, int]:
+        """Run one request through the registry and the WAL; returns (reply, lsn or 0)."""
+        outcome = self._dispatch(session, req, ctx)
+        if outcome.wait is not None:
+            if session.waiters >= self.config.max_waiters:
+                raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                    f"at most {self.config.max_waiters} waiting consumes per connection",
+                                    request_id=req.id, details={"limit": self.config.max_waiters})
+            raise _Hold(outcome.wait)
+        lsn = self._commit(outcome.mutations) if outcome.mutations else 0
+        return enc.reply(req.id, outcome.result or {}), lsn
+
+    def _dispatch(self, session: Session, req: Request, ctx: Context) -> Outcome:
+        """``commands.dispatch`` with every failure turned into a ProtocolError for ``req``."""
+        try:
+            return dispatch(session, req.op, req.args, ctx)
+        except ProtocolError as exc:
+            exc.request_id = req.id
+            raise
+        except Exception:
+            log.exception("internal error in %s", req.op)
+            raise ProtocolError(ErrorCode.INTERNAL_ERROR, f"internal error in {req.op}",
+                                request_id=req.id) from None
+
+    # -- long-poll consumes -------------------------------------------------------------
+
+    def _start_waiter(self, nursery: trio.Nursery, session: Session, req: Request, wait: Wait,
+                      stream: trio.SocketStream, send_lock: trio.Lock, enc: Encoder) -> None:
+        session.waiters += 1
+        nursery.start_soon(self._wait_consume, session, req, wait, stream, send_lock, enc)
+
+    async def _wait_consume(self, session: Session, req: Request, wait: Wait,
+                            stream: trio.SocketStream, send_lock: trio.Lock, enc: Encoder) -> None:
+        """Answer a held consume once its queue has ready messages or its wait ends."""
+        assert self._committer is not None
+        deadline = trio.current_time() + wait.wait_ms / 1000
+        retry = Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0})
+        try:
+            while True:
+                event = self._ready_events.get(wait.queue)
+                if event is None:
+                    event = self._ready_events[wait.queue] = trio.Event()
+                with trio.move_on_at(deadline):
+                    await event.wait()
+                timed_out = trio.current_time() >= deadline
+                lsn = self._run_due()
+                try:
+                    outcome = self._dispatch(session, retry, self._context())
+                except ProtocolError as exc:
+                    reply = enc.error(req.id, exc.code, exc.message, exc.details)
+                else:
+                    if not outcome.mutations and not timed_out:
+                        continue  # woken, but another consumer took the messages
+                    if outcome.mutations:
+                        lsn = self._commit(outcome.mutations)
+                    reply = enc.reply(req.id, outcome.result or {})
+                if lsn:
+                    try:
+                        await self._committer.wait_durable(lsn)
+                    except StorageError as exc:
+                        reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+                async with send_lock:
+                    await stream.send_all(reply)
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            session.waiters -= 1
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        """Wake at the next lease or delay deadline and log what fell due."""
+        assert self._clock is not None and self._committer is not None
+        while True:
+            self._timer_poke = trio.Event()
+            nxt = self.state.next_timer()
+            self._timer_target = math.inf if nxt is None else nxt
+            if nxt is None:
+                await self._timer_poke.wait()
+            else:
+                with trio.move_on_at(self._clock.trio_time(nxt)):
+                    await self._timer_poke.wait()
+            lsn = self._run_due()
+            if lsn:
+                try:
+                    await self._committer.wait_durable(lsn)
+                except StorageError:
+                    log.exception("could not log lease expiries")
+
+
+class _Hold(Exception):
+    """Raised inside the live path when a consume must wait for messages."""
+
+    def __init__(self, wait: Wait) -> None:
+        self.wait = wait

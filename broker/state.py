@@ -1,0 +1,190 @@
+"""The broker's queue state and the one function that changes it.
+
+Rules:
+1. ``apply`` (for mutation objects) and ``apply_record`` (for WAL records) both end in
+   the same applier; nothing else writes queue state.
+2. Appliers are deterministic: they read only the record's fields and the state.
+   Applying the same records to an empty state always gives the same state.
+3. Appliers are total: ids that are gone or in another state are skipped, so a record
+   never fails to apply.
+4. ``due(now)`` and ``Queue.select`` only read; they tell the live path which
+   mutations to log next.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .mutations import (
+    Mutation,
+    MutationType,
+    Promote,
+    Release,
+)
+from .queues import LEASED, Message, Queue, QueueSettings
+
+
+class BrokerState:
+    """All queues, and timers across them."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, Queue] = {}
+        #: (deadline_ms, queue name): when some queue next needs ``due``.
+        self._timers: list[tuple[int, str]] = []
+        self._timer_at: dict[str, int] = {}
+        self._appliers: dict[int, Callable[..., None]] = {
+            MutationType.QUEUE_CREATE: self._queue_create,
+            MutationType.QUEUE_DELETE: self._queue_delete,
+            MutationType.PUBLISH: self._publish,
+            MutationType.LEASE: self._lease,
+            MutationType.ACK: self._ack,
+            MutationType.RELEASE: self._release,
+            MutationType.PROMOTE: self._promote,
+            MutationType.RECOVER: self._recover,
+        }
+
+    # -- the one way in -------------------------------------------------------------
+
+    def apply(self, mutation: Mutation) -> None:
+        self._appliers[mutation.TYPE](*mutation.fields())
+
+    def apply_record(self, rtype: int, payload: bytes) -> None:
+        """Apply a WAL record (type byte and msgpack payload)."""
+        self._appliers[rtype](*msgpack.unpackb(payload, raw=False))
+
+    # -- timers ---------------------------------------------------------------------
+
+    def next_timer(self) -> int | None:
+        """Earliest time (ms) at which ``due`` may have work; None when no timers."""
+        return self._timers[0][0] if self._timers else None
+
+    def due(self, now_ms: int) -> list[Mutation]:
+        """The RELEASE / PROMOTE mutations that lease expiries and elapsed delays call for."""
+        out: list[Mutation] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            at, name = heapq.heappop(timers)
+            if self._timer_at.get(name) != at:
+                continue
+            del self._timer_at[name]
+            queue = self.queues[name]
+            expired, promoted = queue.due(now_ms)
+            if expired:
+                out.append(Release(name, expired, 0, True, now_ms))
+            if promoted:
+                out.append(Promote(name, promoted))
+            nxt = queue.next_deadline()
+            if nxt is not None:
+                self._schedule(name, nxt)
+        return out
+
+    def _schedule(self, name: str, at_ms: int) -> None:
+        current = self._timer_at.get(name)
+        if current is None or at_ms < current:
+            self._timer_at[name] = at_ms
+            heapq.heappush(self._timers, (at_ms, name))
+
+    # -- appliers -------------------------------------------------------------------
+
+    def _queue_create(
+        self, name: str, kind: str, shards: int, visibility_ms: int,
+        max_attempts: int, dead_letter: str | None, max_messages: int,
+    ) -> None:
+        if name not in self.queues:
+            self.queues[name] = Queue(QueueSettings(
+                name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages))
+
+    def _queue_delete(self, name: str) -> None:
+        queue = self.queues.pop(name, None)
+        self._timer_at.pop(name, None)
+        if queue is not None:
+            queue.remove(list(queue.messages))
+
+    def _publish(
+        self, name: str, first_id: int, now_ms: int, bodies: list[bytes],
+        keys: list[bytes | None] | None, priorities: list[int] | None,
+        ready_at_ms: list[int] | None,
+    ) -> None:
+        queue = self.queues[name]
+        queue.add(first_id, bodies, keys, priorities, ready_at_ms)
+        if queue.delayed:
+            nxt = queue.next_deadline()
+            if nxt is not None:
+                self._schedule(name, nxt)
+
+    def _lease(self, name: str, deadline_ms: int, ids: list[int]) -> None:
+        self.queues[name].lease(deadline_ms, ids)
+        self._schedule(name, deadline_ms)
+
+    def _ack(self, name: str, ids: list[int]) -> None:
+        queue = self.queues[name]
+        queue.acked += queue.remove(ids)
+
+    def _release(
+        self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int
+    ) -> None:
+        queue = self.queues[name]
+        max_attempts = queue.settings.max_attempts
+        dead: list[Message] = []
+        msgs = queue.messages
+        for mid in dict.fromkeys(ids):
+            msg = msgs.get(mid)
+            if msg is None or msg.state != LEASED:
+                continue
+            if expired:
+                queue.expired += 1
+            else:
+                queue.nacked += 1
+            if max_attempts and msg.attempts >= max_attempts:
+                dead.append(msg)
+            else:
+                queue.release(msg, ready_at_ms)
+        if dead:
+            self._dead_letter(queue, dead, now_ms)
+        if ready_at_ms:
+            self._schedule(name, ready_at_ms)
+
+    def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int) -> None:
+        """Move messages that ran out of attempts to the dead-letter queue, or drop them."""
+        queue.remove([m.id for m in msgs])
+        target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
+        if target is None:
+            queue.dropped += len(msgs)
+            return
+        target.add(
+            target.next_id,
+            [m.body for m in msgs],
+            [m.key for m in msgs],
+            [m.priority for m in msgs],
+        )
+        queue.dead_lettered += len(msgs)
+
+    def _promote(self, name: str, ids: list[int]) -> None:
+        self.queues[name].promote(ids)
+
+    def _recover(self, now_ms: int) -> None:
+        for name, queue in list(self.queues.items()):
+            if queue.leased:
+                leased = [m.id for m in queue.messages.values() if m.state == LEASED]
+                self._release(name, leased, 0, True, now_ms)
+
+    # -- reading --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain, comparable picture of all queue contents (for tests and tools)."""
+        out: dict[str, Any] = {}
+        for name, q in sorted(self.queues.items()):
+            out[name] = {
+                "settings": q.settings,
+                "next_id": q.next_id,
+                "stats": q.stats(),
+                "ready": [[m.id for m in r.iter_ready()] for r in q.ready_sets],
+                "messages": sorted(
+                    (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline)
+                    for m in q.messages.values()
+                ),
+            }
+        return out

@@ -1,0 +1,70 @@
+"""Lockgate client SDK.
+
+- :class:`Client` (async, trio): ``async with Client.connect("host:port") as client``.
+- :class:`SyncClient` (blocking socket): ``with SyncClient("host:port") as client``.
+- :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
+- :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
+
+The async names are imported lazily, so blocking users do not pay for importing trio.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConnectionClosed,
+    FrameTooLarge,
+    HandshakeRequired,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    LockgateError,
+    MalformedFrame,
+    MalformedRequest,
+    MessageTooLarge,
+    QueueExists,
+    QueueFull,
+    QueueNotFound,
+    ShuttingDown,
+    StorageError,
+    UnknownOp,
+    UnsupportedVersion,
+    WrongNode,
+    error_from_frame,
+)
+from .sync import SyncClient
+from .types import (
+    AckResult,
+    Delivery,
+    Message,
+    NackResult,
+    PublishResult,
+    QueueStats,
+    ServerInfo,
+    ShardRoute,
+    parse_addr,
+)
+
+if TYPE_CHECKING:
+    from .api import Client
+    from .connection import Connection, open_connection
+
+_LAZY = {"Client": ".api", "Connection": ".connection", "open_connection": ".connection"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AckResult", "Client", "Connection", "ConnectionClosed", "Delivery", "FrameTooLarge",
+    "HandshakeRequired", "InternalError", "InvalidArgument", "LimitExceeded", "LockgateError",
+    "MalformedFrame", "MalformedRequest", "Message", "MessageTooLarge", "NackResult",
+    "PublishResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats", "ServerInfo",
+    "ShardRoute", "ShuttingDown", "StorageError", "SyncClient", "UnknownOp", "UnsupportedVersion",
+    "WrongNode", "error_from_frame", "open_connection", "parse_addr",
+]

@@ -1,0 +1,399 @@
+"""A blocking client for scripts and tools: a plain socket, no trio.
+
+    with SyncClient("127.0.0.1:7878") as client:
+        client.publish("jobs", b"hello")
+        for d in client.consume("jobs", max=10):
+            ...
+
+The methods mirror :class:`client.api.Client`. Pipelining is explicit: ``submit(op,
+args)`` sends a request at once and returns its id; ``result(id)`` reads frames until
+that reply arrives, buffering replies to other submitted ids, so results can be taken in
+any order. ``request_many`` and ``publish_many`` pipeline through a bounded window.
+While a send cannot proceed the client keeps reading, so a server that is waiting for
+its replies to be read never deadlocks with it.
+
+Timeouts: every blocking step gives up after ``timeout`` seconds (default 30; ``None``
+waits forever) with ``TimeoutError``. A timed-out ``result`` leaves the connection
+usable and the request pending (call ``result`` again); a timed-out send closes the
+connection, since part of a frame may have gone out. ``consume`` adds its ``wait_ms``
+to the timeout. A ``SyncClient`` is not thread-safe.
+"""
+from __future__ import annotations
+
+import selectors
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from time import monotonic
+from types import EllipsisType, TracebackType
+from typing import Any
+
+from protocol import (
+    DEFAULT_MAX_FRAME,
+    FATAL_CODES,
+    HEADER_SIZE,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Op,
+    ProtocolError,
+    Push,
+    Reply,
+)
+from protocol import Connection as ProtocolConnection
+from protocol import Error as ErrorFrame
+
+from . import types as t
+from .errors import ConnectionClosed, FrameTooLarge, LockgateError, UnsupportedVersion, error_from_frame
+from .types import AckResult, Bytes, Delivery, Message, NackResult, PublishResult, QueueStats, ServerInfo
+
+#: Default seconds a blocking step may take.
+DEFAULT_TIMEOUT = 30.0
+#: Default number of requests ``request_many`` keeps in flight.
+DEFAULT_WINDOW = 256
+#: Room left for the request envelope when ``publish_many`` packs a frame.
+_FRAME_SLACK = 4096
+_RECEIVE_BYTES = 256 * 1024
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class SyncClient:
+    """A blocking, pipelining connection with typed methods. Use it as a context manager."""
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int] | None = None,
+        port: int | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_frame: int | None = None,
+        client_name: str = "lockgate-py-sync/0.1.0",
+        on_push: Callable[[Push], None] | None = None,
+    ) -> None:
+        """Connect and handshake. ``addr`` is as for :func:`client.types.parse_addr`;
+        ``max_frame`` (largest frame this client accepts) defaults to the server's own.
+        Raises ``OSError`` when the broker cannot be reached."""
+        host, port_ = t.parse_addr(addr, port)
+        self.timeout = timeout
+        self.on_push = on_push
+        #: PUSH frames received while no ``on_push`` was set.
+        self.unhandled_pushes = 0
+        self._proto = ProtocolConnection("client", max_frame or DEFAULT_MAX_FRAME)
+        self._encode = self._proto.encoder.request
+        self._next_id = 1
+        self._waiting: set[int] = set()
+        self._done: dict[int, Reply | ErrorFrame] = {}
+        self._closed_reason: str | None = None
+        self._server_error: LockgateError | None = None
+        self._server_max_frame = DEFAULT_MAX_FRAME
+        self._sock = socket.create_connection((host, port_), timeout=timeout)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock.setblocking(False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._sock, _READ)
+            self._events = _READ
+            result = self.request(Op.HELLO.value, t.hello_args(max_frame, client_name))
+            if result.get("version") != PROTOCOL_VERSION:
+                raise UnsupportedVersion(f"server chose protocol version {result.get('version')!r}")
+        except BaseException:
+            self.close()
+            raise
+        #: The server's ``hello`` reply.
+        self.server_info = ServerInfo.from_wire(result)
+        self._server_max_frame = self.server_info.max_frame
+        if max_frame is None:
+            self._proto.max_frame = self.server_info.max_frame
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    def close(self) -> None:
+        """Close the connection; results not yet received raise :class:`ConnectionClosed`."""
+        self._lose("connection closed by the client")
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _lose(self, reason: str) -> ConnectionClosed:
+        """Close for ``reason`` (the first reason sticks); returns the error to raise."""
+        if self._closed_reason is None:
+            if self._server_error is not None:
+                reason = f"{reason} after {self._server_error}"
+            self._closed_reason = reason
+            if hasattr(self, "_selector"):
+                self._selector.close()
+            self._sock.close()
+        return self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        exc = ConnectionClosed(self._closed_reason or "connection closed")
+        exc.__cause__ = self._server_error
+        return exc
+
+    # --- pipelining ----------------------------------------------------------------
+
+    def submit(self, op: str, args: dict[str, Any]) -> int:
+        """Send a request now; returns its id for :meth:`result`."""
+        if self._closed_reason is not None:
+            raise self._closed_error()
+        rid = self._next_id
+        self._next_id = rid + 1
+        data = self._encode(rid, op, args)
+        if len(data) - HEADER_SIZE > self._server_max_frame:
+            raise FrameTooLarge(
+                f"request of {len(data) - HEADER_SIZE} bytes exceeds the server's max_frame "
+                f"of {self._server_max_frame} bytes",
+                {"limit": self._server_max_frame, "length": len(data) - HEADER_SIZE},
+            )
+        self._waiting.add(rid)
+        self._send(data)
+        return rid
+
+    def result(self, request_id: int, timeout: float | None | EllipsisType = ...) -> dict[str, Any]:
+        """Block until request ``request_id`` is answered; returns its result map or raises
+        its typed error. ``timeout`` defaults to the client's."""
+        frame = self._done.pop(request_id, None)
+        if frame is None:
+            if request_id not in self._waiting:
+                raise KeyError(f"request {request_id} is not pending")
+            deadline = self._deadline(self.timeout if isinstance(timeout, EllipsisType) else timeout)
+            while (frame := self._done.pop(request_id, None)) is None:
+                if self._closed_reason is not None:
+                    self._waiting.discard(request_id)
+                    raise self._closed_error()
+                while not self._read_available():
+                    self._wait(_READ, deadline)
+        if type(frame) is Reply:
+            return frame.result
+        raise error_from_frame(frame)  # type: ignore[arg-type]
+
+    def request(
+        self, op: str, args: dict[str, Any], timeout: float | None | EllipsisType = ...
+    ) -> dict[str, Any]:
+        """Send one request and wait for its result (``submit`` + ``result``)."""
+        return self.result(self.submit(op, args), timeout)
+
+    def request_many(
+        self, calls: Iterable[tuple[str, dict[str, Any]]], *, window: int = DEFAULT_WINDOW
+    ) -> list[dict[str, Any] | LockgateError]:
+        """Run ``(op, args)`` calls pipelined, at most ``window`` in flight.
+
+        Returns one entry per call, in order: its result map, or the typed error it
+        failed with (other calls are unaffected). A lost connection still raises.
+        """
+        out: list[dict[str, Any] | LockgateError] = []
+        in_flight: deque[int] = deque()
+        for op, args in calls:
+            if len(in_flight) >= window:
+                out.append(self._outcome(in_flight.popleft()))
+            in_flight.append(self.submit(op, args))
+        while in_flight:
+            out.append(self._outcome(in_flight.popleft()))
+        return out
+
+    def _outcome(self, rid: int) -> dict[str, Any] | LockgateError:
+        try:
+            return self.result(rid)
+        except ConnectionClosed:
+            raise
+        except LockgateError as exc:
+            return exc
+
+    # --- I/O -----------------------------------------------------------------------
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        return None if timeout is None else monotonic() + timeout
+
+    def _wait(self, events: int, deadline: float | None) -> int:
+        if events != self._events:
+            self._selector.modify(self._sock, events)
+            self._events = events
+        remaining = None if deadline is None else max(0.0, deadline - monotonic())
+        ready = self._selector.select(remaining)
+        if not ready:
+            raise TimeoutError("timed out waiting for the broker")
+        return ready[0][1]
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = self._deadline(self.timeout)
+        sock = self._sock
+        while True:
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._lose(f"connection lost while sending: {exc}") from exc
+            if not view:
+                return
+            try:
+                ready = self._wait(_READ | _WRITE, deadline)
+            except TimeoutError:
+                self._lose("timed out while sending")
+                raise
+            if ready & _READ:
+                self._read_available()
+
+    def _read_available(self) -> bool:
+        """Read and dispatch whatever has arrived, without blocking; False if nothing had."""
+        try:
+            data = self._sock.recv(_RECEIVE_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise self._lose(f"connection lost: {exc}") from exc
+        if not data:
+            raise self._lose("connection closed by the server")
+        proto = self._proto
+        proto.receive_data(data)
+        try:
+            while (frame := proto.next_frame()) is not NEED_DATA:
+                self._dispatch(frame)
+        except ProtocolError as exc:
+            raise self._lose(f"unreadable data from the server: {exc.code.name}: {exc.message}") from exc
+        return True
+
+    def _dispatch(self, frame: Any) -> None:
+        if type(frame) is Push:
+            if self.on_push is not None:
+                self.on_push(frame)
+            else:
+                self.unhandled_pushes += 1
+        elif frame.id in self._waiting:
+            self._waiting.discard(frame.id)
+            self._done[frame.id] = frame
+        elif frame.id is None and frame.code in FATAL_CODES:
+            self._server_error = error_from_frame(frame)
+
+    # --- operations ----------------------------------------------------------------
+
+    def ping(self) -> int:
+        """Round-trip to the server; returns its wall clock in ms since the epoch."""
+        return self.request(Op.PING.value, {})["now_ms"]
+
+    def create_queue(
+        self,
+        name: str,
+        kind: str = "fifo",
+        shards: int = 1,
+        visibility_ms: int | None = None,
+        max_attempts: int | None = None,
+        dead_letter: str | None = None,
+        max_messages: int | None = None,
+    ) -> bool:
+        """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings."""
+        args = t.create_queue_args(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages)
+        return self.request(Op.QUEUE_CREATE.value, args)["created"]
+
+    def delete_queue(self, name: str) -> int:
+        """Delete a queue; returns how many messages were dropped with it."""
+        return self.request(Op.QUEUE_DELETE.value, {"queue": name})["messages"]
+
+    def list_queues(self) -> list[QueueStats]:
+        """Stats of every queue, sorted by name."""
+        return t.queue_list(self.request(Op.QUEUE_LIST.value, {}))
+
+    def queue_stats(self, name: str) -> QueueStats:
+        """Settings and counters of one queue."""
+        return QueueStats.from_wire(self.request(Op.QUEUE_STATS.value, {"queue": name}))
+
+    def publish(
+        self,
+        queue: str,
+        body: Bytes,
+        *,
+        key: Bytes | None = None,
+        priority: int | None = None,
+        delay_ms: int | None = None,
+    ) -> int:
+        """Publish one message; returns its id."""
+        entry = t.message_entry(body, key, priority, delay_ms)
+        return self.request(Op.PUBLISH.value, {"queue": queue, "messages": [entry]})["first_id"]
+
+    def publish_batch(self, queue: str, messages: Iterable[Bytes | Message]) -> PublishResult:
+        """Publish many messages atomically in one request (at most ``server_info.max_batch``)."""
+        entries = t.message_entries(messages)
+        return t.publish_result(self.request(Op.PUBLISH.value, {"queue": queue, "messages": entries}))
+
+    def publish_many(
+        self,
+        queue: str,
+        messages: Iterable[Bytes | Message],
+        *,
+        batch_size: int | None = None,
+        window: int = 1,
+    ) -> list[PublishResult]:
+        """Publish any number of messages as batches; returns one result per batch.
+
+        Batches hold at most ``batch_size`` (default ``server_info.max_batch``) messages
+        and fit the server's frame limit. With ``window`` > 1 that many batches are in
+        flight at once, and the server may apply them in any order. Each batch is atomic,
+        the whole is not: after a failed batch no new batch is sent, the batches already
+        sent stay published, and the first error is raised.
+        """
+        limit = batch_size or self.server_info.max_batch
+        budget = self._server_max_frame - _FRAME_SLACK
+
+        def batches() -> Iterable[tuple[str, dict[str, Any]]]:
+            batch: list[list[Any]] = []
+            size = 0
+            for entry in t.message_entries(messages):
+                key = entry[1] if len(entry) > 1 else None
+                n = len(entry[0]) + (0 if key is None else len(key)) + 24  # + msgpack overhead
+                if batch and (len(batch) >= limit or size + n > budget):
+                    yield Op.PUBLISH.value, {"queue": queue, "messages": batch}
+                    batch, size = [], 0
+                batch.append(entry)
+                size += n
+            if batch:
+                yield Op.PUBLISH.value, {"queue": queue, "messages": batch}
+
+        out: list[PublishResult] = []
+        error: LockgateError | None = None
+        in_flight: deque[int] = deque()
+
+        def settle(rid: int) -> None:
+            nonlocal error
+            outcome = self._outcome(rid)
+            if isinstance(outcome, LockgateError):
+                error = error or outcome
+            else:
+                out.append(t.publish_result(outcome))
+
+        for op, args in batches():
+            if len(in_flight) >= window:
+                settle(in_flight.popleft())
+            if error is not None:
+                break
+            in_flight.append(self.submit(op, args))
+        while in_flight:
+            settle(in_flight.popleft())
+        if error is not None:
+            raise error
+        return out
+
+    def consume(
+        self, queue: str, max: int = 1, *, visibility_ms: int | None = None, wait_ms: int = 0
+    ) -> list[Delivery]:
+        """Lease up to ``max`` messages, waiting up to ``wait_ms`` for some to arrive."""
+        timeout = None if self.timeout is None else self.timeout + wait_ms / 1000
+        rid = self.submit(Op.CONSUME.value, t.consume_args(queue, max, visibility_ms, wait_ms))
+        return t.deliveries(self.result(rid, timeout))
+
+    def ack(self, queue: str, ids: Iterable[int]) -> AckResult:
+        """Delete delivered messages by id."""
+        return t.ack_result(self.request(Op.ACK.value, t.ack_args(queue, ids)))
+
+    def nack(self, queue: str, ids: Iterable[int], *, delay_ms: int = 0) -> NackResult:
+        """Return leased messages to the queue (ready again after ``delay_ms``)."""
+        return t.nack_result(self.request(Op.NACK.value, t.nack_args(queue, ids, delay_ms)))

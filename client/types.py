@@ -1,0 +1,286 @@
+"""Values the client API takes and returns, and how they map to wire maps.
+
+Both the async :class:`client.api.Client` and the blocking :class:`client.sync.SyncClient`
+build request arguments and read results through the helpers here, so the two stay in
+step and the shaping can be tested without a server. Optional arguments left as ``None``
+are omitted from the request, so the server applies its documented default.
+
+Bodies and keys are bytes on the wire. Wherever the API takes one, a ``str`` is accepted
+too and sent as its UTF-8 encoding; ``bytearray`` and ``memoryview`` are sent as is.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import PROTOCOL_VERSIONS
+
+#: Address used when none is given and ``LOCKGATE_ADDR`` is unset.
+DEFAULT_ADDR = "127.0.0.1:7878"
+#: Environment variable that overrides :data:`DEFAULT_ADDR`.
+ADDR_ENV = "LOCKGATE_ADDR"
+
+#: What the API accepts as a body or key.
+Bytes = bytes | bytearray | memoryview | str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to publish; ``None`` fields take the server default.
+
+    ``priority`` is 0..255 (higher first, only meaningful on priority queues);
+    ``delay_ms`` keeps the message invisible for that long after it is published.
+    """
+
+    body: Bytes
+    key: Bytes | None = None
+    priority: int | None = None
+    delay_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A leased message returned by ``consume``; ack or nack it by ``id``."""
+
+    id: int
+    body: bytes
+    attempt: int
+    key: bytes | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Messages of one publish got the ids ``first_id .. first_id + count - 1``."""
+
+    first_id: int
+    count: int
+
+    @property
+    def ids(self) -> range:
+        return range(self.first_id, self.first_id + self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """``acked`` messages were deleted; ``missing`` ids were not found."""
+
+    acked: int
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NackResult:
+    """``released`` messages are ready again; ``missing`` ids were not found or not leased."""
+
+    released: int
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRoute:
+    """Where the shards of ``queue`` (``"*"``: every queue) live."""
+
+    queue: str
+    node: str
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the server announced in its ``hello`` reply."""
+
+    version: int
+    #: Largest frame body the server accepts (requests are checked against it locally).
+    max_frame: int
+    max_message: int
+    max_batch: int
+    server: str
+    node: str
+    shards: tuple[ShardRoute, ...]
+
+    @classmethod
+    def from_wire(cls, result: dict[str, Any]) -> ServerInfo:
+        return cls(
+            version=result["version"],
+            max_frame=result["max_frame"],
+            max_message=result["max_message"],
+            max_batch=result["max_batch"],
+            server=result["server"],
+            node=result["node"],
+            shards=tuple(
+                ShardRoute(queue=s["queue"], node=s["node"], addr=s["addr"])
+                for s in result.get("shards", ())
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A queue's settings and counters (``messages`` = ``ready + leased + delayed``)."""
+
+    name: str
+    kind: str
+    shards: int
+    visibility_ms: int
+    max_attempts: int
+    dead_letter: str | None
+    max_messages: int
+    ready: int
+    leased: int
+    delayed: int
+    messages: int
+    published: int
+    acked: int
+    nacked: int
+    expired: int
+    dead_lettered: int
+    dropped: int
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> QueueStats:
+        return cls(
+            name=m["queue"], kind=m["kind"], shards=m["shards"],
+            visibility_ms=m["visibility_ms"], max_attempts=m["max_attempts"],
+            dead_letter=m["dead_letter"], max_messages=m["max_messages"],
+            ready=m["ready"], leased=m["leased"], delayed=m["delayed"],
+            messages=m["messages"], published=m["published"], acked=m["acked"],
+            nacked=m["nacked"], expired=m["expired"],
+            dead_lettered=m["dead_lettered"], dropped=m["dropped"],
+        )
+
+
+# --- addresses ---------------------------------------------------------------------
+
+
+def parse_addr(addr: str | tuple[str, int] | None = None, port: int | None = None) -> tuple[str, int]:
+    """Normalise ``"host:port"``, ``"[v6]:port"``, ``(host, port)`` or ``host`` + ``port``.
+
+    With neither, the address comes from ``$LOCKGATE_ADDR``, else :data:`DEFAULT_ADDR`.
+    Raises ``ValueError`` for anything else.
+    """
+    if isinstance(addr, tuple):
+        host, port = addr
+        return str(host), int(port)
+    if addr is None:
+        if port is not None:
+            return "127.0.0.1", int(port)
+        addr = os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+    if port is not None:
+        return addr, int(port)
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"address must look like host:port, got {addr!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+# --- request arguments ---------------------------------------------------------------
+
+
+def as_bytes(value: Bytes) -> bytes | bytearray | memoryview:
+    """A body or key as bytes (``str`` is UTF-8 encoded)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return value
+    raise TypeError(f"expected bytes or str, got {type(value).__name__}")
+
+
+def message_entry(
+    body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None
+) -> list[Any]:
+    """The wire entry ``[body, key?, priority?, delay_ms?]`` with trailing ``None`` dropped."""
+    if delay_ms is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms]
+    if priority is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority]
+    if key is not None:
+        return [as_bytes(body), as_bytes(key)]
+    return [as_bytes(body)]
+
+
+def message_entries(messages: Iterable[Bytes | Message]) -> list[list[Any]]:
+    """Wire entries for ``publish``: each item is a body or a :class:`Message`."""
+    return [
+        message_entry(m.body, m.key, m.priority, m.delay_ms) if isinstance(m, Message) else [as_bytes(m)]
+        for m in messages
+    ]
+
+
+def hello_args(max_frame: int | None = None, client_name: str = "") -> dict[str, Any]:
+    """``hello`` arguments; without ``max_frame`` the server's own limit applies to us too."""
+    args: dict[str, Any] = {"versions": list(PROTOCOL_VERSIONS), "client": client_name}
+    if max_frame is not None:
+        args["max_frame"] = max_frame
+    return args
+
+
+def create_queue_args(
+    name: str,
+    kind: str = "fifo",
+    shards: int = 1,
+    visibility_ms: int | None = None,
+    max_attempts: int | None = None,
+    dead_letter: str | None = None,
+    max_messages: int | None = None,
+) -> dict[str, Any]:
+    args: dict[str, Any] = {"queue": name, "kind": str(kind), "shards": shards}
+    if visibility_ms is not None:
+        args["visibility_ms"] = visibility_ms
+    if max_attempts is not None:
+        args["max_attempts"] = max_attempts
+    if dead_letter is not None:
+        args["dead_letter"] = dead_letter
+    if max_messages is not None:
+        args["max_messages"] = max_messages
+    return args
+
+
+def consume_args(queue: str, max: int = 1, visibility_ms: int | None = None, wait_ms: int = 0) -> dict[str, Any]:
+    args: dict[str, Any] = {"queue": queue, "max": max}
+    if visibility_ms is not None:
+        args["visibility_ms"] = visibility_ms
+    if wait_ms:
+        args["wait_ms"] = wait_ms
+    return args
+
+
+def ack_args(queue: str, ids: Iterable[int]) -> dict[str, Any]:
+    return {"queue": queue, "ids": list(ids)}
+
+
+def nack_args(queue: str, ids: Iterable[int], delay_ms: int = 0) -> dict[str, Any]:
+    args: dict[str, Any] = {"queue": queue, "ids": list(ids)}
+    if delay_ms:
+        args["delay_ms"] = delay_ms
+    return args
+
+
+# --- results -------------------------------------------------------------------------
+
+
+def deliveries(result: dict[str, Any]) -> list[Delivery]:
+    """The messages of a ``consume`` reply."""
+    return [Delivery(m[0], m[1], m[2], m[3], m[4]) for m in result["messages"]]
+
+
+def ack_result(result: dict[str, Any]) -> AckResult:
+    return AckResult(result["acked"], tuple(result["missing"]))
+
+
+def nack_result(result: dict[str, Any]) -> NackResult:
+    return NackResult(result["released"], tuple(result["missing"]))
+
+
+def publish_result(result: dict[str, Any]) -> PublishResult:
+    return PublishResult(result["first_id"], result["count"])
+
+
+def queue_list(result: dict[str, Any]) -> list[QueueStats]:
+    return [QueueStats.from_wire(m) for m in result["queues"]]

@@ -1,0 +1,260 @@
+"""GroupCommitter: group commit under ALWAYS, timed syncs under INTERVAL, failures."""
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from broker.wal.commit import FsyncPolicy, GroupCommitter, StorageError
+from broker.wal.fileio import BytesLike, FileIO
+from broker.wal.log import SegmentedLog
+from broker.wal.record import encode_record
+from broker.wal.replay import replay
+
+
+class CountingIO(FileIO):
+    """Real calls, counted; ``fail`` names calls that raise instead."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail: set[str] = set()
+
+    def _hit(self, name: str) -> None:
+        self.calls[name] += 1
+        if name in self.fail:
+            raise OSError(errno.EIO, f"injected {name} failure")
+
+    def write(self, fd: int, data: BytesLike) -> int:
+        self._hit("write")
+        return super().write(fd, data)
+
+    def fdatasync(self, fd: int) -> None:
+        self._hit("fdatasync")
+        super().fdatasync(fd)
+
+
+REC = encode_record(3, b"x" * 40)
+
+
+def open_log(tmp_path: Path) -> tuple[SegmentedLog, CountingIO]:
+    io = CountingIO()
+    log = SegmentedLog.open(tmp_path, io=io)
+    io.calls.clear()
+    return log, io
+
+
+def count_records(path: Path) -> int:
+    n = 0
+
+    def apply(t: int, p: bytes) -> None:
+        nonlocal n
+        n += 1
+
+    replay(path, apply)
+    return n
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+async def test_many_waiters_share_few_fsyncs(tmp_path: Path, in_thread: bool) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=in_thread)
+    done: list[int] = []
+
+    async def client(rounds: int) -> None:
+        for _ in range(rounds):
+            lsn = log.append(REC)
+            await committer.wait_durable(lsn)
+            assert log.synced_lsn >= lsn
+            done.append(lsn)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        async with trio.open_nursery() as clients:
+            for _ in range(200):
+                clients.start_soon(client, 5)
+        await committer.aclose()
+    assert len(done) == 1000
+    assert io.calls["fdatasync"] <= 12  # ~one per round of 200, not one per record
+    assert committer.syncs >= io.calls["fdatasync"]
+    log.close()
+    assert count_records(tmp_path) == 1000
+
+
+async def test_records_appended_during_a_sync_wait_for_the_next(tmp_path: Path) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        first = log.append(REC)
+        nursery.start_soon(committer.wait_durable, first)
+        await trio.testing.wait_all_tasks_blocked()  # the round is in its thread now
+        second = log.append(REC)
+        await committer.wait_durable(second)
+        assert log.synced_lsn >= second and io.calls["fdatasync"] == 2
+        await committer.aclose()
+    log.close()
+
+
+async def test_durable_lsns_return_at_once(tmp_path: Path) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
+    # no committer task running: an already-durable LSN must not wait for one
+    await committer.wait_durable(0)
+    log.append(REC)
+    log.sync()
+    await committer.wait_durable(log.appended_lsn)
+    with pytest.raises(ValueError, match="past the end"):
+        await committer.wait_durable(log.appended_lsn + 1)
+    log.close()
+
+
+async def test_interval_policy_syncs_on_the_clock(tmp_path: Path,
+                                                   autojump_clock: trio.testing.MockClock
+                                                   ) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.INTERVAL, interval_ms=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        start = trio.current_time()
+        lsn = log.append(REC)
+        await committer.wait_durable(lsn)
+        assert log.written_lsn == lsn and log.synced_lsn == 0
+        assert io.calls["fdatasync"] == 0
+        await trio.sleep(0.099)
+        assert io.calls["fdatasync"] == 0
+        await trio.sleep(0.002)
+        assert io.calls["fdatasync"] == 1 and log.synced_lsn == lsn
+        await trio.sleep(1)  # nothing new: no more syncs
+        assert io.calls["fdatasync"] == 1
+        log.append(REC)  # appended, not yet written: the tick writes and syncs it
+        await trio.sleep(0.1)
+        assert io.calls["fdatasync"] == 2 and log.synced_lsn == log.appended_lsn
+        assert trio.current_time() - start < 1.3
+        await committer.aclose()
+    log.close()
+
+
+async def test_never_policy_writes_but_only_syncs_on_close(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.NEVER)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        for _ in range(10):
+            await committer.wait_durable(log.append(REC))
+            await trio.sleep(1)
+        assert log.written_lsn == log.appended_lsn and log.synced_lsn == 0
+        assert io.calls["fdatasync"] == 0
+        await committer.aclose()  # run() returns, so the nursery exits
+    assert io.calls["fdatasync"] == 1 and log.synced_lsn == log.appended_lsn
+    log.close()
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+async def test_failed_fsync_fails_every_waiter_of_the_round(tmp_path: Path,
+                                                             in_thread: bool) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=in_thread)
+    outcomes: list[str] = []
+
+    async def client() -> None:
+        try:
+            await committer.wait_durable(log.append(REC))
+            outcomes.append("ok")
+        except StorageError:
+            outcomes.append("error")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        await committer.wait_durable(log.append(REC))
+        good = log.synced_lsn
+        io.fail.add("fdatasync")
+        async with trio.open_nursery() as clients:
+            for _ in range(50):
+                clients.start_soon(client)
+        assert outcomes == ["error"] * 50
+        assert log.failed and log.synced_lsn == good
+        io.fail.clear()
+        with pytest.raises(StorageError):
+            log.append(REC)
+        with pytest.raises(StorageError):
+            await committer.wait_durable(log.appended_lsn)
+        await committer.aclose()  # already failed: nothing more to report
+    assert log.synced_lsn == good
+    log.close()
+
+
+async def test_failed_write_fails_interval_waiters(tmp_path: Path,
+                                                   autojump_clock: trio.testing.MockClock
+                                                   ) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.INTERVAL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        io.fail.add("write")
+        with pytest.raises(StorageError):
+            await committer.wait_durable(log.append(REC))
+        await trio.sleep(1)
+        assert io.calls["fdatasync"] == 0 and log.synced_lsn == 0
+        await committer.aclose()
+    log.close()
+
+
+async def test_failed_interval_sync_fails_later_waiters(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.INTERVAL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        lsn = log.append(REC)
+        await committer.wait_durable(lsn)
+        io.fail.add("fdatasync")
+        await trio.sleep(0.2)
+        assert log.failed and log.synced_lsn == 0
+        # written but never synced, and the log failed: not confirmable any more
+        with pytest.raises(StorageError):
+            await committer.wait_durable(lsn)
+        await committer.aclose()
+    log.close()
+
+
+async def test_aclose_syncs_and_reports_a_final_failure(tmp_path: Path) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        log.append(REC)
+        io.fail.add("fdatasync")
+        with pytest.raises(StorageError):
+            await committer.aclose()
+        await committer.aclose()  # idempotent
+    with pytest.raises(StorageError):
+        await committer.wait_durable(log.appended_lsn)
+    log.close()
+
+
+async def test_waiters_after_close_are_refused(tmp_path: Path) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        lsn = log.append(REC)
+        await committer.aclose()
+        await committer.wait_durable(lsn)  # covered by the final sync
+        with pytest.raises(StorageError, match="closed"):
+            await committer.wait_durable(log.append(REC))
+    log.close()
+
+
+def test_policy_values_and_arguments(tmp_path: Path) -> None:
+    assert [p.value for p in FsyncPolicy] == ["always", "interval", "never"]
+    assert FsyncPolicy("interval") is FsyncPolicy.INTERVAL
+    log, _ = open_log(tmp_path)
+    with pytest.raises(ValueError):
+        GroupCommitter(log, FsyncPolicy.INTERVAL, interval_ms=0)
+    assert GroupCommitter(log, "never").policy is FsyncPolicy.NEVER  # type: ignore[arg-type]
+    log.close()

@@ -1,0 +1,192 @@
+"""brokerctl through click's CliRunner against a real broker (``sync_broker_addr``)."""
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import socket
+import uuid
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tools.brokerctl import main
+
+_names = itertools.count()
+COMMANDS = ["ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack"]
+
+
+def qname() -> str:
+    return f"ctl-{uuid.uuid4().hex[:8]}-{next(_names)}"
+
+
+class Ctl:
+    """Runs brokerctl commands against one broker."""
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        self.addr = f"{addr[0]}:{addr[1]}"
+        self.runner = CliRunner()
+
+    def run(self, *args: str, input: bytes | str | None = None, expect: int = 0) -> Result:
+        result = self.runner.invoke(main, [*args, "--addr", self.addr], input=input)
+        assert result.exit_code == expect, (result.exit_code, result.output, result.exception)
+        return result
+
+    def json(self, *args: str, input: bytes | str | None = None) -> Any:
+        return json.loads(self.run(*args, "--json", input=input).stdout)
+
+
+@pytest.fixture
+def ctl(sync_broker_addr: tuple[str, int]) -> Ctl:
+    return Ctl(sync_broker_addr)
+
+
+@pytest.fixture
+def queue(ctl: Ctl) -> str:
+    name = qname()
+    ctl.run("create-queue", name)
+    return name
+
+
+# --- no broker needed ----------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_addr_and_json(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--addr" in result.stdout and "--json" in result.stdout and "LOCKGATE_ADDR" in result.stdout
+
+
+def test_unreachable_broker_exits_2() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = CliRunner().invoke(main, ["ping", "--addr", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot connect to 127.0.0.1:{port}")
+    assert result.stdout == ""
+
+
+def test_bad_addr_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["ping", "--addr", "no-port"])
+    assert result.exit_code == 2
+    assert "host:port" in result.stderr
+
+
+# --- against a broker ------------------------------------------------------------------------
+
+
+def test_ping(ctl: Ctl) -> None:
+    text = ctl.run("ping").stdout
+    assert text.startswith(f"pong from {ctl.addr}: time=") and "lockgate/" in text
+    doc = ctl.json("ping")
+    assert doc["rtt_ms"] >= 0 and doc["server_time_ms"] > 0
+    assert doc["server"]["version"] == 1 and doc["server"]["max_batch"] >= 1
+
+
+def test_addr_defaults_to_the_environment(ctl: Ctl) -> None:
+    result = ctl.runner.invoke(main, ["ping", "--json"], env={"LOCKGATE_ADDR": ctl.addr})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["server"]["version"] == 1
+
+
+def test_create_queue_and_stats(ctl: Ctl) -> None:
+    name = qname()
+    args = ["create-queue", name, "--kind", "priority", "--shards", "2", "--visibility-ms", "5000",
+            "--max-attempts", "3", "--max-messages", "99"]
+    assert ctl.run(*args).stdout == f"created queue {name}\n"
+    assert ctl.json(*args) == {"queue": name, "created": False}
+    assert "already exists" in ctl.run(*args).stdout
+    stats = ctl.json("stats", name)
+    assert {k: stats[k] for k in ("name", "kind", "shards", "visibility_ms", "max_attempts", "max_messages")} == {
+        "name": name, "kind": "priority", "shards": 2, "visibility_ms": 5000, "max_attempts": 3, "max_messages": 99,
+    }
+    text = ctl.run("stats", name).stdout
+    assert any(line.split() == ["kind", "priority"] for line in text.splitlines())
+
+
+def test_broker_errors_exit_1_with_code_name(ctl: Ctl, queue: str) -> None:
+    result = ctl.run("create-queue", queue, "--kind", "lifo", expect=1)
+    assert result.stderr.startswith("error: QUEUE_EXISTS: ")
+    missing = qname()
+    result = ctl.run("stats", missing, "--json", expect=1)
+    assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ") and result.stdout == ""
+    result = ctl.run("create-queue", "bad name", expect=1)
+    assert result.stderr.startswith("error: INVALID_ARGUMENT: ")
+
+
+def test_queues_table_and_json(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "x", "--count", "3")
+    lines = ctl.run("queues").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "SHARDS", "READY", "LEASED", "DELAYED", "PUBLISHED", "ACKED"]
+    row = next(line.split() for line in lines[1:] if line.split()[0] == queue)
+    assert row == [queue, "fifo", "1", "3", "0", "0", "3", "0"]
+    listed = {q["name"]: q for q in ctl.json("queues")}
+    assert listed[queue]["ready"] == 3
+
+
+def test_publish_and_consume_text(ctl: Ctl, queue: str) -> None:
+    assert ctl.run("publish", queue, "hello world", "--key", "k1").stdout == f"published 1 message to {queue}: id 1\n"
+    lines = ctl.run("consume", queue, "--max", "5").stdout.splitlines()
+    assert lines == ["1\tattempt=1 priority=0 key=k1\thello world"]
+
+
+def test_publish_count_and_consume_with_ack(ctl: Ctl, queue: str) -> None:
+    doc = ctl.json("publish", queue, "same", "--count", "4", "--priority", "7")
+    assert doc["count"] == 4 and sum(b["count"] for b in doc["batches"]) == 4
+    out = ctl.json("consume", queue, "--max", "10", "--ack")
+    assert out["acked"] == 4
+    assert [(m["body"], m["body_encoding"], m["priority"], m["attempt"]) for m in out["messages"]] == [
+        ("same", "utf-8", 7, 1)
+    ] * 4
+    stats = ctl.json("stats", queue)
+    assert (stats["messages"], stats["acked"]) == (0, 4)
+
+
+def test_binary_body_from_stdin(ctl: Ctl, queue: str) -> None:
+    body = b"\xff\x00\xfe"
+    ctl.run("publish", queue, "-", input=body)
+    (message,) = ctl.json("consume", queue)["messages"]
+    assert message["body_encoding"] == "base64" and base64.b64decode(message["body"]) == body
+    assert message["key"] is None
+    ctl.run("nack", queue, str(message["id"]))
+    assert ctl.run("consume", queue).stdout.rstrip().endswith("hex:ff00fe")
+
+
+def test_consume_nothing(ctl: Ctl, queue: str) -> None:
+    result = ctl.run("consume", queue, "--wait-ms", "10")
+    assert result.stdout == "" and result.stderr == "no messages\n"
+    assert ctl.json("consume", queue) == {"queue": queue, "messages": []}
+
+
+def test_ack_and_nack(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "3")
+    ids = [m["id"] for m in ctl.json("consume", queue, "--max", "3")["messages"]]
+    assert ctl.json("nack", queue, str(ids[0]), "999") == {"queue": queue, "released": 1, "missing": [999]}
+    result = ctl.run("ack", queue, *map(str, ids), "998")
+    assert result.stdout == "acked 3 of 4\n" and "998" in result.stderr
+    assert ctl.json("ack", queue, str(ids[0])) == {"queue": queue, "acked": 0, "missing": [ids[0]]}
+    ctl.run("publish", queue, "again")
+    (again,) = ctl.json("consume", queue)["messages"]
+    assert ctl.run("nack", queue, str(again["id"]), "--delay-ms", "3600000").stdout == "released 1 of 1\n"
+    assert ctl.json("stats", queue)["delayed"] == 1
+
+
+def test_delete_queue_asks_first(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "2")
+    ctl.run("delete-queue", queue, input="n\n", expect=1)
+    assert ctl.json("stats", queue)["messages"] == 2
+    assert ctl.run("delete-queue", queue, input="y\n").stdout.endswith(f"deleted queue {queue} (2 messages dropped)\n")
+    ctl.run("stats", queue, expect=1)
+    other = qname()
+    ctl.run("create-queue", other)
+    assert ctl.json("delete-queue", other, "--yes") == {"queue": other, "messages": 0}

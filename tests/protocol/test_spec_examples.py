@@ -1,0 +1,196 @@
+"""The byte-exact examples in SPEC.md must agree with the codec, both ways.
+
+SPEC.md holds fenced blocks marked ``spec-example``. Each block is a list of
+``key: value`` lines; a line that does not start a new key continues the previous one
+(so long hex strings and values can wrap), and lines starting with ``#`` are comments.
+
+    name:          a unique name for the example
+    request:       hex of the bytes the client sends (length prefix included)
+    request-value: the decoded request body (absent when the bytes are not a whole frame)
+    reply:         hex of the frame the server answers with
+    reply-value:   the decoded reply body
+
+Hex may contain whitespace. Values are written like msgpack values: ``nil``, ``true``,
+``false``, integers, ``"str"``, ``b"bin"``, ``[arrays]`` and ``{maps}`` (Python literal
+syntax otherwise). Comparison is strict: str is not bin, true is not 1, and map keys must
+appear in the same order, since the order decides the bytes.
+
+There are also ``spec-hash`` blocks (key, crc32c, shards, shard) for the shard-hash
+worked example.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import msgpack
+import pytest
+
+from protocol import (
+    Connection,
+    Encoder,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    decode_frame,
+    encode_frame,
+    frame_bytes,
+    frame_to_obj,
+    parse_request,
+    parse_server_frame,
+    shard_for_key,
+    unpack_body,
+)
+
+SPEC = Path(__file__).resolve().parents[2] / "SPEC.md"
+MIN_EXAMPLES = 8
+
+_BLOCK = re.compile(r"^```(spec-example|spec-hash)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+_KEY = re.compile(r"^([a-z][a-z0-9-]*):(.*)$")
+_WORDS = {"nil": "None", "true": "True", "false": "False"}
+#: Errors the sans-IO layer itself produces (before any handler runs).
+_CODEC_ERRORS = {ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.MALFORMED_REQUEST}
+
+
+def _fields(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _KEY.match(line)
+        if m:
+            last = m.group(1)
+            if last in fields:
+                raise ValueError(f"duplicate key {last!r} in block:\n{text}")
+            fields[last] = m.group(2).strip()
+        elif last is None:
+            raise ValueError(f"continuation line before any key: {line!r}")
+        else:
+            fields[last] += " " + line.strip()
+    return fields
+
+
+def _blocks(kind: str) -> list[dict[str, str]]:
+    if not SPEC.exists():
+        return []
+    return [_fields(body) for k, body in _BLOCK.findall(SPEC.read_text(encoding="utf-8")) if k == kind]
+
+
+def parse_value(text: str) -> Any:
+    """A value line -> Python value (nil/true/false become None/True/False)."""
+    out = []
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.NAME:
+            if tok.string not in _WORDS:
+                raise ValueError(f"unknown word {tok.string!r} in value {text!r}")
+            tok = tok._replace(string=_WORDS[tok.string])
+        out.append((tok.type, tok.string))
+    return ast.literal_eval(tokenize.untokenize(out).strip())
+
+
+def parse_hex(text: str) -> bytes:
+    return bytes.fromhex("".join(text.split()))
+
+
+def strict_equal(a: Any, b: Any) -> bool:
+    """Equality that also compares msgpack types and map key order."""
+    if isinstance(a, IntEnum):
+        a = int(a)
+    if isinstance(b, IntEnum):
+        b = int(b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(strict_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+EXAMPLES = _blocks("spec-example")
+HASHES = _blocks("spec-hash")
+
+
+def _ids(blocks: list[dict[str, str]]) -> list[str]:
+    return [b.get("name", f"#{i}") for i, b in enumerate(blocks)]
+
+
+def test_spec_has_enough_examples() -> None:
+    assert SPEC.exists(), "SPEC.md is missing"
+    assert len(EXAMPLES) >= MIN_EXAMPLES, f"found {len(EXAMPLES)} spec-example blocks, want >= {MIN_EXAMPLES}"
+    names = [e.get("name") for e in EXAMPLES]
+    assert all(names), "every example needs a name"
+    assert len(set(names)) == len(names), "example names must be unique"
+    for e in EXAMPLES:
+        assert {"request", "reply", "reply-value"} <= set(e), f"{e.get('name')}: missing keys"
+        assert set(e) <= {"name", "request", "request-value", "reply", "reply-value"}, e.get("name")
+    assert HASHES, "the shard-hash worked example (spec-hash block) is missing"
+
+
+@pytest.mark.parametrize("ex", EXAMPLES, ids=_ids(EXAMPLES))
+def test_reply_bytes_match_value(ex: dict[str, str]) -> None:
+    data = parse_hex(ex["reply"])
+    value = parse_value(ex["reply-value"])
+    frame = decode_frame(data)
+    assert strict_equal(frame_to_obj(frame), value), f"decoded {frame_to_obj(frame)!r}"
+    rebuilt = parse_server_frame(value)
+    assert encode_frame(rebuilt) == data
+    assert Encoder().encode(rebuilt) == data
+    # A client-side connection reads the same frame from the byte stream.
+    client = Connection("client")
+    client.receive_data(data)
+    assert client.frames() == [frame]
+
+
+@pytest.mark.parametrize("ex", EXAMPLES, ids=_ids(EXAMPLES))
+def test_request_bytes_match_value(ex: dict[str, str]) -> None:
+    data = parse_hex(ex["request"])
+    if "request-value" not in ex:
+        return  # not a whole frame (e.g. an oversized length prefix); see the next test
+    value = parse_value(ex["request-value"])
+    assert int.from_bytes(data[:4], "big") == len(data) - 4, "length prefix does not match"
+    assert strict_equal(unpack_body(data[4:]), value)
+    try:
+        request = parse_request(value)
+    except ProtocolError:
+        # Deliberately malformed: the bytes are still exactly what the codec's packer makes.
+        assert frame_bytes(msgpack.Packer(use_bin_type=True).pack(value)) == data
+        return
+    assert decode_frame(data) == request
+    assert encode_frame(request) == data
+    assert Encoder().request(request.id, request.op, request.args) == data
+
+
+@pytest.mark.parametrize("ex", EXAMPLES, ids=_ids(EXAMPLES))
+def test_request_and_reply_belong_together(ex: dict[str, str]) -> None:
+    request_bytes = parse_hex(ex["request"])
+    reply_value = parse_value(ex["reply-value"])
+    server = Connection("server")
+    server.receive_data(request_bytes)
+    if reply_value[0] == 2 and reply_value[2] in {int(c) for c in _CODEC_ERRORS}:
+        # The server's own sans-IO layer must produce exactly this error frame.
+        with pytest.raises(ProtocolError) as info:
+            server.next_frame()
+        exc = info.value
+        produced = Encoder().error(exc.request_id, exc.code, exc.message, exc.details)
+        assert produced == parse_hex(ex["reply"])
+        return
+    frames = server.frames()
+    assert len(frames) == 1 and isinstance(frames[0], Request)
+    assert reply_value[1] == frames[0].id, "the reply must echo the request id"
+
+
+@pytest.mark.parametrize("ex", HASHES, ids=[h.get("key", "?") for h in HASHES])
+def test_shard_hash_example(ex: dict[str, str]) -> None:
+    key = parse_value(ex["key"])
+    assert type(key) is bytes
+    assert crc32c.crc32c(key) == int(ex["crc32c"], 0)
+    shards = int(ex["shards"])
+    assert shard_for_key(key, shards) == int(ex["shard"])

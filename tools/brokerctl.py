@@ -1,0 +1,371 @@
+"""brokerctl: inspect and drive a Lockgate broker from the shell.
+
+Every command takes ``--addr host:port`` (default ``$LOCKGATE_ADDR``, else
+127.0.0.1:7878) and ``--json`` (one JSON document on stdout). Failures print
+``error: CODE_NAME: message`` to stderr and exit 1; when the broker cannot be reached
+or the connection drops, the exit status is 2.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from client.errors import ConnectionClosed, LockgateError
+from client.sync import SyncClient
+from client.types import ADDR_ENV, DEFAULT_ADDR, Delivery, Message, parse_addr
+from protocol import QueueKind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 2
+
+
+# --- plumbing ----------------------------------------------------------------------
+
+
+def _check_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_addr(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def common_options(f: F) -> F:
+    """Add ``--addr`` and ``--json`` to a command."""
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Print one machine-readable JSON document instead of text."
+    )(f)
+    f = click.option(
+        "--addr",
+        envvar=ADDR_ENV,
+        default=DEFAULT_ADDR,
+        show_default=True,
+        show_envvar=True,
+        callback=_check_addr,
+        metavar="HOST:PORT",
+        help="Broker address.",
+    )(f)
+    return f
+
+
+def _fail(status: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+@contextmanager
+def connect(addr: str) -> Iterator[SyncClient]:
+    """A connected client; broker errors and transport trouble become exit statuses."""
+    try:
+        client = SyncClient(addr, client_name="brokerctl")
+    except LockgateError as exc:
+        _fail(EXIT_UNREACHABLE, f"handshake with {addr} failed: {exc.code_name}: {exc.message}")
+    except OSError as exc:
+        _fail(EXIT_UNREACHABLE, f"cannot connect to {addr}: {exc.strerror or exc}")
+    try:
+        with client:
+            yield client
+    except ConnectionClosed as exc:
+        _fail(EXIT_UNREACHABLE, f"connection to {addr} lost: {exc.message}")
+    except TimeoutError:
+        _fail(EXIT_UNREACHABLE, f"timed out waiting for {addr}")
+    except LockgateError as exc:
+        _fail(EXIT_ERROR, f"{exc.code_name}: {exc.message}")
+    except OSError as exc:
+        _fail(EXIT_UNREACHABLE, f"connection to {addr} failed: {exc.strerror or exc}")
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _bytes_json(value: bytes | None) -> tuple[str | None, str | None]:
+    """``(text, "utf-8")`` when ``value`` decodes, else ``(base64, "base64")``."""
+    if value is None:
+        return None, None
+    try:
+        return value.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), "base64"
+
+
+def _bytes_text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return "hex:" + value.hex()
+
+
+def _delivery_json(d: Delivery) -> dict[str, Any]:
+    body, body_encoding = _bytes_json(d.body)
+    key, key_encoding = _bytes_json(d.key)
+    return {
+        "id": d.id, "attempt": d.attempt, "priority": d.priority,
+        "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
+    }
+
+
+def _read_stdin() -> bytes:
+    with click.open_file("-", "rb") as f:
+        return f.read()
+
+
+def _ids_text(ids: tuple[int, ...] | list[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Inspect and drive a Lockgate broker.
+
+    Every command accepts --addr HOST:PORT (default: $LOCKGATE_ADDR, else
+    127.0.0.1:7878) and --json. Exit status: 0 ok, 1 the broker refused the request,
+    2 the broker could not be reached.
+    """
+
+
+@main.command()
+@common_options
+def ping(addr: str, as_json: bool) -> None:
+    """Measure the round-trip time; show the server's info."""
+    with connect(addr) as client:
+        start = time.perf_counter()
+        now_ms = client.ping()
+        rtt_ms = (time.perf_counter() - start) * 1000
+        info = client.server_info
+    if as_json:
+        _emit_json({"rtt_ms": round(rtt_ms, 3), "server_time_ms": now_ms, "server": asdict(info)})
+        return
+    click.echo(f"pong from {addr}: time={rtt_ms:.3f} ms")
+    click.echo(f"server {info.server} (protocol v{info.version}), node {info.node!r}")
+    click.echo(
+        f"limits: max_frame={info.max_frame} max_message={info.max_message} max_batch={info.max_batch}"
+    )
+    for route in info.shards:
+        click.echo(f"shards of {route.queue}: node {route.node!r} at {route.addr}")
+
+
+_TABLE_COLUMNS = ("name", "kind", "shards", "ready", "leased", "delayed", "published", "acked")
+
+
+@main.command()
+@common_options
+def queues(addr: str, as_json: bool) -> None:
+    """List every queue with its message counts."""
+    with connect(addr) as client:
+        stats = client.list_queues()
+    if as_json:
+        _emit_json([asdict(s) for s in stats])
+        return
+    if not stats:
+        click.echo("no queues")
+        return
+    rows = [[str(getattr(s, c)) for c in _TABLE_COLUMNS] for s in stats]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_TABLE_COLUMNS)]
+    left = {"name", "kind"}
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.ljust(w) if col in left else cell.rjust(w)
+            for cell, w, col in zip(cells, widths, _TABLE_COLUMNS, strict=True)
+        ).rstrip()
+
+    click.echo(line([c.upper() for c in _TABLE_COLUMNS]))
+    for row in rows:
+        click.echo(line(row))
+
+
+@main.command("create-queue")
+@click.argument("name")
+@click.option(
+    "--kind", type=click.Choice([k.value for k in QueueKind]), default="fifo", show_default=True,
+    help="Delivery order within a shard.",
+)
+@click.option("--shards", type=click.IntRange(1, 256), default=1, show_default=True, help="Number of shards.")
+@click.option("--visibility-ms", type=int, help="Lease length of a delivery [server default: 30000].")
+@click.option("--max-attempts", type=int, help="Deliveries before dead-lettering; 0 = unlimited [0].")
+@click.option("--dead-letter", metavar="QUEUE", help="Queue that receives messages past --max-attempts.")
+@click.option("--max-messages", type=int, help="Capacity; 0 = server default [0].")
+@common_options
+def create_queue(
+    name: str, kind: str, shards: int, visibility_ms: int | None, max_attempts: int | None,
+    dead_letter: str | None, max_messages: int | None, addr: str, as_json: bool,
+) -> None:
+    """Create queue NAME (idempotent when the settings match)."""
+    with connect(addr) as client:
+        created = client.create_queue(
+            name, kind, shards, visibility_ms=visibility_ms, max_attempts=max_attempts,
+            dead_letter=dead_letter, max_messages=max_messages,
+        )
+    if as_json:
+        _emit_json({"queue": name, "created": created})
+    elif created:
+        click.echo(f"created queue {name}")
+    else:
+        click.echo(f"queue {name} already exists with these settings")
+
+
+@main.command("delete-queue")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def delete_queue(name: str, yes: bool, addr: str, as_json: bool) -> None:
+    """Delete queue NAME and every message in it."""
+    if not yes:
+        click.confirm(f"Delete queue {name} and all its messages?", abort=True, err=True)
+    with connect(addr) as client:
+        dropped = client.delete_queue(name)
+    if as_json:
+        _emit_json({"queue": name, "messages": dropped})
+    else:
+        click.echo(f"deleted queue {name} ({dropped} messages dropped)")
+
+
+@main.command()
+@click.argument("name")
+@common_options
+def stats(name: str, addr: str, as_json: bool) -> None:
+    """Show the settings and counters of queue NAME."""
+    with connect(addr) as client:
+        s = client.queue_stats(name)
+    values = asdict(s)
+    if as_json:
+        _emit_json(values)
+        return
+    width = max(map(len, values))
+    for field, value in values.items():
+        click.echo(f"{field.ljust(width)}  {'-' if value is None else value}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("body")
+@click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
+@click.option("--priority", type=click.IntRange(0, 255), help="0..255, higher first (priority queues).")
+@click.option("--delay-ms", type=click.IntRange(0), help="Keep the message invisible this long.")
+@click.option(
+    "--count", "-n", type=click.IntRange(1), default=1, show_default=True,
+    help="Publish this many copies (sent in batches).",
+)
+@common_options
+def publish(
+    queue: str, body: str, key: str | None, priority: int | None, delay_ms: int | None,
+    count: int, addr: str, as_json: bool,
+) -> None:
+    """Publish BODY to QUEUE.
+
+    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin.
+    """
+    data = _read_stdin() if body == "-" else body.encode()
+    message = Message(data, key, priority, delay_ms)
+    with connect(addr) as client:
+        if count == 1:
+            results = [client.publish_batch(queue, [message])]
+        else:
+            results = client.publish_many(queue, (message for _ in range(count)))
+    if as_json:
+        _emit_json({
+            "queue": queue, "count": count,
+            "batches": [{"first_id": r.first_id, "count": r.count} for r in results],
+        })
+    elif count == 1:
+        click.echo(f"published 1 message to {queue}: id {results[0].first_id}")
+    else:
+        spans = ", ".join(
+            str(r.first_id) if r.count == 1 else f"{r.first_id}-{r.first_id + r.count - 1}" for r in results
+        )
+        click.echo(f"published {count} messages to {queue}: ids {spans}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--max", "-n", "max_", type=click.IntRange(1), default=1, show_default=True,
+              help="Most messages to take.")
+@click.option("--ack", is_flag=True, help="Acknowledge (delete) the messages once printed.")
+@click.option("--visibility-ms", type=click.IntRange(1), help="Lease length [the queue's].")
+@click.option("--wait-ms", type=click.IntRange(0), default=0, show_default=True,
+              help="Wait this long for messages when none are ready.")
+@common_options
+def consume(
+    queue: str, max_: int, ack: bool, visibility_ms: int | None, wait_ms: int, addr: str, as_json: bool
+) -> None:
+    """Lease messages from QUEUE and print them.
+
+    Each line shows id, attempt, priority, key and body.
+    Bodies print as text when they are UTF-8, else as hex (text) or base64 (JSON).
+    Without --ack the messages stay leased until their lease expires or they are
+    acked or nacked by id.
+    """
+    with connect(addr) as client:
+        deliveries = client.consume(queue, max_, visibility_ms=visibility_ms, wait_ms=wait_ms)
+        acked = client.ack(queue, [d.id for d in deliveries]).acked if ack and deliveries else 0
+    if as_json:
+        out: dict[str, Any] = {"queue": queue, "messages": [_delivery_json(d) for d in deliveries]}
+        if ack:
+            out["acked"] = acked
+        _emit_json(out)
+        return
+    if not deliveries:
+        click.echo("no messages", err=True)
+    for d in deliveries:
+        key = "" if d.key is None else f" key={_bytes_text(d.key)}"
+        click.echo(f"{d.id}\tattempt={d.attempt} priority={d.priority}{key}\t{_bytes_text(d.body)}")
+    if ack and deliveries:
+        click.echo(f"acked {acked} of {len(deliveries)}", err=True)
+
+
+@main.command("ack")
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@common_options
+def ack_cmd(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
+    """Acknowledge (delete) messages of QUEUE by id."""
+    with connect(addr) as client:
+        result = client.ack(queue, ids)
+    if as_json:
+        _emit_json({"queue": queue, "acked": result.acked, "missing": list(result.missing)})
+        return
+    click.echo(f"acked {result.acked} of {len(ids)}")
+    if result.missing:
+        click.echo(f"not found: {_ids_text(result.missing)}", err=True)
+
+
+@main.command("nack")
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--delay-ms", type=click.IntRange(0), default=0, show_default=True,
+              help="Make the messages ready again only after this long.")
+@common_options
+def nack_cmd(queue: str, ids: tuple[int, ...], delay_ms: int, addr: str, as_json: bool) -> None:
+    """Return leased messages of QUEUE to the queue by id."""
+    with connect(addr) as client:
+        result = client.nack(queue, ids, delay_ms=delay_ms)
+    if as_json:
+        _emit_json({"queue": queue, "released": result.released, "missing": list(result.missing)})
+        return
+    click.echo(f"released {result.released} of {len(ids)}")
+    if result.missing:
+        click.echo(f"not found or not leased: {_ids_text(result.missing)}", err=True)
+
+
+# --- more commands -----------------------------------------------------------------
+# The `bench` and `wal` subcommands are registered on `main` here, e.g.
+#     from tools.bench import bench; main.add_command(bench)
+# Keep `tools.brokerctl.main` importable: it is the `brokerctl` console script.
+
+
+if __name__ == "__main__":
+    main()
