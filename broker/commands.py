@@ -122,12 +122,14 @@ def queue_name_arg(args: dict[str, Any], name: str = "queue") -> str:
 
 
 def existing_queue(args: dict[str, Any], ctx: Context) -> Queue:
+    name = args.get("queue")
+    if type(name) is str:
+        queue = ctx.state.queues.get(name)
+        if queue is not None:
+            return queue  # its name was validated when it was created
     name = queue_name_arg(args)
-    queue = ctx.state.queues.get(name)
-    if queue is None:
-        raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, f"queue {name!r} does not exist",
-                            details={"field": "queue", "queue": name})
-    return queue
+    raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, f"queue {name!r} does not exist",
+                        details={"field": "queue", "queue": name})
 
 
 def id_list_arg(args: dict[str, Any], ctx: Context) -> list[int]:
@@ -245,7 +247,12 @@ def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
                             f"queue {queue.name!r} is full ({queue.settings.max_messages} messages)",
                             details={"queue": queue.name, "limit": queue.settings.max_messages})
     now = ctx.now_ms
-    if all(type(e) is list and len(e) == 1 for e in entries):
+    first = entries[0]
+    if count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
+        if len(first[0]) > cfg.max_message:
+            _too_large([first[0]], cfg.max_message)
+        mutation = Publish(queue.name, queue.next_id, now, [first[0]])
+    elif all(type(e) is list and len(e) == 1 for e in entries):
         # Plain messages: one column, checked with builtins.
         bodies = [e[0] for e in entries]
         if not all(type(b) is bytes for b in bodies):
@@ -375,10 +382,10 @@ def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> O
     if command.needs_handshake and not session.ready:
         raise ProtocolError(ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
     command.calls += 1
-    for name in args:
-        if name not in command.fields:
-            command.errors += 1
-            raise invalid(str(name), f"{op} takes no argument {name!r}")
+    if not command.fields.issuperset(args):
+        command.errors += 1
+        name = next(n for n in args if n not in command.fields)
+        raise invalid(str(name), f"{op} takes no argument {name!r}")
     try:
         return command.handler(session, args, ctx)
     except ProtocolError:

@@ -22,19 +22,17 @@ from .commands import Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .mutations import Mutation, Recover
 from .state import BrokerState
-from .wal import FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record, replay
+from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record, replay
 
 log = logging.getLogger("lockgate.server")
-
-#: Mutation types after which a queue may have newly ready messages.
-_WAKES_CONSUMERS = frozenset({"Publish", "Release", "Promote", "QueueDelete"})
 
 
 class Broker:
     """One broker process: state, WAL and listeners. Run with ``await broker.serve()``."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, *, io: FileIO | None = None) -> None:
         self.config = config
+        self._io = io
         self.state = BrokerState()
         self.addr = ""
         self.replay_report: Any = None
@@ -54,9 +52,13 @@ class Broker:
 
     def recover(self) -> None:
         """Replay the WAL into the state and open it for appending."""
-        self.replay_report = replay(self.wal_dir, self.state.apply_record)
-        log.info("replayed %s", self.replay_report)
-        self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes)
+        report = self.replay_report = replay(self.wal_dir, self.state.apply_record, io=self._io)
+        rate = report.records / report.seconds if report.seconds > 0 else 0.0
+        log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s); "
+                 "%d queues, %d messages", report.records, report.bytes, report.segments,
+                 report.seconds, rate, len(self.state.queues),
+                 sum(len(q) for q in self.state.queues.values()))
+        self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes, io=self._io)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, listen, and serve until cancelled; ``task_status`` gets "host:port"."""
@@ -87,19 +89,23 @@ class Broker:
     # -- the live path ----------------------------------------------------------------
 
     def _commit(self, mutations: tuple[Mutation, ...] | list[Mutation]) -> int:
-        """Append each mutation to the WAL, then apply it. Returns the last LSN."""
+        """Append each mutation to the WAL, then apply it. Returns the last LSN.
+
+        Raises StorageError, having applied nothing more, once the WAL has failed.
+        """
         assert self._log is not None
         lsn = 0
+        append, pack, apply = self._log.append, self._pack, self.state.apply_fields
         for m in mutations:
-            lsn = self._log.append(encode_record(m.TYPE, self._pack(m.fields())))
-            self.state.apply(m)
+            fields = m.fields()
+            lsn = append(encode_record(m.TYPE, pack(fields)))
+            apply(m.TYPE, fields)
+        woken = self.state.take_woken()
         if self._ready_events:
-            for m in mutations:
-                name = getattr(m, "queue", None)
-                if name is not None and type(m).__name__ in _WAKES_CONSUMERS:
-                    event = self._ready_events.pop(name, None)
-                    if event is not None:
-                        event.set()
+            for name in woken:
+                event = self._ready_events.pop(name, None)
+                if event is not None:
+                    event.set()
         nxt = self.state.next_timer()
         if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
             self._timer_poke.set()
@@ -116,6 +122,14 @@ class Broker:
             return 0
         mutations = self.state.due(now)
         return self._commit(mutations) if mutations else 0
+
+    def _run_due_for(self, req: Request) -> int:
+        """``_run_due`` inside a request: a failed WAL becomes its STORAGE_ERROR."""
+        try:
+            return self._run_due()
+        except StorageError as exc:
+            raise ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}",
+                                request_id=req.id) from None
 
     def _context(self) -> Context:
         assert self._clock is not None
@@ -141,7 +155,10 @@ class Broker:
                     conn.receive_data(data)
                     out: list[bytes] = []
                     durable: list[tuple[int, int]] = []  # (index in out, request id)
-                    last_lsn = self._run_due()
+                    try:
+                        last_lsn = self._run_due()
+                    except StorageError:
+                        last_lsn = 0  # each request below gets its own STORAGE_ERROR
                     ctx = self._context()
                     closing = False
                     while True:
@@ -178,6 +195,9 @@ class Broker:
                 waiters.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # A fault in one connection must not take down the broker or other clients.
+            log.exception("connection %s failed", session.peer)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -190,8 +210,16 @@ class Broker:
                                     f"at most {self.config.max_waiters} waiting consumes per connection",
                                     request_id=req.id, details={"limit": self.config.max_waiters})
             raise _Hold(outcome.wait)
-        lsn = self._commit(outcome.mutations) if outcome.mutations else 0
+        lsn = self._commit_for(req, outcome.mutations) if outcome.mutations else 0
         return enc.reply(req.id, outcome.result or {}), lsn
+
+    def _commit_for(self, req: Request, mutations: tuple[Mutation, ...]) -> int:
+        """``_commit`` for a request: a failed WAL becomes that request's STORAGE_ERROR."""
+        try:
+            return self._commit(mutations)
+        except StorageError as exc:
+            raise ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}",
+                                request_id=req.id) from None
 
     def _dispatch(self, session: Session, req: Request, ctx: Context) -> Outcome:
         """``commands.dispatch`` with every failure turned into a ProtocolError for ``req``."""
@@ -220,31 +248,32 @@ class Broker:
         retry = Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0})
         try:
             while True:
+                # Check, then register, with no checkpoint in between: no wake-up is missed.
+                timed_out = trio.current_time() >= deadline
+                try:
+                    lsn = self._run_due_for(retry)
+                    outcome = self._dispatch(session, retry, self._context())
+                    if outcome.mutations or timed_out:
+                        if outcome.mutations:
+                            lsn = self._commit_for(retry, outcome.mutations)
+                        reply = enc.reply(req.id, outcome.result or {})
+                        break
+                except ProtocolError as exc:
+                    reply = enc.error(req.id, exc.code, exc.message, exc.details)
+                    lsn = 0
+                    break
                 event = self._ready_events.get(wait.queue)
                 if event is None:
                     event = self._ready_events[wait.queue] = trio.Event()
                 with trio.move_on_at(deadline):
                     await event.wait()
-                timed_out = trio.current_time() >= deadline
-                lsn = self._run_due()
+            if lsn:
                 try:
-                    outcome = self._dispatch(session, retry, self._context())
-                except ProtocolError as exc:
-                    reply = enc.error(req.id, exc.code, exc.message, exc.details)
-                else:
-                    if not outcome.mutations and not timed_out:
-                        continue  # woken, but another consumer took the messages
-                    if outcome.mutations:
-                        lsn = self._commit(outcome.mutations)
-                    reply = enc.reply(req.id, outcome.result or {})
-                if lsn:
-                    try:
-                        await self._committer.wait_durable(lsn)
-                    except StorageError as exc:
-                        reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
-                async with send_lock:
-                    await stream.send_all(reply)
-                return
+                    await self._committer.wait_durable(lsn)
+                except StorageError as exc:
+                    reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+            async with send_lock:
+                await stream.send_all(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -264,12 +293,13 @@ class Broker:
             else:
                 with trio.move_on_at(self._clock.trio_time(nxt)):
                     await self._timer_poke.wait()
-            lsn = self._run_due()
-            if lsn:
-                try:
+            try:
+                lsn = self._run_due()
+                if lsn:
                     await self._committer.wait_durable(lsn)
-                except StorageError:
-                    log.exception("could not log lease expiries")
+            except StorageError:
+                log.exception("could not log lease expiries and delays")
+                await trio.sleep(1)  # the WAL has failed; do not spin
 
 
 class _Hold(Exception):

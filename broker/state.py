@@ -35,6 +35,8 @@ class BrokerState:
         #: (deadline_ms, queue name): when some queue next needs ``due``.
         self._timers: list[tuple[int, str]] = []
         self._timer_at: dict[str, int] = {}
+        #: Queues that may have new ready messages (or vanished) since the last ``take_woken``.
+        self._woken: set[str] = set()
         self._appliers: dict[int, Callable[..., None]] = {
             MutationType.QUEUE_CREATE: self._queue_create,
             MutationType.QUEUE_DELETE: self._queue_delete,
@@ -51,9 +53,18 @@ class BrokerState:
     def apply(self, mutation: Mutation) -> None:
         self._appliers[mutation.TYPE](*mutation.fields())
 
+    def apply_fields(self, rtype: int, fields: list[Any]) -> None:
+        """Apply a mutation given as its record type and ``fields()``."""
+        self._appliers[rtype](*fields)
+
     def apply_record(self, rtype: int, payload: bytes) -> None:
         """Apply a WAL record (type byte and msgpack payload)."""
         self._appliers[rtype](*msgpack.unpackb(payload, raw=False))
+
+    def take_woken(self) -> set[str]:
+        """Names of queues that gained ready messages or were deleted since the last call."""
+        woken, self._woken = self._woken, set()
+        return woken
 
     # -- timers ---------------------------------------------------------------------
 
@@ -100,6 +111,7 @@ class BrokerState:
     def _queue_delete(self, name: str) -> None:
         queue = self.queues.pop(name, None)
         self._timer_at.pop(name, None)
+        self._woken.add(name)
         if queue is not None:
             queue.remove(list(queue.messages))
 
@@ -110,6 +122,8 @@ class BrokerState:
     ) -> None:
         queue = self.queues[name]
         queue.add(first_id, bodies, keys, priorities, ready_at_ms)
+        if ready_at_ms is None or not all(ready_at_ms):
+            self._woken.add(name)
         if queue.delayed:
             nxt = queue.next_deadline()
             if nxt is not None:
@@ -146,6 +160,8 @@ class BrokerState:
             self._dead_letter(queue, dead, now_ms)
         if ready_at_ms:
             self._schedule(name, ready_at_ms)
+        else:
+            self._woken.add(name)
 
     def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int) -> None:
         """Move messages that ran out of attempts to the dead-letter queue, or drop them."""
@@ -154,6 +170,7 @@ class BrokerState:
         if target is None:
             queue.dropped += len(msgs)
             return
+        self._woken.add(target.name)
         target.add(
             target.next_id,
             [m.body for m in msgs],
@@ -164,6 +181,7 @@ class BrokerState:
 
     def _promote(self, name: str, ids: list[int]) -> None:
         self.queues[name].promote(ids)
+        self._woken.add(name)
 
     def _recover(self, now_ms: int) -> None:
         for name, queue in list(self.queues.items()):

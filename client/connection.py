@@ -48,11 +48,13 @@ PushHandler = Callable[[Push], None]
 
 
 class _Waiter:
+    """One pending request: ``result`` is set before ``event`` unless ``error`` is."""
+
     __slots__ = ("error", "event", "result")
+    result: dict[str, Any]
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.result: dict[str, Any] | None = None
         self.error: LockgateError | None = None
 
 
@@ -116,7 +118,7 @@ class Connection:
         Cancelling the wait abandons the request (it may still take effect on the server).
         """
         if self._closed_reason is not None:
-            raise ConnectionClosed(self._closed_reason)
+            raise self._closed_error()
         rid = self._next_id
         self._next_id = rid + 1
         data = self._encode(rid, op, args)
@@ -136,7 +138,7 @@ class Connection:
             raise
         if waiter.error is not None:
             raise waiter.error
-        return waiter.result  # type: ignore[return-value]
+        return waiter.result
 
     async def _send(self, data: bytes) -> None:
         self._wbuf.append(data)
@@ -205,11 +207,14 @@ class Connection:
             self._closed_reason = reason
         pending, self._pending = self._pending, {}
         for waiter in pending.values():
-            exc = ConnectionClosed(self._closed_reason)
-            exc.__cause__ = self._server_error
-            waiter.error = exc
+            waiter.error = self._closed_error()
             waiter.event.set()
         self._reader_scope.cancel()
+
+    def _closed_error(self) -> ConnectionClosed:
+        exc = ConnectionClosed(self._closed_reason or "connection closed")
+        exc.__cause__ = self._server_error
+        return exc
 
     async def aclose(self) -> None:
         """Close the connection; pending requests raise :class:`ConnectionClosed`."""

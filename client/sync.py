@@ -57,7 +57,11 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
 class SyncClient:
-    """A blocking, pipelining connection with typed methods. Use it as a context manager."""
+    """A blocking, pipelining connection with typed methods. Use it as a context manager.
+
+    ``submit``/``result`` pipeline any request; the typed methods each wait for their own
+    reply (replies to other submitted requests read meanwhile are kept for ``result``).
+    """
 
     def __init__(
         self,
@@ -95,11 +99,11 @@ class SyncClient:
             result = self.request(Op.HELLO.value, t.hello_args(max_frame, client_name))
             if result.get("version") != PROTOCOL_VERSION:
                 raise UnsupportedVersion(f"server chose protocol version {result.get('version')!r}")
+            #: The server's ``hello`` reply.
+            self.server_info = ServerInfo.from_wire(result)
         except BaseException:
             self.close()
             raise
-        #: The server's ``hello`` reply.
-        self.server_info = ServerInfo.from_wire(result)
         self._server_max_frame = self.server_info.max_frame
         if max_frame is None:
             self._proto.max_frame = self.server_info.max_frame

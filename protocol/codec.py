@@ -10,6 +10,7 @@ from .frames import MAX_REQUEST_ID, Error, Frame, FrameKind, Push, Reply, Reques
 from .framing import frame_bytes
 
 _REQUEST, _REPLY, _ERROR, _PUSH = 0, 1, 2, 3
+_KNOWN_CODES = frozenset(int(c) for c in ErrorCode)
 
 
 def unpack_body(body: bytes | bytearray | memoryview) -> Any:
@@ -33,7 +34,7 @@ def _request_id(value: Any) -> int | None:
 
 def parse_request(obj: Any) -> Request:
     """Turn a decoded body into a :class:`Request`, or raise ``MALFORMED_REQUEST``."""
-    if type(obj) is not list or len(obj) != 4 or obj[0] != _REQUEST:
+    if type(obj) is not list or len(obj) != 4 or type(obj[0]) is not int or obj[0] != _REQUEST:
         rid = _request_id(obj[1]) if type(obj) is list and len(obj) > 1 else None
         raise ProtocolError(
             ErrorCode.MALFORMED_REQUEST,
@@ -68,10 +69,8 @@ def parse_server_frame(obj: Any) -> Reply | Error | Push:
         if kind == _REPLY and n == 3 and type(obj[2]) is dict:
             return Reply(id=obj[1], result=obj[2])
         if kind == _ERROR and n == 5 and type(obj[2]) is int and type(obj[4]) is dict:
-            try:
-                code = ErrorCode(obj[2])
-            except ValueError:
-                code = ErrorCode.INTERNAL_ERROR
+            # A code this codebase does not know keeps its number (SPEC.md, "Error codes").
+            code = ErrorCode(obj[2]) if obj[2] in _KNOWN_CODES else obj[2]
             return Error(id=obj[1], code=code, message=str(obj[3]), details=obj[4])
         if kind == _PUSH and n == 3 and type(obj[1]) is str and type(obj[2]) is dict:
             return Push(name=obj[1], payload=obj[2])

@@ -41,7 +41,7 @@ class Connection:
     def max_frame(self, value: int) -> None:
         self._decoder.max_frame = value
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         self._decoder.feed(data)
 
     def next_frame(self) -> Request | Reply | Error | Push | Any:

@@ -50,7 +50,8 @@ class Error:
     """A failed request (``id`` set) or a connection-level failure (``id`` None)."""
 
     id: int | None
-    code: ErrorCode
+    #: An ``ErrorCode``, or the plain number of a code newer than this codebase.
+    code: ErrorCode | int
     message: str
     details: dict[str, Any] = field(default_factory=dict)
 

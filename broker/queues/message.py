@@ -11,7 +11,7 @@ DELETED = 3
 class Message:
     """A message and where it stands. Mutable, internal to the broker's state."""
 
-    __slots__ = ("id", "body", "key", "priority", "shard", "attempts", "state", "deadline")
+    __slots__ = ("id", "body", "key", "priority", "shard", "attempts", "state", "deadline", "lease")
 
     def __init__(
         self, id: int, body: bytes, key: bytes | None, priority: int, shard: int
@@ -26,6 +26,8 @@ class Message:
         self.state = READY
         #: Lease deadline (LEASED) or ready time (DELAYED), wall-clock ms; else 0.
         self.deadline = 0
+        #: Sequence number of the lease batch holding it (valid while LEASED).
+        self.lease = 0
 
     def __repr__(self) -> str:
         return f"Message(id={self.id}, state={self.state}, attempts={self.attempts})"

@@ -126,14 +126,11 @@ class Queue:
         heap = self._lease_heap
         msgs = self.messages
         while heap and heap[0][0] <= now_ms:
-            deadline, _, ids = heapq.heappop(heap)
+            _, seq, ids = heapq.heappop(heap)
             for mid in ids:
                 msg = msgs.get(mid)
-                if msg is not None and msg.state == LEASED and msg.deadline == deadline:
+                if msg is not None and msg.state == LEASED and msg.lease == seq:
                     expired.append(mid)
-        if expired:
-            # One message can sit in several lease batches with the same deadline.
-            expired = list(dict.fromkeys(expired))
         promoted: list[int] = []
         dheap = self._delay_heap
         while dheap and dheap[0][0] <= now_ms:
@@ -181,6 +178,8 @@ class Queue:
         msgs = self.messages
         sets = self.ready_sets
         taken: list[int] = []
+        self._lease_seq += 1
+        seq = self._lease_seq
         for mid in ids:
             msg = msgs.get(mid)
             if msg is None or msg.state != READY:
@@ -189,11 +188,11 @@ class Queue:
             msg.state = LEASED
             msg.attempts += 1
             msg.deadline = deadline_ms
+            msg.lease = seq
             taken.append(mid)
         self.leased += len(taken)
         if taken:
-            self._lease_seq += 1
-            heapq.heappush(self._lease_heap, (deadline_ms, self._lease_seq, taken))
+            heapq.heappush(self._lease_heap, (deadline_ms, seq, taken))
             if len(self._lease_heap) > 2 * self.leased + 1024:
                 self._compact_leases()
 
@@ -256,7 +255,7 @@ class Queue:
         msgs = self.messages
         kept = []
         for deadline, seq, ids in self._lease_heap:
-            live = [m for m in ids if (x := msgs.get(m)) is not None and x.state == LEASED and x.deadline == deadline]
+            live = [m for m in ids if (x := msgs.get(m)) is not None and x.state == LEASED and x.lease == seq]
             if live:
                 kept.append((deadline, seq, live))
         heapq.heapify(kept)

@@ -1,33 +1,37 @@
 """Model-based tests of the in-memory queue core, one state machine per queue kind.
 
 Each machine drives the real code the way the server does -- ``outcome =
-commands.dispatch(...)`` then ``state.apply(m)`` for every mutation -- against a small,
-independent model written with lists and dicts from the operation contract
-(/work/ops-contract.md): per-shard ordering for fifo / lifo / priority, shard choice
-(``crc32c(key) % shards`` when keyed, else ``id % shards``), leases that have expired
-when ``now >= deadline``, delays, attempts, and dead-lettering (or dropping) once a
-message's attempts reached ``max_attempts``.
+commands.dispatch(...)`` then ``state.apply(m)`` for every mutation, and
+``state.due(now)`` when time passes -- against a small, independent model written with
+lists and dicts from the documented semantics (SPEC.md sections 5.7-5.10, 7 and 8):
+per-shard order for fifo / lifo / priority, the shard rule (``crc32c(key) % shards``
+when keyed, else ``id % shards``), leases that have expired once ``now >= deadline``,
+delays, attempts, and dead-lettering (or dropping) once a released message has been
+delivered ``max_attempts`` times.
 
 What is asserted, and how exactly:
 
-* Cross-shard interleaving is asserted exactly: a consume of a multi-shard queue starts
-  at the shard after the one the previous consume started at (every consume moves the
-  start, even an empty one), then takes one message from each non-empty shard in turn.
-* Time is explicit. ``advance_time`` moves ``now`` the way a punctual timer loop does:
-  it stops at every lease deadline and delay end on the way and applies
-  ``state.due(t)`` there, so each event is handled at its own instant. The contract
-  leaves the order of events at one and the same instant open; the model settles it
-  like the broker: a queue's expired leases come back first (by deadline, then in lease
-  order, a message counted once), then its elapsed delays (by id).
+* Cross-shard interleaving is asserted exactly (SPEC 7.3): a consume of a multi-shard
+  queue starts at the queue's cursor, moves the cursor on by one even when it finds
+  nothing, and takes one message from each non-empty shard in turn.
+* Messages that become ready together are ordered as SPEC 7.1 says: one publish in entry
+  order, one nack in request order, expired leases by deadline and then in the order
+  they were delivered (the delivery whose lease expired), elapsed delays by ready time
+  and then id, a restart by id.
+* Time is explicit. ``advance_time`` moves ``now`` like a punctual timer loop: it stops
+  at every lease deadline and delay end on the way and applies ``state.due(t)`` there.
+  ``advance_time_late`` jumps and applies ``state.due`` once, like a timer that fired
+  late. SPEC 7.1 does not order expired leases against elapsed delays that come due in
+  the same ``due``; the model settles that tie like the broker (expired leases first).
 * ``restart`` applies a RECOVER mutation: every leased message is released as if its
-  lease expired (in id order).
+  lease expired.
 
 Invariants after every step: stats counters (ready / leased / delayed / messages and
-the lifetime counters) match the model; every message's id, body, key, priority,
-shard, attempts, state and deadline match; each shard's ready order matches; nothing is
-lost or duplicated (published == present + acked + dead-lettered + dropped); ids are
-unique and handed out in increasing order; the broker's next timer is never later than
-the model's next event.
+the lifetime counters) match the model; each message's id, body, key, priority, shard,
+attempts, state and deadline match; each shard's ready order matches; nothing is lost
+or duplicated (published == present + acked + dead-lettered + dropped, and the dead-letter
+queue got exactly the messages dead-lettered); ids are unique and handed out in
+increasing order; the broker's next timer is never later than the model's next event.
 """
 from __future__ import annotations
 
@@ -67,6 +71,8 @@ class MMsg:
     state: int = READY
     #: Lease deadline (LEASED) or ready time (DELAYED); else 0.
     deadline: int = 0
+    #: (consume number, position in its reply) of the current lease.
+    delivered: tuple[int, int] = (0, 0)
 
 
 class ModelQueue:
@@ -80,9 +86,7 @@ class ModelQueue:
         self.msgs: dict[int, MMsg] = {}
         #: Per shard: ids of ready messages in the order they became ready.
         self.ready: list[list[int]] = [[] for _ in range(shards)]
-        #: Leases not yet past their deadline: (deadline, seq, ids).
-        self.leases: list[tuple[int, int, list[int]]] = []
-        self.lease_seq = 0
+        self.consumes = 0
         self.next_id = 1
         self.cursor = 0
         self.issued: list[int] = []
@@ -133,11 +137,11 @@ class ModelQueue:
         return chosen
 
     def lease(self, msgs: list[MMsg], deadline: int) -> None:
-        for m in msgs:
+        self.consumes += 1
+        for index, m in enumerate(msgs):
             self.ready[m.shard].remove(m.id)
             m.state, m.attempts, m.deadline = LEASED, m.attempts + 1, deadline
-        self.lease_seq += 1
-        self.leases.append((deadline, self.lease_seq, [m.id for m in msgs]))
+            m.delivered = (self.consumes, index)
 
     def ack(self, ids: list[int]) -> tuple[int, list[int]]:
         present = [i for i in ids if i in self.msgs]
@@ -176,17 +180,13 @@ class ModelQueue:
             self.counters["dead_lettered"] += len(dead)
 
     def fire(self, now: int) -> None:
-        """Everything due at ``now``: expired leases, then elapsed delays."""
-        due = sorted(lease for lease in self.leases if lease[0] <= now)
-        self.leases = [lease for lease in self.leases if lease[0] > now]
-        expired: list[int] = []
-        for deadline, _, ids in due:
-            for mid in ids:
-                msg = self.msgs.get(mid)
-                if (msg is not None and msg.state == LEASED and msg.deadline == deadline
-                        and mid not in expired):
-                    expired.append(mid)
-        self.release(expired, 0, True)
+        """Everything due by ``now``: expired leases (by deadline, then in the order
+        they were delivered), then elapsed delays (by ready time, then id)."""
+        expired = sorted(
+            (m.deadline, m.delivered, m.id) for m in self.msgs.values()
+            if m.state == LEASED and m.deadline <= now
+        )
+        self.release([mid for _, _, mid in expired], 0, True)
         promoted = sorted(
             (m.deadline, m.id) for m in self.msgs.values() if m.state == DELAYED and m.deadline <= now
         )
@@ -214,6 +214,9 @@ keys = st.one_of(st.none(), st.sampled_from([b"", b"a", b"b", b"order-17", b"\xf
 priorities = st.one_of(st.none(), st.sampled_from([0, 1, 7, 255]), st.integers(0, 255))
 delays = st.one_of(st.none(), st.just(0), st.integers(1, 250))
 id_picks = st.lists(st.integers(0, 30), min_size=1, max_size=5)
+#: Lease lengths: the queue's default (nil or given explicitly, so that leases taken in
+#: one millisecond share deadlines), or any other.
+visibilities = st.one_of(st.sampled_from([None, VISIBILITY_MS]), st.integers(1, 300))
 
 
 @st.composite
@@ -261,15 +264,20 @@ class QueueMachine(RuleBasedStateMachine):
 
     # rules
 
-    @initialize(max_attempts=st.sampled_from([0, 1, 2, 3]), with_dlq=st.booleans())
-    def create(self, max_attempts: int, with_dlq: bool) -> None:
-        if with_dlq:
-            assert self.call("queue_create", queue=DLQ, kind=self.KIND, shards=self.SHARDS) == {
+    @initialize(
+        max_attempts=st.sampled_from([0, 1, 2, 3]),
+        dlq=st.one_of(st.none(), st.tuples(st.sampled_from(["fifo", "lifo", "priority"]),
+                                           st.integers(1, 3))),
+    )
+    def create(self, max_attempts: int, dlq: tuple[str, int] | None) -> None:
+        if dlq is not None:
+            kind, shards = dlq
+            assert self.call("queue_create", queue=DLQ, kind=kind, shards=shards) == {
                 "queue": DLQ, "created": True}
-            self.dlq = ModelQueue(self.KIND, self.SHARDS, 0, None)
+            self.dlq = ModelQueue(kind, shards, 0, None)
         args: dict[str, Any] = dict(queue=QUEUE, kind=self.KIND, shards=self.SHARDS,
                                     visibility_ms=VISIBILITY_MS, max_attempts=max_attempts)
-        if with_dlq:
+        if dlq is not None:
             args["dead_letter"] = DLQ
         assert self.call("queue_create", **args) == {"queue": QUEUE, "created": True}
         self.model = ModelQueue(self.KIND, self.SHARDS, max_attempts, self.dlq)
@@ -291,7 +299,7 @@ class QueueMachine(RuleBasedStateMachine):
     def publish_batch(self, batch: list[list[Any]]) -> None:
         self._publish(batch)
 
-    @rule(max_count=st.integers(1, 6), visibility=st.one_of(st.none(), st.integers(1, 300)))
+    @rule(max_count=st.integers(1, 6), visibility=visibilities)
     def consume(self, max_count: int, visibility: int | None) -> None:
         args: dict[str, Any] = {"queue": QUEUE, "max": max_count}
         if visibility is not None:
@@ -323,7 +331,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert reply == {"released": len(leased), "missing": [i for i in ids if i not in leased]}
         self.model.release(leased, self.now + delay if delay else 0, False)
 
-    @rule(dt=st.one_of(st.integers(0, 20), st.integers(1, 400)))
+    @rule(dt=st.one_of(st.integers(1, 20), st.integers(1, 400)))
     def advance_time(self, dt: int) -> None:
         target = self.now + dt
         while True:
@@ -332,6 +340,10 @@ class QueueMachine(RuleBasedStateMachine):
                 break
             self.run_timers(min(events))
         self.run_timers(target)
+
+    @rule(dt=st.integers(1, 400))
+    def advance_time_late(self, dt: int) -> None:
+        self.run_timers(self.now + dt)
 
     def run_timers(self, at: int) -> None:
         self.now = at
@@ -390,7 +402,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert nxt is not None and nxt <= min(events)
 
 
-_STEPS = settings(stateful_step_count=40)
+_STEPS = settings(stateful_step_count=30)
 
 
 def _machine(kind: str, shards: int) -> Any:
@@ -445,3 +457,26 @@ def test_relapse_at_same_deadline_dead_letters_once(kind: str, with_dlq: bool) -
     if with_dlq:
         dead = _run(state, now, "queue_stats", queue=DLQ)
         assert (dead["published"], dead["messages"]) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "lifo", "priority"])
+def test_expired_leases_return_in_the_order_they_were_delivered(kind: str) -> None:
+    """SPEC 7.1: leases that expire together come back by deadline, then in the order the
+    messages were delivered. Message 1 is delivered, nacked, and delivered again right
+    after message 2 within the same millisecond (so with the same deadline); the lease
+    that expires is that later delivery, so message 1 becomes ready after message 2."""
+    state, now = BrokerState(), START_MS
+    _run(state, now, "queue_create", queue=QUEUE, kind=kind, visibility_ms=VISIBILITY_MS)
+    _run(state, now, "publish", queue=QUEUE, messages=[[b"one"]] if kind == "lifo" else [[b"one"], [b"two"]])
+    assert [d[0] for d in _run(state, now, "consume", queue=QUEUE)["messages"]] == [1]
+    assert _run(state, now, "nack", queue=QUEUE, ids=[1]) == {"released": 1, "missing": []}
+    if kind == "lifo":
+        _run(state, now, "publish", queue=QUEUE, messages=[[b"two"]])
+    assert [d[0] for d in _run(state, now, "consume", queue=QUEUE, max=2)["messages"]] == [2, 1]
+    for m in state.due(now + VISIBILITY_MS):
+        state.apply(m)
+    # They became ready as 2, then 1.
+    expected = [1, 2] if kind == "lifo" else [2, 1]
+    assert state.snapshot()[QUEUE]["ready"] == [expected]
+    redelivered = _run(state, now + VISIBILITY_MS, "consume", queue=QUEUE, max=2)["messages"]
+    assert [d[0] for d in redelivered] == expected

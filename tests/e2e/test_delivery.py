@@ -148,3 +148,33 @@ async def test_keyed_messages_keep_order_per_shard(broker_addr: tuple[str, int])
         seq = [m[1] for m in got if m[3] == key]
         assert seq == [f"{key.decode()}-{i}".encode() for i in range(5)]
         assert shard_for_key(key, 4) in range(4)
+
+
+async def test_long_poll_on_dead_letter_queue_wakes_on_dead_lettering(
+    autojump_clock: trio.testing.MockClock, broker_addr: tuple[str, int]
+) -> None:
+    c = await RawClient.open(broker_addr)
+    await c.call("queue_create", {"queue": "dlq"})
+    await c.call("queue_create", {"queue": "q", "max_attempts": 1, "dead_letter": "dlq"})
+    watcher = await RawClient.open(broker_addr)
+    rid = await watcher.request("consume", {"queue": "dlq", "wait_ms": 600_000})
+    await c.call("publish", {"queue": "q", "messages": [[b"bad"]]})
+    [m] = (await c.call("consume", {"queue": "q"})).result["messages"]
+    start = trio.current_time()
+    await c.call("nack", {"queue": "q", "ids": [m[0]]})
+    reply = await watcher.frame()
+    assert reply.id == rid and [x[1] for x in reply.result["messages"]] == [b"bad"]
+    assert trio.current_time() - start < 1
+
+
+async def test_held_consume_sees_a_publish_pipelined_behind_it(
+    autojump_clock: trio.testing.MockClock, broker_addr: tuple[str, int]
+) -> None:
+    c = await _setup(broker_addr)
+    start = trio.current_time()
+    held = c.enc.request(100, "consume", {"queue": "q", "wait_ms": 600_000})
+    pub = c.enc.request(101, "publish", {"queue": "q", "messages": [[b"x"]]})
+    await c.send_raw(held + pub)  # one write: both decoded from one read
+    frames = {f.id: f for f in [await c.frame(), await c.frame()]}
+    assert [m[1] for m in frames[100].result["messages"]] == [b"x"]
+    assert trio.current_time() - start < 1

@@ -1,0 +1,328 @@
+"""Lockgate benchmark: throughput and latency of the hot paths, per fsync policy.
+
+Scenarios (128-byte bodies by default):
+  batch-publish      publish frames of 1000 messages, a few frames in flight
+  pipelined-publish  one message per frame, up to 256 frames in flight
+  consume-ack        consume up to 1000 under lease, ack them in one frame
+  sequential-publish one message per frame, one at a time (latency)
+plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk) and
+``replay`` (records/s a broker replays from its WAL at start-up).
+
+Each figure is the median of ``--runs`` runs. By default the bench starts its own
+broker per policy on 127.0.0.1 with a temporary data directory; ``--addr`` measures
+a running broker instead (its policy is whatever it was started with).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol import Connection, Encoder, Error, Reply
+
+BODY_SIZE = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One scenario's median figures."""
+
+    scenario: str
+    policy: str
+    messages: int
+    msg_per_s: float
+    p50_us: float
+    p99_us: float
+    runs: int
+
+
+class Wire:
+    """A blocking, pipelining connection speaking raw frames (the lightest client path)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = Connection("client")
+        self.enc = Encoder()
+        self.call("hello", {"versions": [1], "client": "lockgate-bench"})
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self) -> list[Reply]:
+        """At least one frame; raises on an ERROR frame."""
+        while True:
+            frames = self.conn.frames()
+            if frames:
+                for f in frames:
+                    if isinstance(f, Error):
+                        raise RuntimeError(f"{f.code.name}: {f.message}")
+                return frames  # type: ignore[return-value]
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("broker closed the connection")
+            self.conn.receive_data(data)
+
+    def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.send(self.enc.request(0, op, args))
+        return self.receive()[0].result
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    if not samples:
+        return 0.0, 0.0
+    s = sorted(samples)
+    return s[len(s) // 2] * 1e6, s[min(len(s) - 1, int(len(s) * 0.99))] * 1e6
+
+
+def _pipeline(wire: Wire, frames: list[bytes], per_frame: int, window: int) -> tuple[float, list[float]]:
+    """Send ``frames`` keeping at most ``window`` unanswered; returns (seconds, latencies).
+
+    Refills in bursts once an eighth of the window is free, as a real pipelining client does.
+    """
+    sent_at: list[float] = []
+    latencies: list[float] = []
+    total = len(frames)
+    sent = done = 0
+    start = time.perf_counter()
+    refill = max(1, window // 8)
+    while done < total:
+        free = window - (sent - done)
+        if sent < total and (free >= refill or sent == done):
+            burst = min(free, total - sent)
+            now = time.perf_counter()
+            wire.send(b"".join(frames[sent : sent + burst]))
+            sent_at.extend([now] * burst)
+            sent += burst
+        replies = wire.receive()
+        now = time.perf_counter()
+        for _ in replies:
+            latencies.append(now - sent_at[done])
+            done += 1
+    return time.perf_counter() - start, latencies
+
+
+def batch_publish(wire: Wire, queue: str, messages: int, batch: int = 1000, window: int = 4) -> tuple[int, float, list[float]]:
+    body = os.urandom(BODY_SIZE)
+    frame = wire.enc.request(1, "publish", {"queue": queue, "messages": [[body]] * batch})
+    n = max(1, messages // batch)
+    seconds, lat = _pipeline(wire, [frame] * n, batch, window)
+    return n * batch, seconds, lat
+
+
+def pipelined_publish(wire: Wire, queue: str, messages: int, window: int = 256) -> tuple[int, float, list[float]]:
+    body = os.urandom(BODY_SIZE)
+    frames = [wire.enc.request(i, "publish", {"queue": queue, "messages": [[body]]}) for i in range(messages)]
+    seconds, lat = _pipeline(wire, frames, 1, window)
+    return messages, seconds, lat
+
+
+def consume_ack(wire: Wire, queue: str, messages: int, batch: int = 1000) -> tuple[int, float, list[float]]:
+    """Consume in batches and ack each batch; the ack goes out with the next consume."""
+    enc = wire.enc
+    consume = enc.request(1, "consume", {"queue": queue, "max": batch})
+    done = 0
+    latencies: list[float] = []
+    start = time.perf_counter()
+    pending_ack = b""
+    while done < messages:
+        t = time.perf_counter()
+        wire.send(pending_ack + consume)
+        replies: list[Reply] = []
+        want = 2 if pending_ack else 1
+        while len(replies) < want:
+            replies.extend(wire.receive())
+        latencies.append(time.perf_counter() - t)
+        got = replies[-1].result["messages"]
+        if not got:
+            break
+        done += len(got)
+        pending_ack = enc.request(2, "ack", {"queue": queue, "ids": [m[0] for m in got]})
+    if pending_ack:
+        wire.send(pending_ack)
+        wire.receive()
+    return done, time.perf_counter() - start, latencies
+
+
+def sequential_publish(wire: Wire, queue: str, messages: int) -> tuple[int, float, list[float]]:
+    body = os.urandom(BODY_SIZE)
+    frame = wire.enc.request(1, "publish", {"queue": queue, "messages": [[body]]})
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(messages):
+        t = time.perf_counter()
+        wire.send(frame)
+        wire.receive()
+        latencies.append(time.perf_counter() - t)
+    return messages, time.perf_counter() - start, latencies
+
+
+def measure_fdatasync(directory: Path, count: int = 300) -> float:
+    """Median µs of one 4 KiB append + fdatasync in ``directory``."""
+    path = directory / "fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    block = os.urandom(4096)
+    samples = []
+    try:
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            samples.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(samples) * 1e6
+
+
+def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
+    """Write ``records`` single-message publish records, start a broker on them, and
+    return (records/s, seconds) of its start-up replay as it reports it."""
+    import msgpack
+
+    from broker.mutations import Publish, QueueCreate
+    from broker.wal import SegmentedLog, encode_record
+    from tools.procs import BrokerProcess
+
+    data = workdir / "replay-data"
+    pack = msgpack.Packer(use_bin_type=True).pack
+    log = SegmentedLog.open(data / "wal")
+    create = QueueCreate("replay", "fifo", 1, 30_000, 0, None, 10**9)
+    log.append(encode_record(create.TYPE, pack(create.fields())))
+    body = os.urandom(BODY_SIZE)
+    now = int(time.time() * 1000)
+    for i in range(1, records + 1):
+        m = Publish("replay", i, now, [body])
+        log.append(encode_record(m.TYPE, pack(m.fields())))
+        if i % 100_000 == 0:
+            log.write()
+    log.close()
+    proc = BrokerProcess(data, args=("--log-level", "info")).start(timeout=300)
+    try:
+        for line in proc.log_tail(100_000).splitlines():
+            if "recovered:" in line:
+                seconds = float(line.split(" in ")[1].split(" s")[0])
+                got = int(line.split("recovered: ")[1].split(" records")[0])
+                return got / seconds, seconds
+    finally:
+        proc.stop()
+    raise RuntimeError("the broker did not report its replay")
+
+
+SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]] = {
+    "batch-publish": batch_publish,
+    "pipelined-publish": pipelined_publish,
+    "consume-ack": consume_ack,
+    "sequential-publish": sequential_publish,
+}
+
+
+def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs: int,
+                  tag: str) -> list[Result]:
+    results = []
+    wire = Wire(host, port)
+    try:
+        for name, fn in SCENARIOS.items():
+            rates, p50s, p99s, counts = [], [], [], []
+            for r in range(runs):
+                queue = f"bench-{tag}-{name}-{r}"
+                wire.call("queue_create", {"queue": queue})
+                if name == "consume-ack":
+                    batch_publish(wire, queue, sizes[name])
+                n, seconds, lat = fn(wire, queue, sizes[name])
+                p50, p99 = _percentiles(lat)
+                rates.append(n / seconds)
+                p50s.append(p50)
+                p99s.append(p99)
+                counts.append(n)
+                wire.call("queue_delete", {"queue": queue})
+            results.append(Result(name, policy, int(statistics.median(counts)), statistics.median(rates),
+                                  statistics.median(p50s), statistics.median(p99s), runs))
+    finally:
+        wire.close()
+    return results
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--addr", default=None, help="Measure a running broker at host:port instead of starting one.")
+@click.option("--policies", default="always,never", show_default=True,
+              help="Fsync policies to start brokers with (ignored with --addr).")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="Runs per figure (median).")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01),
+              help="Multiply message counts (use < 1 for a quick look).")
+@click.option("--replay-records", default=1_000_000, show_default=True, type=click.IntRange(0),
+              help="Records for the start-up replay figure (0 skips it).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int, as_json: bool) -> None:
+    """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
+    sizes = {k: max(1000, int(v * scale)) for k, v in {
+        "batch-publish": 500_000, "pipelined-publish": 100_000,
+        "consume-ack": 300_000, "sequential-publish": 3_000}.items()}
+    results: list[Result] = []
+    extras: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
+        workdir = Path(tmp)
+        extras["fdatasync_p50_us"] = measure_fdatasync(workdir)
+        if addr:
+            host, port = addr.rsplit(":", 1)
+            results += run_scenarios(host, int(port), "as-running", sizes, runs, "x")
+        else:
+            from tools.procs import BrokerProcess
+
+            for policy in policies.split(","):
+                proc = BrokerProcess(workdir / f"data-{policy}", fsync=policy).start()
+                try:
+                    results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy)
+                finally:
+                    proc.stop()
+        if replay_records:
+            rate, seconds = measure_replay(replay_records, workdir)
+            extras["replay_records"] = replay_records
+            extras["replay_records_per_s"] = rate
+            extras["replay_seconds"] = seconds
+    if as_json:
+        print(json.dumps({"machine": machine(), "results": [asdict(r) for r in results], **extras}, indent=2))
+        return
+    print(f"machine: {machine()}")
+    print(f"command: {' '.join(['python -m tools.bench'] + sys.argv[1:])}")
+    print(f"fdatasync (4 KiB append) p50: {extras['fdatasync_p50_us']:.0f} µs")
+    print()
+    print("| scenario | policy | messages | msg/s | p50 µs | p99 µs |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.scenario} | {r.policy} | {r.messages:,} | {r.msg_per_s:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} |")
+    if "replay_records_per_s" in extras:
+        print()
+        print(f"replay on start-up: {int(extras['replay_records']):,} records in "
+              f"{extras['replay_seconds']:.2f} s = {extras['replay_records_per_s']:,.0f} records/s")
+
+
+if __name__ == "__main__":
+    main()
