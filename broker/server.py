@@ -17,6 +17,7 @@ import trio
 
 from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
 
+from . import gcpolicy
 from .clock import Clock
 from .commands import Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
@@ -52,7 +53,8 @@ class Broker:
 
     def recover(self) -> None:
         """Replay the WAL into the state and open it for appending."""
-        report = self.replay_report = replay(self.wal_dir, self.state.apply_record, io=self._io)
+        with gcpolicy.bulk_load():
+            report = self.replay_report = replay(self.wal_dir, self.state.apply_record, io=self._io)
         rate = report.records / report.seconds if report.seconds > 0 else 0.0
         log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s); "
                  "%d queues, %d messages", report.records, report.bytes, report.segments,
@@ -63,6 +65,7 @@ class Broker:
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, listen, and serve until cancelled; ``task_status`` gets "host:port"."""
         self._clock = Clock()
+        gcpolicy.tune()
         self.recover()
         assert self._log is not None
         self._committer = GroupCommitter(

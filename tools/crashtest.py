@@ -70,7 +70,7 @@ from pathlib import Path
 
 import click
 
-from client.errors import ConnectionClosed, LockgateError
+from client.errors import ConnectionClosed, LockgateError, QueueNotFound
 from client.sync import SyncClient
 from client.types import Delivery, Message, QueueStats
 
@@ -137,6 +137,12 @@ def stats_settings(stats: QueueStats) -> tuple[str, int, int, int, str | None]:
 
 
 # --- bookkeeping -----------------------------------------------------------------------
+
+
+def _tag(body: bytes) -> str:
+    """A body's unique tag (what comes before the first "."), for messages."""
+    return repr(body.split(b".", 1)[0][:40].decode("utf-8", "replace"))
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +264,14 @@ class Tracker:
         """Give ``rec`` its id; False (and a violation) if that contradicts what we know."""
         if rec.id is not None:
             if rec.id != mid:
-                self._violation(OTHER, f"{rec.queue}: body {rec.body[:24]!r} has id {rec.id} "
+                self._violation(OTHER, f"{rec.queue}: body {_tag(rec.body)} has id {rec.id} "
                                        f"but the {source} says {mid}")
                 return False
             return True
         other = self._by_id[rec.queue].get(mid)
         if other is not None and other is not rec:
-            self._violation(OTHER, f"{rec.queue}: id {mid} given to {other.body[:24]!r} and, by the "
-                                   f"{source}, to {rec.body[:24]!r}")
+            self._violation(OTHER, f"{rec.queue}: id {mid} given to {_tag(other.body)} and, by the "
+                                   f"{source}, to {_tag(rec.body)}")
             return False
         rec.id = mid
         self._by_id[rec.queue][mid] = rec
@@ -291,16 +297,16 @@ class Tracker:
         rec = self._by_id[queue].get(mid)
         if rec is not None:
             if rec.body != body:
-                self._violation(OTHER, f"{queue}: id {mid} is {rec.body[:24]!r} but the {source} "
-                                       f"has body {body[:24]!r}")
+                self._violation(OTHER, f"{queue}: id {mid} is {rec.body[:60]!r} but the {source} "
+                                       f"has body {body[:60]!r}")
                 return None
             return rec
         rec = self._by_body[queue].get(body)
         if rec is None:
-            self._violation(OTHER, f"{queue}: {source} of id {mid} with a body never published: {body[:24]!r}")
+            self._violation(OTHER, f"{queue}: {source} of id {mid} with a body never published: {_tag(body)}")
             return None
         if rec.dropped:
-            self._violation(OTHER, f"{queue}: {source} of id {mid}, body {body[:24]!r}, whose publish "
+            self._violation(OTHER, f"{queue}: {source} of id {mid}, body {_tag(body)}, whose publish "
                                    "had failed or was found absent after a restart")
             return None
         if not self._assign_id(rec, mid, source):
@@ -321,14 +327,14 @@ class Tracker:
             if not rec.resurrected:
                 rec.resurrected = True
                 how = "reported missing by an ack" if rec.gone_by_missing else "acked"
-                self._violation(RESURRECTED, f"{rec.queue}: id {rec.id} ({rec.body[:24]!r}) {how} "
+                self._violation(RESURRECTED, f"{rec.queue}: id {rec.id} ({_tag(rec.body)}) {how} "
                                              f"{d.sent - rec.gone_at:.3f}s before a {d.phase} consume "
                                              f"delivered it (attempt {d.attempt})")
             return
         before = [e.attempt for e in rec.deliveries if e.received < d.sent]
         if d.attempt < 1 or (before and d.attempt <= max(before)):
             rec.flagged.add(index)
-            self._violation(REGRESSION, f"{rec.queue}: id {rec.id} ({rec.body[:24]!r}) delivered "
+            self._violation(REGRESSION, f"{rec.queue}: id {rec.id} ({_tag(rec.body)}) delivered "
                                         f"with attempt {d.attempt} by a {d.phase} consume after "
                                         f"attempt {max(before, default=0)} was received")
 
@@ -406,7 +412,7 @@ class Tracker:
                     self.backlog -= 1
                     continue
                 what = "confirmed" if rec.confirmed else "delivered"
-                self._violation(LOST, f"{queue}: id {rec.id} ({rec.body[:24]!r}), {what} and never "
+                self._violation(LOST, f"{queue}: id {rec.id} ({_tag(rec.body)}), {what} and never "
                                       "acked, is missing after the restart")
                 rec.gone_at = at  # report it once
                 self.backlog -= 1
@@ -587,6 +593,13 @@ def check_metadata(client: SyncClient, specs: Sequence[QueueSpec], tracker: Trac
             stats = client.queue_stats(spec.name)
             created = client.create_queue(spec.name, spec.kind, spec.shards,
                                           visibility_ms=spec.visibility_ms, max_attempts=0)
+        except QueueNotFound:
+            # Gone with all its messages (the drain finds it empty, so they count as
+            # lost); declare it again so the load can go on.
+            tracker.violation(OTHER, f"{spec.name}: the queue is gone after the restart")
+            client.create_queue(spec.name, spec.kind, spec.shards, visibility_ms=spec.visibility_ms,
+                                max_attempts=0)
+            continue
         except ConnectionClosed:
             raise
         except LockgateError as exc:

@@ -155,10 +155,9 @@ class Queue:
         n = len(bodies)
         if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
             # The common case: plain messages into a single shard.
-            push = sets[0].push
-            for mid, body in enumerate(bodies, first_id):
-                msg = msgs[mid] = Message(mid, body, None, 0, 0)
-                push(msg)
+            new = [Message(mid, body, None, 0, 0) for mid, body in enumerate(bodies, first_id)]
+            msgs.update(zip(range(first_id, first_id + n), new))
+            sets[0].push_many(new)
         else:
             for i, body in enumerate(bodies):
                 mid = first_id + i

@@ -28,6 +28,10 @@ class FifoReady:
         self._items.append(msg)
         self.count += 1
 
+    def push_many(self, msgs: list[Message]) -> None:
+        self._items.extend(msgs)
+        self.count += len(msgs)
+
     def iter_ready(self) -> Iterator[Message]:
         for msg in self._items:
             if msg.state != DELETED:
@@ -63,6 +67,10 @@ class LifoReady:
     def push(self, msg: Message) -> None:
         self._items.append(msg)
         self.count += 1
+
+    def push_many(self, msgs: list[Message]) -> None:
+        self._items.extend(msgs)
+        self.count += len(msgs)
 
     def iter_ready(self) -> Iterator[Message]:
         for msg in reversed(self._items):
@@ -106,6 +114,10 @@ class PriorityReady:
         bucket.append(msg)
         self._entries += 1
         self.count += 1
+
+    def push_many(self, msgs: list[Message]) -> None:
+        for msg in msgs:
+            self.push(msg)
 
     def iter_ready(self) -> Iterator[Message]:
         for level in reversed(self._levels):
