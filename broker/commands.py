@@ -141,8 +141,8 @@ def id_list_arg(args: dict[str, Any], ctx: Context) -> list[int]:
                             f"at most {ctx.config.max_batch} ids per request",
                             details={"field": "ids", "limit": ctx.config.max_batch})
     for i in ids:
-        if type(i) is not int:
-            raise invalid("ids", "ids must be integers")
+        if type(i) is not int or not 0 <= i < 2**63:
+            raise invalid("ids", "ids must be integers from 0 to 2**63 - 1")
     return list(dict.fromkeys(ids))
 
 
@@ -385,7 +385,9 @@ def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> O
     if not command.fields.issuperset(args):
         command.errors += 1
         name = next(n for n in args if n not in command.fields)
-        raise invalid(str(name), f"{op} takes no argument {name!r}")
+        if type(name) is not str:
+            raise invalid("args", "argument names must be strings")
+        raise invalid(name, f"{op} takes no argument {name!r}")
     try:
         return command.handler(session, args, ctx)
     except ProtocolError:

@@ -28,6 +28,9 @@ class BrokerConfig:
     fsync: str = "always"
     fsync_interval_ms: int = 100
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    #: A checkpoint is due when the log has grown this much (or by the live data, if
+    #: more) since the last snapshot.
+    checkpoint_bytes: int = DEFAULT_SEGMENT_BYTES
     max_frame: int = DEFAULT_MAX_FRAME
     max_message: int = DEFAULT_MAX_MESSAGE
     max_batch: int = DEFAULT_MAX_BATCH

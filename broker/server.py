@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
+import os
+import time
 from typing import Any
 
 import msgpack
@@ -23,9 +24,14 @@ from .commands import Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .mutations import Mutation, Recover
 from .state import BrokerState
+from .wal.checkpoint import list_snapshots, read_snapshot
+from .checkpointer import Checkpointer
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record, replay
 
 log = logging.getLogger("lockgate.server")
+
+#: How long a graceful shutdown lets connections finish what they have read.
+SHUTDOWN_GRACE_S = 10.0
 
 
 class Broker:
@@ -44,6 +50,12 @@ class Broker:
         self._ready_events: dict[str, trio.Event] = {}
         self._timer_poke: trio.Event | None = None
         self._timer_target = math.inf
+        self._stopping: trio.Event | None = None
+        self._draining = False
+        #: Cancel scopes of connections waiting for their next read (cancelled to drain).
+        self._idle: set[trio.CancelScope] = set()
+        self._snapshot_lsn = 0
+        self._checkpointer: Checkpointer | None = None
 
     @property
     def wal_dir(self) -> Any:
@@ -52,42 +64,97 @@ class Broker:
     # -- start and stop ---------------------------------------------------------------
 
     def recover(self) -> None:
-        """Replay the WAL into the state and open it for appending."""
+        """Load the newest snapshot, replay the log after it, and open the log for appending."""
+        io = self._io if self._io is not None else FileIO()
+        directory = str(self.wal_dir)
+        snapshot_lsn = 0
+        started = time.perf_counter()
         with gcpolicy.bulk_load():
-            report = self.replay_report = replay(self.wal_dir, self.state.apply_record, io=self._io)
+            snapshots = list_snapshots(io, directory)
+            if snapshots:
+                snapshot_lsn, records = read_snapshot(io, os.path.join(directory, snapshots[-1][1]))
+                self.state = BrokerState.from_records(records)
+            report = self.replay_report = replay(
+                self.wal_dir, self.state.apply_record, io=self._io, from_lsn=snapshot_lsn)
+        seconds = time.perf_counter() - started
         rate = report.records / report.seconds if report.seconds > 0 else 0.0
-        log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s); "
-                 "%d queues, %d messages", report.records, report.bytes, report.segments,
-                 report.seconds, rate, len(self.state.queues),
-                 sum(len(q) for q in self.state.queues.values()))
+        log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
+                 "after a snapshot at LSN %d; %d queues, %d messages; %.3f s in all",
+                 report.records, report.bytes, report.segments, report.seconds, rate,
+                 snapshot_lsn, len(self.state.queues),
+                 sum(len(q) for q in self.state.queues.values()), seconds)
         self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes, io=self._io)
+        self._snapshot_lsn = snapshot_lsn
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown: stop accepting, finish in-flight requests, answer
+        held consumes, fsync, checkpoint; ``serve`` then returns."""
+        if self._stopping is not None:
+            self._stopping.set()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover, listen, and serve until cancelled; ``task_status`` gets "host:port"."""
+        """Recover, listen and serve until ``shutdown()`` (or cancellation).
+
+        ``task_status.started`` gets "host:port".
+        """
         self._clock = Clock()
+        self._stopping = trio.Event()
         gcpolicy.tune()
         self.recover()
         assert self._log is not None
         self._committer = GroupCommitter(
             self._log, FsyncPolicy(self.config.fsync), interval_ms=self.config.fsync_interval_ms)
+        self._checkpointer = Checkpointer(
+            self.state, self._log, self._committer, str(self.wal_dir),
+            self._io if self._io is not None else FileIO(),
+            min_bytes=self.config.checkpoint_bytes, snapshot_lsn=self._snapshot_lsn)
+        clean = False
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._committer.run)
                 if any(q.leased for q in self.state.queues.values()):
                     lsn = self._commit([Recover(self._clock.now_ms())])
                     await self._committer.wait_durable(lsn)
-                listeners = await nursery.start(partial(
-                    trio.serve_tcp, self._handle_connection, self.config.port, host=self.config.host))
-                host, port = listeners[0].socket.getsockname()[:2]
-                self.addr = f"{host}:{port}"
                 nursery.start_soon(self._timer_loop)
-                task_status.started(self.addr)
+                await nursery.start(self._checkpointer.run)
+                async with trio.open_nursery() as connections:
+                    listening = trio.CancelScope()
+                    listeners = await connections.start(self._listen, listening, connections)
+                    host, port = listeners[0].socket.getsockname()[:2]
+                    self.addr = f"{host}:{port}"
+                    task_status.started(self.addr)
+                    await self._stopping.wait()
+                    log.info("shutting down: no new connections; finishing in-flight requests")
+                    listening.cancel()
+                    self._drain(connections)
+                await self._committer.aclose()
+                self._checkpointer.checkpoint_inline()
+                clean = True
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 try:
-                    await self._committer.aclose()
+                    if not clean:
+                        await self._committer.aclose()
                 finally:
                     self._log.close()
+            log.info("stopped%s", " cleanly" if clean else "")
+
+    async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,
+                      *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await trio.serve_tcp(self._handle_connection, self.config.port, host=self.config.host,
+                                 handler_nursery=connections, task_status=task_status)
+
+    def _drain(self, connections: trio.Nursery) -> None:
+        """Let connections finish what they have read, then close; bounded by a grace period."""
+        self._draining = True
+        for scope in list(self._idle):
+            scope.cancel()
+        for event in self._ready_events.values():
+            event.set()
+        self._ready_events.clear()
+        connections.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
 
     # -- the live path ----------------------------------------------------------------
 
@@ -103,6 +170,9 @@ class Broker:
             fields = m.fields()
             lsn = append(encode_record(m.TYPE, pack(fields)))
             apply(m.TYPE, fields)
+        if lsn >= self._check_at():
+            assert self._checkpointer is not None
+            self._checkpointer.poke()
         woken = self.state.take_woken()
         if self._ready_events:
             for name in woken:
@@ -113,6 +183,9 @@ class Broker:
         if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
             self._timer_poke.set()
         return lsn
+
+    def _check_at(self) -> int:
+        return self._checkpointer.check_at if self._checkpointer is not None else 2**63
 
     def _run_due(self) -> int:
         """Log and apply lease expiries and elapsed delays; returns the last LSN or 0."""
@@ -151,9 +224,12 @@ class Broker:
         assert committer is not None
         try:
             async with trio.open_nursery() as waiters:
-                while True:
-                    data = await stream.receive_some(RECV_BYTES)
-                    if not data:
+                while not self._draining:
+                    with trio.CancelScope() as idle:
+                        self._idle.add(idle)
+                        data = await stream.receive_some(RECV_BYTES)
+                    self._idle.discard(idle)
+                    if idle.cancelled_caught or not data:
                         break
                     conn.receive_data(data)
                     out: list[bytes] = []
@@ -195,7 +271,9 @@ class Broker:
                             await stream.send_all(b"".join(out))
                     if closing:
                         break
-                waiters.cancel_scope.cancel()
+                if not self._draining:
+                    waiters.cancel_scope.cancel()  # gone or broken: drop its held consumes
+                # While draining, held consumes answer at once and the nursery waits for them.
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -252,7 +330,7 @@ class Broker:
         try:
             while True:
                 # Check, then register, with no checkpoint in between: no wake-up is missed.
-                timed_out = trio.current_time() >= deadline
+                timed_out = self._draining or trio.current_time() >= deadline
                 try:
                     lsn = self._run_due_for(retry)
                     outcome = self._dispatch(session, retry, self._context())

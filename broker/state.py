@@ -13,7 +13,7 @@ Rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -25,6 +25,10 @@ from .mutations import (
     Release,
 )
 from .queues import LEASED, Message, Queue, QueueSettings
+
+#: Snapshot record types (a snapshot file's records; never in the log).
+SNAPSHOT_QUEUE = 101
+SNAPSHOT_MESSAGES = 102
 
 
 class BrokerState:
@@ -188,6 +192,43 @@ class BrokerState:
             if queue.leased:
                 leased = [m.id for m in queue.messages.values() if m.state == LEASED]
                 self._release(name, leased, 0, True, now_ms)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def export_records(self, chunk: int = 1000) -> Iterator[tuple[int, bytes]]:
+        """The whole state as snapshot records ``(type, payload)``."""
+        pack = msgpack.Packer(use_bin_type=True).pack
+        for name in sorted(self.queues):
+            queue = self.queues[name]
+            yield SNAPSHOT_QUEUE, pack(queue.export_header())
+            rows: list[list[Any]] = []
+            for row in queue.export_messages():
+                rows.append(row)
+                if len(rows) >= chunk:
+                    yield SNAPSHOT_MESSAGES, pack([name, rows])
+                    rows = []
+            if rows:
+                yield SNAPSHOT_MESSAGES, pack([name, rows])
+
+    @classmethod
+    def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
+        """Rebuild a state from ``export_records`` output."""
+        state = cls()
+        for rtype, payload in records:
+            fields = msgpack.unpackb(payload, raw=False)
+            if rtype == SNAPSHOT_QUEUE:
+                queue = Queue.from_header(fields)
+                state.queues[queue.name] = queue
+            elif rtype == SNAPSHOT_MESSAGES:
+                state.queues[fields[0]].import_messages(fields[1])
+            else:
+                raise ValueError(f"unknown snapshot record type {rtype}")
+        for name, queue in state.queues.items():
+            queue.finish_import()
+            nxt = queue.next_deadline()
+            if nxt is not None:
+                state._schedule(name, nxt)
+        return state
 
     # -- reading --------------------------------------------------------------------
 

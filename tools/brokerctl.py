@@ -366,6 +366,10 @@ def nack_cmd(queue: str, ids: tuple[int, ...], delay_ms: int, addr: str, as_json
 #     from tools.bench import bench; main.add_command(bench)
 # Keep `tools.brokerctl.main` importable: it is the `brokerctl` console script.
 
+from tools.walctl import wal  # noqa: E402  (offline WAL tools; needs no broker)
+
+main.add_command(wal)
+
 
 if __name__ == "__main__":
     main()

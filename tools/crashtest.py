@@ -144,7 +144,6 @@ def _tag(body: bytes) -> str:
     return repr(body.split(b".", 1)[0][:40].decode("utf-8", "replace"))
 
 
-
 @dataclass(frozen=True, slots=True)
 class DeliveryRecord:
     """One delivery of a message: when its consume was sent and its reply received."""
@@ -155,9 +154,12 @@ class DeliveryRecord:
     phase: str  # "load" or "drain"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class MessageRecord:
-    """What the run knows about one message (all times are ``time.monotonic()``)."""
+    """What the run knows about one message (all times are ``time.monotonic()``).
+
+    Compared and hashed by identity: there is one record per published body.
+    """
 
     queue: str
     body: bytes
@@ -194,9 +196,11 @@ class Tracker:
         self._lock = threading.Lock()
         self._by_body: dict[str, dict[bytes, MessageRecord]] = {}
         self._by_id: dict[str, dict[int, MessageRecord]] = {}
-        #: Records with deliveries not yet covered by ``full_check``.
-        self._dirty: set[int] = set()
-        self._records: dict[int, MessageRecord] = {}
+        #: Per queue, the records not yet settled (known gone or known never published):
+        #: the ones ``reconcile`` has to look at.
+        self._open: dict[str, set[MessageRecord]] = {}
+        #: Records with deliveries or acks not yet covered by ``full_check``.
+        self._dirty: set[MessageRecord] = set()
         self.settings: dict[str, tuple[object, ...]] = {}
         self.counts: dict[str, int] = {LOST: 0, RESURRECTED: 0, REGRESSION: 0, OTHER: 0}
         self.violations: list[str] = []
@@ -230,6 +234,7 @@ class Tracker:
             self.settings[name] = settings
             self._by_body.setdefault(name, {})
             self._by_id.setdefault(name, {})
+            self._open.setdefault(name, set())
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -241,7 +246,7 @@ class Tracker:
                 if body in by_body:
                     raise ValueError(f"body {body[:40]!r} published twice; tags must be unique")
                 rec = by_body[body] = MessageRecord(queue, body)
-                self._records[id(rec)] = rec
+                self._open[queue].add(rec)
 
     def publish_confirmed(self, queue: str, bodies: Sequence[bytes], first_id: int) -> None:
         """The publish reply gave ``bodies`` the ids ``first_id, first_id + 1, ...``."""
@@ -258,7 +263,7 @@ class Tracker:
         """An error reply: the publish is atomic, so none of ``bodies`` exists."""
         with self._lock:
             for body in bodies:
-                self._by_body[queue][body].dropped = True
+                self._drop(self._by_body[queue][body])
 
     def _assign_id(self, rec: MessageRecord, mid: int, source: str) -> bool:
         """Give ``rec`` its id; False (and a violation) if that contradicts what we know."""
@@ -290,7 +295,7 @@ class Tracker:
                     continue
                 rec.deliveries.append(DeliveryRecord(d.attempt, sent, received, phase))
                 self._check_delivery(rec, len(rec.deliveries) - 1)
-                self._dirty.add(id(rec))
+                self._dirty.add(rec)
 
     def _identify(self, queue: str, mid: int, body: bytes, source: str) -> MessageRecord | None:
         """The record for a message seen in the broker, adopting unconfirmed publishes."""
@@ -342,8 +347,7 @@ class Tracker:
         """Re-check every delivery recorded since the last call against all others."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            for key in dirty:
-                rec = self._records[key]
+            for rec in dirty:
                 for index in range(len(rec.deliveries)):
                     self._check_delivery(rec, index)
 
@@ -367,12 +371,11 @@ class Tracker:
                     continue
                 rec.acks_in_flight -= 1
                 if rec.gone_at is None:
-                    rec.gone_at = at
-                    self.backlog -= 1
+                    self._gone(rec, at)
                     rec.gone_by_missing = mid in missing
                     if mid not in missing:
                         self.acked += 1
-                self._dirty.add(id(rec))
+                self._dirty.add(rec)
 
     def ack_failed(self, queue: str, ids: Sequence[int]) -> None:
         """An error reply: nothing was acked."""
@@ -392,30 +395,32 @@ class Tracker:
         """
         with self._lock:
             for mid, body in present.items():
-                self._identify(queue, mid, body, "drain")
-            for rec in self._by_body[queue].values():
-                if rec.dropped:
-                    continue
+                if mid not in self._by_id[queue] and body in self._by_body[queue]:
+                    self._identify(queue, mid, body, "drain")  # normally done by ``delivered``
+            for rec in list(self._open[queue]):
                 if rec.id is None or not rec.published:
                     # An unconfirmed publish that is not there: it never happened.
-                    rec.dropped = True
-                    continue
-                found = present.get(rec.id) == rec.body
-                if found:
+                    self._drop(rec)
+                elif present.get(rec.id) == rec.body:
                     rec.acks_in_flight = 0  # acks cut off by the crash did not happen
-                    continue  # if gone_at is set, the drain delivery was flagged already
-                if rec.gone_at is not None:
-                    continue
-                if rec.acks_in_flight > 0:
+                elif rec.acks_in_flight > 0:
                     rec.acks_in_flight = 0
-                    rec.gone_at = at  # an ack cut off by the crash did happen
-                    self.backlog -= 1
-                    continue
-                what = "confirmed" if rec.confirmed else "delivered"
-                self._violation(LOST, f"{queue}: id {rec.id} ({_tag(rec.body)}), {what} and never "
-                                      "acked, is missing after the restart")
-                rec.gone_at = at  # report it once
-                self.backlog -= 1
+                    self._gone(rec, at)  # an ack cut off by the crash did happen
+                else:
+                    what = "confirmed" if rec.confirmed else "delivered"
+                    self._violation(LOST, f"{queue}: id {rec.id} ({_tag(rec.body)}), {what} and "
+                                          "never acked, is missing after the restart")
+                    self._gone(rec, at)  # report it once
+            # Messages already gone that the drain found were flagged by ``delivered``.
+
+    def _gone(self, rec: MessageRecord, at: float) -> None:
+        rec.gone_at = at
+        self._open[rec.queue].discard(rec)
+        self.backlog -= 1
+
+    def _drop(self, rec: MessageRecord) -> None:
+        rec.dropped = True
+        self._open[rec.queue].discard(rec)
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -710,12 +715,14 @@ def run(
     seed: int | None = None,
     data_dir: Path | None = None,
     keep: bool = False,
+    broker_args: tuple[str, ...] = (),
     log: Callable[[str], None] | None = None,
 ) -> Summary:
     """Run the harness; see the module docstring.
 
     ``data_dir`` must be missing or empty; without it a temporary directory is used and
-    removed afterwards, unless ``keep`` is set or a violation was found. ``log`` gets
+    removed afterwards, unless ``keep`` is set or a violation was found. ``broker_args``
+    are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). ``log`` gets
     progress lines.
     """
     if seed is None:
@@ -732,7 +739,7 @@ def run(
     data_dir = Path(data_dir)
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"data directory {data_dir} is not empty")
-    broker = BrokerProcess(data_dir, fsync=fsync)
+    broker = BrokerProcess(data_dir, fsync=fsync, args=broker_args)
     say(f"crashtest: seed={seed} fsync={fsync} data={data_dir} log={broker.log_path}")
     kills = 0
     done = 0

@@ -44,6 +44,8 @@ class Queue:
         self.next_id = 1
         self.leased = 0
         self.delayed = 0
+        #: Bytes of message bodies held.
+        self.bytes = 0
         # Lifetime counters.
         self.published = 0
         self.acked = 0
@@ -172,6 +174,7 @@ class Queue:
                     sets[msg.shard].push(msg)
         self.next_id = first_id + n
         self.published += n
+        self.bytes += sum(map(len, bodies))
 
     def lease(self, deadline_ms: int, ids: list[int]) -> None:
         msgs = self.messages
@@ -237,6 +240,7 @@ class Queue:
             heapq.heapify(self._delay_heap)
 
     def _unlink(self, msg: Message) -> None:
+        self.bytes -= len(msg.body)
         state = msg.state
         msg.state = DELETED
         if state == READY:
@@ -259,6 +263,60 @@ class Queue:
                 kept.append((deadline, seq, live))
         heapq.heapify(kept)
         self._lease_heap = kept
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def export_header(self) -> list[Any]:
+        """Settings, id counter and lifetime counters, for a snapshot."""
+        s = self.settings
+        return [s.name, s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter,
+                s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
+                self.nacked, self.expired, self.dead_lettered, self.dropped]
+
+    @classmethod
+    def from_header(cls, fields: list[Any]) -> "Queue":
+        queue = cls(QueueSettings(*fields[:7]))
+        (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
+         queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
+        return queue
+
+    def export_messages(self) -> Iterator[list[Any]]:
+        """Every message as a row, ready ones first in each shard's push order, then
+        leased ones by lease batch, then delayed ones."""
+        for ready in self.ready_sets:
+            for m in ready.in_push_order():
+                yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+        others = sorted((m for m in self.messages.values() if m.state != READY),
+                        key=lambda m: (m.state, m.lease, m.deadline))
+        for m in others:
+            yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+
+    def import_messages(self, rows: list[list[Any]]) -> None:
+        """Add exported rows back, in export order; call ``finish_import`` after the last."""
+        msgs = self.messages
+        sets = self.ready_sets
+        for mid, body, key, priority, shard, attempts, state, deadline, lease in rows:
+            msg = msgs[mid] = Message(mid, body, key, priority, shard)
+            self.bytes += len(body)
+            msg.attempts = attempts
+            if state == READY:
+                sets[shard].push(msg)
+            elif state == DELAYED:
+                self._delay(msg, deadline)
+            else:
+                msg.state = LEASED
+                msg.deadline = deadline
+                msg.lease = lease
+                self.leased += 1
+
+    def finish_import(self) -> None:
+        """Rebuild the lease timers from the imported leased messages."""
+        batches: dict[tuple[int, int], list[int]] = {}
+        for m in self.messages.values():
+            if m.state == LEASED:
+                batches.setdefault((m.deadline, m.lease), []).append(m.id)
+        self._lease_heap = [(deadline, seq, ids) for (deadline, seq), ids in batches.items()]
+        heapq.heapify(self._lease_heap)
 
     def stats(self) -> dict[str, Any]:
         s = self.settings

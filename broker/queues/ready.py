@@ -37,6 +37,10 @@ class FifoReady:
             if msg.state != DELETED:
                 yield msg
 
+    def in_push_order(self) -> Iterator[Message]:
+        """Ready messages in the order pushing them again rebuilds this set."""
+        return (m for m in self._items if m.state != DELETED)
+
     def take(self, msg: Message) -> None:
         """Remove ``msg`` (usually the first live entry)."""
         items = self._items
@@ -76,6 +80,9 @@ class LifoReady:
         for msg in reversed(self._items):
             if msg.state != DELETED:
                 yield msg
+
+    def in_push_order(self) -> Iterator[Message]:
+        return (m for m in self._items if m.state != DELETED)
 
     def take(self, msg: Message) -> None:
         items = self._items
@@ -121,6 +128,12 @@ class PriorityReady:
 
     def iter_ready(self) -> Iterator[Message]:
         for level in reversed(self._levels):
+            for msg in self._buckets[level]:
+                if msg.state != DELETED:
+                    yield msg
+
+    def in_push_order(self) -> Iterator[Message]:
+        for level in self._levels:
             for msg in self._buckets[level]:
                 if msg.state != DELETED:
                     yield msg

@@ -29,6 +29,10 @@ Rules:
    leftover ``*.wal.tmp``). A missing or empty directory is an empty log.
 8. ``apply(type, payload)`` is called once per valid record; an exception from it
    propagates with a note naming the segment and offset.
+9. With ``from_lsn`` (the LSN of a snapshot) replay starts at that record boundary:
+   segments that end at or before it are not read, and the segment holding it is read
+   from there. A log that starts after ``from_lsn`` or ends before it is
+   ``WalCorruption``: the snapshot and the log do not meet.
 """
 from __future__ import annotations
 
@@ -80,11 +84,12 @@ class ReplayReport:
 
 
 def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], object], *,
-           io: FileIO | None = None, truncate: bool = True) -> ReplayReport:
+           io: FileIO | None = None, truncate: bool = True, from_lsn: int = 0) -> ReplayReport:
     """Call ``apply(type, payload)`` for every valid record in LSN order.
 
     Raises ``WalCorruption`` (see the rules above). With ``truncate=False`` a torn
-    tail is reported but left on disk (for offline tools).
+    tail is reported but left on disk (for offline tools). ``from_lsn`` skips the
+    records a snapshot already holds (rule 9).
     """
     started = time.perf_counter()
     io = io if io is not None else FileIO()
@@ -93,6 +98,14 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
         segments = list_segments(io, path)
     except FileNotFoundError:
         segments = []
+    if from_lsn:
+        # Rule 9: drop segments that end at or before from_lsn (the next one starts there).
+        while len(segments) > 1 and segments[1][0] <= from_lsn:
+            segments.pop(0)
+        if not segments or segments[0][0] > from_lsn:
+            where = os.path.join(path, segments[0][1]) if segments else path
+            raise WalCorruption(where, 0, f"the log does not reach back to LSN {from_lsn}, "
+                                "where the snapshot ends")
     records = 0
     first = segments[0][0] if segments else 0
     end_lsn = first
@@ -116,14 +129,22 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
                 io.close(create_segment(io, path, base))
             break
         decode_header(data, seg_path, base)
+        start = SEGMENT_HEADER_SIZE
+        if i == 0 and from_lsn > base:
+            start += from_lsn - base
+            if start > len(data):
+                raise WalCorruption(seg_path, len(data), f"the log ends before LSN {from_lsn}, "
+                                    "where the snapshot ends")
 
         try:
-            off, count = _scan(data, apply)
+            off, count = _scan(data, apply, start)
         except BaseException as exc:
             exc.add_note(f"while replaying {seg_path}")
             raise
         records += count
         end_lsn = base + off - SEGMENT_HEADER_SIZE
+        if i == 0 and from_lsn:
+            first = from_lsn
         if off == len(data):
             continue
 
@@ -150,8 +171,9 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     )
 
 
-def _scan(data: bytes, apply: Callable[[int, bytes], object]) -> tuple[int, int]:
-    """Apply records from the segment header on; return (stop offset, records applied).
+def _scan(data: bytes, apply: Callable[[int, bytes], object],
+          off: int = SEGMENT_HEADER_SIZE) -> tuple[int, int]:
+    """Apply records from offset ``off`` on; return (stop offset, records applied).
 
     Stops at the first bad record; the stop offset equals ``len(data)`` if none.
     This loop is the replay hot path: keep it flat.
@@ -161,7 +183,6 @@ def _scan(data: bytes, apply: Callable[[int, bytes], object]) -> tuple[int, int]
     crc = crc32c
     n = len(data)
     limit = n - RECORD_HEADER_SIZE
-    off = SEGMENT_HEADER_SIZE
     count = 0
     try:
         while off <= limit:

@@ -253,7 +253,7 @@ class QueueMachine(RuleBasedStateMachine):
     def pick_ids(self, picks: list[int]) -> list[int]:
         """Ids by index into: leased ids, then every id issued, then ids never issued."""
         leased = [i for i, m in self.model.msgs.items() if m.state == LEASED]
-        pool = leased + self.model.issued + [0, -3, self.model.next_id, 2**40]
+        pool = leased + self.model.issued + [0, self.model.next_id, 2**40, 2**63 - 1]
         return [pool[p % len(pool)] for p in picks]
 
     def queues(self) -> list[tuple[str, ModelQueue]]:
