@@ -70,7 +70,7 @@ from pathlib import Path
 
 import click
 
-from client.errors import ConnectionClosed, LockgateError, QueueNotFound
+from client.errors import ConnectionClosed, LockgateError, QueueNotFound, ShuttingDown
 from client.sync import SyncClient
 from client.types import Delivery, Message, QueueStats
 
@@ -442,7 +442,7 @@ def _run_worker(load: Load, name: str, body: Callable[[SyncClient], None]) -> No
     try:
         with SyncClient(load.addr, timeout=CLIENT_TIMEOUT, client_name=f"crashtest-{name}") as client:
             body(client)
-    except ConnectionClosed:
+    except (ConnectionClosed, ShuttingDown):
         pass  # the broker was killed or stopped
     except TimeoutError:
         if not load.stop.is_set():
@@ -491,6 +491,9 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 else:
                     first_id = client.publish_batch(spec.name, messages).first_id
             except ConnectionClosed:
+                raise  # in flight: it may or may not have happened
+            except ShuttingDown:
+                tracker.publish_failed(spec.name, bodies)  # refused: it did not happen
                 raise
             except LockgateError as exc:
                 tracker.publish_failed(spec.name, bodies)
@@ -530,6 +533,9 @@ def consumer(load: Load, index: int, rng: random.Random) -> None:
                 try:
                     result = client.ack(spec.name, acks)
                 except ConnectionClosed:
+                    raise
+                except ShuttingDown:
+                    tracker.ack_failed(spec.name, acks)
                     raise
                 except LockgateError as exc:
                     tracker.ack_failed(spec.name, acks)

@@ -202,7 +202,7 @@ def test_gap_between_segments(wal_dir: Path) -> None:
     assert "ends at LSN" in problem["reason"]
 
 
-def test_unknown_record_type_and_snapshot_note(tmp_path: Path) -> None:
+def test_unknown_record_type_and_a_damaged_snapshot(tmp_path: Path) -> None:
     wal_dir = tmp_path / "wal"
     write_wal(wal_dir, mutations()[:2])
     with SegmentedLog.open(wal_dir) as log:
@@ -213,9 +213,32 @@ def test_unknown_record_type_and_snapshot_note(tmp_path: Path) -> None:
     assert out["records"] == 3 and out["records_by_type"]["200"] == 1
     severities = {(p["severity"], p["file"]) for p in out["problems"]}
     assert severities == {
-        ("error", segments(wal_dir)[-1]), ("note", "state.snap"),
+        ("error", segments(wal_dir)[-1]), ("error", "state.snap"),
         ("note", "00000000000000000999.wal.tmp")}
-    assert out["snapshots"] == 1 and out["snapshots_checked"] == 0
+    assert out["snapshots"] == 1 and out["snapshots_checked"] == 1
+
+
+def test_a_real_snapshot_verifies_and_feeds_stats(tmp_path: Path) -> None:
+    from broker.state import BrokerState
+    from broker.wal.checkpoint import publish_snapshot, remove_obsolete, write_snapshot_tmp
+    from broker.wal.fileio import FileIO
+
+    wal_dir = tmp_path / "wal"
+    write_wal(wal_dir, mutations())
+    state = BrokerState()
+    from broker.wal import replay
+
+    report = replay(wal_dir, state.apply_record)
+    io = FileIO()
+    tmp = write_snapshot_tmp(io, str(wal_dir), report.end_lsn, state.export_records())
+    publish_snapshot(io, str(wal_dir), tmp)
+    remove_obsolete(io, str(wal_dir), report.end_lsn)
+    out = verify_json(tmp_path, expect=0)
+    assert out["snapshots"] == 1 and out["snapshots_checked"] == 1
+    assert not [p for p in out["problems"] if p["severity"] == "error"]
+    stats = json.loads(CliRunner().invoke(main, ["wal", "stats", str(tmp_path), "--json"]).output)
+    live = sum(len(q.messages) for q in state.queues.values())
+    assert stats["total"]["live_messages"] == live
 
 
 # --- dump --------------------------------------------------------------------------
