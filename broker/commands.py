@@ -89,6 +89,8 @@ class Command:
     handler: Handler
     fields: frozenset[str]
     needs_handshake: bool = True
+    #: False for ops whose replies reveal no queue state (they need not wait on the log).
+    reads_state: bool = True
     calls: int = 0
     errors: int = 0
 
@@ -351,16 +353,18 @@ def nack(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     return Outcome({"released": len(leased), "missing": missing}, mutations)
 
 
-def _command(op: Op, handler: Handler, fields: str, needs_handshake: bool = True) -> Command:
-    return Command(str(op), handler, frozenset(fields.split()), needs_handshake)
+def _command(op: Op, handler: Handler, fields: str, needs_handshake: bool = True,
+             reads_state: bool = True) -> Command:
+    return Command(str(op), handler, frozenset(fields.split()), needs_handshake, reads_state)
 
 
 #: The registry. Each entry lists the argument names the op accepts.
 COMMANDS: dict[str, Command] = {
     c.op: c
     for c in (
-        _command(Op.HELLO, hello, "versions max_frame client", needs_handshake=False),
-        _command(Op.PING, ping, ""),
+        _command(Op.HELLO, hello, "versions max_frame client", needs_handshake=False,
+                 reads_state=False),
+        _command(Op.PING, ping, "", reads_state=False),
         _command(Op.QUEUE_CREATE, queue_create,
                  "queue kind shards visibility_ms max_attempts dead_letter max_messages"),
         _command(Op.QUEUE_DELETE, queue_delete, "queue"),
@@ -372,6 +376,10 @@ COMMANDS: dict[str, Command] = {
         _command(Op.NACK, nack, "queue ids delay_ms"),
     )
 }
+
+
+#: Ops whose replies may be sent without waiting for the log.
+STATELESS_OPS = frozenset(c.op for c in COMMANDS.values() if not c.reads_state)
 
 
 def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> Outcome:

@@ -20,7 +20,7 @@ from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, R
 
 from . import gcpolicy
 from .clock import Clock
-from .commands import Context, Outcome, Session, Wait, dispatch
+from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .mutations import Mutation, Recover
 from .state import BrokerState
@@ -233,11 +233,11 @@ class Broker:
                         break
                     conn.receive_data(data)
                     out: list[bytes] = []
-                    durable: list[tuple[int, int]] = []  # (index in out, request id)
+                    answered: list[tuple[int, int]] = []  # (index in out, request id)
                     try:
-                        last_lsn = self._run_due()
+                        self._run_due()
                     except StorageError:
-                        last_lsn = 0  # each request below gets its own STORAGE_ERROR
+                        pass  # the replies below wait on the log and report it
                     ctx = self._context()
                     closing = False
                     while True:
@@ -245,7 +245,7 @@ class Broker:
                             frame = conn.next_frame()
                             if frame is NEED_DATA:
                                 break
-                            reply, lsn = self._execute(session, frame, ctx, enc)
+                            reply = self._execute(session, frame, ctx, enc)
                         except ProtocolError as exc:
                             out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
                             if exc.fatal:
@@ -255,17 +255,18 @@ class Broker:
                         except _Hold as hold:
                             self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
                             continue
-                        if lsn:
-                            last_lsn = lsn
-                            durable.append((len(out), frame.id))
+                        if frame.op not in STATELESS_OPS:
+                            answered.append((len(out), frame.id))
                         out.append(reply)
-                    if last_lsn:
-                        try:
-                            await committer.wait_durable(last_lsn)
-                        except StorageError as exc:
-                            for index, rid in durable:
-                                out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR,
-                                                       f"not confirmed: {exc}")
+                    # No reply may reveal state the log could still lose: every reply,
+                    # whether or not its request logged anything, waits until the log
+                    # covers all that has been applied so far.
+                    try:
+                        if answered:
+                            await committer.wait_durable(self._log.appended_lsn)
+                    except StorageError as exc:
+                        for index, rid in answered:
+                            out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
                     if out:
                         async with send_lock:
                             await stream.send_all(b"".join(out))
@@ -282,8 +283,10 @@ class Broker:
         finally:
             await trio.aclose_forcefully(stream)
 
-    def _execute(self, session: Session, req: Request, ctx: Context, enc: Encoder) -> tuple[bytes, int]:
-        """Run one request through the registry and the WAL; returns (reply, lsn or 0)."""
+    def _execute(self, session: Session, req: Request, ctx: Context, enc: Encoder) -> bytes:
+        """Run one request through the registry and the WAL; returns its reply frame.
+
+        The reply must not be sent before the log covers ``appended_lsn``."""
         outcome = self._dispatch(session, req, ctx)
         if outcome.wait is not None:
             if session.waiters >= self.config.max_waiters:
@@ -291,8 +294,9 @@ class Broker:
                                     f"at most {self.config.max_waiters} waiting consumes per connection",
                                     request_id=req.id, details={"limit": self.config.max_waiters})
             raise _Hold(outcome.wait)
-        lsn = self._commit_for(req, outcome.mutations) if outcome.mutations else 0
-        return enc.reply(req.id, outcome.result or {}), lsn
+        if outcome.mutations:
+            self._commit_for(req, outcome.mutations)
+        return enc.reply(req.id, outcome.result or {})
 
     def _commit_for(self, req: Request, mutations: tuple[Mutation, ...]) -> int:
         """``_commit`` for a request: a failed WAL becomes that request's STORAGE_ERROR."""
@@ -332,27 +336,26 @@ class Broker:
                 # Check, then register, with no checkpoint in between: no wake-up is missed.
                 timed_out = self._draining or trio.current_time() >= deadline
                 try:
-                    lsn = self._run_due_for(retry)
+                    self._run_due_for(retry)
                     outcome = self._dispatch(session, retry, self._context())
                     if outcome.mutations or timed_out:
                         if outcome.mutations:
-                            lsn = self._commit_for(retry, outcome.mutations)
+                            self._commit_for(retry, outcome.mutations)
                         reply = enc.reply(req.id, outcome.result or {})
                         break
                 except ProtocolError as exc:
                     reply = enc.error(req.id, exc.code, exc.message, exc.details)
-                    lsn = 0
                     break
                 event = self._ready_events.get(wait.queue)
                 if event is None:
                     event = self._ready_events[wait.queue] = trio.Event()
                 with trio.move_on_at(deadline):
                     await event.wait()
-            if lsn:
-                try:
-                    await self._committer.wait_durable(lsn)
-                except StorageError as exc:
-                    reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+            assert self._log is not None
+            try:  # as for every reply: only once the log covers what it reflects
+                await self._committer.wait_durable(self._log.appended_lsn)
+            except StorageError as exc:
+                reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
             async with send_lock:
                 await stream.send_all(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -379,6 +382,8 @@ class Broker:
                 if lsn:
                     await self._committer.wait_durable(lsn)
             except StorageError:
+                if self._stopping is not None and self._stopping.is_set():
+                    return  # the committer closed for shutdown
                 log.exception("could not log lease expiries and delays")
                 await trio.sleep(1)  # the WAL has failed; do not spin
 

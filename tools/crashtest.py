@@ -821,9 +821,11 @@ def report(summary: Summary, out: Callable[[str], None] = print) -> None:
 @click.option("--iterations", default=10, show_default=True, type=click.IntRange(0),
               help="Kill cycles (start, verify, load, SIGKILL).")
 @click.option("--seconds-per-iteration", default=2.0, show_default=True, type=click.FloatRange(0.05),
-              help="Longest load per iteration; the kill comes after 30-100%% of it.")
-@click.option("--producers", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--consumers", default=2, show_default=True, type=click.IntRange(0))
+              help="Longest load per iteration; the kill comes after 30-100% of it.")
+@click.option("--producers", default=2, show_default=True, type=click.IntRange(0),
+              help="Publishing threads, one connection each.")
+@click.option("--consumers", default=2, show_default=True, type=click.IntRange(0),
+              help="Consuming threads (ack / nack / let expire), one connection each.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="The broker's fsync policy (lost must be 0 under each).")
 @click.option("--seed", type=int, default=None, help="Seed for the random choices (default: random).")
