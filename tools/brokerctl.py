@@ -1,7 +1,8 @@
 """brokerctl: inspect and drive a Lockgate broker from the shell.
 
-Every command takes ``--addr host:port`` (default ``$LOCKGATE_ADDR``, else
-127.0.0.1:7878) and ``--json`` (one JSON document on stdout). Failures print
+Every command that talks to a broker takes ``--addr host:port`` (default
+``$LOCKGATE_ADDR``, else 127.0.0.1:7878); every command takes ``--json`` (one JSON
+document on stdout). The ``wal`` commands read a data directory offline. Failures print
 ``error: CODE_NAME: message`` to stderr and exit 1; when the broker cannot be reached
 or the connection drops, the exit status is 2.
 """
@@ -131,9 +132,10 @@ def _ids_text(ids: tuple[int, ...] | list[int]) -> str:
 def main() -> None:
     """Inspect and drive a Lockgate broker.
 
-    Every command accepts --addr HOST:PORT (default: $LOCKGATE_ADDR, else
-    127.0.0.1:7878) and --json. Exit status: 0 ok, 1 the broker refused the request,
-    2 the broker could not be reached.
+    Commands that talk to a broker accept --addr HOST:PORT (default: $LOCKGATE_ADDR,
+    else 127.0.0.1:7878); all accept --json. `brokerctl wal ...` reads a data directory
+    offline (never modifying it). Exit status: 0 ok, 1 the broker refused the request
+    (or, for wal, damage was found), 2 the broker could not be reached (or bad usage).
     """
 
 
