@@ -93,7 +93,8 @@ class BrokerState:
                 out.append(Promote(name, promoted))
             nxt = queue.next_deadline()
             if nxt is not None:
-                self._schedule(name, nxt)
+                # Never at or before now: this loop must end even if a stale entry remains.
+                self._schedule(name, max(nxt, now_ms + 1))
         return out
 
     def _schedule(self, name: str, at_ms: int) -> None:
