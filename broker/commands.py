@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol import (
     DEFAULT_PRIORITY,
@@ -71,8 +71,10 @@ class Wait:
     wait_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What a handler decided. Immutable; a NamedTuple because one is built per request
+    and it costs less than half of a frozen dataclass (measured on the hot path)."""
+
     result: dict[str, Any] | None = None
     mutations: tuple[Mutation, ...] = ()
     wait: Wait | None = None

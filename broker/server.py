@@ -74,15 +74,17 @@ class Broker:
             if snapshots:
                 snapshot_lsn, records = read_snapshot(io, os.path.join(directory, snapshots[-1][1]))
                 self.state = BrokerState.from_records(records)
+            loader = self.state.replay_loader()
             report = self.replay_report = replay(
-                self.wal_dir, self.state.apply_record, io=self._io, from_lsn=snapshot_lsn)
+                self.wal_dir, loader.apply_record, io=self._io, from_lsn=snapshot_lsn)
+            loader.flush()
         seconds = time.perf_counter() - started
-        rate = report.records / report.seconds if report.seconds > 0 else 0.0
+        rate = report.records / seconds if seconds > 0 else 0.0
         log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
-                 "after a snapshot at LSN %d; %d queues, %d messages; %.3f s in all",
-                 report.records, report.bytes, report.segments, report.seconds, rate,
+                 "after a snapshot at LSN %d; %d queues, %d messages",
+                 report.records, report.bytes, report.segments, seconds, rate,
                  snapshot_lsn, len(self.state.queues),
-                 sum(len(q) for q in self.state.queues.values()), seconds)
+                 sum(len(q) for q in self.state.queues.values()))
         self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes, io=self._io)
         self._snapshot_lsn = snapshot_lsn
 
@@ -174,7 +176,7 @@ class Broker:
             assert self._checkpointer is not None
             self._checkpointer.poke()
         woken = self.state.take_woken()
-        if self._ready_events:
+        if woken and self._ready_events:
             for name in woken:
                 event = self._ready_events.pop(name, None)
                 if event is not None:

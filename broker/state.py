@@ -67,7 +67,9 @@ class BrokerState:
 
     def take_woken(self) -> set[str]:
         """Names of queues that gained ready messages or were deleted since the last call."""
-        woken, self._woken = self._woken, set()
+        woken = self._woken
+        if woken:
+            self._woken = set()
         return woken
 
     # -- timers ---------------------------------------------------------------------
@@ -194,6 +196,10 @@ class BrokerState:
                 leased = [m.id for m in queue.messages.values() if m.state == LEASED]
                 self._release(name, leased, 0, True, now_ms)
 
+    def replay_loader(self) -> "ReplayLoader":
+        """An ``apply_record`` for recovery that folds runs of plain publishes."""
+        return ReplayLoader(self)
+
     # -- snapshots ----------------------------------------------------------------------
 
     def export_records(self, chunk: int = 1000) -> Iterator[tuple[int, bytes]]:
@@ -248,3 +254,38 @@ class BrokerState:
                 ),
             }
         return out
+
+
+class ReplayLoader:
+    """Applies WAL records during recovery, folding each run of plain publishes to one
+    queue with consecutive ids into a single apply.
+
+    Applying ``Publish(q, n, [a])`` then ``Publish(q, n + 1, [b])`` gives the same state
+    as ``Publish(q, n, [a, b])`` (``now_ms`` is not used by the applier), so the folded
+    run goes through the same applier and yields the same state; it only saves the
+    per-record calls. Call ``flush`` after the last record.
+    """
+
+    def __init__(self, state: BrokerState) -> None:
+        self._apply = state.apply_fields
+        self._queue: str | None = None
+        self._first = 0
+        self._bodies: list[bytes] = []
+
+    def apply_record(self, rtype: int, payload: bytes) -> None:
+        fields = msgpack.unpackb(payload, raw=False)
+        if rtype == MutationType.PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
+            if fields[0] == self._queue and fields[1] == self._first + len(self._bodies):
+                self._bodies += fields[3]
+                return
+            self.flush()
+            self._queue, self._first, self._bodies = fields[0], fields[1], fields[3]
+            return
+        if self._bodies:
+            self.flush()
+        self._apply(rtype, fields)
+
+    def flush(self) -> None:
+        if self._bodies:
+            self._apply(MutationType.PUBLISH, [self._queue, self._first, 0, self._bodies, None, None, None])
+            self._queue, self._bodies = None, []

@@ -156,10 +156,14 @@ class Queue:
         sets = self.ready_sets
         n = len(bodies)
         if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
-            # The common case: plain messages into a single shard.
-            new = [Message(mid, body, None, 0, 0) for mid, body in enumerate(bodies, first_id)]
-            msgs.update(zip(range(first_id, first_id + n), new))
-            sets[0].push_many(new)
+            # The common cases: plain messages into a single shard.
+            if n == 1:
+                msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0)
+                sets[0].push(msg)
+            else:
+                new = [Message(mid, body, None, 0, 0) for mid, body in enumerate(bodies, first_id)]
+                msgs.update(zip(range(first_id, first_id + n), new))
+                sets[0].push_many(new)
         else:
             for i, body in enumerate(bodies):
                 mid = first_id + i
