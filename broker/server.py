@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from typing import Any
 
 import msgpack
@@ -18,15 +16,14 @@ import trio
 
 from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
 
-from . import gcpolicy
+from . import gcpolicy, recovery
 from .clock import Clock
 from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .mutations import Mutation, Recover
-from .state import BrokerState
-from .wal.checkpoint import list_snapshots, read_snapshot
 from .checkpointer import Checkpointer
-from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record, replay
+from .state import BrokerState
+from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
 
 log = logging.getLogger("lockgate.server")
 
@@ -64,29 +61,12 @@ class Broker:
     # -- start and stop ---------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load the newest snapshot, replay the log after it, and open the log for appending."""
-        io = self._io if self._io is not None else FileIO()
-        directory = str(self.wal_dir)
-        snapshot_lsn = 0
-        started = time.perf_counter()
-        with gcpolicy.bulk_load():
-            snapshots = list_snapshots(io, directory)
-            if snapshots:
-                snapshot_lsn, records = read_snapshot(io, os.path.join(directory, snapshots[-1][1]))
-                self.state = BrokerState.from_records(records)
-            loader = self.state.replay_loader()
-            report = self.replay_report = replay(
-                self.wal_dir, loader.apply_record, io=self._io, from_lsn=snapshot_lsn)
-            loader.flush()
-        seconds = time.perf_counter() - started
-        rate = report.records / seconds if seconds > 0 else 0.0
-        log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
-                 "after a snapshot at LSN %d; %d queues, %d messages",
-                 report.records, report.bytes, report.segments, seconds, rate,
-                 snapshot_lsn, len(self.state.queues),
-                 sum(len(q) for q in self.state.queues.values()))
+        """Rebuild the state from the data directory and open the log for appending."""
+        recovered = recovery.recover(self.wal_dir, self._io)
+        self.state = recovered.state
+        self.replay_report = recovered.replay
+        self._snapshot_lsn = recovered.snapshot_lsn
         self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes, io=self._io)
-        self._snapshot_lsn = snapshot_lsn
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown: stop accepting, finish in-flight requests, answer
