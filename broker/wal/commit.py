@@ -61,6 +61,8 @@ class GroupCommitter:
         self._closed = False
         self._closed_event = trio.Event()
         self._syncs = 0
+        #: A waiter is running a round itself (see ``_lead``).
+        self._leading = False
 
     @property
     def policy(self) -> FsyncPolicy:
@@ -83,9 +85,14 @@ class GroupCommitter:
         if self._always:
             while True:
                 self._check(lsn)
-                event = self._round
-                self._wanted.set()
-                await event.wait()
+                if self._in_thread:
+                    event = self._round  # the committer task syncs in a worker thread
+                    self._wanted.set()
+                    await event.wait()
+                elif not self._leading:
+                    await self._lead()
+                else:
+                    await self._round.wait()  # the leader's round covers this record
                 if lsn <= log.synced_lsn:
                     return
         if lsn > log.written_lsn:
@@ -156,6 +163,26 @@ class GroupCommitter:
             await trio.lowlevel.checkpoint()
             if log.appended_lsn == before:
                 break
+
+    async def _lead(self) -> None:
+        """Run one sync round in this task for every waiter that joins it.
+
+        The leader yields so that every runnable task can append and wait on this
+        round, then syncs inline: one scheduler pass instead of handing the round to
+        the committer task and back. If the leader is cancelled before it syncs, the
+        committer task runs the round instead.
+        """
+        self._leading = True
+        synced = False
+        try:
+            await self._gather()
+            async with self._lock:
+                await self._sync_round()
+            synced = True
+        finally:
+            self._leading = False
+            if not synced:
+                self._wanted.set()
 
     async def _sync_round(self) -> None:
         log = self._log
