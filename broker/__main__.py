@@ -13,11 +13,19 @@ from protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 
 from .config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SEGMENT_BYTES, BrokerConfig
 from .server import Broker
+from .wal import WalCorruption, WalVersionError
+from .wal.fileio import JournalingFileIO
+
+#: Exit status when start-up finds damage it may not repair (``--recover refuse``).
+EXIT_DAMAGED = 2
 
 
-async def run(config: BrokerConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal forces it."""
-    broker = Broker(config)
+async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal forces it.
+
+    ``power_journal`` (test only) journals every fsync there, see ``JournalingFileIO``.
+    """
+    broker = Broker(config) if power_journal is None else Broker(config, io=JournalingFileIO(power_journal))
     logger = logging.getLogger("lockgate")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -60,10 +68,18 @@ async def run(config: BrokerConfig) -> None:
               help="Largest frame body accepted; a larger length prefix gets FRAME_TOO_LARGE and a close.")
 @click.option("--max-message", default=DEFAULT_MAX_MESSAGE, show_default=True, type=click.IntRange(1),
               help="Largest message body accepted (MESSAGE_TOO_LARGE beyond).")
+@click.option("--recover", type=click.Choice(["refuse", "truncate"]), default="refuse",
+              show_default=True,
+              help="On damage in the WAL or a snapshot: stop with an error naming the file and "
+              "offset (refuse), or keep everything before the damage, move the damaged files "
+              "aside as *.damaged and report what was lost (truncate).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--test-power-journal", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              hidden=True, help="Test only: journal what every fsync made durable (tools/powercut.py).")
 def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: int, segment_bytes: int,
-         checkpoint_bytes: int, max_frame: int, max_message: int, log_level: str) -> None:
+         checkpoint_bytes: int, max_frame: int, max_message: int, recover: str, log_level: str,
+         test_power_journal: Path | None) -> None:
     """Run a Lockgate broker."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,10 +87,31 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
         config = BrokerConfig(host=host, port=port, data_dir=data_dir, fsync=fsync,
                               fsync_interval_ms=fsync_interval_ms, segment_bytes=segment_bytes,
                               checkpoint_bytes=checkpoint_bytes,
-                              max_frame=max_frame, max_message=max_message)
+                              max_frame=max_frame, max_message=max_message, recover=recover)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    trio.run(run, config)
+    damage: WalCorruption | None = None
+    try:
+        trio.run(run, config, test_power_journal)
+    except* WalCorruption as group:
+        damage = _first(group)
+    if damage is not None:
+        if isinstance(damage, WalVersionError):
+            hint = "run a build that reads this version"
+        else:
+            hint = "start with --recover=truncate to keep what precedes the damage"
+        click.echo(f"brokerd: cannot start: {damage.path}: offset {damage.offset}: "
+                   f"{damage.reason}; {hint}", err=True)
+        sys.exit(EXIT_DAMAGED)
+
+
+def _first(group: BaseExceptionGroup[WalCorruption]) -> WalCorruption:
+    """The first ``WalCorruption`` in a (possibly nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, WalCorruption)
+    return exc
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ class BrokerConfig:
     max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES
     max_waiters: int = DEFAULT_MAX_WAITERS
     node_id: str = "lockgate-1"
+    #: What start-up does about damage in the log or a snapshot: ``refuse`` stops with
+    #: an error naming the file and offset; ``truncate`` keeps everything before the
+    #: damage and moves the damaged files aside (``broker/recovery.py``).
+    recover: str = "refuse"
 
     def __post_init__(self) -> None:
         if self.fsync not in ("always", "interval", "never"):
@@ -46,3 +50,5 @@ class BrokerConfig:
             raise ValueError("max_frame must exceed max_message by at least 4096 bytes")
         if self.fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms must be at least 1")
+        if self.recover not in ("refuse", "truncate"):
+            raise ValueError("recover must be refuse or truncate")

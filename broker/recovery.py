@@ -7,21 +7,103 @@ Rules:
    appliers as the live path). A torn tail of the last segment is truncated and
    reported; any other damage is ``WalCorruption``.
 3. Nothing here changes a file except the torn-tail truncation of rule 2.
+
+That is ``mode="refuse"`` (the default, ``brokerd --recover refuse``): damage stops
+start-up. ``mode="truncate"`` (``--recover truncate``) keeps everything before the
+damage instead, and never skips anything silently:
+
+4. A damaged snapshot, or an intact one the log no longer reaches back to (its first
+   segment starts after the snapshot's LSN), is moved aside to ``NAME.damaged`` and
+   the next older snapshot is tried; with none left the state starts empty.
+5. Damage in the log (a bad record in a sealed segment, a bad record that is not a
+   torn tail in the last one, a bad header, a gap between segments) keeps every record
+   before it: the damaged segment is copied whole to ``NAME.damaged`` (fsynced, then
+   the directory) and then cut back to the record boundary where the damage starts
+   (``ftruncate`` + ``fsync``); a bad header or a gap moves the whole file aside. Every
+   later segment is moved aside too: its records follow the damage and cannot be
+   applied. Then the log is replayed again from the start.
+6. A log is only ever applied to a state it meets: a snapshot's LSN must lie in the
+   log. If the kept log ends before the snapshot's LSN (the damage lies in bytes the
+   snapshot already holds), a new empty segment starts at that LSN and the segments
+   that end before it are deleted (what they held is in the snapshot).
+7. With no usable snapshot and a log whose first segment starts at LSN ``B > 0``, the
+   log is replayed from ``B`` into an empty state: everything before ``B`` is lost
+   (queues created and messages published before it are missing; records that refer
+   to such a queue are skipped and counted). The result is then written as a
+   snapshot at the end of the log, so later start-ups never replay from ``B`` again.
+8. Every file moved aside is logged as an error (byte range, LSN range, records in it)
+   and returned in ``Recovered.discarded``. ``*.damaged`` files match neither the
+   segment nor the snapshot name pattern, so replay, checkpoints and
+   ``brokerctl wal`` ignore them. A segment or snapshot of a version this build
+   cannot read (``WalVersionError``) is not damage: it always stops start-up.
 """
 from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from . import gcpolicy
+from .mutations import MutationType
 from .state import BrokerState
 from .wal import FileIO, ReplayReport, replay
-from .wal.checkpoint import list_snapshots, read_snapshot
+from .wal.checkpoint import (
+    SNAPSHOT_HEADER_SIZE,
+    list_snapshots,
+    publish_snapshot,
+    read_snapshot,
+    write_snapshot_tmp,
+)
+from .wal.fileio import OPEN_READ, OPEN_WRITE, read_all, write_all
+from .wal.record import RECORD_HEADER_SIZE, record_problem
+from .wal.segment import (
+    SEGMENT_HEADER_SIZE,
+    WalCorruption,
+    WalVersionError,
+    create_segment,
+    list_segments,
+    segment_base,
+)
 
 log = logging.getLogger("lockgate.recovery")
+
+#: ``brokerd --recover`` choices; see the module rules.
+RECOVER_MODES = ("refuse", "truncate")
+#: What a file moved aside by ``mode="truncate"`` is renamed to end with.
+DAMAGED_SUFFIX = ".damaged"
+
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """A file ``mode="truncate"`` moved aside, and what of it was not applied."""
+
+    #: The file as it was named (a segment or a snapshot).
+    path: str
+    #: Where its original bytes are now (``path`` + ``.damaged``, or ``.N.damaged``).
+    moved_to: str
+    #: Offset in the file of the first byte not applied (0: none of it).
+    from_offset: int
+    #: Bytes from ``from_offset`` to the end of the file.
+    bytes: int
+    #: Why: the damage and its offset, or the damage this file follows.
+    reason: str
+    #: ``"segment"`` or ``"snapshot"``.
+    kind: str = "segment"
+    #: LSN range of the records not applied: ``[first_lsn, end_lsn)`` for a segment
+    #: (by the file name and size); a snapshot's LSN (from its name) for both.
+    first_lsn: int = 0
+    end_lsn: int = 0
+    #: Valid records found in the bytes not applied, walking on by the length fields
+    #: (a damaged length field can hide the ones behind it).
+    records: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,27 +116,321 @@ class Recovered:
     replay: ReplayReport
     #: Wall time of the whole recovery: snapshot load, replay and the final fold.
     seconds: float
+    #: Files ``mode="truncate"`` moved aside: snapshots newest first, then segments in
+    #: log order.
+    discarded: tuple[Discarded, ...] = ()
+    #: With no usable snapshot, the LSN the log started at: the state before it is lost
+    #: (rule 7). 0 when nothing was lost that way.
+    lost_before_lsn: int = 0
+    #: Records skipped in that case because they refer to a queue from before it.
+    skipped_records: int = 0
 
 
-def recover(wal_dir: Path, io: FileIO | None = None) -> Recovered:
+def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") -> Recovered:
     """Rebuild the state from ``wal_dir`` (see the rules above)."""
+    if mode not in RECOVER_MODES:
+        raise ValueError(f"recover mode must be one of {', '.join(RECOVER_MODES)}, not {mode!r}")
     fio = io if io is not None else FileIO()
     directory = str(wal_dir)
-    snapshot_lsn = 0
-    state = BrokerState()
     started = time.perf_counter()
     with gcpolicy.bulk_load():
-        snapshots = list_snapshots(fio, directory)
-        if snapshots:
-            snapshot_lsn, records = read_snapshot(fio, os.path.join(directory, snapshots[-1][1]))
-            state = BrokerState.from_records(records)
-        loader = state.replay_loader()
-        report = replay(wal_dir, loader.apply_record, io=io, from_lsn=snapshot_lsn)
-        loader.flush()
+        if mode == "truncate":
+            result = _Truncating(fio, directory).run()
+        else:
+            snapshot_lsn = 0
+            state = BrokerState()
+            snapshots = list_snapshots(fio, directory)
+            if snapshots:
+                snapshot_lsn, records = read_snapshot(fio, os.path.join(directory, snapshots[-1][1]))
+                state = BrokerState.from_records(records)
+            else:
+                segments = list_segments(fio, directory) if os.path.isdir(directory) else []
+                if segments and segments[0][0] > 0:
+                    raise WalCorruption(
+                        os.path.join(directory, segments[0][1]), 0,
+                        f"the log starts at LSN {segments[0][0]} but no snapshot holds the "
+                        "state before it")
+            loader = state.replay_loader()
+            report = replay(wal_dir, loader.apply_record, io=io, from_lsn=snapshot_lsn)
+            loader.flush()
+            result = Recovered(state, snapshot_lsn, report, 0.0)
     seconds = time.perf_counter() - started
+    state, report = result.state, result.replay
     rate = report.records / seconds if seconds > 0 else 0.0
     log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
              "after a snapshot at LSN %d; %d queues, %d messages",
-             report.records, report.bytes, report.segments, seconds, rate, snapshot_lsn,
+             report.records, report.bytes, report.segments, seconds, rate, result.snapshot_lsn,
              len(state.queues), sum(len(q) for q in state.queues.values()))
-    return Recovered(state, snapshot_lsn, report, seconds)
+    if result.discarded or result.lost_before_lsn:
+        log.error("recovered with --recover=truncate: %d file(s) moved aside, %d valid log "
+                  "records in them not applied%s; see the errors above", len(result.discarded),
+                  sum(d.records for d in result.discarded if d.kind == "segment"),
+                  f", the state before LSN {result.lost_before_lsn} lost"
+                  if result.lost_before_lsn else "")
+    return Recovered(state, result.snapshot_lsn, report, seconds, result.discarded,
+                     result.lost_before_lsn, result.skipped_records)
+
+
+class _Truncating:
+    """``mode="truncate"``: rules 4-8."""
+
+    def __init__(self, io: FileIO, directory: str) -> None:
+        self.io = io
+        self.dir = directory
+        self.discarded: list[Discarded] = []
+
+    def run(self) -> Recovered:
+        snap_path, snapshot_lsn, records = self._choose_snapshot()
+        # Every pass either moves a file aside or cuts one shorter, or raises: it ends.
+        while True:
+            segments = self._segments()
+            lost_before = 0
+            if snap_path is None:
+                lost_before = segments[0][0] if segments else 0
+            elif self._log_ends_before(segments, snapshot_lsn):
+                self._start_log_at(segments, snapshot_lsn)
+            if snap_path is None:
+                state = BrokerState()
+            else:
+                if records is None:
+                    _, records = read_snapshot(self.io, snap_path)
+                state = BrokerState.from_records(records)
+            records = None
+            applier: Any = (
+                _SkipUnknownQueues(state) if lost_before else state.replay_loader())
+            try:
+                report = replay(self.dir, applier.apply_record, io=self.io, from_lsn=snapshot_lsn)
+            except WalVersionError:
+                raise
+            except WalCorruption as exc:
+                self._cut_log(exc)
+                continue
+            applier.flush()
+            break
+        skipped = 0
+        if lost_before:
+            skipped = applier.skipped
+            log.error("no usable snapshot and the log starts at LSN %d: the state before it is "
+                      "lost (queues created and messages published before LSN %d are missing); "
+                      "%d records that refer to such queues were skipped", lost_before,
+                      lost_before, skipped)
+            snapshot_lsn = self._checkpoint(state, segments, report.end_lsn)
+        return Recovered(state, snapshot_lsn, report, 0.0, tuple(self.discarded),
+                         lost_before, skipped)
+
+    # -- snapshots (rule 4) -------------------------------------------------------------
+
+    def _choose_snapshot(self) -> tuple[str | None, int, Any]:
+        """The newest snapshot that is intact and that the log meets, with its records."""
+        segments = self._segments()
+        first_base = segments[0][0] if segments else None
+        for name_lsn, name in reversed(list_snapshots(self.io, self.dir)):
+            path = os.path.join(self.dir, name)
+            try:
+                lsn, records = read_snapshot(self.io, path)
+            except WalVersionError:
+                raise
+            except WalCorruption as exc:
+                self._snapshot_aside(path, name_lsn, f"damage at offset {exc.offset}: {exc.reason}")
+                continue
+            if first_base is not None and first_base > lsn:
+                self._snapshot_aside(
+                    path, name_lsn, f"intact, but the log starts at LSN {first_base}, after the "
+                    f"snapshot's LSN {lsn}: the records between are gone, so the log cannot be "
+                    "applied to it")
+                continue
+            return path, lsn, records
+        return None, 0, None
+
+    def _snapshot_aside(self, path: str, lsn: int, reason: str) -> None:
+        data = self._read(path)
+        moved_to = self._move_aside(path)
+        gone = Discarded(path, moved_to, 0, len(data), reason, "snapshot", lsn, lsn,
+                         _count_records(data, SNAPSHOT_HEADER_SIZE))
+        self.discarded.append(gone)
+        log.error("snapshot %s not loaded (%s); moved aside to %s (%d bytes, %d records); "
+                  "falling back to an older snapshot or the log", path, reason, moved_to,
+                  gone.bytes, gone.records)
+
+    # -- the log (rules 5 and 6) --------------------------------------------------------
+
+    def _cut_log(self, exc: WalCorruption) -> None:
+        """Keep what precedes the damage ``exc`` names; move it and what follows aside."""
+        name = os.path.basename(exc.path)
+        base = segment_base(name)
+        segments = self._segments()
+        if (base is None or os.path.dirname(os.path.abspath(exc.path)) != os.path.abspath(self.dir)
+                or (base, name) not in segments):
+            raise exc  # not a segment of this log: nothing here can repair it
+        index = segments.index((base, name))
+        where = f"{name}:{exc.offset}"
+        gone: list[Discarded] = []
+        # Last first: after a crash at any step the log is still contiguous, and the next
+        # recovery finds the same damage again.
+        for later_base, later in reversed(segments[index + 1:]):
+            gone.append(self._segment_aside(
+                os.path.join(self.dir, later), later_base, 0,
+                f"follows the damage at {where}; its records cannot be applied"))
+        size = os.path.getsize(exc.path)
+        reason = f"damage at offset {exc.offset}: {exc.reason}"
+        if exc.offset < SEGMENT_HEADER_SIZE:
+            gone.append(self._segment_aside(exc.path, base, 0, reason))
+        elif exc.offset < size:
+            gone.append(self._segment_aside(exc.path, base, exc.offset, reason, cut=True))
+        if not gone:
+            raise exc
+        for d in reversed(gone):  # reported in log order
+            self.discarded.append(d)
+            if d.from_offset:
+                log.error("segment %s cut back to %d bytes, its original copied to %s (%s): "
+                          "bytes %d-%d, LSN %d-%d, %d valid records behind the damage not "
+                          "applied", d.path, d.from_offset, d.moved_to, d.reason, d.from_offset,
+                          d.from_offset + d.bytes, d.first_lsn, d.end_lsn, d.records)
+            else:
+                log.error("segment %s moved aside to %s (%s): bytes 0-%d, LSN %d-%d, %d valid "
+                          "records not applied", d.path, d.moved_to, d.reason, d.bytes,
+                          d.first_lsn, d.end_lsn, d.records)
+
+    def _segment_aside(self, path: str, base: int, offset: int, reason: str, *,
+                       cut: bool = False) -> Discarded:
+        """Move a segment aside whole, or (``cut``) copy it aside and cut it at ``offset``."""
+        data = self._read(path)
+        if not cut:
+            moved_to = self._move_aside(path)
+        else:
+            moved_to = self._copy_aside(path, data)
+            fd = self.io.open(path, OPEN_WRITE)
+            try:
+                self.io.ftruncate(fd, offset)
+                self.io.fsync(fd)
+            finally:
+                self.io.close(fd)
+        header = SEGMENT_HEADER_SIZE
+        return Discarded(path, moved_to, offset, len(data) - offset, reason, "segment",
+                         base + max(offset, header) - header, base + max(len(data) - header, 0),
+                         _count_records(data, max(offset, header)))
+
+    def _log_ends_before(self, segments: list[tuple[int, str]], lsn: int) -> bool:
+        """Whether the log stops short of ``lsn`` (and nothing after it could reach it)."""
+        if not lsn:
+            return False
+        if not segments:
+            return True
+        last_base, last_name = segments[-1]
+        if last_base > lsn:
+            return False  # a later segment: replay checks how it connects
+        size = os.path.getsize(os.path.join(self.dir, last_name))
+        return last_base + max(size - SEGMENT_HEADER_SIZE, 0) < lsn
+
+    def _start_log_at(self, segments: list[tuple[int, str]], lsn: int) -> None:
+        """Rule 6: continue the log at the snapshot's LSN with a new empty segment."""
+        end = 0
+        if segments:
+            last_base, last_name = segments[-1]
+            size = os.path.getsize(os.path.join(self.dir, last_name))
+            end = last_base + max(size - SEGMENT_HEADER_SIZE, 0)
+        log.error("the log ends at LSN %d, before the snapshot's LSN %d: the snapshot holds "
+                  "everything up to it, nothing after it survives; starting a new segment at "
+                  "LSN %d", end, lsn, lsn)
+        self.io.close(create_segment(self.io, self.dir, lsn))
+        removed = []
+        for base, name in segments:  # all end at or before lsn: the snapshot holds them
+            self.io.unlink(os.path.join(self.dir, name))
+            removed.append(name)
+        if removed:
+            self.io.fsync_dir(self.dir)
+            log.warning("removed segments %s: they end before the snapshot's LSN %d, which "
+                        "holds what they held", ", ".join(removed), lsn)
+
+    # -- rule 7 ---------------------------------------------------------------------------
+
+    def _checkpoint(self, state: BrokerState, segments: list[tuple[int, str]], lsn: int) -> int:
+        """Write ``state`` as the snapshot at ``lsn``, the end of the log; returns ``lsn``."""
+        if segments:
+            # The log must be durable up to lsn first (a crashed process may have left
+            # its last writes in the page cache only).
+            fd = self.io.open(os.path.join(self.dir, segments[-1][1]), OPEN_READ)
+            try:
+                self.io.fsync(fd)
+            finally:
+                self.io.close(fd)
+        tmp = write_snapshot_tmp(self.io, self.dir, lsn, state.export_records())
+        final = publish_snapshot(self.io, self.dir, tmp)
+        log.warning("wrote the recovered state as snapshot %s", final)
+        return lsn
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _segments(self) -> list[tuple[int, str]]:
+        try:
+            return list_segments(self.io, self.dir)
+        except FileNotFoundError:
+            return []
+
+    def _read(self, path: str) -> bytes:
+        fd = self.io.open(path, OPEN_READ)
+        try:
+            return read_all(self.io, fd, self.io.size(fd))
+        finally:
+            self.io.close(fd)
+
+    def _aside_name(self, path: str) -> str:
+        """``path.damaged``, or ``path.N.damaged`` if an earlier recovery took that name."""
+        candidate = path + DAMAGED_SUFFIX
+        n = 2
+        while self.io.exists(candidate):
+            candidate = f"{path}.{n}{DAMAGED_SUFFIX}"
+            n += 1
+        return candidate
+
+    def _move_aside(self, path: str) -> str:
+        moved_to = self._aside_name(path)
+        self.io.rename(path, moved_to)
+        self.io.fsync_dir(self.dir)
+        return moved_to
+
+    def _copy_aside(self, path: str, data: bytes) -> str:
+        """A durable copy of ``data`` under the aside name, before ``path`` is cut."""
+        moved_to = self._aside_name(path)
+        fd = self.io.open(moved_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
+        try:
+            write_all(self.io, fd, data)
+            self.io.fsync(fd)
+        finally:
+            self.io.close(fd)
+        self.io.fsync_dir(self.dir)
+        return moved_to
+
+
+class _SkipUnknownQueues:
+    """Rule 7's applier: a record naming a queue the state lacks is skipped and counted."""
+
+    def __init__(self, state: BrokerState) -> None:
+        self._state = state
+        self.skipped = 0
+
+    def apply_record(self, rtype: int, payload: bytes) -> None:
+        fields = msgpack.unpackb(payload, raw=False)
+        if (rtype not in (MutationType.QUEUE_CREATE, MutationType.RECOVER)
+                and fields[0] not in self._state.queues):
+            self.skipped += 1
+            return
+        self._state.apply_fields(rtype, fields)
+
+    def flush(self) -> None:
+        pass
+
+
+def _count_records(data: bytes, off: int) -> int:
+    """Valid records from ``off`` on, stepping over bad ones by their length fields."""
+    n = len(data)
+    count = 0
+    while n - off >= RECORD_HEADER_SIZE:
+        (length,) = _LENGTH.unpack_from(data, off)
+        end = off + RECORD_HEADER_SIZE + length
+        if end > n or not any(data[off:off + RECORD_HEADER_SIZE]):
+            break
+        if record_problem(data, off) is None:
+            count += 1
+        off = end
+    return count

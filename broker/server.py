@@ -62,7 +62,7 @@ class Broker:
 
     def recover(self) -> None:
         """Rebuild the state from the data directory and open the log for appending."""
-        recovered = recovery.recover(self.wal_dir, self._io)
+        recovered = recovery.recover(self.wal_dir, self._io, mode=self.config.recover)
         self.state = recovered.state
         self.replay_report = recovered.replay
         self._snapshot_lsn = recovered.snapshot_lsn

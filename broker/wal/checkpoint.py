@@ -14,8 +14,11 @@ Rules:
 4. After the rename, segments that end at or before the LSN and older snapshots are
    deleted (then the directory is fsynced): what they held is in the snapshot.
 5. A snapshot under its final name that fails a check is ``WalCorruption`` naming the
-   file and offset: it was complete once, so damage is not a torn write.
+   file and offset: it was complete once, so damage is not a torn write. A version
+   this build cannot read is ``WalVersionError`` (a subclass): not damage.
    ``*.snap.tmp`` leftovers are incomplete by definition and are removed.
+6. Only names matching ``^\\d{20}\\.snap$`` are snapshots: recovery's ``*.damaged``
+   files (see ``broker/recovery.py``) are never listed.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from crc32c import crc32c
 
 from .fileio import OPEN_READ, FileIO, read_all, write_all
 from .record import RECORD_HEADER, RECORD_HEADER_SIZE, TYPE_SEEDS, encode_record, record_problem
-from .segment import WalCorruption, list_segments
+from .segment import WalCorruption, WalVersionError, list_segments
 
 SNAPSHOT_MAGIC = b"LGSNAP\r\n"
 SNAPSHOT_VERSION = 1
@@ -139,7 +142,7 @@ def read_snapshot(io: FileIO, path: str) -> tuple[int, Iterator[tuple[int, bytes
     if magic != SNAPSHOT_MAGIC or crc32c(data[: _HEAD.size]) != crc:
         raise WalCorruption(path, 0, "bad snapshot header")
     if version != SNAPSHOT_VERSION:
-        raise WalCorruption(path, 0, f"snapshot version {version} is not readable by this build")
+        raise WalVersionError(path, 0, f"snapshot version {version} is not readable by this build")
     offsets: list[tuple[int, int, int]] = []  # (type, start, end)
     off = SNAPSHOT_HEADER_SIZE
     n = len(data)
