@@ -2,18 +2,21 @@
 
 The default implementation is the plain ``os`` call. Tests subclass it to count calls
 or to make one of them fail (``EIO`` from ``fdatasync``, ``ENOSPC`` from ``write``)
-while the data still goes to real files.
+while the data still goes to real files. ``JournalingFileIO`` (test only) records
+what every fsync made durable, so a harness can simulate a power cut afterwards.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import TypeAlias
+import time
+from typing import Any, TypeAlias
 
 #: What ``FileIO.write`` accepts.
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
-    "BytesLike", "FileIO", "OPEN_APPEND", "OPEN_CREATE", "OPEN_READ", "OPEN_WRITE",
+    "BytesLike", "FileIO", "JournalingFileIO", "OPEN_APPEND", "OPEN_CREATE", "OPEN_READ", "OPEN_WRITE",
     "read_all", "write_all",
 ]
 
@@ -86,6 +89,127 @@ class FileIO:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class JournalingFileIO(FileIO):
+    """Test only: real file calls, plus a journal of what each fsync made durable.
+
+    Every line of the journal (at ``journal_path``) is one JSON object with ``op``,
+    ``pid`` and ``t`` (``time.monotonic()``, which on Linux is one clock for all
+    processes, so a harness can compare it with its own timestamps). Lines:
+
+    - ``open``: a file opened for writing: ``path``, ``ino``, ``size``, ``created``.
+    - ``sync``: an ``fsync``/``fdatasync`` (``call``) returned: the file's ``path``,
+      ``ino`` and ``size``, taken just before the call (bytes written before it
+      started are covered; bytes written by another thread during it may not be), and
+      ``t0``, when the call started. ``size`` bytes of that inode are durable.
+    - ``truncate``: ``ftruncate`` (``path``, ``ino``, ``length``); durable only once a
+      later ``sync`` of the inode records it.
+    - ``rename`` (``src``, ``dst``, ``ino``) and ``unlink`` (``path``, ``ino``,
+      ``saved``): not durable until a later ``dirsync`` of the directory. Before an
+      unlink the file is hard-linked to ``saved`` (under ``journal_path + ".unlinked"``,
+      ``null`` if that failed), so a simulated power cut can bring it back.
+    - ``dirsync``: ``fsync_dir(path)`` returned: ``entries`` maps each regular file's
+      name to its inode as listed just before the call (these names are durable),
+      ``made_durable`` lists the creates, renames and unlinks in that directory since
+      its previous ``dirsync``, and ``t0`` is when the call started.
+
+    Lines are written with one ``os.write`` on an ``O_APPEND`` descriptor, after the
+    call they describe succeeded: a SIGKILL of the broker loses none of them, and a
+    forked snapshot writer (which inherits this object) appends to the same journal.
+    ``tools.powercut.apply_power_cut`` reads the journal. Not for production use: it
+    costs a ``fstat`` and a ``write`` per fsync and keeps unlinked files around.
+    """
+
+    def __init__(self, journal_path: str | os.PathLike[str]) -> None:
+        self.journal_path = os.path.abspath(os.fspath(journal_path))
+        self.graveyard = self.journal_path + ".unlinked"
+        self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC, 0o644)
+        #: fd -> absolute path, for the files opened through this object.
+        self._paths: dict[int, str] = {}
+        #: directory -> metadata changes since its last ``fsync_dir``.
+        self._pending: dict[str, list[str]] = {}
+
+    def _record(self, op: str, **fields: Any) -> None:
+        line = json.dumps({"op": op, "pid": os.getpid(), "t": time.monotonic(), **fields},
+                          separators=(",", ":"))
+        data = (line + "\n").encode()
+        if os.write(self._journal, data) != len(data):
+            raise OSError(f"short write to the power journal {self.journal_path}")
+
+    def _pend(self, path: str, what: str) -> None:
+        self._pending.setdefault(os.path.dirname(path), []).append(what)
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        path = os.path.abspath(path)
+        existed = bool(flags & os.O_CREAT) and os.path.lexists(path)
+        fd = super().open(path, flags, mode)
+        self._paths[fd] = path
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            st = os.fstat(fd)
+            created = bool(flags & os.O_CREAT) and not existed
+            if created:
+                self._pend(path, f"create {os.path.basename(path)}")
+            self._record("open", path=path, ino=st.st_ino, size=st.st_size, created=created)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._paths.pop(fd, None)
+        super().close(fd)
+
+    def _synced(self, fd: int, call: str) -> None:
+        st = os.fstat(fd)
+        t0 = time.monotonic()
+        if call == "fsync":
+            super().fsync(fd)
+        else:
+            super().fdatasync(fd)
+        self._record("sync", call=call, path=self._paths.get(fd), ino=st.st_ino, size=st.st_size, t0=t0)
+
+    def fsync(self, fd: int) -> None:
+        self._synced(fd, "fsync")
+
+    def fdatasync(self, fd: int) -> None:
+        self._synced(fd, "fdatasync")
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        super().ftruncate(fd, length)
+        self._record("truncate", path=self._paths.get(fd), ino=os.fstat(fd).st_ino, length=length)
+
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = os.path.abspath(src), os.path.abspath(dst)
+        ino = os.lstat(src).st_ino
+        super().rename(src, dst)
+        for fd, p in self._paths.items():
+            if p == src:
+                self._paths[fd] = dst
+        what = f"rename {os.path.basename(src)} -> {os.path.basename(dst)}"
+        self._pend(src, what)
+        if os.path.dirname(dst) != os.path.dirname(src):
+            self._pend(dst, what)
+        self._record("rename", src=src, dst=dst, ino=ino)
+
+    def unlink(self, path: str) -> None:
+        path = os.path.abspath(path)
+        ino = os.lstat(path).st_ino
+        saved: str | None = os.path.join(self.graveyard, f"{ino}.{time.monotonic_ns()}")
+        try:
+            os.makedirs(self.graveyard, exist_ok=True)
+            os.link(path, saved)
+        except OSError:
+            saved = None  # e.g. another file system: this unlink cannot be undone
+        super().unlink(path)
+        self._pend(path, f"unlink {os.path.basename(path)}")
+        self._record("unlink", path=path, ino=ino, saved=saved)
+
+    def fsync_dir(self, path: str) -> None:
+        path = os.path.abspath(path)
+        with os.scandir(path) as it:
+            entries = {e.name: e.stat(follow_symlinks=False).st_ino
+                       for e in it if e.is_file(follow_symlinks=False)}
+        t0 = time.monotonic()
+        super().fsync_dir(path)
+        self._record("dirsync", path=path, entries=entries, made_durable=self._pending.pop(path, []), t0=t0)
 
 
 def write_all(io: FileIO, fd: int, data: BytesLike) -> None:
