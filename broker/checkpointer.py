@@ -12,7 +12,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import time
+import traceback
 
 import trio
 
@@ -38,6 +40,8 @@ class Checkpointer:
         #: ``poke`` looks at the live data only once the log passes this LSN.
         self.check_at = snapshot_lsn + min_bytes
         self._wanted = trio.Event()
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
         self.checkpoints = 0
 
     def poke(self) -> None:
@@ -49,15 +53,25 @@ class Checkpointer:
             self._wanted.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take checkpoints as ``poke`` asks, until ``stop``."""
         task_status.started()
-        while True:
-            await self._wanted.wait()
-            self._wanted = trio.Event()
-            try:
-                await self.checkpoint()
-            except Exception:
-                log.exception("checkpoint failed; the log is kept whole and it will be tried again")
-                self.check_at = self._wal.appended_lsn + self._min_bytes
+        try:
+            with self._scope:
+                while True:
+                    await self._wanted.wait()
+                    self._wanted = trio.Event()
+                    try:
+                        await self.checkpoint()
+                    except Exception:
+                        log.exception("checkpoint failed; the log is kept whole and it will be tried again")
+                        self.check_at = self._wal.appended_lsn + self._min_bytes
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop taking checkpoints; a snapshot being written is abandoned and removed."""
+        self._scope.cancel()
+        await self._stopped.wait()
 
     async def checkpoint(self) -> None:
         """Snapshot the state as of now in a child process and publish it."""
@@ -70,9 +84,16 @@ class Checkpointer:
                 gc.disable()
                 write_snapshot_tmp(self._io, self._dir, lsn, self._state.export_records())
                 status = 0
+            except BaseException:
+                traceback.print_exc()
             finally:
                 os._exit(status)
-        status = await _wait_child(pid)
+        try:
+            status = await _wait_child(pid)
+        except BaseException:  # cancelled (shutdown): the child must not outlive us
+            _kill_child(pid)
+            _remove(self._io, os.path.join(self._dir, f"{lsn:020d}.snap.tmp"))
+            raise
         if status != 0:
             raise RuntimeError(f"snapshot child exited with status {status}")
         await self._committer.wait_durable(lsn)
@@ -97,6 +118,22 @@ class Checkpointer:
         self.checkpoints += 1
         log.info("checkpoint at LSN %d in %.3f s; removed %d files", lsn,
                  time.perf_counter() - started, len(removed))
+
+
+def _kill_child(pid: int) -> None:
+    """SIGKILL our own snapshot child and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _remove(io: FileIO, path: str) -> None:
+    try:
+        io.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 async def _wait_child(pid: int) -> int:

@@ -20,8 +20,8 @@ from . import gcpolicy, recovery
 from .clock import Clock
 from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
-from .mutations import Mutation, Recover
 from .checkpointer import Checkpointer
+from .mutations import Mutation, Recover
 from .state import BrokerState
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
 
@@ -109,9 +109,13 @@ class Broker:
                     log.info("shutting down: no new connections; finishing in-flight requests")
                     listening.cancel()
                     self._drain(connections)
-                await self._committer.aclose()
-                self._checkpointer.checkpoint_inline()
-                clean = True
+                await self._checkpointer.stop()
+                try:
+                    await self._committer.aclose()
+                    self._checkpointer.checkpoint_inline()
+                    clean = True
+                except StorageError:
+                    log.exception("the log has failed: no final checkpoint; the next start replays it")
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):

@@ -8,6 +8,7 @@ import trio
 
 from broker.config import BrokerConfig
 from broker.server import Broker
+from broker.wal import FileIO
 from protocol import Reply
 
 from .rawclient import RawClient
@@ -103,5 +104,41 @@ async def test_graceful_shutdown_checkpoints_and_restarts_with_an_empty_tail(tmp
         queue = restarted.state.queues["q"]
         assert queue.stats()["messages"] == 2 and queue.leased == 1
         assert queue.messages[leased[0]].attempts == 1
+    finally:
+        restarted._log.close()
+
+
+class _StuckSnapshot(FileIO):
+    """Real files, but a snapshot being written blocks on a pipe nobody writes to."""
+
+    def __init__(self) -> None:
+        self.gate, self._hold = os.pipe()
+        self._parent = os.getpid()
+
+    def write(self, fd: int, data: bytes) -> int:  # type: ignore[override]
+        if data[:8] == b"LGSNAP\r\n" and os.getpid() != self._parent:
+            os.read(self.gate, 1)  # the forked snapshot child waits here until killed
+        return super().write(fd, data)
+
+
+async def test_shutdown_during_a_checkpoint_abandons_it_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    io = _StuckSnapshot()
+    async with trio.open_nursery() as nursery:
+        broker = Broker(_config(data), io=io)
+        await nursery.start(broker.serve)
+        c = await RawClient.open(("127.0.0.1", int(broker.addr.rsplit(":", 1)[1])))
+        await c.call("queue_create", {"queue": "q"})
+        while not any(n.endswith(".snap.tmp") for n in os.listdir(data / "wal")):
+            await c.call("publish", {"queue": "q", "messages": [[os.urandom(1000)]] * 50})
+        before = broker.state.snapshot()
+        broker.shutdown()
+    names = os.listdir(data / "wal")
+    assert not [n for n in names if n.endswith(".tmp")]  # the stuck child was killed, its file removed
+    assert len([n for n in names if n.endswith(".snap")]) == 1  # the shutdown checkpoint
+    restarted = Broker(_config(data))
+    restarted.recover()
+    try:
+        assert restarted.replay_report.records == 0 and restarted.state.snapshot() == before
     finally:
         restarted._log.close()
