@@ -24,6 +24,10 @@ from .wal.checkpoint import publish_snapshot, remove_obsolete, write_snapshot_tm
 
 log = logging.getLogger("lockgate.checkpoint")
 
+#: Scheduling niceness of the snapshot child: low enough to leave the live path its CPU,
+#: high enough (unlike SCHED_IDLE) to finish under sustained full load.
+CHILD_NICENESS = 10
+
 
 class Checkpointer:
     """Decides when to checkpoint and takes checkpoints, one at a time."""
@@ -81,6 +85,8 @@ class Checkpointer:
         if pid == 0:  # the child: write the snapshot from its copy of memory, then leave
             status = 1
             try:
+                # Yield the CPU to the broker's live path; still progress when it is busy.
+                os.nice(CHILD_NICENESS)
                 gc.disable()
                 write_snapshot_tmp(self._io, self._dir, lsn, self._state.export_records())
                 status = 0
