@@ -25,7 +25,6 @@ import trio
 from protocol import (
     DEFAULT_MAX_FRAME,
     FATAL_CODES,
-    HEADER_SIZE,
     NEED_DATA,
     PROTOCOL_VERSION,
     Op,
@@ -36,7 +35,8 @@ from protocol import (
 from protocol import Connection as ProtocolConnection
 from protocol import Error as ErrorFrame
 
-from .errors import ConnectionClosed, FrameTooLarge, LockgateError, UnsupportedVersion, error_from_frame
+from . import types as t
+from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .types import ServerInfo, hello_args
 
 #: Bytes asked of the socket per read.
@@ -79,7 +79,6 @@ class Connection:
     ) -> None:
         self._stream = stream
         self._proto = ProtocolConnection("client", max_frame or DEFAULT_MAX_FRAME)
-        self._encode = self._proto.encoder.request
         self._max_frame = max_frame
         self._client_name = client_name
         self._pending: dict[int, _Waiter] = {}
@@ -121,13 +120,7 @@ class Connection:
             raise self._closed_error()
         rid = self._next_id
         self._next_id = rid + 1
-        data = self._encode(rid, op, args)
-        if len(data) - HEADER_SIZE > self._server_max_frame:
-            raise FrameTooLarge(
-                f"request of {len(data) - HEADER_SIZE} bytes exceeds the server's max_frame "
-                f"of {self._server_max_frame} bytes",
-                {"limit": self._server_max_frame, "length": len(data) - HEADER_SIZE},
-            )
+        data = t.checked_request(self._proto.encoder, rid, op, args, self._server_max_frame)
         waiter = _Waiter()
         self._pending[rid] = waiter
         try:

@@ -31,7 +31,6 @@ from typing import Any
 from protocol import (
     DEFAULT_MAX_FRAME,
     FATAL_CODES,
-    HEADER_SIZE,
     NEED_DATA,
     PROTOCOL_VERSION,
     Op,
@@ -43,7 +42,7 @@ from protocol import Connection as ProtocolConnection
 from protocol import Error as ErrorFrame
 
 from . import types as t
-from .errors import ConnectionClosed, FrameTooLarge, LockgateError, UnsupportedVersion, error_from_frame
+from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .types import AckResult, Bytes, Delivery, Message, NackResult, PublishResult, QueueStats, ServerInfo
 
 #: Default seconds a blocking step may take.
@@ -82,7 +81,6 @@ class SyncClient:
         #: PUSH frames received while no ``on_push`` was set.
         self.unhandled_pushes = 0
         self._proto = ProtocolConnection("client", max_frame or DEFAULT_MAX_FRAME)
-        self._encode = self._proto.encoder.request
         self._next_id = 1
         self._waiting: set[int] = set()
         self._done: dict[int, Reply | ErrorFrame] = {}
@@ -150,13 +148,7 @@ class SyncClient:
             raise self._closed_error()
         rid = self._next_id
         self._next_id = rid + 1
-        data = self._encode(rid, op, args)
-        if len(data) - HEADER_SIZE > self._server_max_frame:
-            raise FrameTooLarge(
-                f"request of {len(data) - HEADER_SIZE} bytes exceeds the server's max_frame "
-                f"of {self._server_max_frame} bytes",
-                {"limit": self._server_max_frame, "length": len(data) - HEADER_SIZE},
-            )
+        data = t.checked_request(self._proto.encoder, rid, op, args, self._server_max_frame)
         self._waiting.add(rid)
         self._send(data)
         return rid

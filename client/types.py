@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import PROTOCOL_VERSIONS
+from protocol import HEADER_SIZE, PROTOCOL_VERSIONS, Encoder
 
 #: Address used when none is given and ``LOCKGATE_ADDR`` is unset.
 DEFAULT_ADDR = "127.0.0.1:7878"
@@ -284,3 +284,22 @@ def publish_result(result: dict[str, Any]) -> PublishResult:
 
 def queue_list(result: dict[str, Any]) -> list[QueueStats]:
     return [QueueStats.from_wire(m) for m in result["queues"]]
+
+
+def checked_request(encoder: Encoder, rid: int, op: str, args: dict[str, Any],
+                    server_max_frame: int) -> bytes:
+    """The request frame, or ``FrameTooLarge`` if the server would refuse its size.
+
+    Checked before sending, so an oversized request fails locally and the connection
+    stays open (SPEC.md: a client must not send frames over the server's max_frame).
+    """
+    data = encoder.request(rid, op, args)
+    length = len(data) - HEADER_SIZE
+    if length > server_max_frame:
+        from .errors import FrameTooLarge
+
+        raise FrameTooLarge(
+            f"request of {length} bytes exceeds the server's max_frame of {server_max_frame} bytes",
+            {"limit": server_max_frame, "length": length},
+        )
+    return data
