@@ -21,7 +21,7 @@ from .clock import Clock
 from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .checkpointer import Checkpointer
-from .mutations import Mutation, Recover
+from .mutations import Mutation, MutationType, Recover
 from .state import BrokerState
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
 
@@ -53,6 +53,8 @@ class Broker:
         self._idle: set[trio.CancelScope] = set()
         self._snapshot_lsn = 0
         self._checkpointer: Checkpointer | None = None
+        #: Fields of a folded publish record not yet appended (see ``_commit``).
+        self._pending: list[Any] | None = None
 
     @property
     def wal_dir(self) -> Any:
@@ -95,8 +97,8 @@ class Broker:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._committer.run)
                 if any(q.leased for q in self.state.queues.values()):
-                    lsn = self._commit([Recover(self._clock.now_ms())])
-                    await self._committer.wait_durable(lsn)
+                    self._commit([Recover(self._clock.now_ms())])
+                    await self._committer.wait_durable(self._durable_lsn())
                 nursery.start_soon(self._timer_loop)
                 await nursery.start(self._checkpointer.run)
                 async with trio.open_nursery() as connections:
@@ -144,19 +146,32 @@ class Broker:
 
     # -- the live path ----------------------------------------------------------------
 
-    def _commit(self, mutations: tuple[Mutation, ...] | list[Mutation]) -> int:
-        """Append each mutation to the WAL, then apply it. Returns the last LSN.
+    def _commit(self, mutations: tuple[Mutation, ...] | list[Mutation]) -> None:
+        """Log each mutation, then apply it.
 
-        Raises StorageError, having applied nothing more, once the WAL has failed.
+        Plain publishes to one queue with consecutive ids are folded into one pending
+        WAL record (the same state as separate records, as ``ReplayLoader`` relies on);
+        ``_durable_lsn`` writes it out. Raises StorageError, having applied nothing
+        more, once the WAL has failed.
         """
         assert self._log is not None
-        lsn = 0
         append, pack, apply = self._log.append, self._pack, self.state.apply_fields
         for m in mutations:
             fields = m.fields()
-            lsn = append(encode_record(m.TYPE, pack(fields)))
+            if m.TYPE == MutationType.PUBLISH and fields[4] is None and fields[5] is None \
+                    and fields[6] is None:
+                pending = self._pending
+                if pending is not None and pending[0] == fields[0] \
+                        and pending[1] + len(pending[3]) == fields[1]:
+                    pending[3] += fields[3]
+                else:
+                    self._flush_pending()
+                    self._pending = [fields[0], fields[1], fields[2], list(fields[3]), None, None, None]
+            else:
+                self._flush_pending()
+                append(encode_record(m.TYPE, pack(fields)))
             apply(m.TYPE, fields)
-        if lsn >= self._check_at():
+        if self._log.appended_lsn >= self._check_at():
             assert self._checkpointer is not None
             self._checkpointer.poke()
         woken = self.state.take_woken()
@@ -168,24 +183,38 @@ class Broker:
         nxt = self.state.next_timer()
         if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
             self._timer_poke.set()
-        return lsn
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            fields, self._pending = self._pending, None
+            assert self._log is not None
+            self._log.append(encode_record(MutationType.PUBLISH, self._pack(fields)))
+
+    def _durable_lsn(self) -> int:
+        """The LSN a reply must wait for: everything applied so far, folded records
+        written out. Call it before every await, so no fold is pending across one."""
+        self._flush_pending()
+        assert self._log is not None
+        return self._log.appended_lsn
 
     def _check_at(self) -> int:
         return self._checkpointer.check_at if self._checkpointer is not None else 2**63
 
-    def _run_due(self) -> int:
-        """Log and apply lease expiries and elapsed delays; returns the last LSN or 0."""
+    def _run_due(self) -> bool:
+        """Log and apply lease expiries and elapsed delays; True if there were any."""
         assert self._clock is not None
         nxt = self.state.next_timer()
         if nxt is None:
-            return 0
+            return False
         now = self._clock.now_ms()
         if nxt > now:
-            return 0
+            return False
         mutations = self.state.due(now)
-        return self._commit(mutations) if mutations else 0
+        if mutations:
+            self._commit(mutations)
+        return bool(mutations)
 
-    def _run_due_for(self, req: Request) -> int:
+    def _run_due_for(self, req: Request) -> bool:
         """``_run_due`` inside a request: a failed WAL becomes its STORAGE_ERROR."""
         try:
             return self._run_due()
@@ -248,8 +277,9 @@ class Broker:
                     # whether or not its request logged anything, waits until the log
                     # covers all that has been applied so far.
                     try:
+                        lsn = self._durable_lsn()
                         if answered:
-                            await committer.wait_durable(self._log.appended_lsn)
+                            await committer.wait_durable(lsn)
                     except StorageError as exc:
                         for index, rid in answered:
                             out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
@@ -272,7 +302,7 @@ class Broker:
     def _execute(self, session: Session, req: Request, ctx: Context, enc: Encoder) -> bytes:
         """Run one request through the registry and the WAL; returns its reply frame.
 
-        The reply must not be sent before the log covers ``appended_lsn``."""
+        The reply must not be sent before the log covers ``_durable_lsn()``."""
         outcome = self._dispatch(session, req, ctx)
         if outcome.wait is not None:
             if session.waiters >= self.config.max_waiters:
@@ -284,10 +314,10 @@ class Broker:
             self._commit_for(req, outcome.mutations)
         return enc.reply(req.id, outcome.result or {})
 
-    def _commit_for(self, req: Request, mutations: tuple[Mutation, ...]) -> int:
+    def _commit_for(self, req: Request, mutations: tuple[Mutation, ...]) -> None:
         """``_commit`` for a request: a failed WAL becomes that request's STORAGE_ERROR."""
         try:
-            return self._commit(mutations)
+            self._commit(mutations)
         except StorageError as exc:
             raise ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}",
                                 request_id=req.id) from None
@@ -339,7 +369,7 @@ class Broker:
                     await event.wait()
             assert self._log is not None
             try:  # as for every reply: only once the log covers what it reflects
-                await self._committer.wait_durable(self._log.appended_lsn)
+                await self._committer.wait_durable(self._durable_lsn())
             except StorageError as exc:
                 reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
             async with send_lock:
@@ -364,9 +394,8 @@ class Broker:
                 with trio.move_on_at(self._clock.trio_time(nxt)):
                     await self._timer_poke.wait()
             try:
-                lsn = self._run_due()
-                if lsn:
-                    await self._committer.wait_durable(lsn)
+                if self._run_due():
+                    await self._committer.wait_durable(self._durable_lsn())
             except StorageError:
                 if self._stopping is not None and self._stopping.is_set():
                     return  # the committer closed for shutdown

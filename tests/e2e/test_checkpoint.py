@@ -142,3 +142,31 @@ async def test_shutdown_during_a_checkpoint_abandons_it_cleanly(tmp_path: Path) 
         assert restarted.replay_report.records == 0 and restarted.state.snapshot() == before
     finally:
         restarted._log.close()
+
+
+async def test_pipelined_publishes_share_one_record_and_survive_restart(tmp_path: Path) -> None:
+    from broker.wal import replay
+
+    data = tmp_path / "d"
+    async with trio.open_nursery() as nursery:
+        broker, c = await _start(nursery, data)
+        await c.call("queue_create", {"queue": "q"})
+        await c.call("queue_create", {"queue": "r"})
+        frames = [c.enc.request(100 + i, "publish", {"queue": q, "messages": [[b"%d" % i]]})
+                  for i, q in enumerate("qqqrqq")]
+        await c.send_raw(b"".join(frames))  # one write: decoded from one read
+        replies = [await c.frame() for _ in frames]
+        assert [r.result["first_id"] for r in replies] == [1, 2, 3, 1, 4, 5]
+        nursery.cancel_scope.cancel()
+    types: list[int] = []
+    replay(data / "wal", lambda rtype, payload: types.append(rtype))
+    # create, create, then q 1-3 folded, r 1, q 4-5 folded: runs split by the other queue.
+    assert types == [1, 1, 3, 3, 3]
+    restarted = Broker(_config(data))
+    restarted.recover()
+    try:
+        q = restarted.state.queues["q"]
+        assert [m.body for m in q.ready_sets[0].iter_ready()] == [b"0", b"1", b"2", b"4", b"5"]
+        assert len(restarted.state.queues["r"]) == 1
+    finally:
+        restarted._log.close()

@@ -32,7 +32,7 @@ def test_every_figure_at_tiny_scale(tmp_path: Path) -> None:
         assert r.messages == r.queue_messages == 20_000
         assert r.queues == 1
         assert 0 < r.seconds < r.listening_after_s
-    assert live.after_sigkill.records > 20  # 20 publish frames + the queue's creation, replayed
+    assert live.after_sigkill.records >= 2  # the queue's creation and its (folded) publish records
     assert live.sigterm_exit_status == 0
     assert live.after_sigterm.snapshot_lsn > 0 and live.after_sigterm.records == 0
     assert live.wal_bytes_before_kill > 20_000 * 128
