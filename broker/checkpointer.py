@@ -103,6 +103,10 @@ class Checkpointer:
         if status != 0:
             raise RuntimeError(f"snapshot child exited with status {status}")
         await self._committer.wait_durable(lsn)
+        if self._wal.synced_lsn < lsn:
+            # Under interval/never, "durable" above only meant written to the OS; the
+            # snapshot must never be published ahead of what the log has fsynced.
+            self._wal.sync()
         self._publish(lsn, started)
 
     def checkpoint_inline(self) -> None:

@@ -1,8 +1,8 @@
 """crashtest: SIGKILL a loaded broker over and over and check that nothing confirmed is lost.
 
     python -m tools.crashtest [--iterations N] [--seconds-per-iteration S] [--producers P]
-                              [--consumers C] [--fsync always|interval|never] [--seed N]
-                              [--data DIR] [--keep]
+                              [--consumers C] [--fsync always|interval|never]
+                              [--power-cut none|drop|garbage] [--seed N] [--data DIR] [--keep]
 
 One data directory serves the whole run, so state carries across crashes. Each
 iteration starts the broker on it, verifies everything the run has confirmed so far
@@ -46,18 +46,40 @@ each restart (a delivery can be recorded after a later one that it constrains).
 
 Expectation: ``lost == 0`` under every ``--fsync`` policy. ``interval`` and ``never``
 confirm after the record is written to the OS, which a SIGKILL does not undo; they
-may lose confirmed data only on a power cut or OS crash, which this harness does not
-simulate.
+may lose confirmed data only on a power cut or OS crash.
+
+Power cuts (``--power-cut drop|garbage``). The broker runs with the test-only
+``--test-power-journal`` (``broker.wal.fileio.JournalingFileIO``), which journals what
+each fsync made durable, to ``DIR-power.journal`` next to the data directory. After
+every SIGKILL, and after the graceful stop under load, ``tools.powercut.apply_power_cut``
+rewrites the data directory as a disk would be after losing power then: files cut back
+to their last fsynced size (``drop``), or keeping a random part of the unsynced tail
+with random bytes or zeros at its end (``garbage``); names not made durable by a
+directory fsync gone, unsynced renames and unlinks undone. Under ``always``, and after
+the graceful stop under every policy, the rules above hold unchanged. Under
+``interval`` and ``never``, a cut after a SIGKILL may undo what the log wrote after its
+last fsync (of a ``*.wal`` file) before the cut started, so it may lose
+(``lost_allowed``) a message the run learnt of (publish reply or delivery) after that
+moment, bring back (``resurrected_allowed``) a message whose ack reply arrived after
+it, let a consume after the restart reuse the attempt (``attempt_regressions_allowed``)
+of a delivery received after it, and lose a queue created after it (created again).
+These are counted, not violations; anything older must survive as after a SIGKILL.
+The journal's timestamps are ``time.monotonic()``, one clock for every process on
+Linux, compared with the tracker's.
 
 Prints violations (at most 20 lines) and one summary line::
 
     iterations=N kills=K confirmed=C acked=A delivered=D lost=L resurrected=R attempt_regressions=G elapsed=Ts
 
-and exits 1 on any violation. Every wait is bounded, only the broker this tool
-started is signalled (by PID), and everything runs on 127.0.0.1.
+(with ``--power-cut``, ``power_cut=MODE power_cuts=P lost_allowed=N resurrected_allowed=N
+attempt_regressions_allowed=N`` follow on the same line), and exits 1 on any violation.
+Every wait is bounded, only the broker this tool started is signalled (by PID), and
+everything runs on 127.0.0.1.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import shutil
 import sys
@@ -74,6 +96,8 @@ from client.errors import ConnectionClosed, LockgateError, QueueNotFound, Shutti
 from client.sync import SyncClient
 from client.types import Delivery, Message, QueueStats
 
+from .powercut import MODES as POWER_CUT_MODES
+from .powercut import apply_power_cut
 from .procs import BrokerProcess
 
 #: Seconds any single client request may take before it counts as a stall.
@@ -152,6 +176,10 @@ class DeliveryRecord:
     sent: float
     received: float
     phase: str  # "load" or "drain"
+    #: Set to the time of a power cut that may have undone this delivery (it was
+    #: received after the last log fsync before the cut): consumes sent after the cut
+    #: are not bound by its attempt.
+    voided_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -183,6 +211,15 @@ class MessageRecord:
     flagged: set[int] = field(default_factory=set)
     #: Reported as resurrected (each message counts once however often it comes back).
     resurrected: bool = False
+    #: When the run first knew it exists (publish reply or delivery; ``-inf`` when a
+    #: drain after a restart found it, i.e. it was on disk). ``None``: not known yet.
+    known_at: float | None = None
+    #: When the ack reply that made it gone arrived (``None`` if not gone by an ack reply).
+    ack_at: float | None = None
+    #: A power cut may have undone its publish (known only after the last log fsync).
+    maybe_lost: bool = False
+    #: A power cut may have undone the confirmed ack that made it gone.
+    maybe_unacked: bool = False
 
 
 class Tracker:
@@ -203,6 +240,13 @@ class Tracker:
         self._dirty: set[MessageRecord] = set()
         self.settings: dict[str, tuple[object, ...]] = {}
         self.counts: dict[str, int] = {LOST: 0, RESURRECTED: 0, REGRESSION: 0, OTHER: 0}
+        #: What a power cut under ``interval``/``never`` may legitimately undo (not
+        #: violations): confirmed publishes gone, confirmed acks undone, attempts reused.
+        self.allowed: dict[str, int] = {LOST: 0, RESURRECTED: 0, REGRESSION: 0}
+        self.power_cuts = 0
+        #: When each queue's create reply arrived, and the queues a power cut may have undone.
+        self._declared_at: dict[str, float] = {}
+        self._uncertain_queues: set[str] = set()
         self.violations: list[str] = []
         self.confirmed = 0
         self.adopted = 0
@@ -229,12 +273,24 @@ class Tracker:
 
     # -- queues --------------------------------------------------------------------------
 
-    def declare_queue(self, name: str, settings: tuple[object, ...]) -> None:
+    def declare_queue(self, name: str, settings: tuple[object, ...], at: float | None = None) -> None:
+        """``name`` was created (its create reply arrived at ``at``) with ``settings``."""
         with self._lock:
             self.settings[name] = settings
+            self._declared_at[name] = time.monotonic() if at is None else at
             self._by_body.setdefault(name, {})
             self._by_id.setdefault(name, {})
             self._open.setdefault(name, set())
+
+    def queue_may_be_gone(self, name: str) -> bool:
+        """A power cut may have undone the creation of ``name`` (see ``power_cut``)."""
+        with self._lock:
+            return name in self._uncertain_queues
+
+    def queues_checked(self) -> None:
+        """The queues were checked after a restart: what exists now is on disk."""
+        with self._lock:
+            self._uncertain_queues.clear()
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -248,14 +304,18 @@ class Tracker:
                 rec = by_body[body] = MessageRecord(queue, body)
                 self._open[queue].add(rec)
 
-    def publish_confirmed(self, queue: str, bodies: Sequence[bytes], first_id: int) -> None:
-        """The publish reply gave ``bodies`` the ids ``first_id, first_id + 1, ...``."""
+    def publish_confirmed(self, queue: str, bodies: Sequence[bytes], first_id: int,
+                          at: float | None = None) -> None:
+        """The publish reply, arriving at ``at``, gave ``bodies`` the ids ``first_id, first_id + 1, ...``."""
+        at = time.monotonic() if at is None else at
         with self._lock:
             for offset, body in enumerate(bodies):
                 rec = self._by_body[queue][body]
                 if self._assign_id(rec, first_id + offset, "publish reply") and not rec.published:
                     rec.published = True
                     self.backlog += 1
+                if rec.known_at is None or at < rec.known_at:
+                    rec.known_at = at
                 rec.confirmed = True
                 self.confirmed += 1
 
@@ -293,6 +353,11 @@ class Tracker:
                 rec = self._identify(queue, d.id, d.body, f"{phase} delivery")
                 if rec is None:
                     continue
+                # Delivered, so it exists; a drain runs right after a start, so what
+                # it finds was on disk.
+                known = -math.inf if phase == "drain" else received
+                if rec.known_at is None or known < rec.known_at:
+                    rec.known_at = known
                 rec.deliveries.append(DeliveryRecord(d.attempt, sent, received, phase))
                 self._check_delivery(rec, len(rec.deliveries) - 1)
                 self._dirty.add(rec)
@@ -337,11 +402,17 @@ class Tracker:
                                              f"delivered it (attempt {d.attempt})")
             return
         before = [e.attempt for e in rec.deliveries if e.received < d.sent]
-        if d.attempt < 1 or (before and d.attempt <= max(before)):
+        # Deliveries a power cut may have undone do not bind consumes sent after it.
+        kept = [e.attempt for e in rec.deliveries
+                if e.received < d.sent and (e.voided_at is None or d.sent < e.voided_at)]
+        if d.attempt < 1 or (kept and d.attempt <= max(kept)):
             rec.flagged.add(index)
             self._violation(REGRESSION, f"{rec.queue}: id {rec.id} ({_tag(rec.body)}) delivered "
                                         f"with attempt {d.attempt} by a {d.phase} consume after "
-                                        f"attempt {max(before, default=0)} was received")
+                                        f"attempt {max(kept, default=0)} was received")
+        elif before and d.attempt <= max(before):
+            rec.flagged.add(index)
+            self.allowed[REGRESSION] += 1
 
     def full_check(self) -> None:
         """Re-check every delivery recorded since the last call against all others."""
@@ -372,6 +443,7 @@ class Tracker:
                 rec.acks_in_flight -= 1
                 if rec.gone_at is None:
                     self._gone(rec, at)
+                    rec.ack_at = at
                     rec.gone_by_missing = mid in missing
                     if mid not in missing:
                         self.acked += 1
@@ -398,14 +470,34 @@ class Tracker:
                 if mid not in self._by_id[queue] and body in self._by_body[queue]:
                     self._identify(queue, mid, body, "drain")  # normally done by ``delivered``
             for rec in list(self._open[queue]):
+                maybe_lost, maybe_unacked = rec.maybe_lost, rec.maybe_unacked
+                rec.maybe_lost = rec.maybe_unacked = False
                 if rec.id is None or not rec.published:
                     # An unconfirmed publish that is not there: it never happened.
                     self._drop(rec)
                 elif present.get(rec.id) == rec.body:
                     rec.acks_in_flight = 0  # acks cut off by the crash did not happen
-                elif rec.acks_in_flight > 0:
+                    if maybe_unacked:  # a confirmed ack the power cut undid
+                        self.allowed[RESURRECTED] += 1
+                        rec.ack_at = None
+                        if not rec.gone_by_missing:
+                            self.acked -= 1
+                        rec.gone_by_missing = False
+                elif rec.acks_in_flight > 0 or maybe_unacked:
+                    # An ack cut off by the crash, or a confirmed one a power cut could
+                    # have undone, did happen (or, if ``maybe_lost``, the publish is gone).
                     rec.acks_in_flight = 0
-                    self._gone(rec, at)  # an ack cut off by the crash did happen
+                    self._gone(rec, rec.ack_at if maybe_unacked and rec.ack_at is not None else at)
+                    if maybe_lost and self._by_id[queue].get(rec.id) is rec:
+                        del self._by_id[queue][rec.id]  # the broker may reuse its id
+                elif maybe_lost:
+                    # Its publish was confirmed (or it was seen) only after the last log
+                    # fsync before a power cut: gone with the cut. Its id may be reused.
+                    self.allowed[LOST] += 1
+                    self._drop(rec)
+                    self.backlog -= 1
+                    if self._by_id[queue].get(rec.id) is rec:
+                        del self._by_id[queue][rec.id]
                 else:
                     what = "confirmed" if rec.confirmed else "delivered"
                     self._violation(LOST, f"{queue}: id {rec.id} ({_tag(rec.body)}), {what} and "
@@ -421,6 +513,35 @@ class Tracker:
     def _drop(self, rec: MessageRecord) -> None:
         rec.dropped = True
         self._open[rec.queue].discard(rec)
+
+    def power_cut(self, boundary: float, at: float) -> None:
+        """A power cut at ``at`` kept what the log had written before ``boundary`` (the
+        start of its last fsync) and may have lost anything after.
+
+        Call after the workers stopped and before the restart. From then on, until the
+        next ``reconcile``: a message the run learnt of at or after ``boundary`` may be
+        missing (``lost_allowed``), a message whose ack reply arrived at or after it may
+        come back (``resurrected_allowed``), and deliveries received at or after it do
+        not bind the attempts of consumes sent after ``at``. Queues created at or after
+        it may be gone. Anything older must have survived, as after a SIGKILL.
+        """
+        with self._lock:
+            self.power_cuts += 1
+            for queue, by_body in self._by_body.items():
+                for rec in by_body.values():
+                    if rec.published and not rec.dropped and rec.known_at is not None \
+                            and rec.known_at >= boundary and rec.gone_at is None:
+                        rec.maybe_lost = True
+                    if rec.gone_at is not None and rec.ack_at is not None and rec.ack_at >= boundary:
+                        rec.gone_at = None  # as if the ack were in flight at the crash
+                        rec.maybe_unacked = True
+                        rec.maybe_lost = rec.known_at is not None and rec.known_at >= boundary
+                        self._open[queue].add(rec)
+                        self.backlog += 1
+                    for i, d in enumerate(rec.deliveries):
+                        if d.received >= boundary and d.voided_at is None:
+                            rec.deliveries[i] = dataclasses.replace(d, voided_at=at)
+            self._uncertain_queues |= {q for q, t in self._declared_at.items() if t >= boundary}
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -490,6 +611,7 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                                               delay_ms=m.delay_ms)
                 else:
                     first_id = client.publish_batch(spec.name, messages).first_id
+                confirmed_at = time.monotonic()
             except ConnectionClosed:
                 raise  # in flight: it may or may not have happened
             except ShuttingDown:
@@ -499,7 +621,7 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 tracker.publish_failed(spec.name, bodies)
                 tracker.violation(OTHER, f"{name}: publish to {spec.name} failed: {exc}")
                 continue
-            tracker.publish_confirmed(spec.name, bodies, first_id)
+            tracker.publish_confirmed(spec.name, bodies, first_id, confirmed_at)
 
     _run_worker(load, name, body)
 
@@ -590,21 +712,33 @@ def create_queues(client: SyncClient, specs: Sequence[QueueSpec], tracker: Track
     for spec in specs:
         client.create_queue(spec.name, spec.kind, spec.shards, visibility_ms=spec.visibility_ms,
                             max_attempts=0)
+        at = time.monotonic()
         stats = client.queue_stats(spec.name)
-        tracker.declare_queue(spec.name, (*stats_settings(stats), stats.max_messages))
+        tracker.declare_queue(spec.name, (*stats_settings(stats), stats.max_messages), at)
 
 
 def check_metadata(client: SyncClient, specs: Sequence[QueueSpec], tracker: Tracker) -> None:
-    """Every queue exists with the settings it was created with; re-declaring is a no-op."""
+    """Every queue exists with the settings it was created with; re-declaring is a no-op.
+
+    A queue whose creation a power cut may have undone (see ``Tracker.power_cut``) may
+    be missing: it is created again, and its messages count as ``lost_allowed``.
+    """
     names = [q.name for q in client.list_queues()]
-    if sorted(names) != sorted(s.name for s in specs):
-        tracker.violation(OTHER, f"queues after restart are {names}, expected {[s.name for s in specs]}")
+    expected = [s.name for s in specs]
+    if sorted(names) != sorted(expected) and not (
+            set(names) <= set(expected)
+            and all(tracker.queue_may_be_gone(n) for n in set(expected) - set(names))):
+        tracker.violation(OTHER, f"queues after restart are {names}, expected {expected}")
     for spec in specs:
         try:
             stats = client.queue_stats(spec.name)
             created = client.create_queue(spec.name, spec.kind, spec.shards,
                                           visibility_ms=spec.visibility_ms, max_attempts=0)
         except QueueNotFound:
+            if tracker.queue_may_be_gone(spec.name):
+                # Created after the last log fsync before a power cut: allowed to be gone.
+                create_queues(client, [spec], tracker)
+                continue
             # Gone with all its messages (the drain finds it empty, so they count as
             # lost); declare it again so the load can go on.
             tracker.violation(OTHER, f"{spec.name}: the queue is gone after the restart")
@@ -622,6 +756,7 @@ def check_metadata(client: SyncClient, specs: Sequence[QueueSpec], tracker: Trac
                                      f"expected {tracker.settings.get(spec.name)}")
         if created:
             tracker.violation(OTHER, f"{spec.name}: re-declaring after restart created it anew")
+    tracker.queues_checked()
 
 
 def drain(client: SyncClient, spec: QueueSpec, tracker: Tracker) -> dict[int, bytes]:
@@ -695,16 +830,28 @@ class Summary:
     seed: int
     fsync: str
     violations: tuple[str, ...] = ()
+    #: ``--power-cut`` mode ("none", "drop" or "garbage") and the cuts applied.
+    power_cut: str = "none"
+    power_cuts: int = 0
+    #: What power cuts undid within the fsync policy's window (not violations).
+    lost_allowed: int = 0
+    resurrected_allowed: int = 0
+    attempt_regressions_allowed: int = 0
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.resurrected or self.attempt_regressions or self.other)
 
     def line(self) -> str:
-        return (f"iterations={self.iterations} kills={self.kills} confirmed={self.confirmed} "
+        text = (f"iterations={self.iterations} kills={self.kills} confirmed={self.confirmed} "
                 f"acked={self.acked} delivered={self.delivered} lost={self.lost} "
                 f"resurrected={self.resurrected} attempt_regressions={self.attempt_regressions} "
                 f"elapsed={self.elapsed:.1f}s")
+        if self.power_cut != "none":
+            text += (f" power_cut={self.power_cut} power_cuts={self.power_cuts} "
+                     f"lost_allowed={self.lost_allowed} resurrected_allowed={self.resurrected_allowed} "
+                     f"attempt_regressions_allowed={self.attempt_regressions_allowed}")
+        return text
 
 
 class _Abort(Exception):
@@ -718,6 +865,7 @@ def run(
     producers: int = 2,
     consumers: int = 2,
     fsync: str = "always",
+    power_cut: str = "none",
     seed: int | None = None,
     data_dir: Path | None = None,
     keep: bool = False,
@@ -728,9 +876,12 @@ def run(
 
     ``data_dir`` must be missing or empty; without it a temporary directory is used and
     removed afterwards, unless ``keep`` is set or a violation was found. ``broker_args``
-    are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). ``log`` gets
-    progress lines.
+    are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). ``power_cut``
+    ("drop" or "garbage") simulates a power cut after every SIGKILL and after the
+    graceful stop under load (see the module docstring). ``log`` gets progress lines.
     """
+    if power_cut != "none" and power_cut not in POWER_CUT_MODES:
+        raise ValueError(f"unknown power-cut mode {power_cut!r}")
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     say = log or (lambda text: None)
@@ -742,13 +893,30 @@ def run(
     if data_dir is None:
         temp = Path(tempfile.mkdtemp(prefix="lockgate-crashtest-"))
         data_dir = temp / "data"
-    data_dir = Path(data_dir)
+    # Absolute: the broker runs in the repository root, not in our working directory.
+    data_dir = Path(data_dir).absolute()
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"data directory {data_dir} is not empty")
+    journal = data_dir.parent / f"{data_dir.name}-power.journal"
+    if power_cut != "none":
+        journal.unlink(missing_ok=True)  # a stale journal would describe other files
+        broker_args = (*broker_args, "--test-power-journal", str(journal))
     broker = BrokerProcess(data_dir, fsync=fsync, args=broker_args)
-    say(f"crashtest: seed={seed} fsync={fsync} data={data_dir} log={broker.log_path}")
+    say(f"crashtest: seed={seed} fsync={fsync} power_cut={power_cut} data={data_dir} log={broker.log_path}")
     kills = 0
     done = 0
+
+    def cut_power(strict: bool = False) -> None:
+        """After the broker died or stopped: simulate a power cut, if asked to.
+
+        ``strict``: nothing confirmed may go whatever the policy (after a clean stop).
+        """
+        if power_cut == "none":
+            return
+        cut = apply_power_cut(data_dir, journal, rng, power_cut)
+        # Under "always" every confirmation waited for an fdatasync: nothing may go.
+        tracker.power_cut(math.inf if strict or fsync == "always" else cut.boundary, cut.at)
+        say(f"  {cut.describe()}")
 
     def start_and_verify(first: bool = False) -> str:
         try:
@@ -781,22 +949,28 @@ def run(
             done += 1
             say(f"iteration {iteration + 1}: killed after {kill_after:.2f}s; confirmed={tracker.confirmed} "
                 f"violations={tracker.total_violations}")
+            cut_power()
         # Verify the last crash, then a graceful stop under load, then verify that too.
         addr = start_and_verify(first=iterations == 0)
         run_load(addr, specs, tracker, rng, producers, consumers, iterations,
                  rng.uniform(0.3, 1.0) * seconds_per_iteration,
                  lambda: stop_cleanly("stop under load"))
+        cut_power(strict=True)  # a clean stop synced everything: the cut may take nothing
         start_and_verify()
         stop_cleanly("final stop")
     except _Abort:
         pass
     finally:
         broker.kill()
+        shutil.rmtree(f"{journal}.unlinked", ignore_errors=True)
     summary = Summary(
         iterations=done, kills=kills, confirmed=tracker.confirmed, acked=tracker.acked,
         delivered=tracker.delivery_count, lost=tracker.counts[LOST], resurrected=tracker.counts[RESURRECTED],
         attempt_regressions=tracker.counts[REGRESSION], other=tracker.counts[OTHER],
         elapsed=time.monotonic() - started, seed=seed, fsync=fsync, violations=tuple(tracker.violations),
+        power_cut=power_cut, power_cuts=tracker.power_cuts, lost_allowed=tracker.allowed[LOST],
+        resurrected_allowed=tracker.allowed[RESURRECTED],
+        attempt_regressions_allowed=tracker.allowed[REGRESSION],
     )
     if temp is not None:
         if keep or not summary.ok:
@@ -828,16 +1002,19 @@ def report(summary: Summary, out: Callable[[str], None] = print) -> None:
               help="Consuming threads (ack / nack / let expire), one connection each.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="The broker's fsync policy (lost must be 0 under each).")
+@click.option("--power-cut", type=click.Choice(["none", *POWER_CUT_MODES]), default="none", show_default=True,
+              help="After each SIGKILL, also simulate a power cut: drop what no fsync covered, or keep "
+              "a random part of it with garbage at the end.")
 @click.option("--seed", type=int, default=None, help="Seed for the random choices (default: random).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Empty or missing data directory to use (default: a temporary one).")
 @click.option("--keep", is_flag=True, help="Keep the temporary data directory and broker log.")
 def main(iterations: int, seconds_per_iteration: float, producers: int, consumers: int, fsync: str,
-         seed: int | None, data_dir: Path | None, keep: bool) -> None:
+         power_cut: str, seed: int | None, data_dir: Path | None, keep: bool) -> None:
     """SIGKILL a loaded Lockgate broker repeatedly and check that nothing confirmed is lost."""
     try:
         summary = run(iterations=iterations, seconds_per_iteration=seconds_per_iteration,
-                      producers=producers, consumers=consumers, fsync=fsync, seed=seed,
+                      producers=producers, consumers=consumers, fsync=fsync, power_cut=power_cut, seed=seed,
                       data_dir=data_dir, keep=keep, log=lambda text: click.echo(text, err=True))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

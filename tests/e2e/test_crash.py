@@ -3,10 +3,14 @@ checker must be able to find something.
 
 The short run SIGKILLs a real broker child under load a few times with ``--fsync
 always``. The other tests feed the verifier a tracker that disagrees with the broker,
-and the tracker deliveries that break the rules, and check each is reported.
+and the tracker deliveries that break the rules, and check each is reported. The
+power-cut tests run the harness with ``--power-cut``, check what a power cut may
+legitimately take under each policy, and check ``tools.powercut.apply_power_cut`` on
+files written through ``JournalingFileIO``.
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -14,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.wal import SegmentedLog, encode_record, replay
+from broker.wal.fileio import OPEN_CREATE, JournalingFileIO, write_all
 from client import SyncClient
 from client.types import Delivery
 from tools.crashtest import (
@@ -28,6 +34,7 @@ from tools.crashtest import (
     run,
     verify,
 )
+from tools.powercut import MAX_GARBAGE, apply_power_cut
 from tools.procs import BrokerProcess
 
 
@@ -205,3 +212,220 @@ def test_unconfirmed_publishes_and_acks_are_resolved_by_the_drain() -> None:
     # The adopted message is now expected after every restart.
     tracker.reconcile("q", {}, at=5.0)
     assert tracker.counts[LOST] == 1, tracker.violations
+
+
+# --- power cuts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["drop", "garbage"])
+def test_short_power_cut_run_under_fsync_always_loses_nothing(tmp_path: Path, mode: str) -> None:
+    # Small segments and checkpoints, so cuts also meet rolls, snapshots and deletions.
+    summary = run(iterations=3, seconds_per_iteration=1.0, producers=2, consumers=2,
+                  fsync="always", power_cut=mode, seed=20240612, data_dir=tmp_path / "data",
+                  broker_args=("--segment-bytes", "1048576", "--checkpoint-bytes", "1048576"))
+    detail = "\n".join([summary.line(), *summary.violations[:20]])
+    assert summary.ok, detail
+    assert summary.lost == 0 and summary.resurrected == 0, detail
+    assert summary.lost_allowed == summary.resurrected_allowed == summary.attempt_regressions_allowed == 0
+    assert summary.kills == 3 and summary.power_cuts == 4, detail  # each kill and the clean stop
+    assert summary.confirmed > 300, detail
+    assert summary.line().endswith(f"power_cut={mode} power_cuts=4 lost_allowed=0 resurrected_allowed=0 "
+                                   "attempt_regressions_allowed=0")
+
+
+def test_short_power_cut_run_under_fsync_never_loses_only_unsynced_data(tmp_path: Path) -> None:
+    summary = run(iterations=3, seconds_per_iteration=1.0, producers=2, consumers=2,
+                  fsync="never", power_cut="drop", seed=20240613, data_dir=tmp_path / "data")
+    detail = "\n".join([summary.line(), *summary.violations[:20]])
+    assert summary.lost == 0 and summary.resurrected == 0 and summary.attempt_regressions == 0, detail
+    assert summary.ok, detail
+    # "never" fdatasyncs only at start-up: each cut takes that iteration's messages.
+    assert summary.lost_allowed > 0, detail
+
+
+def test_power_cut_allowances_cover_only_what_came_after_the_last_log_fsync() -> None:
+    tracker = Tracker()
+    tracker.declare_queue("q", (), at=0.0)
+    tracker.publish_sent("q", [b"old.", b"new."])
+    tracker.publish_confirmed("q", [b"old."], 1, at=1.0)
+    tracker.publish_confirmed("q", [b"new."], 2, at=3.0)
+    tracker.power_cut(boundary=2.0, at=4.0)  # the log's last fsync started at 2.0
+
+    tracker.reconcile("q", {}, at=5.0)
+
+    assert tracker.counts == {LOST: 1, RESURRECTED: 0, REGRESSION: 0, OTHER: 0}, tracker.violations
+    assert "'old'" in tracker.violations[0]
+    assert tracker.allowed == {LOST: 1, RESURRECTED: 0, REGRESSION: 0}
+    # The broker lost id 2 with the cut and may hand it out again.
+    tracker.publish_sent("q", [b"next."])
+    tracker.publish_confirmed("q", [b"next."], 2, at=6.0)
+    assert tracker.counts[OTHER] == 0, tracker.violations
+
+
+def test_power_cut_may_undo_acks_and_leases_confirmed_after_the_last_log_fsync() -> None:
+    tracker = Tracker()
+    tracker.declare_queue("q", (), at=0.0)
+    tracker.publish_sent("q", [b"a.", b"b."])
+    tracker.publish_confirmed("q", [b"a.", b"b."], 1, at=0.5)
+    tracker.delivered("q", [Delivery(1, b"a.", 1, None, 0)], sent=0.6, received=0.7)
+    tracker.ack_sent("q", [1])
+    tracker.ack_confirmed("q", [1], (), at=1.0)
+    tracker.delivered("q", [Delivery(2, b"b.", 1, None, 0)], sent=2.4, received=2.5)
+    tracker.ack_sent("q", [2])
+    tracker.ack_confirmed("q", [2], (), at=3.0)
+    tracker.power_cut(boundary=2.0, at=4.0)
+
+    # Both come back; b with its lease undone too.
+    tracker.delivered("q", [Delivery(1, b"a.", 2, None, 0), Delivery(2, b"b.", 1, None, 0)],
+                      sent=5.0, received=5.1, phase="drain")
+    tracker.reconcile("q", {1: b"a.", 2: b"b."}, at=5.2)
+    tracker.full_check()
+
+    assert tracker.counts == {LOST: 0, RESURRECTED: 1, REGRESSION: 0, OTHER: 0}, tracker.violations
+    assert "'a'" in tracker.violations[0]
+    assert tracker.allowed == {LOST: 0, RESURRECTED: 1, REGRESSION: 1}
+
+
+# --- apply_power_cut ------------------------------------------------------------------------
+
+
+def _write_file(io: JournalingFileIO, path: Path, data: bytes, *, sync: bool = True) -> None:
+    fd = io.open(str(path), OPEN_CREATE)
+    try:
+        write_all(io, fd, data)
+        if sync:
+            io.fsync(fd)
+    finally:
+        io.close(fd)
+
+
+def test_apply_power_cut_keeps_only_what_fsyncs_made_durable(tmp_path: Path) -> None:
+    wal = tmp_path / "data" / "wal"
+    wal.mkdir(parents=True)
+    journal = tmp_path / "journal"
+    io = JournalingFileIO(journal)
+    seg = wal / "00000000000000000000.wal"
+    fd = io.open(str(seg), OPEN_CREATE)
+    write_all(io, fd, b"s" * 100)
+    io.fdatasync(fd)
+    write_all(io, fd, b"u" * 50)  # written, never synced
+    _write_file(io, wal / "renamed", b"r" * 10)
+    _write_file(io, wal / "unlinked", b"d" * 20)
+    _write_file(io, wal / "deleted", b"e" * 30)
+    _write_file(io, wal / "unsynced", b"n" * 40, sync=False)
+    io.unlink(str(wal / "deleted"))
+    io.fsync_dir(str(wal))  # durable: the segment, renamed, unlinked, unsynced (empty)
+    io.rename(str(wal / "renamed"), str(wal / "renamed.new"))
+    io.unlink(str(wal / "unlinked"))
+    _write_file(io, wal / "created", b"c" * 5)  # synced, but its name never was
+
+    cut = apply_power_cut(tmp_path / "data", journal, random.Random(1), "drop")
+
+    assert sorted(p.name for p in wal.iterdir()) == [seg.name, "renamed", "unlinked", "unsynced"]
+    assert seg.read_bytes() == b"s" * 100
+    assert (wal / "renamed").read_bytes() == b"r" * 10
+    assert (wal / "unlinked").read_bytes() == b"d" * 20
+    assert (wal / "unsynced").read_bytes() == b""
+    assert cut.renames_undone == [("wal/renamed.new", "wal/renamed")]
+    assert cut.unlinks_undone == ["wal/unlinked"]
+    assert cut.removed == ["wal/created"]
+    assert cut.files_cut == 2 and cut.bytes_dropped == 50 + 40 and not cut.notes
+    assert cut.last_log_sync is not None and cut.boundary == cut.last_log_sync
+    assert not any(Path(f"{journal}.unlinked").iterdir())
+    os.close(fd)
+
+    # The cut is the new durable state: a second one finds nothing to take.
+    again = apply_power_cut(tmp_path / "data", journal, random.Random(2), "garbage")
+    assert (again.files_cut, again.removed, again.renames_undone, again.unlinks_undone) == (0, [], [], [])
+    assert again.epoch_start == cut.at and again.last_log_sync is None and again.boundary == cut.at
+    assert seg.read_bytes() == b"s" * 100
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_garbage_mode_keeps_durable_bytes_and_garbles_only_the_end_of_the_kept_tail(
+    tmp_path: Path, seed: int,
+) -> None:
+    wal = tmp_path / "data" / "wal"
+    wal.mkdir(parents=True)
+    io = JournalingFileIO(tmp_path / "journal")
+    seg = wal / "00000000000000000000.wal"
+    durable, tail = random.Random(seed).randbytes(1000), random.Random(-seed).randbytes(20_000)
+    fd = io.open(str(seg), OPEN_CREATE)
+    write_all(io, fd, durable)
+    io.fdatasync(fd)
+    io.fsync_dir(str(wal))
+    write_all(io, fd, tail)
+    os.close(fd)
+
+    cut = apply_power_cut(tmp_path / "data", tmp_path / "journal", random.Random(seed), "garbage")
+
+    data = seg.read_bytes()
+    assert 1000 <= len(data) <= 21_000
+    assert data[:1000] == durable
+    kept = len(data) - 1000
+    assert cut.bytes_dropped == 20_000 - kept
+    assert cut.bytes_garbled <= min(kept, MAX_GARBAGE)
+    assert data[1000:len(data) - cut.bytes_garbled] == tail[:kept - cut.bytes_garbled]
+
+
+@pytest.mark.parametrize("mode", ["drop", "garbage"])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_log_keeps_every_synced_record_through_apply_power_cut(tmp_path: Path, mode: str,
+                                                                 seed: int) -> None:
+    rng = random.Random(seed)
+    wal = tmp_path / "data" / "wal"
+    io = JournalingFileIO(tmp_path / "journal")
+    log = SegmentedLog.open(wal, segment_bytes=rng.choice([300, 900]), io=io)
+    records: list[bytes] = []
+    confirmed = 0
+    for _ in range(rng.randint(5, 40)):
+        for _ in range(rng.randint(1, 6)):
+            payload = len(records).to_bytes(4, "big") + rng.randbytes(rng.randint(0, 90))
+            records.append(encode_record(1, payload))
+            log.append(records[-1])
+        action = rng.random()
+        if action < 0.4:
+            log.sync()
+            confirmed = len(records)
+        elif action < 0.8:
+            log.write()
+
+    apply_power_cut(tmp_path / "data", tmp_path / "journal", rng, mode)
+    for fd in list(io._paths):  # the "crashed" log's descriptors
+        os.close(fd)
+
+    got: list[bytes] = []
+    replay(wal, lambda rtype, payload: got.append(payload))
+    assert len(got) >= confirmed
+    assert got == [r[9:] for r in records[:len(got)]]
+
+
+def test_power_cut_after_a_checkpoint_under_never_restarts(tmp_path: Path) -> None:
+    """A snapshot is never published ahead of what the log has fsynced, whatever the policy."""
+    import random
+
+    from client import SyncClient
+    from tools.powercut import apply_power_cut
+    from tools.procs import BrokerProcess
+
+    data, journal = tmp_path / "data", tmp_path / "power.journal"
+    broker = BrokerProcess(data, fsync="never", args=(
+        "--segment-bytes", "1048576", "--checkpoint-bytes", "1048576",
+        "--test-power-journal", str(journal)))
+    broker.start()
+    try:
+        with SyncClient(broker.addr, timeout=10) as c:
+            c.create_queue("q")
+            for _ in range(20_000):  # bounded: a checkpoint comes after ~1 MiB of log
+                if list((data / "wal").glob("*.snap")):
+                    break
+                c.publish("q", b"x" * 1000)
+            else:
+                raise AssertionError("no checkpoint was taken")
+        broker.kill()
+        apply_power_cut(data, journal, random.Random(0), "drop")
+        broker.start()  # raised before the fix: "the log ends before LSN ..., where the snapshot ends"
+        with SyncClient(broker.addr, timeout=10) as c:
+            assert c.queue_stats("q").messages > 0
+    finally:
+        broker.kill()
