@@ -27,6 +27,8 @@ from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError
 
 log = logging.getLogger("lockgate.server")
 
+_PUBLISH = int(MutationType.PUBLISH)
+
 #: How long a graceful shutdown lets connections finish what they have read.
 SHUTDOWN_GRACE_S = 10.0
 
@@ -158,7 +160,7 @@ class Broker:
         append, pack, apply = self._log.append, self._pack, self.state.apply_fields
         for m in mutations:
             fields = m.fields()
-            if m.TYPE == MutationType.PUBLISH and fields[4] is None and fields[5] is None \
+            if m.TYPE == _PUBLISH and fields[4] is None and fields[5] is None \
                     and fields[6] is None:
                 pending = self._pending
                 if pending is not None and pending[0] == fields[0] \
@@ -171,9 +173,9 @@ class Broker:
                 self._flush_pending()
                 append(encode_record(m.TYPE, pack(fields)))
             apply(m.TYPE, fields)
-        if self._log.appended_lsn >= self._check_at():
-            assert self._checkpointer is not None
-            self._checkpointer.poke()
+        checkpointer = self._checkpointer
+        if checkpointer is not None and self._log.appended_lsn >= checkpointer.check_at:
+            checkpointer.poke()
         woken = self.state.take_woken()
         if woken and self._ready_events:
             for name in woken:
@@ -188,7 +190,7 @@ class Broker:
         if self._pending is not None:
             fields, self._pending = self._pending, None
             assert self._log is not None
-            self._log.append(encode_record(MutationType.PUBLISH, self._pack(fields)))
+            self._log.append(encode_record(_PUBLISH, self._pack(fields)))
 
     def _durable_lsn(self) -> int:
         """The LSN a reply must wait for: everything applied so far, folded records
@@ -196,9 +198,6 @@ class Broker:
         self._flush_pending()
         assert self._log is not None
         return self._log.appended_lsn
-
-    def _check_at(self) -> int:
-        return self._checkpointer.check_at if self._checkpointer is not None else 2**63
 
     def _run_due(self) -> bool:
         """Log and apply lease expiries and elapsed delays; True if there were any."""
@@ -311,7 +310,11 @@ class Broker:
                                     request_id=req.id, details={"limit": self.config.max_waiters})
             raise _Hold(outcome.wait)
         if outcome.mutations:
-            self._commit_for(req, outcome.mutations)
+            try:
+                self._commit(outcome.mutations)
+            except StorageError as exc:
+                raise ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}",
+                                    request_id=req.id) from None
         return enc.reply(req.id, outcome.result or {})
 
     def _commit_for(self, req: Request, mutations: tuple[Mutation, ...]) -> None:

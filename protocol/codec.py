@@ -1,6 +1,7 @@
 """msgpack <-> frames. Pure functions plus a reusable encoder; no I/O."""
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -10,6 +11,7 @@ from .frames import MAX_REQUEST_ID, Error, Frame, FrameKind, Push, Reply, Reques
 from .framing import frame_bytes
 
 _REQUEST, _REPLY, _ERROR, _PUSH = 0, 1, 2, 3
+_LENGTH = struct.Struct(">I").pack
 _KNOWN_CODES = frozenset(int(c) for c in ErrorCode)
 
 
@@ -30,6 +32,20 @@ def _request_id(value: Any) -> int | None:
     if type(value) is int and 0 <= value <= MAX_REQUEST_ID:
         return value
     return None
+
+
+_new = object.__new__
+_set_id, _set_op, _set_args = Request.id.__set__, Request.op.__set__, Request.args.__set__  # type: ignore[attr-defined]
+
+
+def _request(rid: int, op: str, args: dict[str, Any]) -> Request:
+    """``Request(id=rid, op=op, args=args)``, built through its slots: the same frozen
+    value at half the cost of the generated ``__init__`` (one is built per request)."""
+    obj = _new(Request)
+    _set_id(obj, rid)
+    _set_op(obj, op)
+    _set_args(obj, args)
+    return obj
 
 
 def parse_request(obj: Any) -> Request:
@@ -58,7 +74,7 @@ def parse_request(obj: Any) -> Request:
             ErrorCode.MALFORMED_REQUEST, "args must be a map",
             request_id=rid, details={"field": "args"},
         )
-    return Request(id=rid, op=op, args=args)
+    return _request(rid, op, args)
 
 
 def parse_server_frame(obj: Any) -> Reply | Error | Push:
@@ -108,7 +124,8 @@ class Encoder:
         return frame_bytes(self._pack([_REQUEST, rid, op, args]))
 
     def reply(self, rid: int, result: dict[str, Any]) -> bytes:
-        return frame_bytes(self._pack([_REPLY, rid, result]))
+        body = self._pack([_REPLY, rid, result])
+        return _LENGTH(len(body)) + body
 
     def error(
         self, rid: int | None, code: ErrorCode, message: str, details: dict[str, Any] | None = None

@@ -29,6 +29,8 @@ class Connection:
     def __init__(self, role: Literal["client", "server"], max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.role = role
         self._decoder = FrameDecoder(max_frame)
+        self._next_body = self._decoder.next_body
+        self._parse = parse_request if role == "server" else parse_server_frame
         self._encoder = Encoder()
         self._broken: ProtocolError | None = None
 
@@ -49,13 +51,10 @@ class Connection:
         if self._broken is not None:
             raise self._broken
         try:
-            body = self._decoder.next_body()
+            body = self._next_body()
             if body is None:
                 return NEED_DATA
-            obj = unpack_body(body)
-            if self.role == "server":
-                return parse_request(obj)
-            return parse_server_frame(obj)
+            return self._parse(unpack_body(body))
         except ProtocolError as exc:
             if exc.fatal:
                 self._broken = exc
