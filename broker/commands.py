@@ -32,7 +32,7 @@ from protocol import (
 from protocol.ops import DEFAULT_VISIBILITY_MS
 
 from .config import BrokerConfig
-from .mutations import Ack, Lease, Mutation, Publish, QueueCreate, QueueDelete, Release
+from .mutations import Ack, Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, plain_publish
 from .queues import LEASED, Queue
 from .state import BrokerState
 
@@ -78,6 +78,15 @@ class Outcome(NamedTuple):
     result: dict[str, Any] | None = None
     mutations: tuple[Mutation, ...] = ()
     wait: Wait | None = None
+
+
+_tuple_new = tuple.__new__
+
+
+def _outcome(result: dict[str, Any], mutations: tuple[Mutation, ...]) -> Outcome:
+    """``Outcome(result, mutations)`` without the NamedTuple's Python-level ``__new__``
+    (the publish path builds one per request)."""
+    return _tuple_new(Outcome, (result, mutations, None))
 
 
 Handler = Callable[[Session, dict[str, Any], Context], Outcome]
@@ -255,7 +264,7 @@ def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     if count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
         if len(first[0]) > cfg.max_message:
             _too_large([first[0]], cfg.max_message)
-        mutation = Publish(queue.name, queue.next_id, now, [first[0]])
+        mutation = plain_publish(queue.name, queue.next_id, now, [first[0]])
     elif all(type(e) is list and len(e) == 1 for e in entries):
         # Plain messages: one column, checked with builtins.
         bodies = [e[0] for e in entries]
@@ -264,10 +273,10 @@ def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if max(map(len, bodies)) > cfg.max_message:
             _too_large(bodies, cfg.max_message)
-        mutation = Publish(queue.name, queue.next_id, now, bodies)
+        mutation = plain_publish(queue.name, queue.next_id, now, bodies)
     else:
         mutation = _publish_columns(queue, entries, now, cfg.max_message)
-    return Outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
+    return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
 
 
 def _too_large(bodies: list[bytes], limit: int) -> None:

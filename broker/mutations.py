@@ -85,6 +85,27 @@ class Publish:
                 self.keys, self.priorities, self.ready_at_ms]
 
 
+_new = object.__new__
+_PUBLISH_SLOTS = tuple(
+    getattr(Publish, name).__set__
+    for name in ("queue", "first_id", "now_ms", "bodies", "keys", "priorities", "ready_at_ms"))
+
+
+def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -> Publish:
+    """``Publish(queue, first_id, now_ms, bodies)`` built through its slots: the same
+    frozen value at half the cost of the generated ``__init__`` (one per publish request)."""
+    obj = _new(Publish)
+    set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready = _PUBLISH_SLOTS
+    set_queue(obj, queue)
+    set_first(obj, first_id)
+    set_now(obj, now_ms)
+    set_bodies(obj, bodies)
+    set_keys(obj, None)
+    set_prio(obj, None)
+    set_ready(obj, None)
+    return obj
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """Ready messages are delivered: leased until ``deadline_ms``, attempts raised by one."""
