@@ -191,9 +191,12 @@ class BrokerState:
         self._woken.add(name)
 
     def _recover(self, now_ms: int) -> None:
-        for name, queue in list(self.queues.items()):
+        # All leases end at the same moment: queues by name, messages by id, an order
+        # that does not depend on whether the state was replayed or restored.
+        for name in sorted(self.queues):
+            queue = self.queues[name]
             if queue.leased:
-                leased = [m.id for m in queue.messages.values() if m.state == LEASED]
+                leased = sorted(m.id for m in queue.messages.values() if m.state == LEASED)
                 self._release(name, leased, 0, True, now_ms)
 
     def replay_loader(self) -> "ReplayLoader":

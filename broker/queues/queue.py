@@ -110,6 +110,18 @@ class Queue:
                     return chosen
         return chosen
 
+    def leased_in_order(self) -> list[Message]:
+        """Leased messages in the order their leases expire: by deadline, then lease
+        batch, then position in the batch (the order they were delivered)."""
+        msgs = self.messages
+        out: list[Message] = []
+        for _, seq, ids in sorted(self._lease_heap):
+            for mid in ids:
+                msg = msgs.get(mid)
+                if msg is not None and msg.state == LEASED and msg.lease == seq:
+                    out.append(msg)
+        return out
+
     def next_deadline(self) -> int | None:
         """The earliest pending lease or delay deadline (may be stale), or None."""
         a = self._lease_heap[0][0] if self._lease_heap else None
@@ -290,9 +302,9 @@ class Queue:
         for ready in self.ready_sets:
             for m in ready.in_push_order():
                 yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
-        others = sorted((m for m in self.messages.values() if m.state != READY),
-                        key=lambda m: (m.state, m.lease, m.deadline))
-        for m in others:
+        delayed = sorted((m for m in self.messages.values() if m.state == DELAYED),
+                         key=lambda m: (m.deadline, m.id))
+        for m in self.leased_in_order() + delayed:
             yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
 
     def import_messages(self, rows: list[list[Any]]) -> None:

@@ -193,6 +193,14 @@ def test_unknown_argument_names_are_rejected(state: BrokerState, op: str) -> Non
             session=Session() if op == "hello" else None)
 
 
+@pytest.mark.parametrize("op", sorted(COMMANDS))
+def test_argument_names_that_are_not_str(state: BrokerState, op: str) -> None:
+    """A bin key (the only non-str key that decodes) is never an argument name."""
+    session = Session() if op == "hello" else None
+    refused(state, op, {**BASE[op], b"queue": "q"}, INVALID, "args", session=session)
+    refused(state, op, {b"zzz": 1, "aaa": 2}, INVALID, "args", session=Session() if op == "hello" else None)
+
+
 def test_unknown_argument_names_are_not_only_typos(state: BrokerState) -> None:
     refused(state, "consume", {"queue": "q", "ids": [1]}, INVALID, "ids")
     refused(state, "ack", {"queue": "q", "ids": [1], "delay_ms": 5}, INVALID, "delay_ms")
@@ -463,7 +471,8 @@ def test_consume_reply_fits_the_client_frame(state: BrokerState) -> None:
 
 # -- ack and nack -----------------------------------------------------------------------------
 
-BAD_IDS = [DROP, None, [], 5, "1", {"1": 1}, [1, "2"], [1, True], [False], [1.0], [None]]
+BAD_IDS = [DROP, None, [], 5, "1", {"1": 1}, [1, "2"], [1, True], [False], [1.0], [None], [-1],
+           [1, 2**63], [2**64 - 1]]
 
 
 @pytest.mark.parametrize("op", ["ack", "nack"])
@@ -489,6 +498,12 @@ def test_nack_delay(state: BrokerState, delay: Any, field: str) -> None:
     refused(state, "nack", {"queue": "q", "ids": [1], "delay_ms": delay}, INVALID, field)
     # ids are checked before delay_ms
     refused(state, "nack", {"queue": "q", "ids": [], "delay_ms": delay}, INVALID, "ids")
+
+
+@pytest.mark.parametrize("op", ["ack", "nack"])
+def test_id_range_is_inclusive(state: BrokerState, op: str) -> None:
+    result = run(state, op, with_args(op, ids=[0, 2**63 - 1])).result
+    assert result is not None and result["missing"] == [0, 2**63 - 1]
 
 
 def test_ack_and_nack_report_missing_ids_in_request_order_once(state: BrokerState) -> None:
