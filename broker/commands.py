@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from protocol import (
     DEFAULT_PRIORITY,
     MAX_DELAY_MS,
+    MAX_KEY,
     MAX_PRIORITY,
     MAX_SHARDS,
     MAX_VISIBILITY_MS,
@@ -298,8 +299,9 @@ def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: in
         body, key, priority, delay = (entry + [None, None, None])[:4]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
-        if key is not None and type(key) is not bytes:
-            raise invalid(f"messages[{index}].key", "key must be binary (msgpack bin) or nil")
+        if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
+            raise invalid(f"messages[{index}].key",
+                          f"key must be binary (msgpack bin) of at most {MAX_KEY} bytes, or nil")
         if priority is None:
             priority = DEFAULT_PRIORITY
         elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:

@@ -47,6 +47,9 @@ MIN_PRIORITY = 0
 MAX_PRIORITY = 255
 DEFAULT_PRIORITY = 0
 
+#: Largest message key in bytes.
+MAX_KEY = 1024
+
 #: Queue name rules: 1..200 characters from this set.
 QUEUE_NAME_MAX = 200
 QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")

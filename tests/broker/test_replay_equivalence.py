@@ -18,15 +18,14 @@ first) does what start-up does: rebuild, append a RECOVER record and apply
 it to the live and the rebuilt state, and check that they agree; that every message leased
 before is ready again with its attempt count kept (or, out of attempts, moved to its
 dead-letter queue with attempt 0, or dropped, and counted); that returned messages take
-their places in id order (SPEC 7.1: "at a restart, by id") and the ready order is
-otherwise unchanged; and that the rebuilt timers call for the same releases and
+their places in id order, queue by queue in name order (SPEC 7.1, 8.6), and the ready
+order is otherwise unchanged; and that the rebuilt timers call for the same releases and
 promotions as the live ones. The run then continues on the rebuilt state, as a restarted
 broker would.
 """
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from typing import Any
 
 import hypothesis.strategies as st
@@ -36,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
-from broker.mutations import Mutation, Recover, Release, from_fields
+from broker.mutations import Mutation, Recover, from_fields
 from broker.queues import LEASED, READY
 from broker.state import BrokerState
 from protocol import ProtocolError
@@ -90,18 +89,10 @@ def startup(log: list[Record], checkpoints: list[tuple[int, list[Record]]]) -> B
 
 
 def by_queue(mutations: list[Mutation]) -> dict[str, list[tuple[int, list[Any]]]]:
-    """Mutations grouped by queue (the order across queues follows timer bookkeeping).
-
-    Released ids are compared as a set: the order of expiries within one lease batch is
-    not kept by a snapshot, and needs not be, since start-up releases every lease with a
-    RECOVER record before any timer runs.
-    """
+    """Mutations grouped by queue (the order across queues follows timer bookkeeping)."""
     out: dict[str, list[tuple[int, list[Any]]]] = {}
     for m in mutations:
-        fields = m.fields()
-        if isinstance(m, Release):
-            fields = [fields[0], sorted(fields[1]), *fields[2:]]
-        out.setdefault(fields[0], []).append((m.TYPE, fields))
+        out.setdefault(m.fields()[0], []).append((m.TYPE, m.fields()))
     return out
 
 
@@ -228,7 +219,9 @@ class ReplayMachine(RuleBasedStateMachine):
         self.state = rebuilt  # carry on as the restarted broker
 
     def check_recovered(self, before: dict[str, Any], after: dict[str, Any]) -> None:
-        arrivals: dict[str, Counter[tuple[Any, ...]]] = {}
+        #: Per dead-letter queue, what it should receive: source queues in name order,
+        #: each one's messages by id (SPEC 8.6).
+        arrivals: dict[str, list[tuple[Any, ...]]] = {}
         assert set(before) == set(after)
         for name, q in before.items():
             s, stats, new = q["settings"], q["stats"], after[name]
@@ -244,7 +237,7 @@ class ReplayMachine(RuleBasedStateMachine):
             if dead:
                 target = s.dead_letter if s.dead_letter in before else None
                 if target is not None:
-                    arrivals.setdefault(target, Counter()).update((m[1], m[2], m[3]) for m in dead)
+                    arrivals.setdefault(target, []).extend((m[1], m[2], m[3]) for m in dead)
             nstats = new["stats"]
             assert nstats["leased"] == 0
             assert nstats["expired"] == stats["expired"] + len(leased)
@@ -267,11 +260,9 @@ class ReplayMachine(RuleBasedStateMachine):
                 else:
                     assert got == sorted(mine, key=lambda i: -prio[i]), (name, shard)
         for name, q in before.items():
-            got = Counter(
-                (m[1], m[2], m[3]) for m in after[name]["messages"] if m[0] >= q["next_id"]
-            )
-            assert all(m[5] == 0 and m[6] == READY for m in after[name]["messages"] if m[0] >= q["next_id"])
-            assert got == arrivals.get(name, Counter()), name
+            new_rows = [m for m in after[name]["messages"] if m[0] >= q["next_id"]]
+            assert all(m[5] == 0 and m[6] == READY for m in new_rows)
+            assert [(m[1], m[2], m[3]) for m in new_rows] == arrivals.get(name, []), name
 
     # invariants
 
@@ -353,7 +344,8 @@ def test_restart_from_a_checkpoint_dead_letters_by_id() -> None:
 def test_restart_from_a_checkpoint_is_the_same_as_without() -> None:
     """SPEC 9: snapshots change nothing a client can observe. Two queues (created as zeta,
     then alpha) dead-letter into one queue at a restart; the arrivals' order there must
-    not depend on whether the broker was rebuilt from a checkpoint."""
+    not depend on whether the broker was rebuilt from a checkpoint (SPEC 8.6: queues in
+    name order)."""
     m = ReplayMachine()
     m.create("dead", "fifo", 1, 100, 0, None, 0)
     m.create("zeta", "fifo", 1, 100, 1, "dead", 0)
@@ -365,3 +357,17 @@ def test_restart_from_a_checkpoint_is_the_same_as_without() -> None:
     m.checkpoint(1000)
     live, rebuilt = _restart_both(m)
     assert rebuilt.snapshot() == live.snapshot()
+    assert [r[:2] for r in live.snapshot()["dead"]["messages"]] == [(1, b"from alpha"), (2, b"from zeta")]
+
+
+def test_a_checkpoint_keeps_the_order_leases_expire_in() -> None:
+    """Leases restored from a checkpoint expire as they would have: by deadline, then in
+    the order the messages were delivered (lifo delivers 2 before 1)."""
+    m = ReplayMachine()
+    m.create("q", "lifo", 1, 100, 0, None, 0)
+    m.publish("q", [[b"one"], [b"two"]])
+    m.consume("q", 2, None)
+    m.checkpoint(1)
+    expected = by_queue(copy.deepcopy(m.state).due(m.now + 100))
+    assert expected == {"q": [(6, ["q", [2, 1], 0, True, m.now + 100])]}
+    assert by_queue(startup(m.log, m.checkpoints).due(m.now + 100)) == expected

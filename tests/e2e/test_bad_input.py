@@ -101,3 +101,16 @@ async def test_oversized_message_is_refused_whole(broker_addr: tuple[str, int]) 
     assert err.details["index"] == 1
     stats = await c.call("queue_stats", {"queue": "q"})
     assert stats.result["messages"] == 0
+
+
+async def test_key_longer_than_the_limit_is_refused_whole(broker_addr: tuple[str, int]) -> None:
+    from protocol import MAX_KEY
+
+    c = await RawClient.open(broker_addr)
+    await c.call("queue_create", {"queue": "q", "shards": 2})
+    ok = await c.call("publish", {"queue": "q", "messages": [[b"a", b"k" * MAX_KEY]]})
+    assert isinstance(ok, Reply)
+    err = await c.call("publish", {"queue": "q", "messages": [[b"b"], [b"c", b"k" * (MAX_KEY + 1)]]})
+    assert isinstance(err, Error) and err.code == ErrorCode.INVALID_ARGUMENT
+    assert err.details["field"] == "messages[1].key"
+    assert (await c.call("queue_stats", {"queue": "q"})).result["messages"] == 1
