@@ -8,8 +8,8 @@ Scenarios (128-byte bodies by default):
 plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk) and
 ``replay`` (records/s a broker replays from its WAL at start-up).
 
-Each figure is the median of ``--runs`` runs. By default the bench starts its own
-broker per policy on 127.0.0.1 with a temporary data directory; ``--addr`` measures
+Each figure is the median of ``--runs`` runs. By default the bench starts a fresh broker
+for each policy and scenario on 127.0.0.1 with a temporary data directory; ``--addr`` measures
 a running broker instead (its policy is whatever it was started with).
 """
 from __future__ import annotations
@@ -233,11 +233,14 @@ SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]]
 
 
 def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs: int,
-                  tag: str) -> list[Result]:
+                  tag: str, only: tuple[str, ...] | None = None) -> list[Result]:
+    """Run every scenario (or those in ``only``) ``runs`` times against one broker."""
     results = []
     wire = Wire(host, port)
     try:
         for name, fn in SCENARIOS.items():
+            if only is not None and name not in only:
+                continue
             rates, p50s, p99s, counts = [], [], [], []
             for r in range(runs):
                 queue = f"bench-{tag}-{name}-{r}"
@@ -297,11 +300,12 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
             from tools.procs import BrokerProcess
 
             for policy in policies.split(","):
-                proc = BrokerProcess(workdir / f"data-{policy}", fsync=policy).start()
-                try:
-                    results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy)
-                finally:
-                    proc.stop()
+                for name in SCENARIOS:  # a fresh broker per scenario: no carry-over between them
+                    proc = BrokerProcess(workdir / f"data-{policy}-{name}", fsync=policy).start()
+                    try:
+                        results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,))
+                    finally:
+                        proc.stop()
         if replay_records:
             rate, seconds = measure_replay(replay_records, workdir)
             extras["replay_records"] = replay_records
