@@ -91,7 +91,9 @@ async def test_graceful_shutdown_checkpoints_and_restarts_with_an_empty_tail(tmp
         other = await RawClient.open(("127.0.0.1", int(broker.addr.rsplit(":", 1)[1])))
         await other.call("queue_create", {"queue": "empty"})
         held = await other.request("consume", {"queue": "empty", "wait_ms": 600_000})
-        await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while "empty" not in broker._ready_events:  # until the consume is held
+                await trio.lowlevel.checkpoint()
         broker.shutdown()
         reply = await other.frame()
         assert isinstance(reply, Reply) and reply.id == held and reply.result == {"messages": []}
