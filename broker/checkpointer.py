@@ -79,6 +79,7 @@ class Checkpointer:
 
     async def checkpoint(self) -> None:
         """Snapshot the state as of now in a child process and publish it."""
+        self._wal.roll()  # the snapshot's LSN starts a segment: all before it can go
         lsn = self._wal.appended_lsn
         started = time.perf_counter()
         pid = os.fork()

@@ -274,6 +274,21 @@ class SegmentedLog:
             self._seg_size = size
             self._written += chunk_bytes
 
+    def roll(self) -> None:
+        """Write what is buffered and start a new segment at ``appended_lsn`` (sealing
+        the active one durably), unless the active segment holds no record yet.
+
+        A checkpoint rolls first, so that every segment before its LSN can be deleted.
+        """
+        if self._stop is not None:
+            raise StorageError(self._stop)
+        self.write()
+        if self._seg_size > SEGMENT_HEADER_SIZE:
+            try:
+                self._roll()
+            except OSError as exc:
+                raise self._fail("roll", exc) from exc
+
     def _roll(self) -> None:
         """Seal the active segment durably, then start the next one at ``written_lsn``."""
         io = self._io
