@@ -9,7 +9,7 @@ state themselves and never touch sockets, trio or the WAL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from protocol import (

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 
 from .errors import ErrorCode, ProtocolError
-from .frames import MAX_REQUEST_ID, Error, Frame, FrameKind, Push, Reply, Request
+from .frames import MAX_REQUEST_ID, Error, Frame, Push, Reply, Request
 from .framing import frame_bytes
 
 _REQUEST, _REPLY, _ERROR, _PUSH = 0, 1, 2, 3

@@ -19,7 +19,6 @@ import os
 import platform
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
