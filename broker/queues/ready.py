@@ -15,8 +15,8 @@ from itertools import islice
 from .message import DELETED, Message
 
 
-class FifoReady:
-    """Oldest-ready first."""
+class _SequenceReady:
+    """Ready messages kept in push order in a deque; the subclass picks the end to serve."""
 
     __slots__ = ("_items", "count")
 
@@ -32,14 +32,26 @@ class FifoReady:
         self._items.extend(msgs)
         self.count += len(msgs)
 
+    def in_push_order(self) -> Iterator[Message]:
+        """Ready messages in the order pushing them again rebuilds this set."""
+        return (m for m in self._items if m.state != DELETED)
+
+    def forget(self) -> None:
+        """A ready message was deleted: its entry became a tombstone."""
+        self.count -= 1
+        if len(self._items) > 2 * self.count + 64:
+            self._items = deque(m for m in self._items if m.state != DELETED)
+
+
+class FifoReady(_SequenceReady):
+    """Oldest-ready first."""
+
+    __slots__ = ()
+
     def iter_ready(self) -> Iterator[Message]:
         for msg in self._items:
             if msg.state != DELETED:
                 yield msg
-
-    def in_push_order(self) -> Iterator[Message]:
-        """Ready messages in the order pushing them again rebuilds this set."""
-        return (m for m in self._items if m.state != DELETED)
 
     def take(self, msg: Message) -> None:
         """Remove ``msg`` (usually the first live entry)."""
@@ -52,39 +64,19 @@ class FifoReady:
             items.remove(msg)
         self.count -= 1
 
-    def forget(self) -> None:
-        """A ready message was deleted: its entry became a tombstone."""
-        self.count -= 1
-        if len(self._items) > 2 * self.count + 64:
-            self._items = deque(m for m in self._items if m.state != DELETED)
 
-
-class LifoReady:
+class LifoReady(_SequenceReady):
     """Most-recently-ready first."""
 
-    __slots__ = ("_items", "count")
-
-    def __init__(self) -> None:
-        self._items: list[Message] = []
-        self.count = 0
-
-    def push(self, msg: Message) -> None:
-        self._items.append(msg)
-        self.count += 1
-
-    def push_many(self, msgs: list[Message]) -> None:
-        self._items.extend(msgs)
-        self.count += len(msgs)
+    __slots__ = ()
 
     def iter_ready(self) -> Iterator[Message]:
         for msg in reversed(self._items):
             if msg.state != DELETED:
                 yield msg
 
-    def in_push_order(self) -> Iterator[Message]:
-        return (m for m in self._items if m.state != DELETED)
-
     def take(self, msg: Message) -> None:
+        """Remove ``msg`` (usually the last live entry)."""
         items = self._items
         while items and items[-1].state == DELETED:
             items.pop()
@@ -93,11 +85,6 @@ class LifoReady:
         else:
             items.remove(msg)
         self.count -= 1
-
-    def forget(self) -> None:
-        self.count -= 1
-        if len(self._items) > 2 * self.count + 64:
-            self._items = [m for m in self._items if m.state != DELETED]
 
 
 class PriorityReady:
