@@ -35,7 +35,7 @@ from broker.state import BrokerState
 from broker.wal.checkpoint import list_snapshots, read_snapshot
 from broker.wal.fileio import FileIO
 from broker.wal.record import RECORD_HEADER, RECORD_HEADER_SIZE, record_problem
-from broker.wal.replay import _not_torn  # the start-up torn-tail rule (replay rule 4)
+from broker.wal.replay import not_torn_proof  # the start-up torn-tail rule (replay rule 4)
 from broker.wal.segment import (
     SEGMENT_HEADER_SIZE,
     SEGMENT_SUFFIX,
@@ -217,7 +217,7 @@ def _stop_problem(seg: SegmentFile, data: bytes, off: int, problem: str, last: b
     if not last:
         return Problem(ERROR, seg.name, off,
                        f"{problem} in a sealed segment ({rest} bytes from here not checked)")
-    proof = _not_torn(data, off)
+    proof = not_torn_proof(data, off)
     if proof is not None:
         return Problem(ERROR, seg.name, off, f"{problem}; {proof}")
     return Problem(WARNING, seg.name, off, problem, rest)

@@ -54,7 +54,7 @@ from .segment import (
     list_segments,
 )
 
-__all__ = ["ReplayReport", "WalCorruption", "replay"]
+__all__ = ["ReplayReport", "WalCorruption", "not_torn_proof", "replay"]
 
 logger = logging.getLogger("lockgate.wal")
 
@@ -151,7 +151,7 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
         problem = record_problem(data, off)
         if not last:
             raise WalCorruption(seg_path, off, f"{problem} in a sealed segment")
-        proof = _not_torn(data, off)
+        proof = not_torn_proof(data, off)
         if proof is not None:
             raise WalCorruption(seg_path, off, f"{problem}; {proof}")
         dropped = len(data) - off
@@ -201,7 +201,7 @@ def _scan(data: bytes, apply: Callable[[int, bytes], object],
     return off, count
 
 
-def _not_torn(data: bytes, off: int) -> str | None:
+def not_torn_proof(data: bytes, off: int) -> str | None:
     """Why the bad record at ``off`` cannot be a torn tail (rule 4), or ``None``."""
     n = len(data)
     if n - off < RECORD_HEADER_SIZE:
