@@ -13,28 +13,55 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import trio
 
 from .state import BrokerState
 from .wal import FileIO, GroupCommitter, SegmentedLog
 from .wal.checkpoint import publish_snapshot, remove_obsolete, write_snapshot_tmp
+from .wal.fileio import NO_SPACE_ERRNOS
 
 log = logging.getLogger("lockgate.checkpoint")
+
+#: After a failed checkpoint (e.g. no room for the snapshot), the next try comes this
+#: long after it at the latest, doubling up to ``RETRY_MAX_S`` while they keep failing:
+#: on a full disk a checkpoint is what frees the space of dead segments.
+RETRY_MIN_S = 1.0
+#: ``reclaim`` takes a checkpoint once it would free at least this much log.
+RECLAIM_MIN_BYTES = 64 * 1024
+RETRY_MAX_S = 4.0
 
 #: Scheduling niceness of the snapshot child: low enough to leave the live path its CPU,
 #: high enough (unlike SCHED_IDLE) to finish under sustained full load.
 CHILD_NICENESS = 10
 
 
+#: Exit status of a snapshot child that found no room for the snapshot.
+NO_ROOM_STATUS = 3
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be taken; nothing was published or removed.
+
+    ``no_room``: for lack of disk space (the new segment or the snapshot)."""
+
+    def __init__(self, message: str, *, no_room: bool = False) -> None:
+        super().__init__(message)
+        self.no_room = no_room
+
+
 class Checkpointer:
     """Decides when to checkpoint and takes checkpoints, one at a time."""
 
     def __init__(self, state: BrokerState, wal: SegmentedLog, committer: GroupCommitter,
-                 directory: str, io: FileIO, *, min_bytes: int, snapshot_lsn: int) -> None:
+                 directory: str, io: FileIO, *, min_bytes: int, snapshot_lsn: int,
+                 reserve: Callable[[], int] = lambda: 0) -> None:
         self._state = state
+        self._reserve = reserve
         self._wal = wal
         self._committer = committer
         self._dir = directory
@@ -47,6 +74,10 @@ class Checkpointer:
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self.checkpoints = 0
+        #: The last checkpoint failed for lack of disk space. Until one succeeds the
+        #: broker refuses publishes, so that acks shrink the live data and the next
+        #: try can write its snapshot and reclaim the log.
+        self.starved = False
 
     def poke(self) -> None:
         """Called when the log passed ``check_at``: start a checkpoint if one is due."""
@@ -56,18 +87,36 @@ class Checkpointer:
             self.check_at = 2**63  # no more pokes until this checkpoint is done
             self._wanted.set()
 
+    def reclaim(self) -> None:
+        """Called when the disk is full: checkpoint now if that would free log space
+        (the log since the last snapshot holds more than the live data)."""
+        live = sum(q.bytes for q in self._state.queues.values())
+        if self._wal.appended_lsn - self.snapshot_lsn - live >= RECLAIM_MIN_BYTES:
+            self._wanted.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Take checkpoints as ``poke`` asks, until ``stop``."""
         task_status.started()
+        retry_s = 0.0
         try:
             with self._scope:
                 while True:
-                    await self._wanted.wait()
+                    if retry_s:  # after a failure: no sooner, whoever asks
+                        await trio.sleep(retry_s)
+                    else:
+                        await self._wanted.wait()
                     self._wanted = trio.Event()
                     try:
                         await self.checkpoint()
-                    except Exception:
-                        log.exception("checkpoint failed; the log is kept whole and it will be tried again")
+                        retry_s = 0.0
+                        self.starved = False
+                    except Exception as exc:
+                        self.starved = (isinstance(exc, CheckpointError) and exc.no_room) or (
+                            isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
+                        retry_s = min(max(2 * retry_s, RETRY_MIN_S), RETRY_MAX_S)
+                        log.error("checkpoint failed (%s); the log is kept whole; trying again "
+                                  "within %.0f s", exc, retry_s,
+                                  exc_info=not isinstance(exc, (OSError, CheckpointError)))
                         self.check_at = self._wal.appended_lsn + self._min_bytes
         finally:
             self._stopped.set()
@@ -78,8 +127,19 @@ class Checkpointer:
         await self._stopped.wait()
 
     async def checkpoint(self) -> None:
-        """Snapshot the state as of now in a child process and publish it."""
-        self._wal.roll()  # the snapshot's LSN starts a segment: all before it can go
+        """Snapshot the state as of now in a child process and publish it.
+
+        Normally the log is rolled first, so the snapshot's LSN starts a segment and
+        every segment before it can go. After a failure for lack of room it is not:
+        a new segment costs room on the full disk, and the snapshot frees every segment
+        but the active one anyway."""
+        if not self.starved:
+            # The new segment gets the room the live messages' acks need.
+            self._wal.reserve_hint = self._reserve()
+            if not self._wal.roll():
+                raise CheckpointError(f"could not start a new segment in {self._dir}", no_room=True)
+        else:  # and the snapshot needs what the log holds beyond the acks' reserve
+            self._wal.trim_room(self._reserve())
         lsn = self._wal.appended_lsn
         started = time.perf_counter()
         pid = os.fork()
@@ -91,6 +151,10 @@ class Checkpointer:
                 gc.disable()
                 write_snapshot_tmp(self._io, self._dir, lsn, self._state.export_records())
                 status = 0
+            except OSError as exc:  # e.g. no room: the parent logs the failure
+                print(f"snapshot writer: {exc}", file=sys.stderr, flush=True)
+                if exc.errno in NO_SPACE_ERRNOS:
+                    status = NO_ROOM_STATUS
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -102,7 +166,10 @@ class Checkpointer:
             _remove(self._io, os.path.join(self._dir, f"{lsn:020d}.snap.tmp"))
             raise
         if status != 0:
-            raise RuntimeError(f"snapshot child exited with status {status}")
+            _remove(self._io, os.path.join(self._dir, f"{lsn:020d}.snap.tmp"))
+            if status == NO_ROOM_STATUS:
+                raise CheckpointError(f"no room for the snapshot in {self._dir}", no_room=True)
+            raise CheckpointError(f"the snapshot writer exited with status {status}")
         await self._committer.wait_durable(lsn)
         if self._wal.synced_lsn < lsn:
             # Under interval/never, "durable" above only meant written to the OS; the

@@ -21,13 +21,26 @@ from .clock import Clock
 from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
 from .config import RECV_BYTES, BrokerConfig
 from .checkpointer import Checkpointer
-from .mutations import Mutation, MutationType, Recover
-from .state import BrokerState
+from .mutations import Mutation, MutationType, Publish, Recover
+from .state import BrokerState, ack_cost
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
 
 log = logging.getLogger("lockgate.server")
 
 _PUBLISH = int(MutationType.PUBLISH)
+_ACK = int(MutationType.ACK)
+
+#: Log room kept beyond the acks of the live messages, for the records that are logged
+#: even when the disk is full: lease expiries, promotions of delayed messages and the
+#: start-up RECOVER record.
+RESERVE_MARGIN = 256 * 1024
+#: Further room a publish must leave, so that consumers can still lease (and nack)
+#: what was published once publishes are refused.
+PUBLISH_HEADROOM = 64 * 1024
+#: Bytes a publish record takes beyond its bodies, at most: record header, fields,
+#: the queue name's header (not the name), and per body its bin header.
+_PUBLISH_OVERHEAD = 48
+_PER_BODY = 5
 
 #: How long a graceful shutdown lets connections finish what they have read.
 SHUTDOWN_GRACE_S = 10.0
@@ -57,6 +70,10 @@ class Broker:
         self._checkpointer: Checkpointer | None = None
         #: Fields of a folded publish record not yet appended (see ``_commit``).
         self._pending: list[Any] | None = None
+        #: Log bytes admitted by ``_admit`` that may not be appended yet (folded).
+        self._unflushed = 0
+        #: The disk was found full: logged once, until room returns.
+        self._disk_full = False
 
     @property
     def wal_dir(self) -> Any:
@@ -93,7 +110,8 @@ class Broker:
         self._checkpointer = Checkpointer(
             self.state, self._log, self._committer, str(self.wal_dir),
             self._io if self._io is not None else FileIO(),
-            min_bytes=self.config.checkpoint_bytes, snapshot_lsn=self._snapshot_lsn)
+            min_bytes=self.config.checkpoint_bytes, snapshot_lsn=self._snapshot_lsn,
+            reserve=self._log_reserve)
         clean = False
         try:
             async with trio.open_nursery() as nursery:
@@ -120,6 +138,8 @@ class Broker:
                     clean = True
                 except StorageError:
                     log.exception("the log has failed: no final checkpoint; the next start replays it")
+                except OSError as exc:  # e.g. no room for the snapshot: the log is whole
+                    log.error("no final checkpoint (%s); the next start replays the log", exc)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -186,7 +206,54 @@ class Broker:
         if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
             self._timer_poke.set()
 
+    def _log_reserve(self) -> int:
+        """Log room to keep for what must be logged even on a full disk."""
+        return self.state.ack_reserve + RESERVE_MARGIN
+
+    def _admit(self, req: Request, mutations: tuple[Mutation, ...]) -> None:
+        """Refuse ``mutations`` with DISK_FULL, before anything is applied, unless the
+        log has room reserved for their records plus the acks of every live message
+        (theirs included) and ``RESERVE_MARGIN`` (and ``PUBLISH_HEADROOM`` for a
+        publish). Acks are always admitted: their room was reserved at publish."""
+        wal = self._log
+        assert wal is not None
+        need = 0
+        headroom = 0
+        for m in mutations:
+            t = m.TYPE
+            if t == _PUBLISH:
+                need += _publish_need(m)  # type: ignore[arg-type]
+                headroom = PUBLISH_HEADROOM
+            elif t != _ACK:
+                need += len(self._pack(m.fields())) + _PUBLISH_OVERHEAD
+        if self._disk_full and self._checkpointer is not None:
+            self._checkpointer.reclaim()  # acks may have made a checkpoint worth it
+        if not need:
+            return
+        reserve = self._log_reserve()
+        wal.reserve_hint = reserve
+        total = need + reserve + headroom + self._unflushed
+        starved = headroom and self._checkpointer is not None and self._checkpointer.starved
+        if starved or (total > wal.room and not wal.ensure_room(total)):
+            if headroom and self._checkpointer is not None:
+                self._checkpointer.reclaim()
+            if not self._disk_full:
+                self._disk_full = True
+                log.warning("disk full: no room in %s for new work; refusing it with DISK_FULL "
+                            "(the acks of live messages keep their reserved room)", self.wal_dir)
+            why = ("a checkpoint must reclaim the log first and has no room for its snapshot"
+                   if starved else f"{need} bytes of log plus {reserve} reserved for acks")
+            raise ProtocolError(
+                ErrorCode.DISK_FULL,
+                f"no room on disk for this {req.op}: {why}; nothing was applied, retry once "
+                "space is freed", request_id=req.id, details={"needed": need, "reserved": reserve})
+        if self._disk_full and headroom:
+            self._disk_full = False
+            log.warning("the disk has room again in %s: accepting publishes", self.wal_dir)
+        self._unflushed += need
+
     def _flush_pending(self) -> None:
+        self._unflushed = 0
         if self._pending is not None:
             fields, self._pending = self._pending, None
             assert self._log is not None
@@ -310,6 +377,7 @@ class Broker:
                                     request_id=req.id, details={"limit": self.config.max_waiters})
             raise _Hold(outcome.wait)
         if outcome.mutations:
+            self._admit(req, outcome.mutations)
             try:
                 self._commit(outcome.mutations)
             except StorageError as exc:
@@ -359,6 +427,7 @@ class Broker:
                     outcome = self._dispatch(session, retry, self._context())
                     if outcome.mutations or timed_out:
                         if outcome.mutations:
+                            self._admit(retry, outcome.mutations)
                             self._commit_for(retry, outcome.mutations)
                         reply = enc.reply(req.id, outcome.result or {})
                         break
@@ -404,6 +473,20 @@ class Broker:
                     return  # the committer closed for shutdown
                 log.exception("could not log lease expiries and delays")
                 await trio.sleep(1)  # the WAL has failed; do not spin
+
+
+def _publish_need(m: Publish) -> int:
+    """Log bytes a publish may take, its messages' future acks included (an upper bound)."""
+    bodies = m.bodies
+    n = len(bodies)
+    need = _PUBLISH_OVERHEAD + len(m.queue) + sum(map(len, bodies)) + n * (_PER_BODY + ack_cost(m.queue))
+    if m.keys is not None:
+        need += sum(len(k) + _PER_BODY for k in m.keys if k is not None) + n
+    if m.priorities is not None:
+        need += 2 * n
+    if m.ready_at_ms is not None:
+        need += 9 * n
+    return need
 
 
 class _Hold(Exception):

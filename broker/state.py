@@ -30,6 +30,16 @@ from .queues import LEASED, Message, Queue, QueueSettings
 SNAPSHOT_QUEUE = 101
 SNAPSHOT_MESSAGES = 102
 
+#: Log bytes an ACK record takes, at most, to ack one message of a queue alone, less
+#: the queue name's length: record header 9, array 1, name header 2, id array 1, id 9
+#: (rounded up). Acking k messages in one record takes at most k times that.
+ACK_RECORD_BASE = 24
+
+
+def ack_cost(queue_name: str) -> int:
+    """Most log bytes acking one message of ``queue_name`` can take (names are ASCII)."""
+    return ACK_RECORD_BASE + len(queue_name)
+
 
 class BrokerState:
     """All queues, and timers across them."""
@@ -41,6 +51,9 @@ class BrokerState:
         self._timer_at: dict[str, int] = {}
         #: Queues that may have new ready messages (or vanished) since the last ``take_woken``.
         self._woken: set[str] = set()
+        #: Log bytes the acks of every live message can take: the sum of ``ack_cost``
+        #: over them. The live path keeps this much room reserved in the log.
+        self.ack_reserve = 0
         self._appliers: dict[int, Callable[..., None]] = {
             MutationType.QUEUE_CREATE: self._queue_create,
             MutationType.QUEUE_DELETE: self._queue_delete,
@@ -120,6 +133,7 @@ class BrokerState:
         self._timer_at.pop(name, None)
         self._woken.add(name)
         if queue is not None:
+            self.ack_reserve -= len(queue) * ack_cost(name)
             queue.remove(list(queue.messages))
 
     def _publish(
@@ -129,6 +143,7 @@ class BrokerState:
     ) -> None:
         queue = self.queues[name]
         queue.add(first_id, bodies, keys, priorities, ready_at_ms)
+        self.ack_reserve += len(bodies) * ack_cost(name)
         if ready_at_ms is None or not all(ready_at_ms):
             self._woken.add(name)
         if queue.delayed:
@@ -142,7 +157,9 @@ class BrokerState:
 
     def _ack(self, name: str, ids: list[int]) -> None:
         queue = self.queues[name]
-        queue.acked += queue.remove(ids)
+        removed = queue.remove(ids)
+        queue.acked += removed
+        self.ack_reserve -= removed * ack_cost(name)
 
     def _release(
         self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int
@@ -173,6 +190,7 @@ class BrokerState:
     def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int) -> None:
         """Move messages that ran out of attempts to the dead-letter queue, or drop them."""
         queue.remove([m.id for m in msgs])
+        self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
             queue.dropped += len(msgs)
@@ -184,6 +202,7 @@ class BrokerState:
             [m.key for m in msgs],
             [m.priority for m in msgs],
         )
+        self.ack_reserve += len(msgs) * ack_cost(target.name)
         queue.dead_lettered += len(msgs)
 
     def _promote(self, name: str, ids: list[int]) -> None:
@@ -233,6 +252,7 @@ class BrokerState:
                 state.queues[fields[0]].import_messages(fields[1])
             else:
                 raise ValueError(f"unknown snapshot record type {rtype}")
+        state.ack_reserve = state.count_ack_reserve()
         for name, queue in state.queues.items():
             queue.finish_import()
             nxt = queue.next_deadline()
@@ -241,6 +261,10 @@ class BrokerState:
         return state
 
     # -- reading --------------------------------------------------------------------
+
+    def count_ack_reserve(self) -> int:
+        """``ack_reserve`` counted from scratch (it is kept up to date incrementally)."""
+        return sum(len(q) * ack_cost(name) for name, q in self.queues.items())
 
     def snapshot(self) -> dict[str, Any]:
         """A plain, comparable picture of all queue contents (for tests and tools)."""

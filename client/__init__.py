@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConnectionClosed,
+    DiskFull,
     FrameTooLarge,
     HandshakeRequired,
     InternalError,
@@ -61,7 +62,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "Connection", "ConnectionClosed", "Delivery", "FrameTooLarge",
+    "AckResult", "Client", "Connection", "ConnectionClosed", "Delivery", "DiskFull", "FrameTooLarge",
     "HandshakeRequired", "InternalError", "InvalidArgument", "LimitExceeded", "LockgateError",
     "MalformedFrame", "MalformedRequest", "Message", "MessageTooLarge", "NackResult",
     "PublishResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats", "ServerInfo",

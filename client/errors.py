@@ -181,6 +181,12 @@ class StorageError(LockgateError):
     code = ErrorCode.STORAGE_ERROR
 
 
+class DiskFull(LockgateError):
+    """The server's disk has no room for the change; it had no effect. Retry later."""
+
+    code = ErrorCode.DISK_FULL
+
+
 class ShuttingDown(LockgateError):
     """The server is shutting down and accepts no new work."""
 
@@ -194,7 +200,7 @@ class InternalError(LockgateError):
 
 
 __all__ = [
-    "ConnectionClosed", "FrameTooLarge", "HandshakeRequired", "InternalError", "InvalidArgument",
+    "ConnectionClosed", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError", "InvalidArgument",
     "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
     "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "UnknownOp",
     "UnsupportedVersion", "WrongNode", "error_from_frame",

@@ -44,6 +44,9 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 15
     #: An unexpected server fault; the request had no effect.
     INTERNAL_ERROR = 16
+    #: The disk has no room for the change (and the acks live messages may still
+    #: need); it was refused and had no effect. Retry later.
+    DISK_FULL = 17
 
 
 #: Codes after which the sender closes the connection (framing is lost).

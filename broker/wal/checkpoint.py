@@ -67,6 +67,8 @@ def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
                        records: Iterable[tuple[int, bytes]]) -> str:
     """Write ``records`` and the end record to ``<name>.tmp`` and fsync it; returns its path.
 
+    On failure the temp file is removed.
+
     Does not publish it: call :func:`publish_snapshot` once the log is durable to ``lsn``.
     """
     path = os.path.join(directory, snapshot_name(lsn) + ".tmp")
@@ -87,8 +89,14 @@ def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
         parts.append(encode_record(SNAPSHOT_END, _END.pack(lsn, count)))
         write_all(io, fd, b"".join(parts))
         io.fsync(fd)
-    finally:
+    except BaseException:
         io.close(fd)
+        try:  # e.g. no room left for it: leave nothing behind
+            io.unlink(path)
+        except OSError:
+            pass
+        raise
+    io.close(fd)
     return path
 
 

@@ -7,6 +7,8 @@ what every fsync made durable, so a harness can simulate a power cut afterwards.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import time
@@ -16,8 +18,8 @@ from typing import Any, TypeAlias
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
-    "BytesLike", "FileIO", "JournalingFileIO", "OPEN_APPEND", "OPEN_CREATE", "OPEN_READ", "OPEN_WRITE",
-    "read_all", "write_all",
+    "BytesLike", "FileIO", "JournalingFileIO", "NO_SPACE_ERRNOS", "OPEN_APPEND", "OPEN_CREATE",
+    "OPEN_READ", "OPEN_WRITE", "read_all", "write_all",
 ]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -29,6 +31,35 @@ OPEN_WRITE = os.O_WRONLY | _CLOEXEC
 OPEN_APPEND = os.O_RDWR | os.O_APPEND | _CLOEXEC
 #: Flags for creating a fresh temp file (a new segment before its rename).
 OPEN_CREATE = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | _CLOEXEC
+
+#: errno values that mean "the file system has no room": the log refuses new work
+#: instead of failing (see ``SegmentedLog.ensure_room``).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+# fallocate(2) modes.
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+def _fallocate_or_raise(fd: int, mode: int, offset: int, length: int) -> None:
+    if _fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available on this platform")
+    if _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 class FileIO:
@@ -62,6 +93,22 @@ class FileIO:
 
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
+
+    def preallocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk blocks for ``[offset, offset + length)`` without changing the
+        file's size (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``): later writes there
+        cannot fail for lack of space. ``OSError`` (``ENOSPC``, ``EOPNOTSUPP``) if not."""
+        _fallocate_or_raise(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def release(self, fd: int, offset: int, length: int) -> None:
+        """Give back the blocks reserved past the end of the file, which is at ``offset``:
+        the unused reservation of a sealed segment. An ``ftruncate`` to the same size
+        frees them on ext4; a hole punch (size kept) on tmpfs and others."""
+        os.ftruncate(fd, offset)
+        try:
+            _fallocate_or_raise(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+        except OSError:
+            pass
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)

@@ -11,17 +11,30 @@ fdatasyncs it. Once a write or fsync fails the log is *failed*: the file's state
 unknown, ``synced_lsn`` never moves again and every later call raises StorageError.
 
 Rolling: a record goes into the active segment if it has no record yet or the segment
-stays within ``segment_bytes``; otherwise the active segment is fdatasynced and closed
+stays within ``segment_bytes``; otherwise the active segment is fdatasynced and sealed
 and a new one is created (``create_segment``: temp file, fsync, rename, fsync dir).
 So a sealed segment is always complete on disk before its successor exists, and only
 the last segment can have a torn tail.
+
+Room: the active segment has disk blocks reserved ahead of its end
+(``FileIO.preallocate``), up to ``reserved_lsn``. A record appended below that LSN
+cannot meet a full disk when it is written. ``ensure_room`` extends the reservation and
+answers False when the file system has no room left: the owner then refuses new work
+instead of failing the log (the broker keeps room for every live message's ack this
+way). A new segment is created with a reservation of ``reserve_hint`` bytes plus what
+it must take at once. If it cannot be created (no room, or any other error) the log
+stays in the active segment, past ``segment_bytes`` if need be, and tries to roll
+again at most once per ``ROLL_RETRY_S``; the sealed segment gives its unused
+reservation back first. On a file system without ``fallocate`` there is no
+reservation: ``reserved_lsn`` is unlimited and a full disk fails the write instead.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 
-from .fileio import OPEN_APPEND, FileIO, read_all, write_all
+from .fileio import NO_SPACE_ERRNOS, OPEN_APPEND, FileIO, read_all, write_all
 from .record import RECORD_HEADER_SIZE
 from .segment import (
     SEGMENT_HEADER_SIZE,
@@ -34,12 +47,21 @@ from .segment import (
     segment_name,
 )
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "SegmentedLog", "StorageError"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOC_STEP", "SegmentedLog", "StorageError"]
 
 logger = logging.getLogger("lockgate.wal")
 
 #: Default size at which a segment is rolled (64 MiB).
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Most the reservation of the active segment grows by at once, beyond what is asked
+#: for (capped at the segment size).
+PREALLOC_STEP = 4 * 1024 * 1024
+#: After a failed roll, the log stays in its segment this long before trying again.
+ROLL_RETRY_S = 1.0
+#: A file system block, as far as reservations are concerned.
+_BLOCK = 4096
+#: ``reserved_lsn`` where the file system cannot reserve blocks.
+UNLIMITED = 2**62
 
 
 class StorageError(Exception):
@@ -56,6 +78,7 @@ class SegmentedLog:
     __slots__ = (
         "_buf", "_appended", "_written", "_synced", "_stop", "_failure",
         "_io", "_dir", "_segment_bytes", "_fd", "_base", "_seg_size",
+        "_alloc_end", "_prealloc", "_roll_retry_at", "reserved_lsn", "reserve_hint",
     )
 
     def __init__(self, directory: str, io: FileIO, segment_bytes: int,
@@ -74,6 +97,16 @@ class SegmentedLog:
         self._synced = end
         self._stop: str | None = None
         self._failure: StorageError | None = None
+        #: File offset up to which the active segment's blocks are reserved.
+        self._alloc_end = seg_size
+        #: Whether the file system reserves blocks (None: not tried yet).
+        self._prealloc: bool | None = None
+        self._roll_retry_at = 0.0
+        #: LSN below which appended records have reserved room (see the module docstring).
+        self.reserved_lsn = end
+        #: Bytes the owner wants reserved beyond the appended records; a new segment is
+        #: created with at least this much.
+        self.reserve_hint = 0
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *,
@@ -103,7 +136,9 @@ class SegmentedLog:
         segments = list_segments(io, path)
         if not segments:
             fd = create_segment(io, path, 0)
-            return cls(path, io, segment_bytes, fd, 0, SEGMENT_HEADER_SIZE)
+            log = cls(path, io, segment_bytes, fd, 0, SEGMENT_HEADER_SIZE)
+            log.ensure_room(0)
+            return log
 
         base, name = segments[-1]
         seg_path = os.path.join(path, name)
@@ -117,8 +152,10 @@ class SegmentedLog:
             io.close(fd)
             raise
         log = cls(path, io, segment_bytes, fd, base, size)
-        if header.version != WAL_VERSION:
-            log._roll()
+        log.ensure_room(0)
+        if header.version != WAL_VERSION and not log._roll(0):
+            log.close()
+            raise StorageError(f"could not start a segment of version {WAL_VERSION} in {path}")
         return log
 
     # -- the hot path ------------------------------------------------------------
@@ -131,6 +168,66 @@ class SegmentedLog:
         lsn = self._appended + len(record)
         self._appended = lsn
         return lsn
+
+    def ensure_room(self, nbytes: int) -> bool:
+        """Make sure ``nbytes`` more bytes can be appended below ``reserved_lsn``.
+
+        Extends the active segment's reservation (by at least ``PREALLOC_STEP``, capped
+        at the segment size) when needed. False when the file system is out of room
+        (``ENOSPC``, ``EDQUOT``); the log itself stays usable. Always True where blocks
+        cannot be reserved. Raises StorageError once the log is failed.
+        """
+        if self._stop is not None:
+            raise StorageError(self._stop)
+        short = self._appended + nbytes - self.reserved_lsn
+        if short <= 0 and self._prealloc is not None:
+            return True
+        short = max(short, 0)
+        step = max(short, min(PREALLOC_STEP, self._segment_bytes))
+        for size in (step, short) if step > short else (step,):
+            if size <= 0:
+                break
+            try:
+                self._io.preallocate(self._fd, self._alloc_end, size)
+            except OSError as exc:
+                if exc.errno in NO_SPACE_ERRNOS:
+                    continue
+                self._no_prealloc(exc)
+                return True
+            self._prealloc = True
+            self._set_alloc_end(self._alloc_end + size)
+            return True
+        if self._prealloc is None:
+            self._prealloc = True
+        return short <= 0
+
+    def trim_room(self, keep: int) -> None:
+        """Write what is buffered, then give back the active segment's reservation
+        beyond ``keep`` bytes: on a full disk, the room a snapshot needs. (The blocks
+        past the end of the file are released and ``keep`` reserved again, as ext4
+        cannot release part of them.)"""
+        self.write()
+        unused = self._alloc_end - self._seg_size
+        if not self._prealloc or unused <= keep:
+            return
+        try:
+            self._io.release(self._fd, self._seg_size, unused)
+        except OSError:
+            return
+        self._set_alloc_end(self._seg_size)
+        if keep > 0:
+            try:
+                self._io.preallocate(self._fd, self._seg_size, keep)
+            except OSError as exc:
+                logger.warning("could not reserve %d bytes in %s again: %s", keep,
+                               self.active_segment, exc)
+                return
+            self._set_alloc_end(self._seg_size + keep)
+
+    @property
+    def room(self) -> int:
+        """Bytes that can still be appended below ``reserved_lsn``."""
+        return self.reserved_lsn - self._appended
 
     def write(self) -> None:
         """Hand everything buffered to the OS, rolling segments at the size limit.
@@ -253,19 +350,21 @@ class SegmentedLog:
         io = self._io
         limit = self._segment_bytes
         size = self._seg_size
+        carry = self._appended - self._written  # bytes of buf not yet written
         chunk: list[bytes] = []
         chunk_bytes = 0
         for rec in buf:
             n = len(rec)
-            if size + n > limit and size > SEGMENT_HEADER_SIZE:
+            if size + n > limit and size > SEGMENT_HEADER_SIZE and self._may_roll():
                 if chunk:
                     write_all(io, self._fd, b"".join(chunk))
                     self._seg_size = size
                     self._written += chunk_bytes
+                    carry -= chunk_bytes
                     chunk = []
                     chunk_bytes = 0
-                self._roll()
-                size = SEGMENT_HEADER_SIZE
+                if self._roll(carry):
+                    size = SEGMENT_HEADER_SIZE
             chunk.append(rec)
             chunk_bytes += n
             size += n
@@ -274,32 +373,85 @@ class SegmentedLog:
             self._seg_size = size
             self._written += chunk_bytes
 
-    def roll(self) -> None:
+    def roll(self) -> bool:
         """Write what is buffered and start a new segment at ``appended_lsn`` (sealing
         the active one durably), unless the active segment holds no record yet.
 
         A checkpoint rolls first, so that every segment before its LSN can be deleted.
+        False if the new segment could not be created (the log goes on in the active
+        one); StorageError if the log is failed.
         """
         if self._stop is not None:
             raise StorageError(self._stop)
         self.write()
         if self._seg_size > SEGMENT_HEADER_SIZE:
-            try:
-                self._roll()
-            except OSError as exc:
-                raise self._fail("roll", exc) from exc
+            return self._roll(0)
+        return True
 
-    def _roll(self) -> None:
-        """Seal the active segment durably, then start the next one at ``written_lsn``."""
+    def _may_roll(self) -> bool:
+        return time.monotonic() >= self._roll_retry_at
+
+    def _roll(self, carry: int) -> bool:
+        """Seal the active segment durably, then start the next one at ``written_lsn``
+        with room for ``carry + reserve_hint`` bytes, and no less than the sealed one had. False (still in the active
+        segment, its reservation restored) if the new one could not be created."""
         io = self._io
-        io.fdatasync(self._fd)
+        try:
+            io.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._fail("fdatasync", exc) from exc
         self._synced = self._written
-        fd, self._fd = self._fd, -1
-        io.close(fd)
-        self._fd = create_segment(io, self._dir, self._written)
+        unused = self._alloc_end - self._seg_size
+        if unused > 0:  # give it back first: on a full disk the new segment needs it
+            try:
+                io.release(self._fd, self._seg_size, unused)
+            except OSError:
+                pass
+        # Room for what is still to be written plus the owner's reserve, at least; as
+        # much as the sealed segment had left if it can (less the new header's block),
+        # and a step more if it can.
+        floor = carry + self.reserve_hint
+        kept = max(floor, unused - _BLOCK)
+        wants = [0] if self._prealloc is False else sorted(
+            {max(kept, min(PREALLOC_STEP, self._segment_bytes)), kept, floor}, reverse=True)
+        try:
+            for i, want in enumerate(wants):
+                try:
+                    fd = create_segment(io, self._dir, self._written, want)
+                    break
+                except OSError as exc:
+                    if exc.errno not in NO_SPACE_ERRNOS or i == len(wants) - 1:
+                        raise
+        except OSError as exc:
+            self._roll_retry_at = time.monotonic() + ROLL_RETRY_S
+            logger.warning("could not start segment %s (%s); going on in %s",
+                           segment_name(self._written), exc, self.active_segment)
+            if unused > 0 and self._prealloc:
+                try:
+                    io.preallocate(self._fd, self._seg_size, unused)
+                except OSError:
+                    self._set_alloc_end(self._seg_size)
+            return False
+        old, self._fd = self._fd, fd
+        io.close(old)
         self._base = self._written
         self._seg_size = SEGMENT_HEADER_SIZE
+        self._alloc_end = SEGMENT_HEADER_SIZE
+        self._set_alloc_end(SEGMENT_HEADER_SIZE + want)
         logger.debug("rolled to segment %s", segment_name(self._base))
+        return True
+
+    def _set_alloc_end(self, end: int) -> None:
+        self._alloc_end = end
+        if self._prealloc is not False:
+            self.reserved_lsn = self._base + end - SEGMENT_HEADER_SIZE
+
+    def _no_prealloc(self, exc: OSError) -> None:
+        if self._prealloc is not False:
+            logger.info("the file system under %s cannot reserve blocks (%s): a full disk "
+                        "will fail the log instead of refusing new work", self._dir, exc)
+        self._prealloc = False
+        self.reserved_lsn = UNLIMITED
 
     def _fail(self, op: str, exc: OSError) -> StorageError:
         err = StorageError(

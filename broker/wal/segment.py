@@ -137,12 +137,14 @@ def list_segments(io: FileIO, directory: str) -> list[tuple[int, str]]:
     return found
 
 
-def create_segment(io: FileIO, directory: str, base: int) -> int:
+def create_segment(io: FileIO, directory: str, base: int, prealloc: int = 0) -> int:
     """Create an empty segment durably and return an fd open for appending to it.
 
-    The header is written to ``<name>.tmp``, fsynced, renamed to its final name and
-    the directory fsynced, so a segment under its final name always has a whole
-    header and its directory entry survives a power cut.
+    The header is written to ``<name>.tmp``, ``prealloc`` bytes after it are reserved
+    (``FileIO.preallocate``; the file's size stays the header's), the file is fsynced,
+    renamed to its final name and the directory fsynced, so a segment under its final
+    name always has a whole header and its directory entry survives a power cut. On
+    any failure the temp file is removed and nothing is left behind.
     """
     name = segment_name(base)
     path = os.path.join(directory, name)
@@ -152,8 +154,18 @@ def create_segment(io: FileIO, directory: str, base: int) -> int:
     fd = io.open(tmp, OPEN_CREATE)
     try:
         write_all(io, fd, encode_header(base))
+        if prealloc > 0:
+            io.preallocate(fd, SEGMENT_HEADER_SIZE, prealloc)
         io.fsync(fd)
         io.rename(tmp, path)
+    except BaseException:
+        io.close(fd)
+        try:
+            io.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
         io.fsync_dir(directory)
     except BaseException:
         io.close(fd)

@@ -54,7 +54,7 @@ from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
 from broker.mutations import Mutation, Promote, Recover, Release
 from broker.queues import DELAYED, LEASED, READY
-from broker.state import BrokerState
+from broker.state import BrokerState, ack_cost
 
 QUEUE = "orders"
 DLQ = "orders.dead"
@@ -423,6 +423,12 @@ class QueueMachine(RuleBasedStateMachine):
             assert c["published"] == len(q.msgs) + c["acked"] + c["dead_lettered"] + c["dropped"], name
         if self.dlq is not None:
             assert self.dlq.counters["published"] == self.model.counters["dead_lettered"]
+
+    @invariant()
+    def ack_reserve_is_kept_exactly(self) -> None:
+        assert self.state.ack_reserve == self.state.count_ack_reserve()
+        assert self.state.ack_reserve == sum(
+            len(q.msgs) * ack_cost(name) for name, q in self.queues())
 
     @invariant()
     def timers_not_late(self) -> None:

@@ -271,18 +271,120 @@ def test_failed_write_fails_the_log(tmp_path: Path) -> None:
     log.close()
 
 
-def test_failed_roll_fails_the_log(tmp_path: Path) -> None:
+def test_failed_roll_stays_in_the_active_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io = CountingIO()
     log = SegmentedLog.open(tmp_path, segment_bytes=60, io=io)
     log.append(rec(0))
     log.sync()
     io.fail.add("rename")
+    end = log.append(rec(1))
+    log.sync()  # the new segment could not be created: the record goes to the old one
+    assert not log.failed and log.synced_lsn == end
+    assert seg_files(tmp_path) == [segment_name(0)]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    # within ROLL_RETRY_S the log does not try again
+    renames = io.calls["rename"]
+    log.append(rec(2))
+    log.sync()
+    assert io.calls["rename"] == renames and seg_files(tmp_path) == [segment_name(0)]
+    # once it may, and the file system lets it, the log rolls again
+    io.fail.clear()
+    monkeypatch.setattr(log_mod, "ROLL_RETRY_S", 0.0)
+    log._roll_retry_at = 0.0
+    end = log.append(rec(3))
+    log.sync()
+    assert len(seg_files(tmp_path)) == 2 and log.synced_lsn == end
+    log.close()
+    assert [p for _, p in read_back(tmp_path)] == [rec(i)[9:] for i in range(4)]
+
+
+def test_failed_fdatasync_while_rolling_fails_the_log(tmp_path: Path) -> None:
+    io = CountingIO()
+    log = SegmentedLog.open(tmp_path, segment_bytes=60, io=io)
+    log.append(rec(0))
+    log.sync()
     log.append(rec(1))
-    with pytest.raises(StorageError, match="rename"):
+    log.write()
+    io.fail.add("fdatasync")
+    log.append(rec(2))
+    with pytest.raises(StorageError, match="fdatasync"):
         log.sync()
-    # the sealed segment was synced before the new one was attempted
     assert log.failed and log.synced_lsn == len(rec(0))
     log.close()
+
+
+class NoRoomIO(FileIO):
+    """Real files, but ``preallocate`` beyond ``room_bytes`` in all is ENOSPC."""
+
+    def __init__(self, room_bytes: int) -> None:
+        self.room_bytes = room_bytes
+        self.given = 0
+
+    def preallocate(self, fd: int, offset: int, length: int) -> None:
+        if self.given + length > self.room_bytes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.given += length
+        super().preallocate(fd, offset, length)
+
+    def release(self, fd: int, offset: int, length: int) -> None:
+        super().release(fd, offset, length)
+        self.given -= length
+
+
+def test_ensure_room_reserves_ahead_and_reports_a_full_disk(tmp_path: Path) -> None:
+    io = NoRoomIO(room_bytes=10_000)
+    log = SegmentedLog.open(tmp_path, segment_bytes=1 << 20, io=io)
+    # the first reservation asks for a step (capped by the segment size) and falls
+    # back to exactly what is needed
+    assert log.ensure_room(4000)
+    assert log.room >= 4000
+    before = log.room
+    log.append(rec(0, size=100))
+    assert log.room == before - len(rec(0, size=100))
+    assert not log.ensure_room(20_000)  # more than the file system will give
+    assert not log.failed
+    log.append(rec(1))
+    log.sync()  # the log itself goes on
+    io.room_bytes = 10**9  # space came back
+    assert log.ensure_room(20_000) and log.room >= 20_000
+    log.close()
+
+
+def test_ensure_room_is_unlimited_without_fallocate(tmp_path: Path) -> None:
+    class NoFallocate(FileIO):
+        def preallocate(self, fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    log = SegmentedLog.open(tmp_path, io=NoFallocate())
+    assert log.ensure_room(10**12) and log.room > 10**15
+    log.close()
+
+
+def test_a_new_segment_is_created_with_the_reserve_hint(tmp_path: Path) -> None:
+    io = NoRoomIO(room_bytes=10**9)
+    log = SegmentedLog.open(tmp_path, segment_bytes=4096, io=io)
+    log.reserve_hint = 50_000
+    while len(seg_files(tmp_path)) < 2:
+        log.append(rec(0, size=200))
+        log.write()
+    assert log.room >= 50_000
+    log.close()
+
+
+def test_a_roll_without_room_keeps_the_old_reservation(tmp_path: Path) -> None:
+    io = NoRoomIO(room_bytes=8192)
+    log = SegmentedLog.open(tmp_path, segment_bytes=4096, io=io)
+    assert log.ensure_room(6500)
+    log.reserve_hint = 1 << 20  # a new segment could never get this much
+    written = 0
+    while written < 6000:  # past the segment size, all inside the reservation
+        assert log.room >= 300
+        log.append(rec(0, size=200))
+        written += len(rec(0, size=200))
+        log.sync()
+    assert seg_files(tmp_path) == [segment_name(0)] and not log.failed
+    log.close()
+    assert len(read_back(tmp_path)) == 29
 
 
 def test_short_writes_are_completed(tmp_path: Path) -> None:

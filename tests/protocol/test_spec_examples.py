@@ -194,3 +194,8 @@ def test_shard_hash_example(ex: dict[str, str]) -> None:
     assert crc32c.crc32c(key) == int(ex["crc32c"], 0)
     shards = int(ex["shards"])
     assert shard_for_key(key, shards) == int(ex["shard"])
+
+
+def test_the_error_code_table_lists_every_code() -> None:
+    rows = re.findall(r"^\| (\d+) \| `([A-Z_]+)` \|", SPEC.read_text(encoding="utf-8"), re.M)
+    assert {int(n): name for n, name in rows} == {c.value: c.name for c in ErrorCode}

@@ -1,0 +1,171 @@
+"""A full disk: publishes are refused with DISK_FULL and nothing is applied; consumers
+and acks go on; the broker takes new work again by itself once there is room.
+
+The file system is the real one, under a ``FileIO`` that fails allocations past a
+capacity, counted from the blocks the data directory's files really hold.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from broker.config import BrokerConfig
+from broker.server import Broker
+from broker.wal import FileIO
+from protocol import Error, ErrorCode, Reply
+
+from .rawclient import RawClient
+
+BLOCK = 4096
+BODY = b"m" * 1000
+
+
+class SmallDisk(FileIO):
+    """Real files, as if ``root`` were a file system of ``capacity`` bytes: a write or a
+    reservation that needs blocks past it fails with ENOSPC and changes nothing."""
+
+    def __init__(self, root: Path, capacity: int) -> None:
+        self.root = root
+        self.capacity = capacity
+        self.refusals = 0
+
+    def used(self) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def _allocate(self, fd: int, end: int) -> None:
+        have = os.fstat(fd).st_blocks * 512
+        need = max(0, -(-end // BLOCK) * BLOCK - have)
+        if need and self.used() + need > self.capacity:
+            self.refusals += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write(self, fd: int, data: bytes) -> int:  # type: ignore[override]
+        self._allocate(fd, os.fstat(fd).st_size + len(data))
+        return super().write(fd, data)
+
+    def preallocate(self, fd: int, offset: int, length: int) -> None:
+        self._allocate(fd, offset + length)
+        super().preallocate(fd, offset, length)
+
+
+def config(data: Path) -> BrokerConfig:
+    return BrokerConfig(host="127.0.0.1", port=0, data_dir=data, segment_bytes=256 * 1024,
+                        checkpoint_bytes=256 * 1024)
+
+
+async def start(nursery: trio.Nursery, data: Path, io: FileIO | None) -> tuple[Broker, RawClient]:
+    broker = Broker(config(data), io=io)
+    await nursery.start(broker.serve)
+    host, port = broker.addr.rsplit(":", 1)
+    return broker, await RawClient.open((host, int(port)))
+
+
+async def fill(c: RawClient) -> list[int]:
+    """Publish batches of 10, then single messages, until DISK_FULL; the ids confirmed."""
+    ids: list[int] = []
+    for batch in (10, 1):
+        while True:
+            r = await c.call("publish", {"queue": "q", "messages": [[BODY]] * batch})
+            if isinstance(r, Error):
+                assert r.code == ErrorCode.DISK_FULL, r
+                assert r.details["needed"] > 0 and r.details["reserved"] > 0
+                break
+            ids.extend(range(r.result["first_id"], r.result["first_id"] + r.result["count"]))
+            assert len(ids) < 100_000, "the disk never filled"
+    return ids
+
+
+async def count(c: RawClient) -> int:
+    r = await c.call("queue_stats", {"queue": "q"})
+    assert isinstance(r, Reply), r
+    s = r.result
+    return s["ready"] + s["leased"] + s["delayed"]
+
+
+async def test_full_disk_refuses_publishes_and_keeps_every_ack(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    disk = SmallDisk(data, capacity=2 * 1024 * 1024)
+    broker, c = await start(nursery, data, disk)
+    assert isinstance(await c.call("queue_create", {"queue": "q"}), Reply)
+    confirmed = await fill(c)
+    assert len(confirmed) > 200
+    assert disk.used() <= disk.capacity
+    # A refused publish changed nothing, and it stays refused while the disk is full.
+    assert await count(c) == len(confirmed)
+    for _ in range(3):
+        r = await c.call("publish", {"queue": "q", "messages": [[BODY]]})
+        assert isinstance(r, Error) and r.code == ErrorCode.DISK_FULL
+    assert await count(c) == len(confirmed)
+    assert not broker._log.failed  # type: ignore[union-attr]
+
+    # Consumers keep going, and every message can be acked, even one at a time.
+    delivered: list[int] = []
+    while len(delivered) < len(confirmed):
+        r = await c.call("consume", {"queue": "q", "max": 100})
+        assert isinstance(r, Reply), r
+        batch = [m[0] for m in r.result["messages"]]
+        assert batch
+        delivered.extend(batch)
+        for mid in batch:
+            r = await c.call("ack", {"queue": "q", "ids": [mid]})
+            assert isinstance(r, Reply) and r.result["acked"] == 1, r
+    assert sorted(delivered) == confirmed
+    assert await count(c) == 0
+
+    # The acked messages' log is dead weight: checkpoints reclaim it and the disk takes
+    # as much again, with no restart and no help.
+    again = 0
+    for _ in range(300):
+        r = await c.call("publish", {"queue": "q", "messages": [[BODY]] * 10})
+        if isinstance(r, Reply):
+            again += r.result["count"]
+            if again >= len(confirmed) // 2:
+                break
+        else:
+            assert r.code == ErrorCode.DISK_FULL
+            await trio.sleep(1)
+    assert again >= len(confirmed) // 2, f"publishes stalled after {again}"
+    assert disk.refusals > 0 and disk.used() <= disk.capacity
+
+
+async def test_publishes_resume_when_space_is_freed_elsewhere(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    disk = SmallDisk(data, capacity=1024 * 1024)
+    _, c = await start(nursery, data, disk)
+    await c.call("queue_create", {"queue": "q"})
+    confirmed = await fill(c)
+    disk.capacity = 4 * 1024 * 1024  # e.g. another program's file was deleted
+    r = await c.call("publish", {"queue": "q", "messages": [[b"after"]]})
+    assert isinstance(r, Reply), r
+    assert await count(c) == len(confirmed) + 1
+
+
+async def test_what_was_confirmed_on_a_full_disk_survives_a_restart(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    disk = SmallDisk(data, capacity=1024 * 1024)
+    async with trio.open_nursery() as first:
+        broker, c = await start(first, data, disk)
+        await c.call("queue_create", {"queue": "q"})
+        confirmed = await fill(c)
+        r = await c.call("consume", {"queue": "q", "max": 10})
+        acked = [m[0] for m in r.result["messages"]]
+        assert isinstance(await c.call("ack", {"queue": "q", "ids": acked}), Reply)
+        broker.shutdown()  # serve returns once it has stopped; the nursery waits for it
+
+    _, c2 = await start(nursery, data, None)
+    r = await c2.call("consume", {"queue": "q", "max": 10_000})
+    assert sorted(m[0] for m in r.result["messages"]) == sorted(set(confirmed) - set(acked))
