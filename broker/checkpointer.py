@@ -21,7 +21,7 @@ from collections.abc import Callable
 import trio
 
 from .state import BrokerState
-from .wal import FileIO, GroupCommitter, SegmentedLog
+from .wal import FileIO, GroupCommitter, SegmentedLog, StorageError
 from .wal.checkpoint import publish_snapshot, remove_obsolete, write_snapshot_tmp
 from .wal.fileio import NO_SPACE_ERRNOS
 
@@ -106,18 +106,21 @@ class Checkpointer:
                     else:
                         await self._wanted.wait()
                     self._wanted = trio.Event()
+                    healing = self._wal.failed
                     try:
-                        await self.checkpoint()
+                        await (self.heal() if healing else self.checkpoint())
                         retry_s = 0.0
                         self.starved = False
                     except Exception as exc:
                         self.starved = (isinstance(exc, CheckpointError) and exc.no_room) or (
                             isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
                         retry_s = min(max(2 * retry_s, RETRY_MIN_S), RETRY_MAX_S)
-                        log.error("checkpoint failed (%s); the log is kept whole; trying again "
-                                  "within %.0f s", exc, retry_s,
-                                  exc_info=not isinstance(exc, (OSError, CheckpointError)))
-                        self.check_at = self._wal.appended_lsn + self._min_bytes
+                        log.error("%s failed (%s); trying again within %.0f s",
+                                  "recovery of the failed log" if healing else "checkpoint",
+                                  exc, retry_s,
+                                  exc_info=not isinstance(exc, (OSError, CheckpointError, StorageError)))
+                        if not healing:
+                            self.check_at = self._wal.appended_lsn + self._min_bytes
         finally:
             self._stopped.set()
 
@@ -142,6 +145,42 @@ class Checkpointer:
             self._wal.trim_room(self._reserve())
         lsn = self._wal.appended_lsn
         started = time.perf_counter()
+        await self._write_snapshot(lsn)
+        await self._committer.wait_durable(lsn)
+        if self._wal.synced_lsn < lsn:
+            # Under interval/never, "durable" above only meant written to the OS; the
+            # snapshot must never be published ahead of what the log has fsynced.
+            self._wal.sync()
+        self._publish(lsn, started)
+
+    def heal_soon(self) -> None:
+        """The log has failed: start recovering it (``heal``) now."""
+        self._wanted.set()
+
+    async def heal(self) -> None:
+        """Recover from a failed write or fsync without a restart.
+
+        The state in memory holds every change applied, confirmed or not; what the
+        failed segment holds cannot be trusted. So: snapshot the whole state at the
+        end of the log (``appended_lsn``) and publish it, then go on in a new segment
+        at that LSN and delete the older ones. Changes whose replies were
+        STORAGE_ERROR become durable this way (their outcome was unknown, not
+        refused). A crash between the two steps leaves a log ending before the newest
+        snapshot, which recovery continues at the snapshot's LSN. Raises if a step
+        fails; the log stays failed and ``run`` tries again later.
+        """
+        wal = self._wal
+        lsn = wal.appended_lsn
+        started = time.perf_counter()
+        await self._write_snapshot(lsn)
+        tmp = os.path.join(self._dir, f"{lsn:020d}.snap.tmp")
+        publish_snapshot(self._io, self._dir, tmp)
+        wal.reserve_hint = self._reserve()
+        wal.restart_at(lsn)
+        self._publish_done(lsn, started, "the log recovered: snapshot")
+
+    async def _write_snapshot(self, lsn: int) -> None:
+        """Write the state as the ``.snap.tmp`` at ``lsn`` in a child process."""
         pid = os.fork()
         if pid == 0:  # the child: write the snapshot from its copy of memory, then leave
             status = 1
@@ -170,12 +209,6 @@ class Checkpointer:
             if status == NO_ROOM_STATUS:
                 raise CheckpointError(f"no room for the snapshot in {self._dir}", no_room=True)
             raise CheckpointError(f"the snapshot writer exited with status {status}")
-        await self._committer.wait_durable(lsn)
-        if self._wal.synced_lsn < lsn:
-            # Under interval/never, "durable" above only meant written to the OS; the
-            # snapshot must never be published ahead of what the log has fsynced.
-            self._wal.sync()
-        self._publish(lsn, started)
 
     def checkpoint_inline(self) -> None:
         """Snapshot in this process (at shutdown, when nothing else runs)."""
@@ -190,12 +223,17 @@ class Checkpointer:
     def _publish(self, lsn: int, started: float) -> None:
         tmp = os.path.join(self._dir, f"{lsn:020d}.snap.tmp")
         publish_snapshot(self._io, self._dir, tmp)
+        self._publish_done(lsn, started, "checkpoint")
+
+    def _publish_done(self, lsn: int, started: float, what: str) -> None:
+        """The snapshot at ``lsn`` is published: delete what it made obsolete."""
         removed = remove_obsolete(self._io, self._dir, lsn)
         self.snapshot_lsn = lsn
         self.check_at = lsn + self._min_bytes
         self.checkpoints += 1
-        log.info("checkpoint at LSN %d in %.3f s; removed %d files", lsn,
-                 time.perf_counter() - started, len(removed))
+        (log.warning if what != "checkpoint" else log.info)(
+            "%s at LSN %d in %.3f s; removed %d files", what, lsn,
+            time.perf_counter() - started, len(removed))
 
 
 def _kill_child(pid: int) -> None:

@@ -25,7 +25,10 @@ damage instead, and never skips anything silently:
 6. A log is only ever applied to a state it meets: a snapshot's LSN must lie in the
    log. If the kept log ends before the snapshot's LSN (the damage lies in bytes the
    snapshot already holds), a new empty segment starts at that LSN and the segments
-   that end before it are deleted (what they held is in the snapshot).
+   that end before it are deleted (what they held is in the snapshot). This rule holds
+   in ``refuse`` mode too: after a failed write or fsync the broker writes a snapshot
+   of its whole state and only then starts a new segment at its LSN, so a crash in
+   between leaves a log that ends before the newest snapshot, and nothing is lost.
 7. With no usable snapshot and a log whose first segment starts at LSN ``B > 0``, the
    log is replayed from ``B`` into an empty state: everything before ``B`` is lost
    (queues created and messages published before it are missing; records that refer
@@ -143,6 +146,9 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
             if snapshots:
                 snapshot_lsn, records = read_snapshot(fio, os.path.join(directory, snapshots[-1][1]))
                 state = BrokerState.from_records(records)
+                segments = list_segments(fio, directory)
+                if _log_ends_before(fio, directory, segments, snapshot_lsn):
+                    _start_log_at(fio, directory, segments, snapshot_lsn)
             else:
                 segments = list_segments(fio, directory) if os.path.isdir(directory) else []
                 if segments and segments[0][0] > 0:
@@ -171,6 +177,40 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
                      result.lost_before_lsn, result.skipped_records)
 
 
+def _log_ends_before(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> bool:
+    """Whether the log stops short of ``lsn`` (and nothing after it could reach it)."""
+    if not lsn:
+        return False
+    if not segments:
+        return True
+    last_base, last_name = segments[-1]
+    if last_base > lsn:
+        return False  # a later segment: replay checks how it connects
+    size = os.path.getsize(os.path.join(directory, last_name))
+    return last_base + max(size - SEGMENT_HEADER_SIZE, 0) < lsn
+
+def _start_log_at(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> None:
+    """Rule 6: continue the log at the snapshot's LSN with a new empty segment."""
+    end = 0
+    if segments:
+        last_base, last_name = segments[-1]
+        size = os.path.getsize(os.path.join(directory, last_name))
+        end = last_base + max(size - SEGMENT_HEADER_SIZE, 0)
+    log.warning("the log ends at LSN %d, before the newest snapshot's LSN %d (the broker "
+                "was recovering from a failed write, or damage lies in what the snapshot "
+                "holds): the snapshot holds everything up to it; starting a new segment at "
+                "LSN %d", end, lsn, lsn)
+    io.close(create_segment(io, directory, lsn))
+    removed = []
+    for base, name in segments:  # all end at or before lsn: the snapshot holds them
+        io.unlink(os.path.join(directory, name))
+        removed.append(name)
+    if removed:
+        io.fsync_dir(directory)
+        log.warning("removed segments %s: they end before the snapshot's LSN %d, which "
+                    "holds what they held", ", ".join(removed), lsn)
+
+
 class _Truncating:
     """``mode="truncate"``: rules 4-8."""
 
@@ -187,8 +227,8 @@ class _Truncating:
             lost_before = 0
             if snap_path is None:
                 lost_before = segments[0][0] if segments else 0
-            elif self._log_ends_before(segments, snapshot_lsn):
-                self._start_log_at(segments, snapshot_lsn)
+            elif _log_ends_before(self.io, self.dir, segments, snapshot_lsn):
+                _start_log_at(self.io, self.dir, segments, snapshot_lsn)
             if snap_path is None:
                 state = BrokerState()
             else:
@@ -309,38 +349,6 @@ class _Truncating:
         return Discarded(path, moved_to, offset, len(data) - offset, reason, "segment",
                          base + max(offset, header) - header, base + max(len(data) - header, 0),
                          _count_records(data, max(offset, header)))
-
-    def _log_ends_before(self, segments: list[tuple[int, str]], lsn: int) -> bool:
-        """Whether the log stops short of ``lsn`` (and nothing after it could reach it)."""
-        if not lsn:
-            return False
-        if not segments:
-            return True
-        last_base, last_name = segments[-1]
-        if last_base > lsn:
-            return False  # a later segment: replay checks how it connects
-        size = os.path.getsize(os.path.join(self.dir, last_name))
-        return last_base + max(size - SEGMENT_HEADER_SIZE, 0) < lsn
-
-    def _start_log_at(self, segments: list[tuple[int, str]], lsn: int) -> None:
-        """Rule 6: continue the log at the snapshot's LSN with a new empty segment."""
-        end = 0
-        if segments:
-            last_base, last_name = segments[-1]
-            size = os.path.getsize(os.path.join(self.dir, last_name))
-            end = last_base + max(size - SEGMENT_HEADER_SIZE, 0)
-        log.error("the log ends at LSN %d, before the snapshot's LSN %d: the snapshot holds "
-                  "everything up to it, nothing after it survives; starting a new segment at "
-                  "LSN %d", end, lsn, lsn)
-        self.io.close(create_segment(self.io, self.dir, lsn))
-        removed = []
-        for base, name in segments:  # all end at or before lsn: the snapshot holds them
-            self.io.unlink(os.path.join(self.dir, name))
-            removed.append(name)
-        if removed:
-            self.io.fsync_dir(self.dir)
-            log.warning("removed segments %s: they end before the snapshot's LSN %d, which "
-                        "holds what they held", ", ".join(removed), lsn)
 
     # -- rule 7 ---------------------------------------------------------------------------
 

@@ -206,6 +206,11 @@ class Broker:
         if nxt is not None and nxt < self._timer_target and self._timer_poke is not None:
             self._timer_poke.set()
 
+    def _heal_soon(self) -> None:
+        """The log has failed: have the checkpointer recover it."""
+        if self._checkpointer is not None:
+            self._checkpointer.heal_soon()
+
     def _log_reserve(self) -> int:
         """Log room to keep for what must be logged even on a full disk."""
         return self.state.ack_reserve + RESERVE_MARGIN
@@ -217,6 +222,12 @@ class Broker:
         publish). Acks are always admitted: their room was reserved at publish."""
         wal = self._log
         assert wal is not None
+        if wal.failed:
+            self._heal_soon()
+            raise ProtocolError(
+                ErrorCode.STORAGE_ERROR,
+                f"the log failed and is being recovered ({wal.failure}); this {req.op} was "
+                "not applied, retry shortly", request_id=req.id)
         need = 0
         headroom = 0
         for m in mutations:
@@ -268,9 +279,9 @@ class Broker:
 
     def _run_due(self) -> bool:
         """Log and apply lease expiries and elapsed delays; True if there were any."""
-        assert self._clock is not None
+        assert self._clock is not None and self._log is not None
         nxt = self.state.next_timer()
-        if nxt is None:
+        if nxt is None or self._log.failed:  # nothing may change until it is recovered
             return False
         now = self._clock.now_ms()
         if nxt > now:
@@ -347,6 +358,7 @@ class Broker:
                         if answered:
                             await committer.wait_durable(lsn)
                     except StorageError as exc:
+                        self._heal_soon()
                         for index, rid in answered:
                             out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
                     if out:
@@ -443,6 +455,7 @@ class Broker:
             try:  # as for every reply: only once the log covers what it reflects
                 await self._committer.wait_durable(self._durable_lsn())
             except StorageError as exc:
+                self._heal_soon()
                 reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
             async with send_lock:
                 await stream.send_all(reply)
@@ -471,7 +484,8 @@ class Broker:
             except StorageError:
                 if self._stopping is not None and self._stopping.is_set():
                     return  # the committer closed for shutdown
-                log.exception("could not log lease expiries and delays")
+                log.error("could not log lease expiries and delays; recovering the log")
+                self._heal_soon()
                 await trio.sleep(1)  # the WAL has failed; do not spin
 
 

@@ -388,6 +388,38 @@ class SegmentedLog:
             return self._roll(0)
         return True
 
+    def restart_at(self, lsn: int) -> None:
+        """Leave a failed log for a new segment at ``lsn``, the ``appended_lsn``.
+
+        Call it only once a snapshot holding everything appended (written or not) is
+        durable at ``lsn``: the records still buffered are dropped and the active
+        segment is abandoned, never written or fsynced again (after a failed fsync its
+        contents cannot be trusted). The new segment gets ``reserve_hint`` bytes of
+        room; the log is no longer failed. Raises OSError (still failed) if the
+        segment cannot be created.
+        """
+        if self._failure is None:
+            raise RuntimeError("restart_at is for a failed log")
+        if lsn != self._appended:
+            raise ValueError(f"LSN {lsn} is not the end of the log ({self._appended})")
+        want = 0 if self._prealloc is False else self.reserve_hint
+        fd = create_segment(self._io, self._dir, lsn, want, replace=self._base == lsn)
+        old, self._fd = self._fd, fd
+        try:
+            self._io.close(old)
+        except OSError:
+            pass
+        self._buf = []
+        self._written = self._synced = lsn
+        self._base = lsn
+        self._seg_size = SEGMENT_HEADER_SIZE
+        self._alloc_end = SEGMENT_HEADER_SIZE
+        self._set_alloc_end(SEGMENT_HEADER_SIZE + want)
+        logger.warning("the log goes on in a new segment %s after the failure: %s",
+                       segment_name(lsn), self._failure)
+        self._failure = None
+        self._stop = None
+
     def _may_roll(self) -> bool:
         return time.monotonic() >= self._roll_retry_at
 

@@ -137,18 +137,20 @@ def list_segments(io: FileIO, directory: str) -> list[tuple[int, str]]:
     return found
 
 
-def create_segment(io: FileIO, directory: str, base: int, prealloc: int = 0) -> int:
+def create_segment(io: FileIO, directory: str, base: int, prealloc: int = 0, *,
+                   replace: bool = False) -> int:
     """Create an empty segment durably and return an fd open for appending to it.
 
     The header is written to ``<name>.tmp``, ``prealloc`` bytes after it are reserved
     (``FileIO.preallocate``; the file's size stays the header's), the file is fsynced,
     renamed to its final name and the directory fsynced, so a segment under its final
     name always has a whole header and its directory entry survives a power cut. On
-    any failure the temp file is removed and nothing is left behind.
+    any failure the temp file is removed and nothing is left behind. An existing
+    segment of that name is an error unless ``replace``.
     """
     name = segment_name(base)
     path = os.path.join(directory, name)
-    if io.exists(path):
+    if not replace and io.exists(path):
         raise FileExistsError(f"segment {path} already exists")
     tmp = path + TEMP_SUFFIX
     fd = io.open(tmp, OPEN_CREATE)
