@@ -100,6 +100,14 @@ class FlakySync(FileIO):
         super().fdatasync(fd)
 
 
+async def serve(nursery: trio.Nursery, data: Path, io: FileIO | None = None) -> tuple[Broker, RawClient]:
+    """A broker on ``data`` in ``nursery``, and a client connected to it."""
+    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data), io=io)
+    await nursery.start(broker.serve)
+    host, port = broker.addr.rsplit(":", 1)
+    return broker, await RawClient.open((host, int(port)))
+
+
 async def publish_until_confirmed(c: RawClient, body: bytes) -> Reply:
     """The broker recovers its log in a child process: poll for it, bounded."""
     with trio.fail_after(20):
@@ -115,10 +123,7 @@ async def test_a_failed_fsync_is_survived_without_a_restart(nursery: trio.Nurser
     data = tmp_path / "d"
     io = FlakySync()
     async with trio.open_nursery() as first:
-        broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data), io=io)
-        await first.start(broker.serve)
-        host, port = broker.addr.rsplit(":", 1)
-        c = await RawClient.open((host, int(port)))
+        broker, c = await serve(first, data, io)
         await c.call("queue_create", {"queue": "q"})
         assert isinstance(await c.call("publish", {"queue": "q", "messages": [[b"before"]]}), Reply)
         suspect = broker._log.active_segment  # type: ignore[union-attr]
@@ -138,10 +143,7 @@ async def test_a_failed_fsync_is_survived_without_a_restart(nursery: trio.Nurser
         await c.call("ack", {"queue": "q", "ids": [consumed.result["messages"][0][0]]})
         broker.shutdown()
 
-    again = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data))
-    await nursery.start(again.serve)
-    host, port = again.addr.rsplit(":", 1)
-    c2 = await RawClient.open((host, int(port)))
+    _, c2 = await serve(nursery, data)
     r = await c2.call("consume", {"queue": "q", "max": 10})
     assert [m[1] for m in r.result["messages"]] == [b"unknown", b"after"]
 
@@ -171,10 +173,7 @@ async def test_a_crash_between_the_recovery_snapshot_and_the_new_segment_loses_n
     io = NoNewSegment()
     with trio.CancelScope() as crash:
         async with trio.open_nursery() as first:
-            broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data), io=io)
-            await first.start(broker.serve)
-            host, port = broker.addr.rsplit(":", 1)
-            c = await RawClient.open((host, int(port)))
+            broker, c = await serve(first, data, io)
             await c.call("queue_create", {"queue": "q"})
             assert isinstance(await c.call("publish", {"queue": "q", "messages": [[b"a"]]}), Reply)
             io.write_failures = 1
@@ -189,10 +188,7 @@ async def test_a_crash_between_the_recovery_snapshot_and_the_new_segment_loses_n
             crash.cancel()  # no shutdown, no final checkpoint: as if killed
 
     # The log ends before the newest snapshot: start-up continues at the snapshot.
-    again = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data))
-    await nursery.start(again.serve)
-    host, port = again.addr.rsplit(":", 1)
-    c2 = await RawClient.open((host, int(port)))
+    _, c2 = await serve(nursery, data)
     r = await c2.call("consume", {"queue": "q", "max": 10})
     assert [m[1] for m in r.result["messages"]] == [b"a", b"b"]
     assert isinstance(await c2.call("publish", {"queue": "q", "messages": [[b"c"]]}), Reply)
