@@ -92,7 +92,11 @@ def _wal_dir(proc: BrokerProcess) -> Path:
 
 
 def wal_bytes(wal_dir: Path) -> tuple[int, int]:
-    """(total size, file count) of every file in ``wal_dir`` (files may vanish meanwhile)."""
+    """(disk use, file count) of every file in ``wal_dir`` (files may vanish meanwhile).
+
+    A file's disk use is its allocated blocks (which include the room the broker
+    reserves ahead of the active segment), or its size if that is larger (a sparse
+    file)."""
     total = count = 0
     try:
         entries = list(os.scandir(wal_dir))
@@ -101,7 +105,8 @@ def wal_bytes(wal_dir: Path) -> tuple[int, int]:
     for entry in entries:
         try:
             if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
+                st = entry.stat(follow_symlinks=False)
+                total += max(st.st_size, st.st_blocks * 512)
                 count += 1
         except FileNotFoundError:
             continue

@@ -55,7 +55,7 @@ logger = logging.getLogger("lockgate.wal")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: Most the reservation of the active segment grows by at once, beyond what is asked
 #: for (capped at the segment size).
-PREALLOC_STEP = 4 * 1024 * 1024
+PREALLOC_STEP = 1024 * 1024
 #: After a failed roll, the log stays in its segment this long before trying again.
 ROLL_RETRY_S = 1.0
 #: A file system block, as far as reservations are concerned.
