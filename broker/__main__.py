@@ -5,6 +5,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -18,6 +19,10 @@ from .wal.fileio import JournalingFileIO
 
 #: Exit status when start-up finds damage it may not repair (``--recover refuse``).
 EXIT_DAMAGED = 2
+#: Exit status when start-up fails on the file system or network (no room, port in use).
+EXIT_OS_ERROR = 3
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
@@ -91,10 +96,16 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     damage: WalCorruption | None = None
+    failure: OSError | None = None
     try:
         trio.run(run, config, test_power_journal)
     except* WalCorruption as group:
-        damage = _first(group)
+        damage = _first(group, WalCorruption)
+    except* OSError as group:  # e.g. no room for the first segment, port in use
+        failure = _first(group, OSError)
+    if failure is not None:
+        click.echo(f"brokerd: cannot start with data in {config.data_dir}: {failure}", err=True)
+        sys.exit(EXIT_OS_ERROR)
     if damage is not None:
         if isinstance(damage, WalVersionError):
             hint = "run a build that reads this version"
@@ -105,12 +116,12 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
         sys.exit(EXIT_DAMAGED)
 
 
-def _first(group: BaseExceptionGroup[WalCorruption]) -> WalCorruption:
-    """The first ``WalCorruption`` in a (possibly nested) exception group."""
+def _first(group: BaseExceptionGroup[Any], kind: type[_E]) -> _E:
+    """The first exception of ``kind`` in a (possibly nested) exception group."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    assert isinstance(exc, WalCorruption)
+    assert isinstance(exc, kind)
     return exc
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_a_full_file_system_refuses_publishes_keeps_acks_and_recovers(small_fs: 
         with SyncClient(proc.addr, timeout=30) as c:
             assert c.queue_stats("q").ready == len(again)
             assert [m.id for m in c.consume("q", max=10)] == again[:10]
+
+
+def test_start_up_on_a_full_file_system_fails_with_a_clear_error(small_fs: Path) -> None:
+    with open(small_fs / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    done = subprocess.run([sys.executable, "-m", "broker", "--port", "0", "--data", str(small_fs / "data")],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 3
+    assert b"brokerd: cannot start with data in" in done.stderr
+    assert b"No space left on device" in done.stderr
