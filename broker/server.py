@@ -14,14 +14,24 @@ from typing import Any
 import msgpack
 import trio
 
-from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
+from protocol import NEED_DATA, Connection, Encoder, ErrorCode, Op, ProtocolError, Request
 
 from . import gcpolicy, recovery
 from .clock import Clock
-from .commands import STATELESS_OPS, Context, Outcome, Session, Wait, dispatch
+from .commands import (
+    STATELESS_OPS,
+    Context,
+    Outcome,
+    Session,
+    Wait,
+    count_calls,
+    dispatch,
+    plain_single_publish,
+)
 from .config import RECV_BYTES, BrokerConfig
 from .checkpointer import Checkpointer
-from .mutations import Mutation, MutationType, Publish, Recover
+from .mutations import Mutation, MutationType, Publish, Recover, plain_publish
+from .queues import Queue
 from .state import BrokerState, ack_cost
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
 
@@ -29,6 +39,7 @@ log = logging.getLogger("lockgate.server")
 
 _PUBLISH = int(MutationType.PUBLISH)
 _ACK = int(MutationType.ACK)
+_PUBLISH_OP = str(Op.PUBLISH)
 
 #: Log room kept beyond the acks of the live messages, for the records that are logged
 #: even when the disk is full: lease expiries, promotions of delayed messages and the
@@ -332,24 +343,28 @@ class Broker:
                         pass  # the replies below wait on the log and report it
                     ctx = self._context()
                     closing = False
+                    run = _PublishRun()
                     while True:
                         try:
                             frame = conn.next_frame()
-                            if frame is NEED_DATA:
-                                break
-                            reply = self._execute(session, frame, ctx, enc)
                         except ProtocolError as exc:
+                            self._flush_run(run, session, ctx, enc, out, answered)
                             out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
                             if exc.fatal:
                                 closing = True
                                 break
                             continue
-                        except _Hold as hold:
-                            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
+                        if frame is NEED_DATA:
+                            break
+                        if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
                             continue
-                        if frame.op not in STATELESS_OPS:
-                            answered.append((len(out), frame.id))
-                        out.append(reply)
+                        if run.frames:
+                            self._flush_run(run, session, ctx, enc, out, answered)
+                            if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
+                                continue
+                        self._answer(session, frame, ctx, enc, out, answered,
+                                     waiters, stream, send_lock)
+                    self._flush_run(run, session, ctx, enc, out, answered)
                     # No reply may reveal state the log could still lose: every reply,
                     # whether or not its request logged anything, waits until the log
                     # covers all that has been applied so far.
@@ -376,6 +391,53 @@ class Broker:
             log.exception("connection %s failed", session.peer)
         finally:
             await trio.aclose_forcefully(stream)
+
+    def _answer(self, session: Session, frame: Request, ctx: Context, enc: Encoder,
+                out: list[bytes], answered: list[tuple[int, int]], waiters: trio.Nursery,
+                stream: trio.SocketStream, send_lock: trio.Lock) -> None:
+        """Run one request; append its reply (or error) to ``out``, or hold it."""
+        try:
+            reply = self._execute(session, frame, ctx, enc)
+        except ProtocolError as exc:
+            out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
+            return
+        except _Hold as hold:
+            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
+            return
+        if frame.op not in STATELESS_OPS:
+            answered.append((len(out), frame.id))
+        out.append(reply)
+
+    def _flush_run(self, run: _PublishRun, session: Session, ctx: Context, enc: Encoder,
+                   out: list[bytes], answered: list[tuple[int, int]]) -> None:
+        """Apply a run of plain single-message publishes as one publish, and reply to
+        each as if it had run alone: the ids follow one another in request order."""
+        frames = run.frames
+        if not frames:
+            return
+        queue, bodies = run.queue, run.bodies
+        run.clear()
+        assert queue is not None
+        mutation = plain_publish(queue.name, queue.next_id, ctx.now_ms, bodies)
+        try:
+            self._admit(frames[0], (mutation,))
+        except ProtocolError:
+            # No room for them all at once: each alone, as dispatch would (rare).
+            for frame in frames:
+                self._answer(session, frame, ctx, enc, out, answered, None, None, None)  # type: ignore[arg-type]
+            return
+        count_calls(_PUBLISH_OP, len(frames))
+        try:
+            self._commit((mutation,))
+        except StorageError as exc:
+            for frame in frames:
+                out.append(enc.error(frame.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}"))
+            return
+        reply = enc.reply
+        first = mutation.first_id
+        for i, frame in enumerate(frames):
+            answered.append((len(out), frame.id))
+            out.append(reply(frame.id, {"first_id": first + i, "count": 1}))
 
     def _execute(self, session: Session, req: Request, ctx: Context, enc: Encoder) -> bytes:
         """Run one request through the registry and the WAL; returns its reply frame.
@@ -501,6 +563,36 @@ def _publish_need(m: Publish) -> int:
     if m.ready_at_ms is not None:
         need += 9 * n
     return need
+
+
+class _PublishRun:
+    """Consecutive plain single-message publishes to one queue, from one read."""
+
+    __slots__ = ("queue", "frames", "bodies")
+
+    def __init__(self) -> None:
+        self.queue: Queue | None = None
+        self.frames: list[Request] = []
+        self.bodies: list[bytes] = []
+
+    def take(self, session: Session, frame: Request, ctx: Context) -> bool:
+        """Add ``frame`` if ``plain_single_publish`` accepts it for this run's queue."""
+        found = plain_single_publish(session, frame.args, ctx, len(self.bodies))
+        if found is None:
+            return False
+        queue, body = found
+        if self.queue is not queue:
+            if self.frames:
+                return False
+            self.queue = queue
+        self.frames.append(frame)
+        self.bodies.append(body)
+        return True
+
+    def clear(self) -> None:
+        self.queue = None
+        self.frames = []
+        self.bodies = []
 
 
 class _Hold(Exception):
