@@ -422,9 +422,16 @@ class Broker:
         try:
             self._admit(frames[0], (mutation,))
         except ProtocolError:
-            # No room for them all at once: each alone, as dispatch would (rare).
+            # No room for them all at once: each alone, as dispatch would (rare). A
+            # publish is never held, so nothing here waits.
             for frame in frames:
-                self._answer(session, frame, ctx, enc, out, answered, None, None, None)  # type: ignore[arg-type]
+                try:
+                    reply = self._execute(session, frame, ctx, enc)
+                except ProtocolError as exc:
+                    out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
+                    continue
+                answered.append((len(out), frame.id))
+                out.append(reply)
             return
         count_calls(_PUBLISH_OP, len(frames))
         try:
