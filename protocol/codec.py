@@ -77,13 +77,24 @@ def parse_request(obj: Any) -> Request:
     return _request(rid, op, args)
 
 
+_set_reply_id, _set_result = Reply.id.__set__, Reply.result.__set__  # type: ignore[attr-defined]
+
+
+def _reply(rid: Any, result: dict[str, Any]) -> Reply:
+    """``Reply(id=rid, result=result)`` built through its slots (as ``_request``)."""
+    obj = _new(Reply)
+    _set_reply_id(obj, rid)
+    _set_result(obj, result)
+    return obj
+
+
 def parse_server_frame(obj: Any) -> Reply | Error | Push:
     """Turn a decoded body from the server into a frame (client side)."""
     if type(obj) is list and obj:
         kind = obj[0]
         n = len(obj)
         if kind == _REPLY and n == 3 and type(obj[2]) is dict:
-            return Reply(id=obj[1], result=obj[2])
+            return _reply(obj[1], obj[2])
         if kind == _ERROR and n == 5 and type(obj[2]) is int and type(obj[4]) is dict:
             # A code this codebase does not know keeps its number (SPEC.md, "Error codes").
             code = ErrorCode(obj[2]) if obj[2] in _KNOWN_CODES else obj[2]

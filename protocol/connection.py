@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from msgpack import unpackb
+
 from .codec import Encoder, parse_request, parse_server_frame, unpack_body
 from .errors import ProtocolError
 from .frames import Error, Frame, Push, Reply, Request
@@ -54,7 +56,11 @@ class Connection:
             body = self._next_body()
             if body is None:
                 return NEED_DATA
-            return self._parse(unpack_body(body))
+            try:
+                obj = unpackb(body, raw=False)
+            except Exception:  # msgpack raises several unrelated types
+                obj = unpack_body(body)  # raises MALFORMED_FRAME with the reason
+            return self._parse(obj)
         except ProtocolError as exc:
             if exc.fatal:
                 self._broken = exc

@@ -52,7 +52,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as a body."""
         return len(self._buf) - self._pos
 
-    def next_body(self) -> bytes | None:
+    def next_body(self) -> bytearray | None:
         buf = self._buf
         pos = self._pos
         if len(buf) - pos < HEADER_SIZE:
@@ -67,6 +67,5 @@ class FrameDecoder:
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
-        body = bytes(buf[pos + HEADER_SIZE : end])
         self._pos = end
-        return body
+        return buf[pos + HEADER_SIZE : end]  # a copy (bytearray); the buffer moves on
