@@ -26,6 +26,9 @@ from .mutations import (
 )
 from .queues import LEASED, Message, Queue, QueueSettings
 
+_unpackb = msgpack.unpackb
+_PUBLISH = int(MutationType.PUBLISH)
+
 #: Snapshot record types (a snapshot file's records; never in the log).
 SNAPSHOT_QUEUE = 101
 SNAPSHOT_MESSAGES = 102
@@ -293,20 +296,27 @@ class ReplayLoader:
     per-record calls. Call ``flush`` after the last record.
     """
 
+    __slots__ = ("_apply", "_queue", "_first", "_next", "_bodies")
+
     def __init__(self, state: BrokerState) -> None:
         self._apply = state.apply_fields
         self._queue: str | None = None
         self._first = 0
+        #: The id the next folded message must have.
+        self._next = 0
         self._bodies: list[bytes] = []
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
-        fields = msgpack.unpackb(payload, raw=False)
-        if rtype == MutationType.PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
-            if fields[0] == self._queue and fields[1] == self._first + len(self._bodies):
-                self._bodies += fields[3]
+        fields = _unpackb(payload, raw=False)
+        if rtype == _PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
+            bodies = fields[3]
+            if fields[1] == self._next and fields[0] == self._queue:
+                self._bodies += bodies
+                self._next += len(bodies)
                 return
             self.flush()
-            self._queue, self._first, self._bodies = fields[0], fields[1], fields[3]
+            self._queue, self._first, self._bodies = fields[0], fields[1], bodies
+            self._next = fields[1] + len(bodies)
             return
         if self._bodies:
             self.flush()
@@ -314,5 +324,5 @@ class ReplayLoader:
 
     def flush(self) -> None:
         if self._bodies:
-            self._apply(MutationType.PUBLISH, [self._queue, self._first, 0, self._bodies, None, None, None])
+            self._apply(_PUBLISH, [self._queue, self._first, 0, self._bodies, None, None, None])
             self._queue, self._bodies = None, []
