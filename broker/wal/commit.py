@@ -8,7 +8,8 @@ round; anything appended while it runs waits for the next. One Event per round, 
 one per record.
 
 A failed write or fsync fails the log (``SegmentedLog`` stops advancing
-``synced_lsn``): the round's waiters, and every later one, get ``StorageError``.
+``synced_lsn``): the round's waiters, and every later one, get ``StorageError`` until
+the log is restarted in a new segment (``SegmentedLog.restart_at``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ LSN just past the record, which is what ``wait_durable`` and ``synced_lsn`` comp
 Three positions only ever grow: ``appended_lsn >= written_lsn >= synced_lsn``.
 ``append`` buffers in memory, ``write`` hands the buffer to the OS, ``sync`` also
 fdatasyncs it. Once a write or fsync fails the log is *failed*: the file's state is
-unknown, ``synced_lsn`` never moves again and every later call raises StorageError.
+unknown, ``synced_lsn`` never moves again and every later call raises StorageError,
+until the owner has made a snapshot durable and calls ``restart_at``, which abandons
+the suspect segment for a new one.
 
 Rolling: a record goes into the active segment if it has no record yet or the segment
 stays within ``segment_bytes``; otherwise the active segment is fdatasynced and sealed
