@@ -216,15 +216,8 @@ class SegmentedLog:
             self._io.release(self._fd, self._seg_size, unused)
         except OSError:
             return
-        self._set_alloc_end(self._seg_size)
-        if keep > 0:
-            try:
-                self._io.preallocate(self._fd, self._seg_size, keep)
-            except OSError as exc:
-                logger.warning("could not reserve %d bytes in %s again: %s", keep,
-                               self.active_segment, exc)
-                return
-            self._set_alloc_end(self._seg_size + keep)
+        if not self._reserve_tail(keep):
+            logger.warning("could not reserve %d bytes in %s again", keep, self.active_segment)
 
     @property
     def room(self) -> int:
@@ -406,17 +399,13 @@ class SegmentedLog:
             raise ValueError(f"LSN {lsn} is not the end of the log ({self._appended})")
         want = 0 if self._prealloc is False else self.reserve_hint
         fd = create_segment(self._io, self._dir, lsn, want, replace=self._base == lsn)
-        old, self._fd = self._fd, fd
         try:
-            self._io.close(old)
+            self._io.close(self._fd)
         except OSError:
             pass
         self._buf = []
         self._written = self._synced = lsn
-        self._base = lsn
-        self._seg_size = SEGMENT_HEADER_SIZE
-        self._alloc_end = SEGMENT_HEADER_SIZE
-        self._set_alloc_end(SEGMENT_HEADER_SIZE + want)
+        self._switch_to(fd, want)
         logger.warning("the log goes on in a new segment %s after the failure: %s",
                        segment_name(lsn), self._failure)
         self._failure = None
@@ -427,8 +416,9 @@ class SegmentedLog:
 
     def _roll(self, carry: int) -> bool:
         """Seal the active segment durably, then start the next one at ``written_lsn``
-        with room for ``carry + reserve_hint`` bytes, and no less than the sealed one had. False (still in the active
-        segment, its reservation restored) if the new one could not be created."""
+        with room for ``carry + reserve_hint`` bytes, and no less than the sealed one
+        had. False (still in the active segment, its reservation restored) if the new
+        one could not be created."""
         io = self._io
         try:
             io.fdatasync(self._fd)
@@ -448,31 +438,41 @@ class SegmentedLog:
         kept = max(floor, unused - _BLOCK)
         wants = [0] if self._prealloc is False else sorted(
             {max(kept, min(PREALLOC_STEP, self._segment_bytes)), kept, floor}, reverse=True)
-        try:
-            for i, want in enumerate(wants):
-                try:
-                    fd = create_segment(io, self._dir, self._written, want)
-                    break
-                except OSError as exc:
-                    if exc.errno not in NO_SPACE_ERRNOS or i == len(wants) - 1:
-                        raise
-        except OSError as exc:
-            self._roll_retry_at = time.monotonic() + ROLL_RETRY_S
-            logger.warning("could not start segment %s (%s); going on in %s",
-                           segment_name(self._written), exc, self.active_segment)
-            if unused > 0 and self._prealloc:
-                try:
-                    io.preallocate(self._fd, self._seg_size, unused)
-                except OSError:
-                    self._set_alloc_end(self._seg_size)
-            return False
-        old, self._fd = self._fd, fd
-        io.close(old)
+        for want in wants:
+            try:
+                fd = create_segment(io, self._dir, self._written, want)
+            except OSError as exc:
+                if exc.errno in NO_SPACE_ERRNOS and want != wants[-1]:
+                    continue  # try with less room
+                self._roll_retry_at = time.monotonic() + ROLL_RETRY_S
+                logger.warning("could not start segment %s (%s); going on in %s",
+                               segment_name(self._written), exc, self.active_segment)
+                if unused > 0 and self._prealloc:
+                    self._reserve_tail(unused)
+                return False
+            break
+        io.close(self._fd)
+        self._switch_to(fd, want)
+        logger.debug("rolled to segment %s", segment_name(self._base))
+        return True
+
+    def _switch_to(self, fd: int, room: int) -> None:
+        """Append from now on to the new, empty segment ``fd`` at ``written_lsn``, which
+        has ``room`` bytes reserved after its header."""
+        self._fd = fd
         self._base = self._written
         self._seg_size = SEGMENT_HEADER_SIZE
-        self._alloc_end = SEGMENT_HEADER_SIZE
-        self._set_alloc_end(SEGMENT_HEADER_SIZE + want)
-        logger.debug("rolled to segment %s", segment_name(self._base))
+        self._set_alloc_end(SEGMENT_HEADER_SIZE + room)
+
+    def _reserve_tail(self, size: int) -> bool:
+        """Reserve ``size`` bytes after the end of the active segment (none if it fails)."""
+        try:
+            if size > 0:
+                self._io.preallocate(self._fd, self._seg_size, size)
+        except OSError:
+            self._set_alloc_end(self._seg_size)
+            return False
+        self._set_alloc_end(self._seg_size + size)
         return True
 
     def _set_alloc_end(self, end: int) -> None:
