@@ -22,7 +22,12 @@ import trio
 
 from .state import BrokerState
 from .wal import FileIO, GroupCommitter, SegmentedLog, StorageError
-from .wal.checkpoint import publish_snapshot, remove_obsolete, write_snapshot_tmp
+from .wal.checkpoint import (
+    publish_snapshot,
+    remove_obsolete,
+    snapshot_tmp_path,
+    write_snapshot_tmp,
+)
 from .wal.fileio import NO_SPACE_ERRNOS
 
 log = logging.getLogger("lockgate.checkpoint")
@@ -31,9 +36,9 @@ log = logging.getLogger("lockgate.checkpoint")
 #: long after it at the latest, doubling up to ``RETRY_MAX_S`` while they keep failing:
 #: on a full disk a checkpoint is what frees the space of dead segments.
 RETRY_MIN_S = 1.0
+RETRY_MAX_S = 4.0
 #: ``reclaim`` takes a checkpoint once it would free at least this much log.
 RECLAIM_MIN_BYTES = 64 * 1024
-RETRY_MAX_S = 4.0
 
 #: Scheduling niceness of the snapshot child: low enough to leave the live path its CPU,
 #: high enough (unlike SCHED_IDLE) to finish under sustained full load.
@@ -81,7 +86,7 @@ class Checkpointer:
 
     def poke(self) -> None:
         """Called when the log passed ``check_at``: start a checkpoint if one is due."""
-        live = sum(q.bytes for q in self._state.queues.values())
+        live = self._live_bytes()
         self.check_at = self.snapshot_lsn + max(self._min_bytes, live)
         if self._wal.appended_lsn >= self.check_at:
             self.check_at = 2**63  # no more pokes until this checkpoint is done
@@ -90,9 +95,11 @@ class Checkpointer:
     def reclaim(self) -> None:
         """Called when the disk is full: checkpoint now if that would free log space
         (the log since the last snapshot holds more than the live data)."""
-        live = sum(q.bytes for q in self._state.queues.values())
-        if self._wal.appended_lsn - self.snapshot_lsn - live >= RECLAIM_MIN_BYTES:
+        if self._wal.appended_lsn - self.snapshot_lsn - self._live_bytes() >= RECLAIM_MIN_BYTES:
             self._wanted.set()
+
+    def _live_bytes(self) -> int:
+        return sum(q.bytes for q in self._state.queues.values())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Take checkpoints as ``poke`` asks, until ``stop``."""
@@ -173,11 +180,11 @@ class Checkpointer:
         lsn = wal.appended_lsn
         started = time.perf_counter()
         await self._write_snapshot(lsn)
-        tmp = os.path.join(self._dir, f"{lsn:020d}.snap.tmp")
+        tmp = snapshot_tmp_path(self._dir, lsn)
         publish_snapshot(self._io, self._dir, tmp)
         wal.reserve_hint = self._reserve()
         wal.restart_at(lsn)
-        self._publish_done(lsn, started, "the log recovered: snapshot")
+        self._publish_done(lsn, started, "the log recovered: snapshot", logging.WARNING)
 
     async def _write_snapshot(self, lsn: int) -> None:
         """Write the state as the ``.snap.tmp`` at ``lsn`` in a child process."""
@@ -202,10 +209,10 @@ class Checkpointer:
             status = await _wait_child(pid)
         except BaseException:  # cancelled (shutdown): the child must not outlive us
             _kill_child(pid)
-            _remove(self._io, os.path.join(self._dir, f"{lsn:020d}.snap.tmp"))
+            _remove(self._io, snapshot_tmp_path(self._dir, lsn))
             raise
         if status != 0:
-            _remove(self._io, os.path.join(self._dir, f"{lsn:020d}.snap.tmp"))
+            _remove(self._io, snapshot_tmp_path(self._dir, lsn))
             if status == NO_ROOM_STATUS:
                 raise CheckpointError(f"no room for the snapshot in {self._dir}", no_room=True)
             raise CheckpointError(f"the snapshot writer exited with status {status}")
@@ -221,19 +228,18 @@ class Checkpointer:
         self._publish(lsn, started)
 
     def _publish(self, lsn: int, started: float) -> None:
-        tmp = os.path.join(self._dir, f"{lsn:020d}.snap.tmp")
+        tmp = snapshot_tmp_path(self._dir, lsn)
         publish_snapshot(self._io, self._dir, tmp)
         self._publish_done(lsn, started, "checkpoint")
 
-    def _publish_done(self, lsn: int, started: float, what: str) -> None:
+    def _publish_done(self, lsn: int, started: float, what: str, level: int = logging.INFO) -> None:
         """The snapshot at ``lsn`` is published: delete what it made obsolete."""
         removed = remove_obsolete(self._io, self._dir, lsn)
         self.snapshot_lsn = lsn
         self.check_at = lsn + self._min_bytes
         self.checkpoints += 1
-        (log.warning if what != "checkpoint" else log.info)(
-            "%s at LSN %d in %.3f s; removed %d files", what, lsn,
-            time.perf_counter() - started, len(removed))
+        log.log(level, "%s at LSN %d in %.3f s; removed %d files", what, lsn,
+                time.perf_counter() - started, len(removed))
 
 
 def _kill_child(pid: int) -> None:

@@ -63,6 +63,11 @@ def list_snapshots(io: FileIO, directory: str) -> list[tuple[int, str]]:
     return found
 
 
+def snapshot_tmp_path(directory: str, lsn: int) -> str:
+    """Where the snapshot at ``lsn`` is written before it is published."""
+    return os.path.join(directory, snapshot_name(lsn) + ".tmp")
+
+
 def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
                        records: Iterable[tuple[int, bytes]]) -> str:
     """Write ``records`` and the end record to ``<name>.tmp`` and fsync it; returns its path.
@@ -71,7 +76,7 @@ def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
 
     Does not publish it: call :func:`publish_snapshot` once the log is durable to ``lsn``.
     """
-    path = os.path.join(directory, snapshot_name(lsn) + ".tmp")
+    path = snapshot_tmp_path(directory, lsn)
     fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0))
     try:
         head = _HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, lsn)
