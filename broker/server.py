@@ -257,10 +257,10 @@ class Broker:
         total = need + reserve + headroom + self._unflushed
         starved = headroom and self._checkpointer is not None and self._checkpointer.starved
         if starved or (total > wal.room and not wal.ensure_room(total)):
-            if headroom and self._checkpointer is not None:
-                self._checkpointer.reclaim()
-            if not self._disk_full:
+            if not self._disk_full:  # from now on every request asks reclaim (above)
                 self._disk_full = True
+                if self._checkpointer is not None:
+                    self._checkpointer.reclaim()
                 log.warning("disk full: no room in %s for new work; refusing it with DISK_FULL "
                             "(the acks of live messages keep their reserved room)", self.wal_dir)
             why = ("a checkpoint must reclaim the log first and has no room for its snapshot"
@@ -397,12 +397,17 @@ class Broker:
                 stream: trio.SocketStream, send_lock: trio.Lock) -> None:
         """Run one request; append its reply (or error) to ``out``, or hold it."""
         try:
+            self._reply_into(session, frame, ctx, enc, out, answered)
+        except _Hold as hold:
+            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
+
+    def _reply_into(self, session: Session, frame: Request, ctx: Context, enc: Encoder,
+                    out: list[bytes], answered: list[tuple[int, int]]) -> None:
+        """Run one request and append its reply or error to ``out`` (``_Hold`` passes)."""
+        try:
             reply = self._execute(session, frame, ctx, enc)
         except ProtocolError as exc:
             out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
-            return
-        except _Hold as hold:
-            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
             return
         if frame.op not in STATELESS_OPS:
             answered.append((len(out), frame.id))
@@ -423,15 +428,9 @@ class Broker:
             self._admit(frames[0], (mutation,))
         except ProtocolError:
             # No room for them all at once: each alone, as dispatch would (rare). A
-            # publish is never held, so nothing here waits.
+            # publish is never held.
             for frame in frames:
-                try:
-                    reply = self._execute(session, frame, ctx, enc)
-                except ProtocolError as exc:
-                    out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
-                    continue
-                answered.append((len(out), frame.id))
-                out.append(reply)
+                self._reply_into(session, frame, ctx, enc, out, answered)
             return
         count_calls(_PUBLISH_OP, len(frames))
         try:
