@@ -183,19 +183,22 @@ def _log_ends_before(io: FileIO, directory: str, segments: list[tuple[int, str]]
         return False
     if not segments:
         return True
-    last_base, last_name = segments[-1]
-    if last_base > lsn:
+    if segments[-1][0] > lsn:
         return False  # a later segment: replay checks how it connects
+    return _log_end(directory, segments) < lsn
+
+
+def _log_end(directory: str, segments: list[tuple[int, str]]) -> int:
+    """LSN just past the last segment's bytes, by its size (0 for no segment)."""
+    if not segments:
+        return 0
+    last_base, last_name = segments[-1]
     size = os.path.getsize(os.path.join(directory, last_name))
-    return last_base + max(size - SEGMENT_HEADER_SIZE, 0) < lsn
+    return last_base + max(size - SEGMENT_HEADER_SIZE, 0)
 
 def _start_log_at(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> None:
     """Rule 6: continue the log at the snapshot's LSN with a new empty segment."""
-    end = 0
-    if segments:
-        last_base, last_name = segments[-1]
-        size = os.path.getsize(os.path.join(directory, last_name))
-        end = last_base + max(size - SEGMENT_HEADER_SIZE, 0)
+    end = _log_end(directory, segments)
     log.warning("the log ends at LSN %d, before the newest snapshot's LSN %d (the broker "
                 "was recovering from a failed write, or damage lies in what the snapshot "
                 "holds): the snapshot holds everything up to it; starting a new segment at "

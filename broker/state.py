@@ -296,27 +296,22 @@ class ReplayLoader:
     per-record calls. Call ``flush`` after the last record.
     """
 
-    __slots__ = ("_apply", "_queue", "_first", "_next", "_bodies")
+    __slots__ = ("_apply", "_queue", "_first", "_bodies")
 
     def __init__(self, state: BrokerState) -> None:
         self._apply = state.apply_fields
         self._queue: str | None = None
         self._first = 0
-        #: The id the next folded message must have.
-        self._next = 0
         self._bodies: list[bytes] = []
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
         fields = _unpackb(payload, raw=False)
         if rtype == _PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
-            bodies = fields[3]
-            if fields[1] == self._next and fields[0] == self._queue:
-                self._bodies += bodies
-                self._next += len(bodies)
+            if fields[1] == self._first + len(self._bodies) and fields[0] == self._queue:
+                self._bodies += fields[3]
                 return
             self.flush()
-            self._queue, self._first, self._bodies = fields[0], fields[1], bodies
-            self._next = fields[1] + len(bodies)
+            self._queue, self._first, self._bodies = fields[0], fields[1], fields[3]
             return
         if self._bodies:
             self.flush()
