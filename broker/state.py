@@ -223,7 +223,7 @@ class BrokerState:
 
     def replay_loader(self) -> "ReplayLoader":
         """An ``apply_record`` for recovery that folds runs of plain publishes."""
-        return ReplayLoader(self)
+        return ReplayLoader(self.apply_fields)
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -294,12 +294,15 @@ class ReplayLoader:
     as ``Publish(q, n, [a, b])`` (``now_ms`` is not used by the applier), so the folded
     run goes through the same applier and yields the same state; it only saves the
     per-record calls. Call ``flush`` after the last record.
+
+    ``emit(type, fields)`` receives the folded mutations: ``BrokerState.apply_fields``,
+    or, in a replay helper process, a list the helper ships to the parent.
     """
 
     __slots__ = ("_apply", "_queue", "_first", "_bodies")
 
-    def __init__(self, state: BrokerState) -> None:
-        self._apply = state.apply_fields
+    def __init__(self, emit: Callable[[int, list[Any]], object]) -> None:
+        self._apply = emit
         self._queue: str | None = None
         self._first = 0
         self._bodies: list[bytes] = []

@@ -33,6 +33,10 @@ Rules:
    segments that end at or before it are not read, and the segment holding it is read
    from there. A log that starts after ``from_lsn`` or ends before it is
    ``WalCorruption``: the snapshot and the log do not meet.
+10. With ``offload`` and at least ``offload.min_bytes`` to replay, the records are
+    decoded in a helper process (``offload.py``) and ``apply`` is not called;
+    ``offload.apply`` gets what the helper folded, in log order. Rules 1-9 are
+    decided here exactly as without it, and the same records are applied.
 """
 from __future__ import annotations
 
@@ -45,7 +49,14 @@ from dataclasses import dataclass
 from crc32c import crc32c
 
 from .fileio import OPEN_READ, OPEN_WRITE, FileIO, read_all
-from .record import MAX_PAYLOAD, RECORD_HEADER, RECORD_HEADER_SIZE, TYPE_SEEDS, record_problem
+from .offload import Helper, Offload, ReplayHelperError
+from .record import (
+    MAX_PAYLOAD,
+    RECORD_HEADER,
+    RECORD_HEADER_SIZE,
+    TYPE_SEEDS,
+    record_problem,
+)
 from .segment import (
     SEGMENT_HEADER_SIZE,
     WalCorruption,
@@ -54,7 +65,8 @@ from .segment import (
     list_segments,
 )
 
-__all__ = ["ReplayReport", "WalCorruption", "not_torn_proof", "replay"]
+__all__ = ["Offload", "ReplayHelperError", "ReplayReport", "WalCorruption", "not_torn_proof",
+           "replay"]
 
 logger = logging.getLogger("lockgate.wal")
 
@@ -84,12 +96,14 @@ class ReplayReport:
 
 
 def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], object], *,
-           io: FileIO | None = None, truncate: bool = True, from_lsn: int = 0) -> ReplayReport:
+           io: FileIO | None = None, truncate: bool = True, from_lsn: int = 0,
+           offload: Offload | None = None) -> ReplayReport:
     """Call ``apply(type, payload)`` for every valid record in LSN order.
 
     Raises ``WalCorruption`` (see the rules above). With ``truncate=False`` a torn
     tail is reported but left on disk (for offline tools). ``from_lsn`` skips the
-    records a snapshot already holds (rule 9).
+    records a snapshot already holds (rule 9). ``offload`` decodes a long log in a
+    helper process (rule 10).
     """
     started = time.perf_counter()
     io = io if io is not None else FileIO()
@@ -111,54 +125,61 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     end_lsn = first
     truncated_bytes = 0
     truncated_at: tuple[str, int] | None = None
+    helper = None
+    span = _span(path, segments, from_lsn) if offload is not None else 0
+    if offload is not None and span >= offload.min_bytes:
+        helper = Helper.start(len(segments), _reader(io, path, segments, from_lsn), _scan, offload)
+        logger.info("replaying %.1f MiB of log with a helper process (pid %d) decoding it",
+                    span / (1 << 20), helper.pid)
+    try:
+        for i, (base, name) in enumerate(segments):
+            seg_path = os.path.join(path, name)
+            last = i == len(segments) - 1
+            if base != end_lsn:
+                raise WalCorruption(
+                    seg_path, 0, f"segment starts at LSN {base} but the log before it ends "
+                    f"at LSN {end_lsn}")
+            data = _read_segment(io, seg_path)
+            if len(data) < SEGMENT_HEADER_SIZE and last:
+                truncated_bytes, truncated_at = len(data), (name, 0)
+                _warn(seg_path, 0, len(data), "segment header cut short")
+                if truncate:
+                    io.unlink(seg_path)
+                    io.fsync_dir(path)
+                    io.close(create_segment(io, path, base))
+                break
+            start = _records_start(data, seg_path, base, i, from_lsn)
 
-    for i, (base, name) in enumerate(segments):
-        seg_path = os.path.join(path, name)
-        last = i == len(segments) - 1
-        if base != end_lsn:
-            raise WalCorruption(
-                seg_path, 0, f"segment starts at LSN {base} but the log before it ends "
-                f"at LSN {end_lsn}")
-        data = _read_segment(io, seg_path)
-        if len(data) < SEGMENT_HEADER_SIZE and last:
-            truncated_bytes, truncated_at = len(data), (name, 0)
-            _warn(seg_path, 0, len(data), "segment header cut short")
+            try:
+                if helper is None:
+                    off, count = _scan(data, apply, start)
+                else:
+                    off, count = helper.scan(
+                        lambda a, b: f"applying the records at offsets {a} to {b}")
+            except BaseException as exc:
+                exc.add_note(f"while replaying {seg_path}")
+                raise
+            records += count
+            end_lsn = base + off - SEGMENT_HEADER_SIZE
+            if i == 0 and from_lsn:
+                first = from_lsn
+            if off == len(data):
+                continue
+
+            problem = record_problem(data, off)
+            if not last:
+                raise WalCorruption(seg_path, off, f"{problem} in a sealed segment")
+            proof = not_torn_proof(data, off)
+            if proof is not None:
+                raise WalCorruption(seg_path, off, f"{problem}; {proof}")
+            dropped = len(data) - off
+            truncated_bytes, truncated_at = dropped, (name, off)
+            _warn(seg_path, off, dropped, problem or "bad record")
             if truncate:
-                io.unlink(seg_path)
-                io.fsync_dir(path)
-                io.close(create_segment(io, path, base))
-            break
-        decode_header(data, seg_path, base)
-        start = SEGMENT_HEADER_SIZE
-        if i == 0 and from_lsn > base:
-            start += from_lsn - base
-            if start > len(data):
-                raise WalCorruption(seg_path, len(data), f"the log ends before LSN {from_lsn}, "
-                                    "where the snapshot ends")
-
-        try:
-            off, count = _scan(data, apply, start)
-        except BaseException as exc:
-            exc.add_note(f"while replaying {seg_path}")
-            raise
-        records += count
-        end_lsn = base + off - SEGMENT_HEADER_SIZE
-        if i == 0 and from_lsn:
-            first = from_lsn
-        if off == len(data):
-            continue
-
-        problem = record_problem(data, off)
-        if not last:
-            raise WalCorruption(seg_path, off, f"{problem} in a sealed segment")
-        proof = not_torn_proof(data, off)
-        if proof is not None:
-            raise WalCorruption(seg_path, off, f"{problem}; {proof}")
-        dropped = len(data) - off
-        truncated_bytes, truncated_at = dropped, (name, off)
-        _warn(seg_path, off, dropped, problem or "bad record")
-        if truncate:
-            _truncate(io, seg_path, off)
+                _truncate(io, seg_path, off)
+    finally:
+        if helper is not None:
+            helper.close()
 
     return ReplayReport(
         segments=len(segments),
@@ -171,18 +192,60 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     )
 
 
+def _records_start(data: bytes, seg_path: str, base: int, index: int, from_lsn: int) -> int:
+    """Offset of the first record to read in segment ``index``; ``WalCorruption`` when
+    its header is bad or it ends before ``from_lsn`` (rule 9)."""
+    decode_header(data, seg_path, base)
+    start = SEGMENT_HEADER_SIZE
+    if index == 0 and from_lsn > base:
+        start += from_lsn - base
+        if start > len(data):
+            raise WalCorruption(seg_path, len(data), f"the log ends before LSN {from_lsn}, "
+                                "where the snapshot ends")
+    return start
+
+
+def _span(path: str, segments: list[tuple[int, str]], from_lsn: int) -> int:
+    """Bytes a replay from ``from_lsn`` reads (by the files' sizes)."""
+    total = 0
+    for base, name in segments:
+        try:
+            total += os.path.getsize(os.path.join(path, name))
+        except OSError:
+            pass
+    return total - max(0, from_lsn - segments[0][0]) if segments else 0
+
+
+def _reader(io: FileIO, path: str, segments: list[tuple[int, str]],
+            from_lsn: int) -> Callable[[int], tuple[bytes, int] | None]:
+    """The helper's view of segment ``i``: its bytes and where its records start, or
+    None where the parent stops before scanning it (rule 1 of ``offload``)."""
+    def read(i: int) -> tuple[bytes, int] | None:
+        base, name = segments[i]
+        seg_path = os.path.join(path, name)
+        data = _read_segment(io, seg_path)
+        if len(data) < SEGMENT_HEADER_SIZE:
+            return None
+        try:
+            return data, _records_start(data, seg_path, base, i, from_lsn)
+        except WalCorruption:
+            return None
+    return read
+
+
 def _scan(data: bytes, apply: Callable[[int, bytes], object],
-          off: int = SEGMENT_HEADER_SIZE) -> tuple[int, int]:
+          off: int = SEGMENT_HEADER_SIZE, until: int | None = None) -> tuple[int, int]:
     """Apply records from offset ``off`` on; return (stop offset, records applied).
 
-    Stops at the first bad record; the stop offset equals ``len(data)`` if none.
-    This loop is the replay hot path: keep it flat.
+    Stops at the first bad record (the stop offset equals ``len(data)`` if none), or
+    at the first record boundary at or past ``until`` when given. This loop is the
+    replay hot path: keep it flat.
     """
     unpack = _unpack_from
     seeds = TYPE_SEEDS
     crc = crc32c
     n = len(data)
-    limit = n - RECORD_HEADER_SIZE
+    limit = n - RECORD_HEADER_SIZE if until is None else min(n - RECORD_HEADER_SIZE, until - 1)
     count = 0
     try:
         while off <= limit:
