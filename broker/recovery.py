@@ -4,8 +4,8 @@ Rules:
 1. The newest ``*.snap`` is loaded whole (every record checked first) or not at all;
    damage in it is ``WalCorruption`` naming the file and offset.
 2. The log is replayed from the snapshot's LSN through ``ReplayLoader`` (the same
-   appliers as the live path); a long log is decoded and folded by the same loader in
-   a replay helper process (``replay_offload``). A torn tail of the last segment is
+   appliers as the live path); a log of ``OFFLOAD_MIN_BYTES`` or more is read by a
+   helper process while this one applies it (``wal/offload.py``). A torn tail of the last segment is
    truncated and reported; any other damage is ``WalCorruption``.
 3. Nothing here changes a file except the torn-tail truncation of rule 2.
 
@@ -55,7 +55,7 @@ import msgpack
 
 from . import gcpolicy
 from .mutations import MutationType
-from .state import BrokerState, ReplayLoader
+from .state import BrokerState
 from .wal import FileIO, ReplayReport, replay
 from .wal.offload import OFFLOAD_MIN_BYTES, Offload
 from .wal.checkpoint import (
@@ -160,7 +160,7 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
                         "state before it")
             loader = state.replay_loader()
             report = replay(wal_dir, loader.apply_record, io=io, from_lsn=snapshot_lsn,
-                            offload=replay_offload(state))
+                            offload=Offload(loader.apply_batch, OFFLOAD_MIN_BYTES))
             loader.flush()
             result = Recovered(state, snapshot_lsn, report, 0.0)
     seconds = time.perf_counter() - started
@@ -178,26 +178,6 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
                   if result.lost_before_lsn else "")
     return Recovered(state, result.snapshot_lsn, report, seconds, result.discarded,
                      result.lost_before_lsn, result.skipped_records)
-
-
-def replay_offload(state: BrokerState, min_bytes: int = OFFLOAD_MIN_BYTES) -> Offload:
-    """Replay's helper-process split for ``state``: the helper decodes and folds records
-    with a ``ReplayLoader``; this process applies the folded mutations to ``state``."""
-    items: list[tuple[int, list[Any]]] = []
-    folder = ReplayLoader(lambda rtype, fields: items.append((rtype, fields)))
-
-    def take() -> list[tuple[int, list[Any]]]:
-        folder.flush()
-        out = items.copy()
-        items.clear()
-        return out
-
-    def apply(shipped: list[Any]) -> None:
-        apply_fields = state.apply_fields
-        for rtype, fields in shipped:
-            apply_fields(rtype, fields)
-
-    return Offload(folder.apply_record, take, apply, min_bytes)
 
 
 def _log_ends_before(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> bool:
@@ -266,7 +246,8 @@ class _Truncating:
                 _SkipUnknownQueues(state) if lost_before else state.replay_loader())
             try:
                 report = replay(self.dir, applier.apply_record, io=self.io, from_lsn=snapshot_lsn,
-                                offload=None if lost_before else replay_offload(state))
+                                offload=None if lost_before
+                                else Offload(applier.apply_batch, OFFLOAD_MIN_BYTES))
             except WalVersionError:
                 raise
             except WalCorruption as exc:

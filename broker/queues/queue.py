@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from itertools import islice
+from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,8 +173,9 @@ class Queue:
                 msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0)
                 sets[0].push(msg)
             else:
-                new = [Message(mid, body, None, 0, 0) for mid, body in enumerate(bodies, first_id)]
-                msgs.update(zip(range(first_id, first_id + n), new))
+                ids = range(first_id, first_id + n)
+                new = list(map(Message, ids, bodies, repeat(None, n), repeat(0, n), repeat(0, n)))
+                msgs.update(zip(ids, new))
                 sets[0].push_many(new)
         else:
             for i, body in enumerate(bodies):

@@ -33,10 +33,10 @@ Rules:
    segments that end at or before it are not read, and the segment holding it is read
    from there. A log that starts after ``from_lsn`` or ends before it is
    ``WalCorruption``: the snapshot and the log do not meet.
-10. With ``offload`` and at least ``offload.min_bytes`` to replay, the records are
-    decoded in a helper process (``offload.py``) and ``apply`` is not called;
-    ``offload.apply`` gets what the helper folded, in log order. Rules 1-9 are
-    decided here exactly as without it, and the same records are applied.
+10. With ``offload`` and at least ``offload.min_bytes`` to replay, a helper process
+    finds and checks the records (``offload.py``) and ``offload.apply_batch`` gets
+    them in batches instead of ``apply``, in log order. Rules 1-9 are decided here
+    exactly as without it, and the same records are applied.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     span = _span(path, segments, from_lsn) if offload is not None else 0
     if offload is not None and span >= offload.min_bytes:
         helper = Helper.start(len(segments), _reader(io, path, segments, from_lsn), _scan, offload)
-        logger.info("replaying %.1f MiB of log with a helper process (pid %d) decoding it",
+        logger.info("replaying %.1f MiB of log with a helper process (pid %d) reading it",
                     span / (1 << 20), helper.pid)
     try:
         for i, (base, name) in enumerate(segments):

@@ -69,3 +69,24 @@ def test_loader_folds_consecutive_publishes() -> None:
     assert len(state.queues["q"].messages) == 0  # folded, not applied yet
     loader.flush()
     assert [m.body for m in state.queues["q"].ready_sets[0].iter_ready()] == [b"1", b"2", b"3"]
+
+
+def test_a_run_of_plain_publishes_is_one_apply_in_a_batch_or_one_by_one() -> None:
+    from broker.state import ReplayLoader
+
+    counts = [1 + i % 3 for i in range(50)]
+    records, first = [], 7
+    for i, n in enumerate(counts):
+        records.append((Publish.TYPE, pack(Publish("q", first, 0, [b"%d" % i] * n).fields())))
+        first += n
+    bodies = [b"%d" % i for i, n in enumerate(counts) for _ in range(n)]
+    for batched in (True, False):
+        emitted: list[tuple[int, list[object]]] = []
+        loader = ReplayLoader(lambda t, f: emitted.append((t, f)))
+        if batched:
+            loader.apply_batch(bytes(t for t, _ in records), [p for _, p in records])
+        else:
+            for t, p in records:
+                loader.apply_record(t, p)
+        loader.flush()
+        assert emitted == [(Publish.TYPE, ["q", 7, 0, bodies, None, None, None])]

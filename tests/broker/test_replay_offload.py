@@ -1,6 +1,7 @@
 """Replay with a helper process: the same records, reports and errors as in-process."""
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.broker.test_replay_loader import _records as loader_records
 from tests.broker.test_wal_replay import collect, flip, layout, make, write_log
 
 Rec = tuple[int, bytes]
+replay_mod = importlib.import_module("broker.wal.replay")
 
 
 @pytest.fixture(autouse=True)
@@ -44,17 +46,9 @@ def helper_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return pids
 
 
-def passing(out: list[Any]) -> Offload:
-    """An offload that ships each record unchanged and collects it here."""
-    folded: list[Rec] = []
-
-    def take() -> list[Rec]:
-        items = folded.copy()
-        folded.clear()
-        return items
-
-    return Offload(lambda t, p: folded.append((t, p)), take,
-                   lambda items: out.extend((t, p) for t, p in items), min_bytes=0)
+def passing(out: list[Rec]) -> Offload:
+    """An offload that collects the records it is given."""
+    return Offload(lambda types, payloads: out.extend(zip(types, payloads)), min_bytes=0)
 
 
 def offloaded(path: Path, **kw: Any) -> tuple[list[Rec], ReplayReport]:
@@ -135,54 +129,57 @@ def test_damage_in_a_sealed_segment_is_the_same_corruption(
 def test_an_apply_error_names_the_segment_and_offsets(tmp_path: Path) -> None:
     write_log(tmp_path, make(30))
 
-    def apply(items: list[Any]) -> None:
-        if any(p.startswith(b"m20-") for _, p in items):
+    def apply_batch(types: bytes, payloads: list[bytes]) -> None:
+        if any(p.startswith(b"m20-") for p in payloads):
             raise KeyError("boom")
 
-    folded: list[Rec] = []
-    offload = Offload(lambda t, p: folded.append((t, p)),
-                      lambda: [folded.pop(0) for _ in range(len(folded))], apply, min_bytes=0)
     with pytest.raises(KeyError) as info:
-        replay(tmp_path, lambda t, p: None, offload=offload)
+        replay(tmp_path, lambda t, p: None, offload=Offload(apply_batch, min_bytes=0))
     notes = " ".join(info.value.__notes__)
     assert layout(tmp_path)[0][0] in notes and "offsets" in notes
 
 
-def test_a_helper_failure_is_reported_with_the_record_offset(tmp_path: Path) -> None:
+def test_a_helper_failure_is_reported_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_log(tmp_path, make(30))
-    bad_offset = layout(tmp_path)[12][1]
+    real_scan = replay_mod._scan
 
-    def fold(t: int, p: bytes) -> None:
-        if p.startswith(b"m12-"):
-            raise ValueError("undecodable")
+    def scan(data: bytes, apply: Any, off: int, until: int | None = None) -> tuple[int, int]:
+        if until is not None:  # the helper's scan
+            raise ValueError("unreadable")
+        return real_scan(data, apply, off, until)
 
-    offload = Offload(fold, list, lambda items: None, min_bytes=0)
-    with pytest.raises(ReplayHelperError, match="undecodable") as info:
-        replay(tmp_path, lambda t, p: None, offload=offload)
-    assert f"offset {bad_offset}" in str(info.value)
+    monkeypatch.setattr(replay_mod, "_scan", scan)
+    with pytest.raises(ReplayHelperError, match="unreadable"):
+        replay(tmp_path, lambda t, p: None, offload=Offload(lambda t, p: None, min_bytes=0))
 
 
 def test_a_helper_that_dies_is_an_error_and_is_reaped(
-        tmp_path: Path, helper_pids: list[int]) -> None:
+        tmp_path: Path, helper_pids: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     write_log(tmp_path, make(30))
+    real_scan = replay_mod._scan
 
-    def fold(t: int, p: bytes) -> None:
-        if p.startswith(b"m7-"):
+    def scan(data: bytes, apply: Any, off: int, until: int | None = None) -> tuple[int, int]:
+        if until is not None and off > 200:  # the helper, after its first batch
             os.kill(os.getpid(), signal.SIGKILL)
+        return real_scan(data, apply, off, until)
 
-    offload = Offload(fold, list, lambda items: None, min_bytes=0)
+    monkeypatch.setattr(replay_mod, "_scan", scan)
+    got: list[Rec] = []
     with pytest.raises(ReplayHelperError, match="exited early"):
-        replay(tmp_path, lambda t, p: None, offload=offload)
+        replay(tmp_path, lambda t, p: None, offload=passing(got))
+    assert got == make(len(got)) and 0 < len(got) < 30
     assert len(helper_pids) == 1 and _reaped(helper_pids[0])
 
 
 def test_small_logs_are_replayed_in_process(tmp_path: Path, helper_pids: list[int]) -> None:
     write_log(tmp_path, make(30))
     out: list[Rec] = []
-    offload = passing([])
-    offload = Offload(offload.fold, offload.take, offload.apply, min_bytes=1 << 30)
+    batched: list[Rec] = []
+    offload = Offload(lambda types, payloads: batched.extend(zip(types, payloads)),
+                      min_bytes=1 << 30)
     replay(tmp_path, lambda t, p: out.append((t, p)), offload=offload)
-    assert out == make(30) and helper_pids == []
+    assert out == make(30) and batched == [] and helper_pids == []
 
 
 def _reaped(pid: int) -> bool:
@@ -211,12 +208,12 @@ def test_recovery_through_the_helper_gives_the_same_state(
     path = tmp_path_factory.mktemp("wal")
     _broker_log(path, ops)
     in_process = recovery.recover(path)
-    real = recovery.replay_offload
+    real = recovery.OFFLOAD_MIN_BYTES
     try:
-        recovery.replay_offload = lambda state, min_bytes=0: real(state, 0)  # type: ignore[assignment]
+        recovery.OFFLOAD_MIN_BYTES = 0
         through_helper = recovery.recover(path)
     finally:
-        recovery.replay_offload = real  # type: ignore[assignment]
+        recovery.OFFLOAD_MIN_BYTES = real
     assert through_helper.state.snapshot() == in_process.state.snapshot()
     assert through_helper.state.ack_reserve == in_process.state.ack_reserve
     assert through_helper.replay.records == in_process.replay.records
