@@ -3,10 +3,11 @@
 Rules:
 1. The newest ``*.snap`` is loaded whole (every record checked first) or not at all;
    damage in it is ``WalCorruption`` naming the file and offset.
-2. The log is replayed from the snapshot's LSN through ``ReplayLoader`` (the same
-   appliers as the live path); a log of ``OFFLOAD_MIN_BYTES`` or more is read by a
-   helper process while this one applies it (``wal/offload.py``). A torn tail of the last segment is
-   truncated and reported; any other damage is ``WalCorruption``.
+2. The log is replayed from the snapshot's LSN through ``fold_records`` and
+   ``BrokerState.apply_items`` (the same appliers as the live path); a log of
+   ``OFFLOAD_MIN_BYTES`` or more is read by a helper process while this one applies
+   it (``wal/offload.py``). A torn tail of the last segment is truncated and
+   reported; any other damage is ``WalCorruption``.
 3. Nothing here changes a file except the torn-tail truncation of rule 2.
 
 That is ``mode="refuse"`` (the default, ``brokerd --recover refuse``): damage stops
@@ -55,7 +56,7 @@ import msgpack
 
 from . import gcpolicy
 from .mutations import MutationType
-from .state import BrokerState
+from .state import BrokerState, fold_records
 from .wal import FileIO, ReplayReport, replay
 from .wal.offload import OFFLOAD_MIN_BYTES, Offload
 from .wal.checkpoint import (
@@ -158,10 +159,7 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
                         os.path.join(directory, segments[0][1]), 0,
                         f"the log starts at LSN {segments[0][0]} but no snapshot holds the "
                         "state before it")
-            loader = state.replay_loader()
-            report = replay(wal_dir, loader.apply_record, io=io, from_lsn=snapshot_lsn,
-                            offload=Offload(loader.apply_batch, OFFLOAD_MIN_BYTES))
-            loader.flush()
+            report = replay(wal_dir, io=io, from_lsn=snapshot_lsn, offload=_offload(state))
             result = Recovered(state, snapshot_lsn, report, 0.0)
     seconds = time.perf_counter() - started
     state, report = result.state, result.replay
@@ -178,6 +176,11 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
                   if result.lost_before_lsn else "")
     return Recovered(state, result.snapshot_lsn, report, seconds, result.discarded,
                      result.lost_before_lsn, result.skipped_records)
+
+
+def _offload(state: BrokerState) -> Offload:
+    """How recovery replays into ``state``: records folded, then applied (rule 2)."""
+    return Offload(fold_records, state.apply_items, OFFLOAD_MIN_BYTES)
 
 
 def _log_ends_before(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> bool:
@@ -242,22 +245,22 @@ class _Truncating:
                     _, records = read_snapshot(self.io, snap_path)
                 state = BrokerState.from_records(records)
             records = None
-            applier: Any = (
-                _SkipUnknownQueues(state) if lost_before else state.replay_loader())
+            skipper = _SkipUnknownQueues(state)
             try:
-                report = replay(self.dir, applier.apply_record, io=self.io, from_lsn=snapshot_lsn,
-                                offload=None if lost_before
-                                else Offload(applier.apply_batch, OFFLOAD_MIN_BYTES))
+                if lost_before:
+                    report = replay(self.dir, skipper.apply_record, io=self.io,
+                                    from_lsn=snapshot_lsn)
+                else:
+                    report = replay(self.dir, io=self.io, from_lsn=snapshot_lsn,
+                                    offload=_offload(state))
             except WalVersionError:
                 raise
             except WalCorruption as exc:
                 self._cut_log(exc)
                 continue
-            applier.flush()
             break
-        skipped = 0
+        skipped = skipper.skipped
         if lost_before:
-            skipped = applier.skipped
             log.error("no usable snapshot and the log starts at LSN %d: the state before it is "
                       "lost (queues created and messages published before LSN %d are missing); "
                       "%d records that refer to such queues were skipped", lost_before,
@@ -433,8 +436,6 @@ class _SkipUnknownQueues:
             return
         self._state.apply_fields(rtype, fields)
 
-    def flush(self) -> None:
-        pass
 
 
 def _count_records(data: bytes, off: int) -> int:

@@ -183,7 +183,7 @@ class Broker:
         """Log each mutation, then apply it.
 
         Plain publishes to one queue with consecutive ids are folded into one pending
-        WAL record (the same state as separate records, as ``ReplayLoader`` relies on);
+        WAL record (the same state as separate records, as ``fold_records`` relies on);
         ``_durable_lsn`` writes it out. Raises StorageError, having applied nothing
         more, once the WAL has failed.
         """

@@ -1,8 +1,9 @@
 """The broker's queue state and the one function that changes it.
 
 Rules:
-1. ``apply`` (for mutation objects) and ``apply_record`` (for WAL records) both end in
-   the same applier; nothing else writes queue state.
+1. ``apply`` (for mutation objects), ``apply_record`` (for WAL records) and
+   ``apply_items`` (for records folded by ``fold_records``) all end in the same
+   applier; nothing else writes queue state.
 2. Appliers are deterministic: they read only the record's fields and the state.
    Applying the same records to an empty state always gives the same state.
 3. Appliers are total: ids that are gone or in another state are skipped, so a record
@@ -80,6 +81,12 @@ class BrokerState:
     def apply_record(self, rtype: int, payload: bytes) -> None:
         """Apply a WAL record (type byte and msgpack payload)."""
         self._appliers[rtype](*msgpack.unpackb(payload, raw=False))
+
+    def apply_items(self, items: list[list[Any]]) -> None:
+        """Apply ``[type, fields]`` items, in order (``fold_records`` makes them)."""
+        appliers = self._appliers
+        for rtype, fields in items:
+            appliers[rtype](*fields)
 
     def take_woken(self) -> set[str]:
         """Names of queues that gained ready messages or were deleted since the last call."""
@@ -221,10 +228,6 @@ class BrokerState:
                 leased = sorted(m.id for m in queue.messages.values() if m.state == LEASED)
                 self._release(name, leased, 0, True, now_ms)
 
-    def replay_loader(self) -> "ReplayLoader":
-        """An ``apply_record`` for recovery that folds runs of plain publishes."""
-        return ReplayLoader(self.apply_fields)
-
     # -- snapshots ----------------------------------------------------------------------
 
     def export_records(self, chunk: int = 1000) -> Iterator[tuple[int, bytes]]:
@@ -286,56 +289,31 @@ class BrokerState:
         return out
 
 
-class ReplayLoader:
-    """Applies WAL records during recovery, folding each run of plain publishes to one
-    queue with consecutive ids into a single apply.
+def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
+    """Decode WAL records (``types[i]`` the type of ``payloads[i]``) into
+    ``[type, fields]`` items for ``BrokerState.apply_items``, folding each run of plain
+    publishes to one queue with consecutive ids into one publish.
 
     Applying ``Publish(q, n, [a])`` then ``Publish(q, n + 1, [b])`` gives the same state
-    as ``Publish(q, n, [a, b])`` (``now_ms`` is not used by the applier), so the folded
-    run goes through the same applier and yields the same state; it only saves the
-    per-record calls. Call ``flush`` after the last record.
-
-    ``emit(type, fields)`` receives the folded mutations (``BrokerState.apply_fields``).
+    as ``Publish(q, n, [a, b])`` (``now_ms`` is not used by the applier), so the items
+    give the same state as the records one by one; they only save the per-record
+    calls. Reads nothing but its arguments: replay may run it in a helper process.
+    The replay hot path: one loop, state in locals.
     """
-
-    __slots__ = ("_apply", "_queue", "_first", "_bodies")
-
-    def __init__(self, emit: Callable[[int, list[Any]], object]) -> None:
-        self._apply = emit
-        self._queue: str | None = None
-        self._first = 0
-        self._bodies: list[bytes] = []
-
-    def apply_record(self, rtype: int, payload: bytes) -> None:
-        self.apply_batch(bytes((rtype,)), [payload])
-
-    def apply_batch(self, types: bytes, payloads: list[bytes]) -> None:
-        """Apply records given as their types and payloads, in log order.
-
-        The replay hot path: one loop, state in locals (``_unpackb`` decodes text as
-        str, msgpack's default).
-        """
-        apply = self._apply
-        queue, first, bodies = self._queue, self._first, self._bodies
-        nxt = first + len(bodies)
-        for rtype, fields in zip(types, map(_unpackb, payloads)):
-            if rtype == _PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
-                if fields[1] == nxt and fields[0] == queue:
-                    bodies += fields[3]
-                    nxt += len(fields[3])
-                    continue
-                if bodies:
-                    apply(_PUBLISH, [queue, first, 0, bodies, None, None, None])
-                queue, first, bodies = fields[0], fields[1], fields[3]
-                nxt = first + len(bodies)
+    items: list[list[Any]] = []
+    add = items.append
+    queue: str | None = None
+    nxt = 0
+    bodies: list[bytes] = []
+    for rtype, fields in zip(types, map(_unpackb, payloads)):
+        if rtype == _PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
+            if fields[1] == nxt and fields[0] == queue:
+                bodies += fields[3]  # the run's item holds this very list
+                nxt += len(fields[3])
                 continue
-            if bodies:
-                apply(_PUBLISH, [queue, first, 0, bodies, None, None, None])
-                queue, bodies = None, []
-            apply(rtype, fields)
-        self._queue, self._first, self._bodies = queue, first, bodies
-
-    def flush(self) -> None:
-        if self._bodies:
-            self._apply(_PUBLISH, [self._queue, self._first, 0, self._bodies, None, None, None])
-            self._queue, self._bodies = None, []
+            queue, bodies = fields[0], fields[3]
+            nxt = fields[1] + len(bodies)
+        else:
+            queue = None
+        add([rtype, fields])
+    return items

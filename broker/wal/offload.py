@@ -1,47 +1,54 @@
 """Reading a long log in a helper process while this one applies its records.
 
-A replay spends its time per record in two halves of about equal cost: finding and
-checking the record (header, slice, CRC) and applying it (decoding the payload and
-changing the state). For a long log ``replay`` forks a helper that does the first half
-for each segment and ships the valid records over a pipe, in batches; this process
-does the second half. The two run on two cores at once.
+Replay spends its time per record in three parts of about equal cost: finding and
+checking the record (header, slice, CRC), folding it (decoding the payload, merging
+runs of publishes) and applying what the fold gives. For a long log ``replay`` forks
+a helper that does the first part for each segment and ships the valid records over a
+pipe in batches; whoever has the time folds them. The two processes run on two cores
+at once.
 
 Rules:
-1. The helper reads the same segments in the same order and scans each with the same
-   ``_scan`` as an in-process replay. It stops after the first segment it cannot scan
-   to the end, and before any segment whose header it cannot read: the parent makes
-   every decision about damage itself.
-2. About every ``OFFLOAD_CHUNK_BYTES`` of log it sends the valid records scanned since
-   the last batch (their types and payloads), and at the end of a segment where the
-   scan stopped and how many records it read. The batches of a segment always arrive
-   before its end, and ``Offload.apply_batch`` gets them in log order.
-3. An exception in the helper is sent as text and raised here as ``ReplayHelperError``;
+1. The helper reads the same segments in the same order and finds their records with
+   the same ``_batches`` as an in-process replay. It stops after the first segment it
+   cannot scan to the end, and before any segment whose header it cannot read: the
+   parent makes every decision about damage itself.
+2. For each batch (about ``BATCH_BYTES`` of log) the helper sends either the records
+   (their types and payloads), which the parent folds, or ``Offload.fold`` of them,
+   folded in the helper. It folds a batch itself when at least ``FOLD_AHEAD_BYTES``
+   it sent are still unread in the pipe: the parent is busy, so the helper takes the
+   work. Either way the parent calls ``Offload.apply`` on the same items, in log order.
+3. At the end of each segment the helper sends where the scan stopped and how many
+   records it read. The batches of a segment always arrive before its end.
+4. An exception in the helper is sent as text and raised here as ``ReplayHelperError``;
    a helper that dies without a word is ``ReplayHelperError`` too. The parent kills and
    reaps the helper when replay ends, whichever way it ends.
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import os
 import signal
+import termios
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import msgpack
 
-__all__ = ["OFFLOAD_CHUNK_BYTES", "OFFLOAD_MIN_BYTES", "Offload", "ReplayHelperError"]
+__all__ = ["FOLD_AHEAD_BYTES", "OFFLOAD_MIN_BYTES", "Offload", "ReplayHelperError"]
 
 #: Logs shorter than this (bytes from the start LSN) are read in-process: a small
 #: replay is over before a helper would pay for its fork.
 OFFLOAD_MIN_BYTES = 16 << 20
-#: Log bytes the helper scans between two batches (at least one record each).
-OFFLOAD_CHUNK_BYTES = 1 << 20
+#: The helper folds a batch itself while at least this much it sent is unread (rule 2).
+FOLD_AHEAD_BYTES = 128 << 10
 
-_BATCH = 0
-_DONE = 1
-_FAILED = 2
+_RECORDS = 0
+_FOLDED = 1
+_DONE = 2
+_FAILED = 3
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
 
@@ -52,11 +59,15 @@ class ReplayHelperError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Offload:
-    """What ``replay`` calls instead of ``apply`` when a helper reads the log."""
+    """What ``replay`` hands each batch of valid records to, instead of an ``apply``
+    per record: ``apply(fold(types, payloads))``, batches in log order."""
 
-    #: ``apply_batch(types, payloads)``: valid records in log order, ``types[i]`` the
-    #: type of ``payloads[i]``; called here, never in the helper.
-    apply_batch: Callable[[bytes, list[bytes]], object]
+    #: ``fold(types, payloads) -> items``: ``types[i]`` is the type of ``payloads[i]``.
+    #: Runs in this process or in the helper, so it must read nothing but its
+    #: arguments, and its items must be msgpack values.
+    fold: Callable[[bytes, list[bytes]], list[Any]]
+    #: ``apply(items)``: called here, never in the helper.
+    apply: Callable[[list[Any]], object]
     #: Use a helper only when at least this many log bytes are to be replayed.
     min_bytes: int = OFFLOAD_MIN_BYTES
 
@@ -64,22 +75,22 @@ class Offload:
 #: ``read(i)``: segment ``i``'s bytes and the offset of its first record to read, or
 #: None where the helper must stop (rule 1).
 ReadSegment = Callable[[int], "tuple[bytes, int] | None"]
-#: ``scan(data, apply, offset, until) -> (stop offset, records)``: replay's scan.
-Scan = Callable[[bytes, Callable[[int, bytes], object], int, int], "tuple[int, int]"]
+#: ``batches(data, offset)``: replay's ``_batches``, ``(start, stop, types, payloads)``.
+Batches = Callable[[bytes, int], Iterator[tuple[int, int, bytes, list[bytes]]]]
 
 
 class Helper:
     """The parent's end of one helper process."""
 
-    def __init__(self, pid: int, stream: BinaryIO, apply_batch: Callable[[bytes, list[bytes]], object]) -> None:
+    def __init__(self, pid: int, stream: BinaryIO, offload: Offload) -> None:
         self._pid = pid
         self._stream = stream
         # The helper is this program's own child: its messages need no size limit.
         self._unpacker = msgpack.Unpacker(stream, read_size=_PIPE_BYTES, max_buffer_size=0)
-        self._apply_batch = apply_batch
+        self._offload = offload
 
     @classmethod
-    def start(cls, segments: int, read: ReadSegment, scan: Scan, offload: Offload) -> Helper:
+    def start(cls, segments: int, read: ReadSegment, batches: Batches, offload: Offload) -> Helper:
         """Fork a helper that scans segments ``0 .. segments - 1`` in order."""
         r, w = os.pipe()
         try:
@@ -91,13 +102,13 @@ class Helper:
             status = 0
             try:
                 os.close(r)
-                _helper_main(w, segments, read, scan)
+                _helper_main(w, segments, read, batches, offload.fold)
             except BaseException:  # noqa: BLE001 - it must never return into the parent's code
                 status = 1
             finally:
                 os._exit(status)
         os.close(w)
-        return cls(pid, os.fdopen(r, "rb", buffering=0), offload.apply_batch)
+        return cls(pid, os.fdopen(r, "rb", buffering=0), offload)
 
     @property
     def pid(self) -> int:
@@ -106,16 +117,16 @@ class Helper:
     def scan(self, apply_note: Callable[[int, int], str]) -> tuple[int, int]:
         """Apply the batches of the next segment; return (stop offset, records read)."""
         unpacker = self._unpacker
-        apply_batch = self._apply_batch
+        fold, apply = self._offload.fold, self._offload.apply
         while True:
             try:
                 message = next(unpacker)
             except StopIteration:
                 raise ReplayHelperError("the replay helper process exited early") from None
             kind = message[0]
-            if kind == _BATCH:
+            if kind <= _FOLDED:
                 try:
-                    apply_batch(message[3], message[4])
+                    apply(message[3] if kind == _FOLDED else fold(message[3], message[4]))
                 except BaseException as exc:
                     exc.add_note(apply_note(message[1], message[2]))
                     raise
@@ -134,15 +145,10 @@ class Helper:
         os.waitpid(self._pid, 0)
 
 
-def _helper_main(w: int, segments: int, read: ReadSegment, scan: Scan) -> None:
+def _helper_main(w: int, segments: int, read: ReadSegment, batches: Batches,
+                 fold: Callable[[bytes, list[bytes]], list[Any]]) -> None:
     pack = msgpack.Packer(use_bin_type=True).pack
-    types = bytearray()
-    payloads: list[bytes] = []
-    add_type, add_payload = types.append, payloads.append
-
-    def collect(rtype: int, payload: bytes) -> None:
-        add_type(rtype)
-        add_payload(payload)
+    unread = array.array("i", [0])
 
     def send(message: list[Any]) -> None:
         body = memoryview(pack(message))
@@ -154,20 +160,17 @@ def _helper_main(w: int, segments: int, read: ReadSegment, scan: Scan) -> None:
             got = read(i)
             if got is None:
                 return
-            data, off = got
+            data, stop = got
             count = 0
-            while True:
-                start, until = off, off + OFFLOAD_CHUNK_BYTES
-                off, k = scan(data, collect, off, until)
-                count += k
-                if payloads:
-                    send([_BATCH, start, off, bytes(types), payloads])
-                    types.clear()
-                    payloads.clear()
-                if off < until:  # a bad record or the end, not the batch's limit
-                    break
-            send([_DONE, off, count])
-            if off != len(data):
+            for start, stop, types, payloads in batches(data, stop):
+                count += len(payloads)
+                fcntl.ioctl(w, termios.FIONREAD, unread)
+                if unread[0] >= FOLD_AHEAD_BYTES:  # rule 2: the parent is busy
+                    send([_FOLDED, start, stop, fold(types, payloads)])
+                else:
+                    send([_RECORDS, start, stop, types, payloads])
+            send([_DONE, stop, count])
+            if stop != len(data):
                 return
     except BrokenPipeError:
         raise

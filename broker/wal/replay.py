@@ -28,22 +28,24 @@ Rules:
 7. ``*.tmp`` and other non-segment files are ignored (``SegmentedLog.open`` removes
    leftover ``*.wal.tmp``). A missing or empty directory is an empty log.
 8. ``apply(type, payload)`` is called once per valid record; an exception from it
-   propagates with a note naming the segment and offset.
+   propagates with a note naming the segment and offset. Records are found and
+   checked in batches of about ``BATCH_BYTES`` of log, then applied in order.
 9. With ``from_lsn`` (the LSN of a snapshot) replay starts at that record boundary:
    segments that end at or before it are not read, and the segment holding it is read
    from there. A log that starts after ``from_lsn`` or ends before it is
    ``WalCorruption``: the snapshot and the log do not meet.
-10. With ``offload`` and at least ``offload.min_bytes`` to replay, a helper process
-    finds and checks the records (``offload.py``) and ``offload.apply_batch`` gets
-    them in batches instead of ``apply``, in log order. Rules 1-9 are decided here
-    exactly as without it, and the same records are applied.
+10. With ``offload`` instead of ``apply``, each batch goes through
+    ``offload.apply(offload.fold(types, payloads))``, in log order. With at least
+    ``offload.min_bytes`` to replay, a helper process finds and checks the records
+    and runs ``fold`` for some of the batches (``offload.py``). Rules 1-9 are decided
+    here exactly as without it, and the same records are applied.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from crc32c import crc32c
@@ -65,13 +67,15 @@ from .segment import (
     list_segments,
 )
 
-__all__ = ["Offload", "ReplayHelperError", "ReplayReport", "WalCorruption", "not_torn_proof",
-           "replay"]
+__all__ = ["BATCH_BYTES", "Offload", "ReplayHelperError", "ReplayReport", "WalCorruption",
+           "not_torn_proof", "replay"]
 
 logger = logging.getLogger("lockgate.wal")
 
 #: Granularity of the zero-piece torn-write check (rule 3c).
 SECTOR = 512
+#: Log bytes found and checked before they are applied (at least one record a batch).
+BATCH_BYTES = 128 << 10
 
 _unpack_from = RECORD_HEADER.unpack_from
 
@@ -95,16 +99,18 @@ class ReplayReport:
     end_lsn: int
 
 
-def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], object], *,
-           io: FileIO | None = None, truncate: bool = True, from_lsn: int = 0,
+def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], object] | None = None,
+           *, io: FileIO | None = None, truncate: bool = True, from_lsn: int = 0,
            offload: Offload | None = None) -> ReplayReport:
-    """Call ``apply(type, payload)`` for every valid record in LSN order.
+    """Call ``apply(type, payload)`` for every valid record in LSN order, or hand the
+    records to ``offload`` in batches (rule 10); give one of the two.
 
     Raises ``WalCorruption`` (see the rules above). With ``truncate=False`` a torn
     tail is reported but left on disk (for offline tools). ``from_lsn`` skips the
-    records a snapshot already holds (rule 9). ``offload`` decodes a long log in a
-    helper process (rule 10).
+    records a snapshot already holds (rule 9).
     """
+    if (apply is None) == (offload is None):
+        raise TypeError("replay takes either apply or offload")
     started = time.perf_counter()
     io = io if io is not None else FileIO()
     path = os.fspath(directory)
@@ -128,7 +134,8 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     helper = None
     span = _span(path, segments, from_lsn) if offload is not None else 0
     if offload is not None and span >= offload.min_bytes:
-        helper = Helper.start(len(segments), _reader(io, path, segments, from_lsn), _scan, offload)
+        helper = Helper.start(len(segments), _reader(io, path, segments, from_lsn), _batches,
+                              offload)
         logger.info("replaying %.1f MiB of log with a helper process (pid %d) reading it",
                     span / (1 << 20), helper.pid)
     try:
@@ -139,23 +146,26 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
                 raise WalCorruption(
                     seg_path, 0, f"segment starts at LSN {base} but the log before it ends "
                     f"at LSN {end_lsn}")
-            data = _read_segment(io, seg_path)
-            if len(data) < SEGMENT_HEADER_SIZE and last:
-                truncated_bytes, truncated_at = len(data), (name, 0)
-                _warn(seg_path, 0, len(data), "segment header cut short")
+            # With a helper reading the records, this process needs only the header,
+            # and the bytes from the record where a scan stops short.
+            data, size = _read_segment(io, seg_path, SEGMENT_HEADER_SIZE if helper is not None else None)
+            if size < SEGMENT_HEADER_SIZE and last:
+                truncated_bytes, truncated_at = size, (name, 0)
+                _warn(seg_path, 0, size, "segment header cut short")
                 if truncate:
                     io.unlink(seg_path)
                     io.fsync_dir(path)
                     io.close(create_segment(io, path, base))
                 break
-            start = _records_start(data, seg_path, base, i, from_lsn)
+            start = _records_start(data, size, seg_path, base, i, from_lsn)
 
             try:
-                if helper is None:
-                    off, count = _scan(data, apply, start)
+                if helper is not None:
+                    off, count = helper.scan(_batch_note)
+                elif offload is not None:
+                    off, count = _fold_and_apply(data, start, offload)
                 else:
-                    off, count = helper.scan(
-                        lambda a, b: f"applying the records at offsets {a} to {b}")
+                    off, count = _apply_each(data, start, apply)  # type: ignore[arg-type]
             except BaseException as exc:
                 exc.add_note(f"while replaying {seg_path}")
                 raise
@@ -163,8 +173,10 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
             end_lsn = base + off - SEGMENT_HEADER_SIZE
             if i == 0 and from_lsn:
                 first = from_lsn
-            if off == len(data):
+            if off == size:
                 continue
+            if len(data) < size:
+                data, size = _read_segment(io, seg_path)
 
             problem = record_problem(data, off)
             if not last:
@@ -172,7 +184,7 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
             proof = not_torn_proof(data, off)
             if proof is not None:
                 raise WalCorruption(seg_path, off, f"{problem}; {proof}")
-            dropped = len(data) - off
+            dropped = size - off
             truncated_bytes, truncated_at = dropped, (name, off)
             _warn(seg_path, off, dropped, problem or "bad record")
             if truncate:
@@ -192,15 +204,17 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
     )
 
 
-def _records_start(data: bytes, seg_path: str, base: int, index: int, from_lsn: int) -> int:
-    """Offset of the first record to read in segment ``index``; ``WalCorruption`` when
-    its header is bad or it ends before ``from_lsn`` (rule 9)."""
+def _records_start(data: bytes, size: int, seg_path: str, base: int, index: int,
+                   from_lsn: int) -> int:
+    """Offset of the first record to read in segment ``index`` (``size`` bytes long,
+    ``data`` at least its header); ``WalCorruption`` when its header is bad or it ends
+    before ``from_lsn`` (rule 9)."""
     decode_header(data, seg_path, base)
     start = SEGMENT_HEADER_SIZE
     if index == 0 and from_lsn > base:
         start += from_lsn - base
-        if start > len(data):
-            raise WalCorruption(seg_path, len(data), f"the log ends before LSN {from_lsn}, "
+        if start > size:
+            raise WalCorruption(seg_path, size, f"the log ends before LSN {from_lsn}, "
                                 "where the snapshot ends")
     return start
 
@@ -223,45 +237,95 @@ def _reader(io: FileIO, path: str, segments: list[tuple[int, str]],
     def read(i: int) -> tuple[bytes, int] | None:
         base, name = segments[i]
         seg_path = os.path.join(path, name)
-        data = _read_segment(io, seg_path)
-        if len(data) < SEGMENT_HEADER_SIZE:
+        data, size = _read_segment(io, seg_path)
+        if size < SEGMENT_HEADER_SIZE:
             return None
         try:
-            return data, _records_start(data, seg_path, base, i, from_lsn)
+            return data, _records_start(data, size, seg_path, base, i, from_lsn)
         except WalCorruption:
             return None
     return read
 
 
-def _scan(data: bytes, apply: Callable[[int, bytes], object],
-          off: int = SEGMENT_HEADER_SIZE, until: int | None = None) -> tuple[int, int]:
-    """Apply records from offset ``off`` on; return (stop offset, records applied).
+def _scan(data: bytes, off: int, until: int, add_type: Callable[[int], object],
+          add_payload: Callable[[bytes], object]) -> int:
+    """Collect the valid records from offset ``off`` on (``add_type(type)``,
+    ``add_payload(payload)``); return the offset where the scan stopped.
 
-    Stops at the first bad record (the stop offset equals ``len(data)`` if none), or
-    at the first record boundary at or past ``until`` when given. This loop is the
-    replay hot path: keep it flat.
+    Stops at the first bad record (the stop offset equals ``len(data)`` if none) or at
+    the first record boundary at or past ``until``. This loop is the replay hot path:
+    keep it flat.
     """
     unpack = _unpack_from
     seeds = TYPE_SEEDS
     crc = crc32c
     n = len(data)
-    limit = n - RECORD_HEADER_SIZE if until is None else min(n - RECORD_HEADER_SIZE, until - 1)
-    count = 0
-    try:
-        while off <= limit:
-            length, stored, rtype = unpack(data, off)
-            start = off + RECORD_HEADER_SIZE
-            end = start + length
-            payload = data[start:end]
-            if end > n or not rtype or crc(payload, seeds[rtype]) != stored:
-                break
-            apply(rtype, payload)
-            count += 1
-            off = end
-    except BaseException as exc:
-        exc.add_note(f"applying the record at offset {off}")
-        raise
-    return off, count
+    limit = min(n - RECORD_HEADER_SIZE, until - 1)
+    while off <= limit:
+        length, stored, rtype = unpack(data, off)
+        start = off + RECORD_HEADER_SIZE
+        end = start + length
+        payload = data[start:end]
+        if end > n or not rtype or crc(payload, seeds[rtype]) != stored:
+            break
+        add_type(rtype)
+        add_payload(payload)
+        off = end
+    return off
+
+
+Batch = tuple[int, int, bytes, list[bytes]]
+
+
+def _batches(data: bytes, off: int) -> Iterator[Batch]:
+    """The valid records from ``off`` on in batches of about ``BATCH_BYTES``:
+    ``(start, stop, types, payloads)``, ``types[i]`` the type of ``payloads[i]``.
+
+    The last batch's ``stop`` is where the scan stopped (``off`` when no record is
+    valid); only a batch that ends at ``BATCH_BYTES`` is followed by another.
+    """
+    while True:
+        types = bytearray()
+        payloads: list[bytes] = []
+        start, until = off, off + BATCH_BYTES
+        off = _scan(data, off, until, types.append, payloads.append)
+        if payloads:
+            yield start, off, bytes(types), payloads
+        if off < until:  # a bad record or the end, not the batch's limit
+            return
+
+
+def _apply_each(data: bytes, off: int, apply: Callable[[int, bytes], object]) -> tuple[int, int]:
+    """Rule 8: ``apply`` every valid record from ``off``; (stop offset, records)."""
+    stop, count = off, 0
+    for start, stop, types, payloads in _batches(data, off):
+        for i, (rtype, payload) in enumerate(zip(types, payloads)):
+            try:
+                apply(rtype, payload)
+            except BaseException as exc:
+                at = start + sum(RECORD_HEADER_SIZE + len(p) for p in payloads[:i])
+                exc.add_note(f"applying the record at offset {at}")
+                raise
+        count += len(payloads)
+    return stop, count
+
+
+def _fold_and_apply(data: bytes, off: int, offload: Offload) -> tuple[int, int]:
+    """Rule 10 in this process: fold and apply each batch; (stop offset, records)."""
+    stop, count = off, 0
+    fold, apply = offload.fold, offload.apply
+    for start, stop, types, payloads in _batches(data, off):
+        try:
+            apply(fold(types, payloads))
+        except BaseException as exc:
+            exc.add_note(_batch_note(start, stop))
+            raise
+        count += len(payloads)
+    return stop, count
+
+
+def _batch_note(start: int, stop: int) -> str:
+    return f"applying the records at offsets {start} to {stop}"
 
 
 def not_torn_proof(data: bytes, off: int) -> str | None:
@@ -316,10 +380,12 @@ def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
     return False
 
 
-def _read_segment(io: FileIO, path: str) -> bytes:
+def _read_segment(io: FileIO, path: str, limit: int | None = None) -> tuple[bytes, int]:
+    """The segment's bytes (only the first ``limit`` when given) and its size."""
     fd = io.open(path, OPEN_READ)
     try:
-        return read_all(io, fd, io.size(fd))
+        size = io.size(fd)
+        return read_all(io, fd, size if limit is None else min(limit, size)), size
     finally:
         io.close(fd)
 

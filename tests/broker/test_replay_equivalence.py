@@ -11,7 +11,7 @@ once per step, like a timer that may fire late. The ``checkpoint`` rule takes a 
 After every step two rebuilt states must have the same ``snapshot()`` as the live one:
 ``apply_record`` of every record into a fresh ``BrokerState``, and what start-up recovery
 builds (``broker/recovery.py``): the newest checkpoint through ``from_records``, then the
-records after it through ``replay_loader()``.
+records after it through ``fold_records`` and ``apply_items``.
 
 The ``restart`` rule (after a crash, or after a clean shutdown, which writes a checkpoint
 first) does what start-up does: rebuild, append a RECOVER record and apply
@@ -37,7 +37,7 @@ from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
 from broker.mutations import Mutation, Recover, from_fields
 from broker.queues import LEASED, READY
-from broker.state import BrokerState
+from broker.state import BrokerState, fold_records
 from protocol import ProtocolError
 
 START_MS = 1_700_000_000_000
@@ -81,10 +81,8 @@ def startup(log: list[Record], checkpoints: list[tuple[int, list[Record]]]) -> B
     """What ``broker.recovery.recover`` builds: newest snapshot, then the log after it."""
     lsn, records = checkpoints[-1] if checkpoints else (0, [])
     state = BrokerState.from_records(records)
-    loader = state.replay_loader()
-    for rtype, payload in log[lsn:]:
-        loader.apply_record(rtype, payload)
-    loader.flush()
+    tail = log[lsn:]
+    state.apply_items(fold_records(bytes(t for t, _ in tail), [p for _, p in tail]))
     return state
 
 

@@ -17,17 +17,20 @@ from broker.wal.log import SegmentedLog
 from broker.wal.offload import Offload, ReplayHelperError
 from broker.wal.record import encode_record
 from broker.wal.replay import ReplayReport, WalCorruption, replay
-from tests.broker.test_replay_loader import _records as loader_records
+from tests.broker.test_replay_fold import _records as loader_records
 from tests.broker.test_wal_replay import collect, flip, layout, make, write_log
 
 Rec = tuple[int, bytes]
 replay_mod = importlib.import_module("broker.wal.replay")
 
 
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ship every few records, so that one segment takes many messages."""
-    monkeypatch.setattr(offload_mod, "OFFLOAD_CHUNK_BYTES", 100)
+@pytest.fixture(autouse=True, params=["parent folds", "helper folds", "mixed"])
+def small_batches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of a few records, so that one segment takes many messages; folded by the
+    parent, by the helper, or by whichever the pipe's fill picks (rule 2)."""
+    monkeypatch.setattr(replay_mod, "BATCH_BYTES", 100)
+    ahead = {"parent folds": 1 << 40, "helper folds": 0, "mixed": 300}[request.param]
+    monkeypatch.setattr(offload_mod, "FOLD_AHEAD_BYTES", ahead)
 
 
 @pytest.fixture
@@ -46,18 +49,23 @@ def helper_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return pids
 
 
-def passing(out: list[Rec]) -> Offload:
-    """An offload that collects the records it is given."""
-    return Offload(lambda types, payloads: out.extend(zip(types, payloads)), min_bytes=0)
+def as_items(types: bytes, payloads: list[bytes]) -> list[Any]:
+    """A fold that keeps the records as they are, with the pid of who folded them."""
+    return [[os.getpid(), t, p] for t, p in zip(types, payloads)]
+
+
+def passing(out: list[Rec], folders: set[int] | None = None, min_bytes: int = 0) -> Offload:
+    """An offload that collects the records it is given (and who folded them)."""
+    def apply(items: list[Any]) -> None:
+        out.extend((t, p) for _, t, p in items)
+        if folders is not None:
+            folders.update(pid for pid, _, _ in items)
+    return Offload(as_items, apply, min_bytes=min_bytes)
 
 
 def offloaded(path: Path, **kw: Any) -> tuple[list[Rec], ReplayReport]:
     out: list[Rec] = []
-
-    def in_process(t: int, p: bytes) -> None:
-        raise AssertionError("apply must not be called when the helper decodes")
-
-    report = replay(path, in_process, offload=passing(out), **kw)
+    report = replay(path, offload=passing(out), **kw)
     return out, report
 
 
@@ -129,45 +137,52 @@ def test_damage_in_a_sealed_segment_is_the_same_corruption(
 def test_an_apply_error_names_the_segment_and_offsets(tmp_path: Path) -> None:
     write_log(tmp_path, make(30))
 
-    def apply_batch(types: bytes, payloads: list[bytes]) -> None:
-        if any(p.startswith(b"m20-") for p in payloads):
+    def apply(items: list[Any]) -> None:
+        if any(p.startswith(b"m20-") for _, _, p in items):
             raise KeyError("boom")
 
     with pytest.raises(KeyError) as info:
-        replay(tmp_path, lambda t, p: None, offload=Offload(apply_batch, min_bytes=0))
+        replay(tmp_path, offload=Offload(as_items, apply, min_bytes=0))
     notes = " ".join(info.value.__notes__)
     assert layout(tmp_path)[0][0] in notes and "offsets" in notes
+
+
+def _in_helper(monkeypatch: pytest.MonkeyPatch, act: Any) -> None:
+    """Make the helper's scan call ``act(offset)`` before each batch it scans."""
+    parent, real_scan = os.getpid(), replay_mod._scan
+
+    def scan(data: bytes, off: int, *rest: Any) -> int:
+        if os.getpid() != parent:
+            act(off)
+        return real_scan(data, off, *rest)
+
+    monkeypatch.setattr(replay_mod, "_scan", scan)
 
 
 def test_a_helper_failure_is_reported_as_such(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_log(tmp_path, make(30))
-    real_scan = replay_mod._scan
 
-    def scan(data: bytes, apply: Any, off: int, until: int | None = None) -> tuple[int, int]:
-        if until is not None:  # the helper's scan
-            raise ValueError("unreadable")
-        return real_scan(data, apply, off, until)
+    def fail(off: int) -> None:
+        raise ValueError("unreadable")
 
-    monkeypatch.setattr(replay_mod, "_scan", scan)
+    _in_helper(monkeypatch, fail)
     with pytest.raises(ReplayHelperError, match="unreadable"):
-        replay(tmp_path, lambda t, p: None, offload=Offload(lambda t, p: None, min_bytes=0))
+        replay(tmp_path, offload=passing([]))
 
 
 def test_a_helper_that_dies_is_an_error_and_is_reaped(
         tmp_path: Path, helper_pids: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     write_log(tmp_path, make(30))
-    real_scan = replay_mod._scan
 
-    def scan(data: bytes, apply: Any, off: int, until: int | None = None) -> tuple[int, int]:
-        if until is not None and off > 200:  # the helper, after its first batch
+    def die(off: int) -> None:
+        if off > 200:  # after its first batch
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_scan(data, apply, off, until)
 
-    monkeypatch.setattr(replay_mod, "_scan", scan)
+    _in_helper(monkeypatch, die)
     got: list[Rec] = []
     with pytest.raises(ReplayHelperError, match="exited early"):
-        replay(tmp_path, lambda t, p: None, offload=passing(got))
+        replay(tmp_path, offload=passing(got))
     assert got == make(len(got)) and 0 < len(got) < 30
     assert len(helper_pids) == 1 and _reaped(helper_pids[0])
 
@@ -175,11 +190,32 @@ def test_a_helper_that_dies_is_an_error_and_is_reaped(
 def test_small_logs_are_replayed_in_process(tmp_path: Path, helper_pids: list[int]) -> None:
     write_log(tmp_path, make(30))
     out: list[Rec] = []
-    batched: list[Rec] = []
-    offload = Offload(lambda types, payloads: batched.extend(zip(types, payloads)),
-                      min_bytes=1 << 30)
-    replay(tmp_path, lambda t, p: out.append((t, p)), offload=offload)
-    assert out == make(30) and batched == [] and helper_pids == []
+    folders: set[int] = set()
+    replay(tmp_path, offload=passing(out, folders, min_bytes=1 << 30))
+    assert out == make(30) and folders == {os.getpid()} and helper_pids == []
+
+
+def test_who_folds_follows_the_pipe(
+        tmp_path: Path, helper_pids: list[int], request: pytest.FixtureRequest) -> None:
+    write_log(tmp_path, make(200))
+    out: list[Rec] = []
+    folders: set[int] = set()
+    replay(tmp_path, offload=passing(out, folders))
+    assert out == make(200) and len(helper_pids) == 1
+    mode = request.node.callspec.params["small_batches"]
+    if mode == "parent folds":  # the pipe never holds FOLD_AHEAD_BYTES
+        assert folders == {os.getpid()}
+    elif mode == "helper folds":  # it always does
+        assert folders == {helper_pids[0]}
+    else:
+        assert folders <= {os.getpid(), helper_pids[0]}
+
+
+def test_replay_takes_apply_or_offload(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        replay(tmp_path)
+    with pytest.raises(TypeError):
+        replay(tmp_path, lambda t, p: None, offload=passing([]))
 
 
 def _reaped(pid: int) -> bool:
