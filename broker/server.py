@@ -28,7 +28,7 @@ from .commands import (
     dispatch,
     plain_single_publish,
 )
-from .config import RECV_BYTES, BrokerConfig
+from .config import RECV_BYTES, ROUND_REQUESTS, BrokerConfig
 from .checkpointer import Checkpointer
 from .mutations import Mutation, MutationType, Publish, Recover, plain_publish
 from .queues import Queue
@@ -327,14 +327,18 @@ class Broker:
         assert committer is not None
         try:
             async with trio.open_nursery() as waiters:
-                while not self._draining:
-                    with trio.CancelScope() as idle:
-                        self._idle.add(idle)
-                        data = await stream.receive_some(RECV_BYTES)
-                    self._idle.discard(idle)
-                    if idle.cancelled_caught or not data:
-                        break
-                    conn.receive_data(data)
+                buffered = False  # requests left from the last round: run them first
+                while buffered or not self._draining:
+                    if not buffered:
+                        with trio.CancelScope() as idle:
+                            self._idle.add(idle)
+                            data = await stream.receive_some(RECV_BYTES)
+                        self._idle.discard(idle)
+                        if idle.cancelled_caught or not data:
+                            break
+                        conn.receive_data(data)
+                    buffered = False
+                    budget = ROUND_REQUESTS
                     out: list[bytes] = []
                     answered: list[tuple[int, int]] = []  # (index in out, request id)
                     try:
@@ -345,6 +349,12 @@ class Broker:
                     closing = False
                     run = _PublishRun()
                     while True:
+                        if not budget:
+                            # A round's work is bounded: its replies go out (the client
+                            # works on them meanwhile) and other connections get a turn.
+                            buffered = True
+                            break
+                        budget -= 1
                         try:
                             frame = conn.next_frame()
                         except ProtocolError as exc:

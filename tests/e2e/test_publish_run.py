@@ -1,7 +1,8 @@
 """Requests pipelined in one write get exactly the replies they get one at a time.
 
 The broker applies a run of plain single-message publishes from one read as one
-publish; this checks that nothing a client can see depends on it.
+publish, and runs at most ``ROUND_REQUESTS`` requests of a connection per round; this
+checks that nothing a client can see depends on either.
 """
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.config import BrokerConfig
+from broker import server
+from broker.config import ROUND_REQUESTS, BrokerConfig
 from broker.server import Broker
+from broker.wal import replay
 from protocol import Reply
 
 from .rawclient import RawClient
@@ -61,9 +66,18 @@ async def replies(c: RawClient, count: int) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=25, deadline=None)
+@pytest.fixture(params=[ROUND_REQUESTS, 5])
+def round_requests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The default bound on a round, and one small enough to cut runs and blocks."""
+    monkeypatch.setattr(server, "ROUND_REQUESTS", request.param)
+    return int(request.param)
+
+
+# The fixture's setting holds for every example: that is what it is for.
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(reqs=requests)
-async def test_one_write_or_one_at_a_time_gives_the_same_replies(reqs: list[tuple[str, str, dict[str, Any]]]) -> None:
+async def test_one_write_or_one_at_a_time_gives_the_same_replies(
+        round_requests: int, reqs: list[tuple[str, str, dict[str, Any]]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
             together = await start(nursery, Path(tmp) / "together")
@@ -86,3 +100,29 @@ async def test_one_write_or_one_at_a_time_gives_the_same_replies(reqs: list[tupl
                 s2 = await alone.call("consume", {"queue": name, "max": 100})
                 assert s1.result == s2.result
             nursery.cancel_scope.cancel()
+
+
+async def test_a_long_pipeline_is_run_in_bounded_rounds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 plain publishes in one write, 4 requests a round: five rounds, so five WAL
+    records of four messages (one read would have made one record of 20)."""
+    monkeypatch.setattr(server, "ROUND_REQUESTS", 4)
+    data = tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=data))
+        await nursery.start(broker.serve)
+        host, port = broker.addr.rsplit(":", 1)
+        c = await RawClient.open((host, int(port)))
+        assert isinstance(await c.call("queue_create", {"queue": "q"}), Reply)
+        first = c.next_id
+        await c.send_raw(b"".join(c.enc.request(first + i, "publish", {"queue": "q", "messages": [[b"%d" % i]]})
+                                  for i in range(20)))
+        c.next_id += 20
+        got = [await c.frame() for _ in range(20)]
+        assert [(f.id, f.result) for f in got] == [
+            (first + i, {"first_id": 1 + i, "count": 1}) for i in range(20)]
+        nursery.cancel_scope.cancel()
+    publishes: list[int] = []
+    replay(data / "wal", lambda t, p: publishes.append(len(msgpack.unpackb(p)[3])) if t == 3 else None,
+           truncate=False)
+    assert publishes == [4, 4, 4, 4, 4]
