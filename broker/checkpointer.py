@@ -83,6 +83,14 @@ class Checkpointer:
         #: broker refuses publishes, so that acks shrink the live data and the next
         #: try can write its snapshot and reclaim the log.
         self.starved = False
+        self._running = False
+
+    @property
+    def reclaiming(self) -> bool:
+        """A checkpoint is running or asked for. On a full disk the broker refuses
+        publishes meanwhile: they would take the room its snapshot is being written
+        into, and the log could then never be reclaimed without acks."""
+        return self._running or self._wanted.is_set()
 
     def poke(self) -> None:
         """Called when the log passed ``check_at``: start a checkpoint if one is due."""
@@ -114,6 +122,7 @@ class Checkpointer:
                         await self._wanted.wait()
                     self._wanted = trio.Event()
                     healing = self._wal.failed
+                    self._running = True
                     try:
                         await (self.heal() if healing else self.checkpoint())
                         retry_s = 0.0
@@ -128,6 +137,8 @@ class Checkpointer:
                                   exc_info=not isinstance(exc, (OSError, CheckpointError, StorageError)))
                         if not healing:
                             self.check_at = self._wal.appended_lsn + self._min_bytes
+                    finally:
+                        self._running = False
         finally:
             self._stopped.set()
 

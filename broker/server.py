@@ -230,7 +230,9 @@ class Broker:
         """Refuse ``mutations`` with DISK_FULL, before anything is applied, unless the
         log has room reserved for their records plus the acks of every live message
         (theirs included) and ``RESERVE_MARGIN`` (and ``PUBLISH_HEADROOM`` for a
-        publish). Acks are always admitted: their room was reserved at publish."""
+        publish). Acks are always admitted: their room was reserved at publish. Once
+        the disk has been found full, publishes are also refused while a checkpoint is
+        reclaiming the log or has no room for its snapshot: they would take that room."""
         wal = self._log
         assert wal is not None
         if wal.failed:
@@ -255,7 +257,9 @@ class Broker:
         reserve = self._log_reserve()
         wal.reserve_hint = reserve
         total = need + reserve + headroom + self._unflushed
-        starved = headroom and self._checkpointer is not None and self._checkpointer.starved
+        cp = self._checkpointer
+        starved = headroom and cp is not None and (
+            cp.starved or (self._disk_full and cp.reclaiming))
         if starved or (total > wal.room and not wal.ensure_room(total)):
             if not self._disk_full:  # from now on every request asks reclaim (above)
                 self._disk_full = True
@@ -263,7 +267,7 @@ class Broker:
                     self._checkpointer.reclaim()
                 log.warning("disk full: no room in %s for new work; refusing it with DISK_FULL "
                             "(the acks of live messages keep their reserved room)", self.wal_dir)
-            why = ("a checkpoint must reclaim the log first and has no room for its snapshot"
+            why = ("a checkpoint must reclaim the log first"
                    if starved else f"{need} bytes of log plus {reserve} reserved for acks")
             raise ProtocolError(
                 ErrorCode.DISK_FULL,
