@@ -47,12 +47,24 @@ async def test_malformed_request_shape_is_answered_and_survivable(broker_addr: t
     assert isinstance(await c.call("ping", {}), Reply)
 
 
+def _framed(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+#: ``[0, 1, "queue_create", {"queue": "e", "shards": `` - the value follows.
+_SHARDS_ARG = b"\x94\x00\x01\xacqueue_create\x82\xa5queue\xa1e\xa6shards"
+
+
 @pytest.mark.parametrize(
     ("payload", "code"),
     [
         (struct.pack(">I", 1) + b"\xc1", ErrorCode.MALFORMED_FRAME),
         (struct.pack(">I", 0xFFFFFFFF), ErrorCode.FRAME_TOO_LARGE),
         (struct.pack(">I", 16 * 1024 * 1024 + 1), ErrorCode.FRAME_TOO_LARGE),
+        # SPEC 1.1: an ext of type -128..-2, or a timestamp with nanoseconds past
+        # 999,999,999, anywhere in the body (here: the value of "shards").
+        (_framed(_SHARDS_ARG + b"\xd4\xfe\x00"), ErrorCode.MALFORMED_FRAME),
+        (_framed(_SHARDS_ARG + b"\xd7\xff\xee\x6b\x28\x00\x00\x00\x00\x04"), ErrorCode.MALFORMED_FRAME),
     ],
 )
 async def test_lost_framing_gets_an_error_then_close(
