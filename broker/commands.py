@@ -246,6 +246,9 @@ def queue_stats(session: Session, args: dict[str, Any], ctx: Context) -> Outcome
     return Outcome(existing_queue(args, ctx).stats())
 
 
+_LIST, _BYTES, _ONE = {list}, {bytes}, {1}
+
+
 def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     queue = existing_queue(args, ctx)
     entries = args.get("messages")
@@ -266,10 +269,10 @@ def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
         if len(first[0]) > cfg.max_message:
             _too_large([first[0]], cfg.max_message)
         mutation = plain_publish(queue.name, queue.next_id, now, [first[0]])
-    elif all(type(e) is list and len(e) == 1 for e in entries):
-        # Plain messages: one column, checked with builtins.
-        bodies = [e[0] for e in entries]
-        if not all(type(b) is bytes for b in bodies):
+    elif set(map(type, entries)) == _LIST and set(map(len, entries)) == _ONE:
+        # Plain messages: one column, checked with builtins (no Python call per entry).
+        bodies = [b for (b,) in entries]
+        if set(map(type, bodies)) != _BYTES:
             index = next(i for i, b in enumerate(bodies) if type(b) is not bytes)
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if max(map(len, bodies)) > cfg.max_message:

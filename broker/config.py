@@ -15,7 +15,7 @@ DEFAULT_MAX_QUEUES = 10_000
 #: Consume requests one connection may have waiting at once.
 DEFAULT_MAX_WAITERS = 1024
 #: Largest read from a socket at once; bounds a connection's input buffer with max_frame.
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 1024 * 1024
 #: Requests one connection runs per round (one group commit and one reply write);
 #: the rest of what it sent wait in its buffer for the next round.
 ROUND_REQUESTS = 128
