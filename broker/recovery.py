@@ -437,7 +437,6 @@ class _SkipUnknownQueues:
         self._state.apply_fields(rtype, fields)
 
 
-
 def _count_records(data: bytes, off: int) -> int:
     """Valid records from ``off`` on, stepping over bad ones by their length fields."""
     n = len(data)

@@ -145,6 +145,15 @@ class Helper:
         os.waitpid(self._pid, 0)
 
 
+def _unread(w: int, buf: array.array[int]) -> int:
+    """Bytes written to the pipe ``w`` and not yet read (0 where that cannot be told)."""
+    try:
+        fcntl.ioctl(w, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
+
+
 def _helper_main(w: int, segments: int, read: ReadSegment, batches: Batches,
                  fold: Callable[[bytes, list[bytes]], list[Any]]) -> None:
     pack = msgpack.Packer(use_bin_type=True).pack
@@ -164,8 +173,7 @@ def _helper_main(w: int, segments: int, read: ReadSegment, batches: Batches,
             count = 0
             for start, stop, types, payloads in batches(data, stop):
                 count += len(payloads)
-                fcntl.ioctl(w, termios.FIONREAD, unread)
-                if unread[0] >= FOLD_AHEAD_BYTES:  # rule 2: the parent is busy
+                if _unread(w, unread) >= FOLD_AHEAD_BYTES:  # rule 2: the parent is busy
                     send([_FOLDED, start, stop, fold(types, payloads)])
                 else:
                     send([_RECORDS, start, stop, types, payloads])
