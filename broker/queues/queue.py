@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from itertools import islice, repeat
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
 from protocol import shard_for_key
 
-from .message import DELAYED, DELETED, LEASED, READY, Message
+from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
 from .ready import READY_SETS, ReadySet
 
 #: Bytes a delivery adds to a consume reply beyond its body and key (msgpack overhead).
@@ -173,9 +173,8 @@ class Queue:
                 msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0)
                 sets[0].push(msg)
             else:
-                ids = range(first_id, first_id + n)
-                new = list(map(Message, ids, bodies, repeat(None, n), repeat(0, n), repeat(0, n)))
-                msgs.update(zip(ids, new))
+                new = plain_messages(first_id, bodies)
+                msgs.update(zip(range(first_id, first_id + n), new))
                 sets[0].push_many(new)
         else:
             for i, body in enumerate(bodies):
