@@ -148,7 +148,8 @@ def replay(directory: str | os.PathLike[str], apply: Callable[[int, bytes], obje
                     f"at LSN {end_lsn}")
             # With a helper reading the records, this process needs only the header,
             # and the bytes from the record where a scan stops short.
-            data, size = _read_segment(io, seg_path, SEGMENT_HEADER_SIZE if helper is not None else None)
+            head_only = SEGMENT_HEADER_SIZE if helper is not None else None
+            data, size = _read_segment(io, seg_path, head_only)
             if size < SEGMENT_HEADER_SIZE and last:
                 truncated_bytes, truncated_at = size, (name, 0)
                 _warn(seg_path, 0, size, "segment header cut short")

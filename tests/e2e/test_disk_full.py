@@ -154,8 +154,9 @@ async def test_publishes_resume_when_space_is_freed_elsewhere(
     # for (the last test says why); once it is done the room is used.
     checkpointer = broker._checkpointer
     assert checkpointer is not None
-    while checkpointer.reclaiming or checkpointer.starved:
-        await trio.sleep(0.01)
+    with trio.fail_after(60):  # MockClock seconds: a retry comes within 4
+        while checkpointer.reclaiming or checkpointer.starved:
+            await trio.sleep(0.01)
     r = await c.call("publish", {"queue": "q", "messages": [[b"after"]]})
     assert isinstance(r, Reply), r
     assert await count(c) == len(confirmed) + 1
@@ -211,8 +212,9 @@ async def test_publishes_wait_for_the_checkpoint_that_reclaims_a_full_disk(
     assert "reclaim" in r.message and await count(c) == 0
     assert checkpointer.reclaiming and not checkpointer.starved
     gate.set()
-    while checkpointer.reclaiming:
-        await trio.sleep(0.01)
+    with trio.fail_after(60):  # MockClock seconds
+        while checkpointer.reclaiming:
+            await trio.sleep(0.01)
     r = await c.call("publish", {"queue": "q", "messages": [[b"after"]]})
     assert isinstance(r, Reply), r
     assert await count(c) == 1

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from broker import server
 from broker.config import ROUND_REQUESTS, BrokerConfig
+from broker.mutations import Publish
 from broker.server import Broker
 from broker.wal import replay
 from protocol import Reply
@@ -115,14 +116,18 @@ async def test_a_long_pipeline_is_run_in_bounded_rounds(
         c = await RawClient.open((host, int(port)))
         assert isinstance(await c.call("queue_create", {"queue": "q"}), Reply)
         first = c.next_id
-        await c.send_raw(b"".join(c.enc.request(first + i, "publish", {"queue": "q", "messages": [[b"%d" % i]]})
-                                  for i in range(20)))
+        await c.send_raw(b"".join(
+            c.enc.request(first + i, "publish", {"queue": "q", "messages": [[b"%d" % i]]})
+            for i in range(20)))
         c.next_id += 20
         got = [await c.frame() for _ in range(20)]
         assert [(f.id, f.result) for f in got] == [
             (first + i, {"first_id": 1 + i, "count": 1}) for i in range(20)]
         nursery.cancel_scope.cancel()
     publishes: list[int] = []
-    replay(data / "wal", lambda t, p: publishes.append(len(msgpack.unpackb(p)[3])) if t == 3 else None,
-           truncate=False)
+    def count_publish(rtype: int, payload: bytes) -> None:
+        if rtype == Publish.TYPE:
+            publishes.append(len(msgpack.unpackb(payload)[3]))
+
+    replay(data / "wal", count_publish, truncate=False)
     assert publishes == [4, 4, 4, 4, 4]
