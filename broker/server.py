@@ -32,8 +32,10 @@ from .config import RECV_BYTES, ROUND_REQUESTS, BrokerConfig
 from .checkpointer import Checkpointer
 from .mutations import Mutation, MutationType, Publish, Recover, plain_publish
 from .queues import Queue
+from .replies import Replies, Round
 from .state import BrokerState, ack_cost
 from .wal import FileIO, FsyncPolicy, GroupCommitter, SegmentedLog, StorageError, encode_record
+from .wal.synchelper import SyncHelper
 
 log = logging.getLogger("lockgate.server")
 
@@ -116,8 +118,12 @@ class Broker:
         gcpolicy.tune()
         self.recover()
         assert self._log is not None
+        policy = FsyncPolicy(self.config.fsync)
+        # Big sync rounds go to a helper process. A FileIO of the caller's own (one that
+        # counts or fails calls) sees every fdatasync instead.
+        helper = SyncHelper.start() if policy is FsyncPolicy.ALWAYS and self._io is None else None
         self._committer = GroupCommitter(
-            self._log, FsyncPolicy(self.config.fsync), interval_ms=self.config.fsync_interval_ms)
+            self._log, policy, interval_ms=self.config.fsync_interval_ms, helper=helper)
         self._checkpointer = Checkpointer(
             self.state, self._log, self._committer, str(self.wal_dir),
             self._io if self._io is not None else FileIO(),
@@ -159,6 +165,8 @@ class Broker:
                         await self._committer.aclose()
                 finally:
                     self._log.close()
+                    if helper is not None:
+                        helper.close()
             log.info("stopped%s", " cleanly" if clean else "")
 
     async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,
@@ -327,74 +335,16 @@ class Broker:
         conn = Connection("server", max_frame=self.config.max_frame)
         enc = conn.encoder
         send_lock = trio.Lock()
-        committer = self._committer
-        assert committer is not None
+        assert self._committer is not None
+        replies = Replies(stream, send_lock, self._committer, enc, self._heal_soon)
         try:
             async with trio.open_nursery() as waiters:
-                buffered = False  # requests left from the last round: run them first
-                while buffered or not self._draining:
-                    if not buffered:
-                        with trio.CancelScope() as idle:
-                            self._idle.add(idle)
-                            data = await stream.receive_some(RECV_BYTES)
-                        self._idle.discard(idle)
-                        if idle.cancelled_caught or not data:
-                            break
-                        conn.receive_data(data)
-                    buffered = False
-                    budget = ROUND_REQUESTS
-                    out: list[bytes] = []
-                    answered: list[tuple[int, int]] = []  # (index in out, request id)
+                async with trio.open_nursery() as replying:
+                    replying.start_soon(replies.run)
                     try:
-                        self._run_due()
-                    except StorageError:
-                        pass  # the replies below wait on the log and report it
-                    ctx = self._context()
-                    closing = False
-                    run = _PublishRun()
-                    while True:
-                        if not budget:
-                            # A round's work is bounded: its replies go out (the client
-                            # works on them meanwhile) and other connections get a turn.
-                            buffered = True
-                            break
-                        budget -= 1
-                        try:
-                            frame = conn.next_frame()
-                        except ProtocolError as exc:
-                            self._flush_run(run, session, ctx, enc, out, answered)
-                            out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
-                            if exc.fatal:
-                                closing = True
-                                break
-                            continue
-                        if frame is NEED_DATA:
-                            break
-                        if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
-                            continue
-                        if run.frames:
-                            self._flush_run(run, session, ctx, enc, out, answered)
-                            if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
-                                continue
-                        self._answer(session, frame, ctx, enc, out, answered,
-                                     waiters, stream, send_lock)
-                    self._flush_run(run, session, ctx, enc, out, answered)
-                    # No reply may reveal state the log could still lose: every reply,
-                    # whether or not its request logged anything, waits until the log
-                    # covers all that has been applied so far.
-                    try:
-                        lsn = self._durable_lsn()
-                        if answered:
-                            await committer.wait_durable(lsn)
-                    except StorageError as exc:
-                        self._heal_soon()
-                        for index, rid in answered:
-                            out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
-                    if out:
-                        async with send_lock:
-                            await stream.send_all(b"".join(out))
-                    if closing:
-                        break
+                        await self._run_rounds(session, conn, stream, replies, waiters, send_lock)
+                    finally:
+                        replies.close()  # the reply task sends what it holds, then ends
                 if not self._draining:
                     waiters.cancel_scope.cancel()  # gone or broken: drop its held consumes
                 # While draining, held consumes answer at once and the nursery waits for them.
@@ -405,6 +355,72 @@ class Broker:
             log.exception("connection %s failed", session.peer)
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
+                          replies: Replies, waiters: trio.Nursery, send_lock: trio.Lock) -> None:
+        """Read and run one connection's requests in rounds until it closes or drains;
+        each round's replies go to ``replies``."""
+        enc = conn.encoder
+        buffered = False  # requests left from the last round: run them first
+        while buffered or not self._draining:
+            if not buffered:
+                with trio.CancelScope() as idle:
+                    self._idle.add(idle)
+                    data = await stream.receive_some(RECV_BYTES)
+                self._idle.discard(idle)
+                if idle.cancelled_caught or not data:
+                    return
+                conn.receive_data(data)
+            buffered = False
+            budget = ROUND_REQUESTS
+            out: list[bytes] = []
+            answered: list[tuple[int, int]] = []  # (index in out, request id)
+            try:
+                self._run_due()
+            except StorageError:
+                pass  # the replies below wait on the log and report it
+            ctx = self._context()
+            closing = False
+            run = _PublishRun()
+            while True:
+                if not budget:
+                    # A round's work is bounded: its replies go out (the client works
+                    # on them meanwhile) and other connections get a turn.
+                    buffered = True
+                    break
+                budget -= 1
+                try:
+                    frame = conn.next_frame()
+                except ProtocolError as exc:
+                    self._flush_run(run, session, ctx, enc, out, answered)
+                    out.append(enc.error(exc.request_id, exc.code, exc.message, exc.details))
+                    if exc.fatal:
+                        closing = True
+                        break
+                    continue
+                if frame is NEED_DATA:
+                    break
+                if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
+                    continue
+                if run.frames:
+                    self._flush_run(run, session, ctx, enc, out, answered)
+                    if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
+                        continue
+                self._answer(session, frame, ctx, enc, out, answered, waiters, stream, send_lock)
+            self._flush_run(run, session, ctx, enc, out, answered)
+            # No reply may reveal state the log could still lose: every reply, whether
+            # or not its request logged anything, waits until the log covers all that
+            # has been applied so far.
+            try:
+                lsn = self._durable_lsn()
+            except StorageError as exc:
+                self._heal_soon()
+                for index, rid in answered:
+                    out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+                lsn, answered = 0, []
+            await replies.send(Round(out, answered, lsn))
+            if closing:
+                return
 
     def _answer(self, session: Session, frame: Request, ctx: Context, enc: Encoder,
                 out: list[bytes], answered: list[tuple[int, int]], waiters: trio.Nursery,

@@ -15,8 +15,9 @@ final time and stopped with SIGTERM again.
 Workload. Three queues, created once, all with ``max_attempts`` 0 (no dead-lettering,
 so every message stays accounted for) and a short visibility (300-800 ms) so leases
 really expire: a fifo queue, a priority queue and a 4-shard fifo queue published to
-with keys. Producers publish single messages and atomic batches of 2-200; every body
-starts with a unique tag. Consumers consume 1-100 at a time and ack most deliveries,
+with keys. Producers publish single messages and atomic batches of 2-200, and now and
+then one of 500-1000 (big enough for the broker to fdatasync it in its sync helper);
+every body starts with a unique tag. Consumers consume 1-100 at a time and ack most deliveries,
 nack some (sometimes with a delay) and ignore the rest, letting their leases expire.
 
 What is checked (violations; each must be zero):
@@ -589,13 +590,16 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 time.sleep(0.01)
                 continue
             spec = rng.choice(load.specs)
-            count = 1 if rng.random() < 0.4 else rng.randint(2, 200)
+            roll = rng.random()
+            big = roll < 0.03  # a round the sync helper fdatasyncs (HELPER_MIN_BYTES)
+            count = rng.randint(500, 1000) if big else 1 if roll < 0.4 else rng.randint(2, 200)
             bodies: list[bytes] = []
             messages: list[Message] = []
             for _ in range(count):
                 seq += 1
                 tag = f"i{load.iteration}-p{index}-{seq:07d}".encode()
-                pad = rng.randbytes(4000 if rng.random() < 0.01 else rng.choice((0, 0, 16, 100)))
+                pad = rng.randbytes(128 if big else 4000 if rng.random() < 0.01
+                                    else rng.choice((0, 0, 16, 100)))
                 key = f"k{rng.randrange(8)}".encode() if spec.keyed and rng.random() < 0.8 else None
                 priority = rng.randrange(10) if spec.prioritized else None
                 delay = rng.randint(1, 200) if rng.random() < 0.03 else None

@@ -1,29 +1,48 @@
 """Group commit: when a record may be confirmed, under the fsync policy in force.
 
-One committer task (``run``) owns syncing. Under ``ALWAYS`` a waiter parks on the
-Event of the next sync round and wakes the committer; the committer first yields so
-every runnable task can append, then swaps in a fresh Event, writes and fdatasyncs
-once and sets the old Event. Everything appended before the swap is covered by that
-round; anything appended while it runs waits for the next. One Event per round, never
-one per record.
+Under ``ALWAYS`` a round covers everything written when it starts, with one fdatasync,
+and sets one Event for all of its waiters: never one fsync or Event per record.
+A round runs in one of two ways; an inline round never awaits, and at most one flight
+is in the air (an inline round may run meanwhile: each covers what was written when it
+began):
+
+1. Inline, for rounds smaller than ``helper_min_bytes`` (and always without a
+   helper): the first waiter leads the round. It yields for a few scheduler passes so
+   that every runnable task can append and join, then writes and fdatasyncs in the
+   event loop. Whoever arrives once it syncs waits for the next round. A leader
+   cancelled before it syncs hands the round to the committer task (``run``).
+2. In flight, for bigger rounds: ``take_off`` writes, hands the fdatasync to the sync
+   helper process (``synchelper``) and returns at once, so the event loop goes on
+   serving (the connection that appended the round, too: it calls ``take_off`` before
+   it reads on). The first waiter to need the round lands it: it waits for the
+   helper's answer and wakes the others. A waiter whose record the flight does not
+   cover waits for it to land first, then starts the next round.
 
 A failed write or fsync fails the log (``SegmentedLog`` stops advancing
 ``synced_lsn``): the round's waiters, and every later one, get ``StorageError`` until
-the log is restarted in a new segment (``SegmentedLog.restart_at``).
+the log is restarted in a new segment (``SegmentedLog.restart_at``). A helper that is
+gone leaves rounds inline from then on.
 """
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 
 import trio
 
-from .log import SegmentedLog, StorageError
+from .log import SegmentedLog, StorageError, SyncTicket
+from .synchelper import SyncHelper, SyncHelperGone
 
-__all__ = ["FsyncPolicy", "GroupCommitter", "StorageError"]
+__all__ = ["HELPER_MIN_BYTES", "FsyncPolicy", "GroupCommitter", "StorageError"]
 
-#: Scheduler passes the committer yields for, at most, before syncing; it stops early
-#: once a pass adds no record. Each pass lets tasks woken by new input append.
+logger = logging.getLogger("lockgate.wal")
+
+#: Scheduler passes an inline round's leader yields for, at most, before syncing; it
+#: stops early once a pass adds no record. Each pass lets tasks woken by new input append.
 GATHER_PASSES = 4
+#: Rounds covering at least this many bytes (appended since the last sync) fly: they
+#: are fdatasynced by the sync helper, if there is one.
+HELPER_MIN_BYTES = 64 * 1024
 
 
 class FsyncPolicy(StrEnum):
@@ -39,31 +58,44 @@ class FsyncPolicy(StrEnum):
     NEVER = "never"
 
 
+class _Flight:
+    """A round whose fdatasync the helper is running."""
+
+    __slots__ = ("ticket", "landed", "landing")
+
+    def __init__(self, ticket: SyncTicket) -> None:
+        self.ticket = ticket
+        self.landed = trio.Event()
+        self.landing = False
+
+
 class GroupCommitter:
     """Confirms records of one ``SegmentedLog`` under ``policy``; start ``run`` first.
 
-    ``sync_in_thread`` moves the ``ALWAYS`` fdatasync to a worker thread (the write
-    stays in the trio thread). Inline is the default: here a thread hop costs more
-    than it saves unless fsyncs are slow. ``INTERVAL`` always syncs inline.
+    With a ``helper`` (``ALWAYS`` only), rounds of at least ``helper_min_bytes`` fly
+    (see the module docstring); its owner starts and closes it.
     """
 
     def __init__(self, log: SegmentedLog, policy: FsyncPolicy, *, interval_ms: int = 100,
-                 sync_in_thread: bool = False) -> None:
+                 helper: SyncHelper | None = None,
+                 helper_min_bytes: int = HELPER_MIN_BYTES) -> None:
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be positive, got {interval_ms}")
         self._log = log
         self._policy = FsyncPolicy(policy)
         self._always = self._policy is FsyncPolicy.ALWAYS
         self._interval = interval_ms / 1000
-        self._in_thread = sync_in_thread
-        self._round = trio.Event()  # set when the next sync round finishes
-        self._wanted = trio.Event()  # set when a waiter needs a round
-        self._lock = trio.Lock()  # one sync at a time (a round, or aclose)
+        self._helper = helper if self._always else None
+        self._helper_min_bytes = helper_min_bytes
+        self._round = trio.Event()  # set when the next inline round finishes
+        self._wanted = trio.Event()  # set when a cancelled leader left its round undone
         self._closed = False
         self._closed_event = trio.Event()
         self._syncs = 0
-        #: A waiter is running a round itself (see ``_lead``).
+        #: A waiter is running an inline round itself (see ``_lead``).
         self._leading = False
+        #: The round the helper is syncing, if any.
+        self._flight: _Flight | None = None
 
     @property
     def policy(self) -> FsyncPolicy:
@@ -74,6 +106,21 @@ class GroupCommitter:
         """Sync rounds completed (each at most one fdatasync)."""
         return self._syncs
 
+    def syncs_elsewhere(self, lsn: int) -> bool:
+        """True if the round that covers ``lsn`` would fly: the event loop stays free
+        while it syncs."""
+        log = self._log
+        return lsn > log.synced_lsn and self._flies()
+
+    def take_off(self) -> None:
+        """Start a flying round now, if one is due and none is in flight: call it right
+        after appending a big round, before working on. No wait."""
+        if self._flight is None and self._flies() and not self._closed and not self._log.failed:
+            try:
+                self._launch()
+            except StorageError:
+                pass  # the write failed the log; the round's waiters see it and raise
+
     async def wait_durable(self, lsn: int) -> None:
         """Return once the record ending at ``lsn`` is confirmed under the policy.
 
@@ -81,21 +128,21 @@ class GroupCommitter:
         that, and ``ValueError`` if ``lsn`` was never appended.
         """
         log = self._log
-        if lsn <= log.synced_lsn:
-            return
         if self._always:
-            while True:
+            while lsn > log.synced_lsn:
                 self._check(lsn)
-                if self._in_thread:
-                    event = self._round  # the committer task syncs in a worker thread
-                    self._wanted.set()
-                    await event.wait()
+                flight = self._flight
+                if flight is not None:
+                    await self._land(flight)  # first, even if it does not cover lsn
+                elif self._flies():
+                    self._launch()
                 elif not self._leading:
                     await self._lead()
                 else:
                     await self._round.wait()  # the leader's round covers this record
-                if lsn <= log.synced_lsn:
-                    return
+            return
+        if lsn <= log.synced_lsn:
+            return
         if lsn > log.written_lsn:
             self._check(lsn)
             log.write()
@@ -113,17 +160,15 @@ class GroupCommitter:
                     break
                 self._wanted = trio.Event()
                 await self._gather()
-                async with self._lock:
-                    if not self._closed:
-                        await self._sync_round()
+                if not self._closed:
+                    self._sync_round()
         elif self._policy is FsyncPolicy.INTERVAL:
             log = self._log
             while not self._closed:
                 with trio.move_on_after(self._interval):
                     await self._closed_event.wait()
                 if not self._closed and not log.failed and log.synced_lsn < log.appended_lsn:
-                    async with self._lock:
-                        await self._sync_round()
+                    self._sync_round()
         else:
             await self._closed_event.wait()
 
@@ -137,14 +182,13 @@ class GroupCommitter:
         self._closed = True
         self._closed_event.set()
         self._wanted.set()
-        async with self._lock:
-            event, self._round = self._round, trio.Event()
-            try:
-                if not self._log.failed:
-                    self._log.sync()
-                    self._syncs += 1
-            finally:
-                event.set()
+        event, self._round = self._round, trio.Event()
+        try:
+            if not self._log.failed:
+                self._log.sync()
+                self._syncs += 1
+        finally:
+            event.set()
 
     # -- internals ---------------------------------------------------------------
 
@@ -157,6 +201,60 @@ class GroupCommitter:
         if lsn > log.appended_lsn:
             raise ValueError(f"LSN {lsn} is past the end of the log ({log.appended_lsn})")
 
+    def _flies(self) -> bool:
+        """Whether the next round is big enough for the helper, and there is one."""
+        helper = self._helper
+        log = self._log
+        return (helper is not None and not helper.gone
+                and log.appended_lsn - log.synced_lsn >= self._helper_min_bytes)
+
+    def _launch(self) -> None:
+        """Write and hand the fdatasync to the helper (``_flight``); no wait. Inline
+        instead if the helper turns out gone. StorageError if the write fails."""
+        helper = self._helper
+        assert helper is not None and self._flight is None
+        ticket = self._log.begin_sync()
+        if ticket is None:
+            return
+        try:
+            helper.send(ticket.fd)
+        except SyncHelperGone as exc:
+            self._helper_gone(exc)
+            return
+        self._flight = _Flight(ticket)
+
+    async def _land(self, flight: _Flight) -> None:
+        """Wait until ``flight`` has landed; the first caller waits for the helper."""
+        if flight.landing:
+            await flight.landed.wait()
+            return
+        flight.landing = True
+        helper = self._helper
+        assert helper is not None
+        try:
+            await helper.receive()
+        except SyncHelperGone as exc:
+            self._helper_gone(exc)  # the data was written: sync it here instead
+        except OSError as exc:
+            try:
+                self._log.end_sync(flight.ticket, exc)
+            except StorageError:
+                pass  # the log is failed; the waiters see it and raise
+        else:
+            self._log.end_sync(flight.ticket, None)
+            self._syncs += 1
+        finally:
+            self._flight = None
+            flight.landed.set()
+
+    def _helper_gone(self, exc: OSError) -> None:
+        logger.warning("%s; the log is synced in the event loop from now on", exc)
+        try:
+            self._log.sync()
+            self._syncs += 1
+        except StorageError:
+            pass  # the log is failed; the waiters see it and raise
+
     async def _gather(self) -> None:
         log = self._log
         for _ in range(GATHER_PASSES):
@@ -166,34 +264,29 @@ class GroupCommitter:
                 break
 
     async def _lead(self) -> None:
-        """Run one sync round in this task for every waiter that joins it.
+        """Run one inline round in this task for every waiter that joins it.
 
         The leader yields so that every runnable task can append and wait on this
-        round, then syncs inline: one scheduler pass instead of handing the round to
-        the committer task and back. If the leader is cancelled before it syncs, the
+        round, then syncs: one scheduler pass instead of handing the round to the
+        committer task and back. If the leader is cancelled before it syncs, the
         committer task runs the round instead.
         """
         self._leading = True
         synced = False
         try:
             await self._gather()
-            async with self._lock:
-                await self._sync_round()
+            self._sync_round()
             synced = True
         finally:
             self._leading = False
             if not synced:
                 self._wanted.set()
 
-    async def _sync_round(self) -> None:
-        log = self._log
+    def _sync_round(self) -> None:
+        """Write and fdatasync in the event loop; wake the round's waiters."""
         event, self._round = self._round, trio.Event()
         try:
-            if self._in_thread and self._always:
-                log.write()
-                await trio.to_thread.run_sync(log.sync_written)
-            else:
-                log.sync()
+            self._log.sync()
             self._syncs += 1
         except StorageError:
             pass  # the log is failed; woken waiters see it and raise

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from .fileio import NO_SPACE_ERRNOS, OPEN_APPEND, FileIO, read_all, write_all
 from .record import RECORD_HEADER_SIZE
@@ -49,7 +50,7 @@ from .segment import (
     segment_name,
 )
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOC_STEP", "SegmentedLog", "StorageError"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOC_STEP", "SegmentedLog", "StorageError", "SyncTicket"]
 
 logger = logging.getLogger("lockgate.wal")
 
@@ -74,13 +75,24 @@ class StorageError(Exception):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class SyncTicket:
+    """What one fdatasync outside ``SegmentedLog.sync`` covers (``begin_sync``). The
+    descriptor is the log's: hand it on (or dup it) before anything can roll the log."""
+
+    fd: int
+    lsn: int
+    restarts: int
+
+
 class SegmentedLog:
     """A directory of segments, appended to by one owner (see the module docstring)."""
 
     __slots__ = (
         "_buf", "_appended", "_written", "_synced", "_stop", "_failure",
         "_io", "_dir", "_segment_bytes", "_fd", "_base", "_seg_size",
-        "_alloc_end", "_prealloc", "_roll_retry_at", "reserved_lsn", "reserve_hint",
+        "_alloc_end", "_prealloc", "_roll_retry_at", "_restarts", "reserved_lsn",
+        "reserve_hint",
     )
 
     def __init__(self, directory: str, io: FileIO, segment_bytes: int,
@@ -104,6 +116,8 @@ class SegmentedLog:
         #: Whether the file system reserves blocks (None: not tried yet).
         self._prealloc: bool | None = None
         self._roll_retry_at = 0.0
+        #: How often ``restart_at`` has left a failed segment.
+        self._restarts = 0
         #: LSN below which appended records have reserved room (see the module docstring).
         self.reserved_lsn = end
         #: Bytes the owner wants reserved beyond the appended records; a new segment is
@@ -258,23 +272,28 @@ class SegmentedLog:
                 raise self._fail("fdatasync", exc) from exc
             self._synced = self._written
 
-    def sync_written(self) -> None:
-        """fdatasync only what ``write()`` already handed to the OS.
-
-        Touches no buffer, so it may run in a worker thread while the owning thread
-        keeps appending, provided nothing calls ``write``/``sync``/``close`` meanwhile.
-        """
+    def begin_sync(self) -> SyncTicket | None:
+        """``write()``, then name what an fdatasync made elsewhere (another thread or
+        process) must cover: the active segment's descriptor and the LSN written. None
+        if that is durable already. Hand the result to ``end_sync``; meanwhile the log
+        may append, write and roll as usual."""
         if self._stop is not None:
             raise StorageError(self._stop)
-        target = self._written
-        if target <= self._synced:
+        self.write()
+        if self._written <= self._synced:
+            return None
+        return SyncTicket(self._fd, self._written, self._restarts)
+
+    def end_sync(self, ticket: SyncTicket, error: OSError | None) -> None:
+        """Record how the fdatasync of ``ticket`` ended: ``synced_lsn`` advances to its
+        LSN, or ``error`` fails the log (StorageError), unless the log has since left
+        that segment for a new one by ``restart_at``."""
+        if error is not None:
+            if ticket.restarts == self._restarts:
+                raise self._fail("fdatasync", error) from error
             return
-        try:
-            self._io.fdatasync(self._fd)
-        except OSError as exc:
-            raise self._fail("fdatasync", exc) from exc
-        if target > self._synced:
-            self._synced = target
+        if ticket.lsn > self._synced and self._failure is None:
+            self._synced = ticket.lsn
 
     def close(self) -> None:
         """``sync()`` (unless failed) and close the active segment. Idempotent."""
@@ -410,6 +429,7 @@ class SegmentedLog:
                        segment_name(lsn), self._failure)
         self._failure = None
         self._stop = None
+        self._restarts += 1
 
     def _may_roll(self) -> bool:
         return time.monotonic() >= self._roll_retry_at

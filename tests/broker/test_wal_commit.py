@@ -9,11 +9,16 @@ import pytest
 import trio
 import trio.testing
 
+import os
+import signal
+from collections.abc import Iterator
+
 from broker.wal.commit import FsyncPolicy, GroupCommitter, StorageError
 from broker.wal.fileio import BytesLike, FileIO
 from broker.wal.log import SegmentedLog
 from broker.wal.record import encode_record
 from broker.wal.replay import replay
+from broker.wal.synchelper import SyncHelper
 
 
 class CountingIO(FileIO):
@@ -37,6 +42,31 @@ class CountingIO(FileIO):
         super().fdatasync(fd)
 
 
+class FailableHelper(SyncHelper):
+    """The real helper process; ``failing`` makes its answers an injected EIO instead."""
+
+    failing = False
+
+    async def receive(self) -> None:
+        await super().receive()
+        if self.failing:
+            raise OSError(errno.EIO, "injected fdatasync failure in the helper")
+
+
+@pytest.fixture
+def helper() -> Iterator[FailableHelper]:
+    h = FailableHelper.start()
+    yield h  # type: ignore[misc]
+    h.close()
+
+
+def committer_for(log: SegmentedLog, where: str, helper: SyncHelper) -> GroupCommitter:
+    """An ALWAYS committer syncing every round inline, or every round in ``helper``."""
+    if where == "inline":
+        return GroupCommitter(log, FsyncPolicy.ALWAYS)
+    return GroupCommitter(log, FsyncPolicy.ALWAYS, helper=helper, helper_min_bytes=0)
+
+
 REC = encode_record(3, b"x" * 40)
 
 
@@ -58,10 +88,11 @@ def count_records(path: Path) -> int:
     return n
 
 
-@pytest.mark.parametrize("in_thread", [False, True])
-async def test_many_waiters_share_few_fsyncs(tmp_path: Path, in_thread: bool) -> None:
+@pytest.mark.parametrize("where", ["inline", "helper"])
+async def test_many_waiters_share_few_fsyncs(tmp_path: Path, where: str,
+                                             helper: SyncHelper) -> None:
     log, io = open_log(tmp_path)
-    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=in_thread)
+    committer = committer_for(log, where, helper)
     done: list[int] = []
 
     async def client(rounds: int) -> None:
@@ -78,23 +109,70 @@ async def test_many_waiters_share_few_fsyncs(tmp_path: Path, in_thread: bool) ->
                 clients.start_soon(client, 5)
         await committer.aclose()
     assert len(done) == 1000
-    assert io.calls["fdatasync"] <= 12  # ~one per round of 200, not one per record
-    assert committer.syncs >= io.calls["fdatasync"]
+    assert committer.syncs <= 12  # ~one round per 200 records, not one per record
+    if where == "inline":
+        assert 1 <= io.calls["fdatasync"] <= committer.syncs
+    else:
+        assert io.calls["fdatasync"] == 0  # every round went to the helper
     log.close()
     assert count_records(tmp_path) == 1000
 
 
-async def test_records_appended_during_a_sync_wait_for_the_next(tmp_path: Path) -> None:
+async def test_records_appended_during_a_helper_sync_wait_for_the_next(
+        tmp_path: Path, helper: SyncHelper) -> None:
     log, io = open_log(tmp_path)
-    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=True)
+    committer = committer_for(log, "helper", helper)
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         first = log.append(REC)
         nursery.start_soon(committer.wait_durable, first)
-        await trio.testing.wait_all_tasks_blocked()  # the round is in its thread now
-        second = log.append(REC)
-        await committer.wait_durable(second)
-        assert log.synced_lsn >= second and io.calls["fdatasync"] == 2
+        await trio.testing.wait_all_tasks_blocked()  # the round waits for the helper now
+        assert committer.syncs == 0
+        second = log.append(REC)  # not covered by that round: the next one must run
+        with trio.fail_after(10):
+            await committer.wait_durable(second)
+        assert log.synced_lsn >= second and committer.syncs == 2
+        assert io.calls["fdatasync"] == 0
+        await committer.aclose()
+    log.close()
+
+
+async def test_only_big_rounds_go_to_the_helper(tmp_path: Path, helper: SyncHelper) -> None:
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, helper=helper, helper_min_bytes=4096)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        small = log.append(REC)
+        assert not committer.syncs_elsewhere(small)
+        await committer.wait_durable(small)
+        assert io.calls["fdatasync"] == 1  # inline
+        assert not committer.syncs_elsewhere(small)  # durable already
+        for _ in range(4096 // len(REC) + 1):
+            big = log.append(REC)
+        assert committer.syncs_elsewhere(big)
+        await committer.wait_durable(big)
+        assert io.calls["fdatasync"] == 1 and log.synced_lsn == big  # in the helper
+        await committer.aclose()
+    log.close()
+
+
+async def test_a_helper_that_is_gone_leaves_syncing_to_the_event_loop(
+        tmp_path: Path, helper: SyncHelper, caplog: pytest.LogCaptureFixture) -> None:
+    log, io = open_log(tmp_path)
+    committer = committer_for(log, "helper", helper)
+    os.kill(helper.pid, signal.SIGKILL)  # our own child, by its PID
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        lsn = log.append(REC)
+        with trio.fail_after(10):
+            await committer.wait_durable(lsn)
+        assert log.synced_lsn == lsn and not log.failed
+        assert io.calls["fdatasync"] == 1 and helper.gone
+        assert "sync helper is gone" in caplog.text
+        lsn = log.append(REC)
+        assert not committer.syncs_elsewhere(lsn)
+        await committer.wait_durable(lsn)
+        assert io.calls["fdatasync"] == 2
         await committer.aclose()
     log.close()
 
@@ -154,11 +232,11 @@ async def test_never_policy_writes_but_only_syncs_on_close(
     log.close()
 
 
-@pytest.mark.parametrize("in_thread", [False, True])
-async def test_failed_fsync_fails_every_waiter_of_the_round(tmp_path: Path,
-                                                             in_thread: bool) -> None:
+@pytest.mark.parametrize("where", ["inline", "helper"])
+async def test_failed_fsync_fails_every_waiter_of_the_round(
+        tmp_path: Path, where: str, helper: FailableHelper) -> None:
     log, io = open_log(tmp_path)
-    committer = GroupCommitter(log, FsyncPolicy.ALWAYS, sync_in_thread=in_thread)
+    committer = committer_for(log, where, helper)
     outcomes: list[str] = []
 
     async def client() -> None:
@@ -173,6 +251,7 @@ async def test_failed_fsync_fails_every_waiter_of_the_round(tmp_path: Path,
         await committer.wait_durable(log.append(REC))
         good = log.synced_lsn
         io.fail.add("fdatasync")
+        helper.failing = True
         async with trio.open_nursery() as clients:
             for _ in range(50):
                 clients.start_soon(client)

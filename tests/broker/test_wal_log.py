@@ -251,7 +251,7 @@ def test_failed_fdatasync_fails_the_log(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         log.sync()
     with pytest.raises(StorageError):
-        log.sync_written()
+        log.begin_sync()
     with pytest.raises(StorageError):
         log.append(rec(2))
     assert log.synced_lsn == good
@@ -400,15 +400,41 @@ def test_short_writes_are_completed(tmp_path: Path) -> None:
     assert [p for _, p in read_back(tmp_path)] == [r[9:] for r in records]
 
 
-def test_sync_written_covers_only_what_was_written(tmp_path: Path) -> None:
+def test_a_sync_ticket_covers_what_was_written_when_it_was_taken(tmp_path: Path) -> None:
     log = SegmentedLog.open(tmp_path)
     log.append(rec(0))
+    ticket = log.begin_sync()
+    assert ticket is not None and ticket.lsn == log.written_lsn == len(rec(0))
+    log.append(rec(1))  # appended (and even written) meanwhile: not covered
     log.write()
-    log.append(rec(1))
-    log.sync_written()
-    assert log.synced_lsn == log.written_lsn == len(rec(0)) < log.appended_lsn
+    os.fdatasync(ticket.fd)
+    log.end_sync(ticket, None)
+    assert log.synced_lsn == len(rec(0)) < log.written_lsn
+    assert log.begin_sync() is not None
+    log.sync()
+    assert log.begin_sync() is None  # nothing left to cover
     log.close()
     assert len(read_back(tmp_path)) == 2
+
+
+def test_a_failed_sync_ticket_fails_the_log_unless_it_moved_on(tmp_path: Path) -> None:
+    io = CountingIO()
+    log = SegmentedLog.open(tmp_path, io=io)
+    log.append(rec(0))
+    ticket = log.begin_sync()
+    assert ticket is not None
+    with pytest.raises(StorageError, match="fdatasync"):
+        log.end_sync(ticket, OSError(errno.EIO, "I/O error"))
+    assert log.failed and log.synced_lsn == 0
+    log.restart_at(log.appended_lsn)  # (the owner made a snapshot durable first)
+    log.append(rec(1))
+    late = log.begin_sync()
+    log.end_sync(ticket, OSError(errno.EIO, "late news of the old segment"))
+    assert not log.failed  # the old segment was abandoned: its news changes nothing
+    assert late is not None
+    log.end_sync(late, None)
+    assert log.synced_lsn == log.appended_lsn
+    log.close()
 
 
 def test_close_is_idempotent_and_final(tmp_path: Path) -> None:

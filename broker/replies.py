@@ -1,0 +1,92 @@
+"""Sending a connection's replies, round by round, once the log covers them.
+
+A connection runs its requests in rounds (``Broker._handle_connection``). Each round
+ends with the replies it produced and the LSN the log must cover before any of them
+may go out. ``Replies.deliver`` waits for that and sends them in one write.
+
+Rules:
+1. Rounds are sent in the order they were run, each after the log covers its LSN;
+   within a round, replies keep request order. (Replies to held consumes go out on
+   their own, through the same ``send_lock``, when they are ready.)
+2. A round whose sync runs outside the event loop (``GroupCommitter.syncs_elsewhere``)
+   is handed over to ``run``, the connection's reply task, so the connection can run
+   its next round meanwhile; so is every round after one still handed over (rule 1).
+   Other rounds are delivered by the connection task itself: no hop between tasks
+   where there is nothing to overlap.
+3. At most one round waits for ``run`` beside the one it is delivering: ``hand_over``
+   blocks until ``run`` takes it. That bounds what a connection holds in replies.
+4. A log that fails turns each reply of the round that waited on it into a
+   STORAGE_ERROR (the request's outcome is unknown) and asks for the log's recovery.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from protocol import Encoder, ErrorCode
+
+from .wal import GroupCommitter, StorageError
+
+__all__ = ["Replies", "Round"]
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """The replies of one round: ``out`` in request order; ``answered`` holds (index in
+    ``out``, request id) of each reply that may only go out once ``lsn`` is durable."""
+
+    out: list[bytes]
+    answered: list[tuple[int, int]]
+    lsn: int
+
+
+class Replies:
+    """The reply side of one connection (see the module docstring)."""
+
+    def __init__(self, stream: trio.abc.SendStream, send_lock: trio.Lock,
+                 committer: GroupCommitter, enc: Encoder, on_log_failure: Callable[[], None]) -> None:
+        self._stream = stream
+        self._send_lock = send_lock
+        self._committer = committer
+        self._enc = enc
+        self._on_log_failure = on_log_failure
+        self._send, self._receive = trio.open_memory_channel[Round](0)
+        #: Rounds handed over and not yet sent.
+        self._pending = 0
+
+    async def send(self, round_: Round) -> None:
+        """Send ``round_`` after every earlier one, once the log covers it (rules 1-2)."""
+        if self._pending or (round_.answered and self._committer.syncs_elsewhere(round_.lsn)):
+            self._committer.take_off()  # the sync starts before this connection reads on
+            self._pending += 1
+            await self._send.send(round_)
+        else:
+            await self.deliver(round_)
+
+    async def deliver(self, round_: Round) -> None:
+        """Wait until the log covers ``round_``, then write its replies."""
+        out = round_.out
+        if round_.answered:
+            try:
+                await self._committer.wait_durable(round_.lsn)
+            except StorageError as exc:
+                self._on_log_failure()
+                error = self._enc.error
+                for index, rid in round_.answered:
+                    out[index] = error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+        if out:
+            async with self._send_lock:
+                await self._stream.send_all(b"".join(out))
+
+    async def run(self) -> None:
+        """The connection's reply task: deliver handed-over rounds until ``close``."""
+        async with self._receive:
+            async for round_ in self._receive:
+                await self.deliver(round_)
+                self._pending -= 1
+
+    def close(self) -> None:
+        """No more rounds: ``run`` returns once it has sent those handed over."""
+        self._send.close()
