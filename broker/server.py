@@ -348,9 +348,9 @@ class Broker:
                 if not self._draining:
                     waiters.cancel_scope.cancel()  # gone or broken: drop its held consumes
                 # While draining, held consumes answer at once and the nursery waits for them.
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away (its reply task, then its reader, see that)
+        except* Exception:
             # A fault in one connection must not take down the broker or other clients.
             log.exception("connection %s failed", session.peer)
         finally:

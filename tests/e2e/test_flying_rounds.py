@@ -2,10 +2,13 @@
 round: the client sees replies in request order, with the state each request saw."""
 from __future__ import annotations
 
+import socket
+import struct
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from broker.config import BrokerConfig
 from broker.server import Broker
@@ -62,3 +65,29 @@ async def test_pipelined_big_batches_reply_in_order_with_the_state_they_saw(
         stats = await c.call("queue_stats", {"queue": "q"})
         assert isinstance(stats, Reply) and stats.result["ready"] == published
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_gone_with_replies_pending_is_no_failure(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with trio.open_nursery() as nursery:
+        broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "data"))
+        await nursery.start(broker.serve)
+        host, port = broker.addr.rsplit(":", 1)
+        for _ in range(3):
+            c = await RawClient.open((host, int(port)))
+            assert isinstance(await c.call("queue_create", {"queue": "q"}), Reply)
+            await c.send_raw(b"".join(
+                c.enc.request(100 + i, "publish", {"queue": "q", "messages": [[BODY]] * BATCH})
+                for i in range(8)))
+            # Reset at once (SO_LINGER 0): the broker's reply writes meet a dead socket.
+            c.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            await c.stream.aclose()
+        other = await RawClient.open((host, int(port)))
+        with trio.fail_after(30):
+            stats = await other.call("queue_stats", {"queue": "q"})
+        assert isinstance(stats, Reply)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failures == []
