@@ -7,7 +7,7 @@ may go out. ``Replies.deliver`` waits for that and sends them in one write.
 Rules:
 1. Rounds are sent in the order they were run, each after the log covers its LSN;
    within a round, replies keep request order. (Replies to held consumes go out on
-   their own, through the same ``send_lock``, when they are ready.)
+   their own, through ``write``, when they are ready.)
 2. A round whose sync runs outside the event loop (``GroupCommitter.syncs_elsewhere``)
    is handed over to ``run``, the connection's reply task, so the connection can run
    its next round meanwhile; so is every round after one still handed over (rule 1).
@@ -45,10 +45,10 @@ class Round:
 class Replies:
     """The reply side of one connection (see the module docstring)."""
 
-    def __init__(self, stream: trio.abc.SendStream, send_lock: trio.Lock,
-                 committer: GroupCommitter, enc: Encoder, on_log_failure: Callable[[], None]) -> None:
+    def __init__(self, stream: trio.abc.SendStream, committer: GroupCommitter, enc: Encoder,
+                 on_log_failure: Callable[[], None]) -> None:
         self._stream = stream
-        self._send_lock = send_lock
+        self._write_lock = trio.Lock()
         self._committer = committer
         self._enc = enc
         self._on_log_failure = on_log_failure
@@ -77,8 +77,20 @@ class Replies:
                 for index, rid in round_.answered:
                     out[index] = error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
         if out:
-            async with self._send_lock:
-                await self._stream.send_all(b"".join(out))
+            await self.write(b"".join(out))
+
+    async def write(self, data: bytes) -> None:
+        """Write whole frames, never interleaved with another ``write``. A free lock is
+        taken without a scheduler pass: the reply goes out that much sooner."""
+        lock = self._write_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            await self._stream.send_all(data)
+        finally:
+            lock.release()
 
     async def run(self) -> None:
         """The connection's reply task: deliver handed-over rounds until ``close``."""

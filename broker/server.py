@@ -334,15 +334,14 @@ class Broker:
             pass
         conn = Connection("server", max_frame=self.config.max_frame)
         enc = conn.encoder
-        send_lock = trio.Lock()
         assert self._committer is not None
-        replies = Replies(stream, send_lock, self._committer, enc, self._heal_soon)
+        replies = Replies(stream, self._committer, enc, self._heal_soon)
         try:
             async with trio.open_nursery() as waiters:
                 async with trio.open_nursery() as replying:
                     replying.start_soon(replies.run)
                     try:
-                        await self._run_rounds(session, conn, stream, replies, waiters, send_lock)
+                        await self._run_rounds(session, conn, stream, replies, waiters)
                     finally:
                         replies.close()  # the reply task sends what it holds, then ends
                 if not self._draining:
@@ -357,7 +356,7 @@ class Broker:
             await trio.aclose_forcefully(stream)
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
-                          replies: Replies, waiters: trio.Nursery, send_lock: trio.Lock) -> None:
+                          replies: Replies, waiters: trio.Nursery) -> None:
         """Read and run one connection's requests in rounds until it closes or drains;
         each round's replies go to ``replies``."""
         enc = conn.encoder
@@ -406,7 +405,7 @@ class Broker:
                     self._flush_run(run, session, ctx, enc, out, answered)
                     if frame.op == _PUBLISH_OP and run.take(session, frame, ctx):
                         continue
-                self._answer(session, frame, ctx, enc, out, answered, waiters, stream, send_lock)
+                self._answer(session, frame, ctx, enc, out, answered, waiters, replies)
             self._flush_run(run, session, ctx, enc, out, answered)
             # No reply may reveal state the log could still lose: every reply, whether
             # or not its request logged anything, waits until the log covers all that
@@ -424,12 +423,12 @@ class Broker:
 
     def _answer(self, session: Session, frame: Request, ctx: Context, enc: Encoder,
                 out: list[bytes], answered: list[tuple[int, int]], waiters: trio.Nursery,
-                stream: trio.SocketStream, send_lock: trio.Lock) -> None:
+                replies: Replies) -> None:
         """Run one request; append its reply (or error) to ``out``, or hold it."""
         try:
             self._reply_into(session, frame, ctx, enc, out, answered)
         except _Hold as hold:
-            self._start_waiter(waiters, session, frame, hold.wait, stream, send_lock, enc)
+            self._start_waiter(waiters, session, frame, hold.wait, replies, enc)
 
     def _reply_into(self, session: Session, frame: Request, ctx: Context, enc: Encoder,
                     out: list[bytes], answered: list[tuple[int, int]]) -> None:
@@ -518,12 +517,12 @@ class Broker:
     # -- long-poll consumes -------------------------------------------------------------
 
     def _start_waiter(self, nursery: trio.Nursery, session: Session, req: Request, wait: Wait,
-                      stream: trio.SocketStream, send_lock: trio.Lock, enc: Encoder) -> None:
+                      replies: Replies, enc: Encoder) -> None:
         session.waiters += 1
-        nursery.start_soon(self._wait_consume, session, req, wait, stream, send_lock, enc)
+        nursery.start_soon(self._wait_consume, session, req, wait, replies, enc)
 
     async def _wait_consume(self, session: Session, req: Request, wait: Wait,
-                            stream: trio.SocketStream, send_lock: trio.Lock, enc: Encoder) -> None:
+                            replies: Replies, enc: Encoder) -> None:
         """Answer a held consume once its queue has ready messages or its wait ends."""
         assert self._committer is not None
         deadline = trio.current_time() + wait.wait_ms / 1000
@@ -555,8 +554,7 @@ class Broker:
             except StorageError as exc:
                 self._heal_soon()
                 reply = enc.error(req.id, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
-            async with send_lock:
-                await stream.send_all(reply)
+            await replies.write(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -63,7 +63,7 @@ async def test_rounds_go_out_in_order_each_once_durable(tmp_path: Path, helper: 
     committer = GroupCommitter(log, FsyncPolicy.ALWAYS, helper=helper, helper_min_bytes=HELPER_MIN)
     stream = RecordingStream(log)
     enc = Encoder()
-    replies = Replies(stream, trio.Lock(), committer, enc, lambda: None)
+    replies = Replies(stream, committer, enc, lambda: None)
     kinds = ["small", "big", "small", "small", "big", "big", "small", "big", "small"]
     lsns: dict[int, int] = {}
     flew: list[bool] = []
@@ -96,7 +96,7 @@ async def test_a_round_of_no_logged_request_waits_for_nothing(tmp_path: Path) ->
     committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
     stream = RecordingStream(log)
     enc = Encoder()
-    replies = Replies(stream, trio.Lock(), committer, enc, lambda: None)
+    replies = Replies(stream, committer, enc, lambda: None)
     log.append(SMALL)  # appended by someone else, not yet durable
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
@@ -113,7 +113,7 @@ async def test_a_failed_log_turns_a_rounds_replies_into_storage_errors(
     stream = RecordingStream(log)
     enc = Encoder()
     failures: list[int] = []
-    replies = Replies(stream, trio.Lock(), committer, enc, lambda: failures.append(1))
+    replies = Replies(stream, committer, enc, lambda: failures.append(1))
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         nursery.start_soon(replies.run)
@@ -134,4 +134,33 @@ async def test_a_failed_log_turns_a_rounds_replies_into_storage_errors(
     assert isinstance(first, Error) and first.id == 1 and first.code is ErrorCode.STORAGE_ERROR
     assert not isinstance(second, Error) and second.id == 2  # not a logged request: as it was
     assert failures == [1]
+    log.close()
+
+
+class SlowStream(RecordingStream):
+    """Each write takes a few scheduler passes; notes when writes start and end."""
+
+    def __init__(self, log: SegmentedLog) -> None:
+        super().__init__(log)
+        self.events: list[tuple[str, bytes]] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.events.append(("start", bytes(data)))
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+        self.events.append(("end", bytes(data)))
+
+
+async def test_writes_never_interleave(tmp_path: Path) -> None:
+    log = SegmentedLog.open(tmp_path)
+    stream = SlowStream(log)
+    replies = Replies(stream, GroupCommitter(log, FsyncPolicy.ALWAYS), Encoder(), lambda: None)
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(replies.write, b"frame-%d" % i)
+    kinds = [kind for kind, _ in stream.events]
+    assert kinds == ["start", "end"] * 5
+    starts = [data for kind, data in stream.events if kind == "start"]
+    ends = [data for kind, data in stream.events if kind == "end"]
+    assert starts == ends and sorted(starts) == [b"frame-%d" % i for i in range(5)]
     log.close()
