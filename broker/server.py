@@ -87,6 +87,8 @@ class Broker:
         self._unflushed = 0
         #: The disk was found full: logged once, until room returns.
         self._disk_full = False
+        #: Open client connections.
+        self._connections = 0
 
     @property
     def wal_dir(self) -> Any:
@@ -327,6 +329,21 @@ class Broker:
         return Context(self.state, self.config, self._clock.now_ms(), self.addr)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self._count_connections(+1)
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self._count_connections(-1)
+
+    def _count_connections(self, change: int) -> None:
+        """Keep the count of open connections; a lone connection's rounds sync without
+        waiting for others to join them."""
+        self._connections += change
+        assert self._committer is not None
+        self._committer.sole_appender = self._connections == 1
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        assert self._committer is not None
         session = Session()
         try:
             session.peer = "%s:%s" % stream.socket.getpeername()[:2]
@@ -334,7 +351,6 @@ class Broker:
             pass
         conn = Connection("server", max_frame=self.config.max_frame)
         enc = conn.encoder
-        assert self._committer is not None
         replies = Replies(stream, self._committer, enc, self._heal_soon)
         try:
             async with trio.open_nursery() as waiters:

@@ -8,8 +8,8 @@ began):
 
 1. Inline, for rounds smaller than ``helper_min_bytes`` (and always without a
    helper): the first waiter leads the round. It yields for a few scheduler passes so
-   that every runnable task can append and join, then writes and fdatasyncs in the
-   event loop. Whoever arrives once it syncs waits for the next round. A leader
+   that every runnable task can append and join (unless the owner says it is the
+   ``sole_appender``), then writes and fdatasyncs in the event loop. Whoever arrives once it syncs waits for the next round. A leader
    cancelled before it syncs hands the round to the committer task (``run``).
 2. In flight, for bigger rounds: ``take_off`` writes, hands the fdatasync to the sync
    helper process (``synchelper``) and returns at once, so the event loop goes on
@@ -96,6 +96,9 @@ class GroupCommitter:
         self._leading = False
         #: The round the helper is syncing, if any.
         self._flight: _Flight | None = None
+        #: Set by the owner while one task alone appends (the broker: while it has one
+        #: connection). An inline round's leader then syncs without yielding first.
+        self.sole_appender = False
 
     @property
     def policy(self) -> FsyncPolicy:
@@ -257,6 +260,8 @@ class GroupCommitter:
 
     async def _gather(self) -> None:
         log = self._log
+        if self.sole_appender:
+            return  # nobody could join: sync at once
         for _ in range(GATHER_PASSES):
             before = log.appended_lsn
             await trio.lowlevel.checkpoint()

@@ -337,3 +337,28 @@ def test_policy_values_and_arguments(tmp_path: Path) -> None:
         GroupCommitter(log, FsyncPolicy.INTERVAL, interval_ms=0)
     assert GroupCommitter(log, "never").policy is FsyncPolicy.NEVER  # type: ignore[arg-type]
     log.close()
+
+
+async def test_a_sole_appenders_round_syncs_at_once(tmp_path: Path) -> None:
+    """No scheduler pass before the sync: a task made runnable just before the round
+    starts cannot join it. (Without the mark, the leader yields first: see
+    test_many_waiters_share_few_fsyncs.)"""
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
+    committer.sole_appender = True
+    synced_with: list[int] = []
+
+    async def another_appender() -> None:
+        await committer.wait_durable(log.append(REC))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        lsn = log.append(REC)
+        nursery.start_soon(another_appender)  # runnable when the round's leader starts
+        await committer.wait_durable(lsn)
+        synced_with.append(log.synced_lsn)
+        await trio.testing.wait_all_tasks_blocked()
+        await committer.aclose()
+    assert synced_with == [lsn]  # the other record was not there yet
+    assert io.calls["fdatasync"] == 2 and log.synced_lsn == log.appended_lsn == 2 * lsn
+    log.close()
