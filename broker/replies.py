@@ -1,6 +1,6 @@
 """Sending a connection's replies, round by round, once the log covers them.
 
-A connection runs its requests in rounds (``Broker._handle_connection``). Each round
+A connection runs its requests in rounds (``Broker._run_rounds``). Each round
 ends with the replies it produced and the LSN the log must cover before any of them
 may go out. ``Replies.deliver`` waits for that and sends them in one write.
 
@@ -13,7 +13,7 @@ Rules:
    its next round meanwhile; so is every round after one still handed over (rule 1).
    Other rounds are delivered by the connection task itself: no hop between tasks
    where there is nothing to overlap.
-3. At most one round waits for ``run`` beside the one it is delivering: ``hand_over``
+3. At most one round waits for ``run`` beside the one it is delivering: ``send``
    blocks until ``run`` takes it. That bounds what a connection holds in replies.
 4. A log that fails turns each reply of the round that waited on it into a
    STORAGE_ERROR (the request's outcome is unknown) and asks for the log's recovery.

@@ -2,8 +2,10 @@
 
 The live path for every request: decode -> ``commands.dispatch`` (validate, pick
 mutations) -> append each mutation to the WAL -> apply it to the state -> wait until
-the WAL policy covers the last record -> reply. Replies to everything decoded from
-one read go out in one write.
+the WAL policy covers the last record -> reply. A connection runs its requests in
+rounds (at most ``ROUND_REQUESTS``); the replies of a round go out in one write, in
+round order (``replies.Replies``). While a big round's fdatasync runs in the sync
+helper, the connection already reads and runs its next round.
 """
 from __future__ import annotations
 

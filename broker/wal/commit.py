@@ -8,9 +8,10 @@ began):
 
 1. Inline, for rounds smaller than ``helper_min_bytes`` (and always without a
    helper): the first waiter leads the round. It yields for a few scheduler passes so
-   that every runnable task can append and join (unless the owner says it is the
-   ``sole_appender``), then writes and fdatasyncs in the event loop. Whoever arrives once it syncs waits for the next round. A leader
-   cancelled before it syncs hands the round to the committer task (``run``).
+   that every runnable task can append and join (unless the owner marked it the
+   ``sole_appender``), then writes and fdatasyncs in the event loop. Whoever arrives
+   once it syncs waits for the next round. A leader cancelled before it syncs hands
+   the round to the committer task (``run``).
 2. In flight, for bigger rounds: ``take_off`` writes, hands the fdatasync to the sync
    helper process (``synchelper``) and returns at once, so the event loop goes on
    serving (the connection that appended the round, too: it calls ``take_off`` before

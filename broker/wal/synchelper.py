@@ -13,8 +13,8 @@ Rules:
    answer: 0, or the errno of the failed fdatasync (raised as ``OSError``).
 2. The helper exits when its socket reaches end of file: when ``close`` is called or
    the broker dies, however it dies. It holds no other file of the broker's.
-3. A helper that is gone (exited, killed) makes ``fdatasync`` raise ``SyncHelperGone``:
-   the data is still written, and the caller syncs it another way.
+3. A helper that is gone (exited, killed) makes ``send`` and ``receive`` raise
+   ``SyncHelperGone``: the data is still written, and the caller syncs it another way.
 
 This file is also the helper's program: ``python -I -S synchelper.py FD`` imports
 nothing but the standard library.
