@@ -72,12 +72,16 @@ class Replies:
             try:
                 await self._committer.wait_durable(round_.lsn)
             except StorageError as exc:
-                self._on_log_failure()
-                error = self._enc.error
-                for index, rid in round_.answered:
-                    out[index] = error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+                self.fail(out, round_.answered, exc)
         if out:
             await self.write(b"".join(out))
+
+    def fail(self, out: list[bytes], answered: list[tuple[int, int]], exc: StorageError) -> None:
+        """Rule 4: each reply in ``answered`` becomes STORAGE_ERROR; recovery is asked for."""
+        self._on_log_failure()
+        error = self._enc.error
+        for index, rid in answered:
+            out[index] = error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
 
     async def write(self, data: bytes) -> None:
         """Write whole frames, never interleaved with another ``write``. A free lock is

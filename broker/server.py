@@ -431,9 +431,7 @@ class Broker:
             try:
                 lsn = self._durable_lsn()
             except StorageError as exc:
-                self._heal_soon()
-                for index, rid in answered:
-                    out[index] = enc.error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+                replies.fail(out, answered, exc)
                 lsn, answered = 0, []
             await replies.send(Round(out, answered, lsn))
             if closing:

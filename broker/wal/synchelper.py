@@ -69,11 +69,6 @@ class SyncHelper:
         """True once the helper was found gone (or closed): ask it nothing more."""
         return self._gone
 
-    async def fdatasync(self, fd: int) -> None:
-        """fdatasync ``fd`` in the helper: ``send``, then ``receive``."""
-        self.send(fd)
-        await self.receive()
-
     def send(self, fd: int) -> None:
         """Ask the helper to fdatasync ``fd`` (it gets its own reference at once); no
         wait. ``receive`` the answer before the next ``send``. Raises ``SyncHelperGone``."""

@@ -21,6 +21,12 @@ from tools.procs import BrokerProcess
 PROCESS_WAIT_S = 10.0
 
 
+async def sync_in(helper: SyncHelper, fd: int) -> None:
+    """One request to the helper: ``send``, then ``receive``."""
+    helper.send(fd)
+    await helper.receive()
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
     try:
@@ -47,7 +53,7 @@ async def test_it_syncs_a_file_and_goes_on_syncing(tmp_path: Path) -> None:
             for i in range(3):
                 os.write(fd, b"x" * 1000)
                 with trio.fail_after(PROCESS_WAIT_S):
-                    await helper.fdatasync(fd)
+                    await sync_in(helper, fd)
         finally:
             os.close(fd)
         assert not helper.gone
@@ -61,7 +67,7 @@ async def test_a_failed_fdatasync_is_its_errno() -> None:
     r, w = os.pipe()  # fdatasync on a pipe fails with EINVAL
     try:
         with pytest.raises(OSError) as info:
-            await helper.fdatasync(w)
+            await sync_in(helper, w)
         assert info.value.errno == errno.EINVAL and not isinstance(info.value, SyncHelperGone)
         assert not helper.gone  # a failed sync is news about the file, not the helper
     finally:
@@ -77,10 +83,10 @@ async def test_a_killed_helper_is_gone_for_good(tmp_path: Path) -> None:
         os.kill(helper.pid, signal.SIGKILL)  # our own child, by its PID
         with pytest.raises(SyncHelperGone):
             with trio.fail_after(PROCESS_WAIT_S):
-                await helper.fdatasync(fd)
+                await sync_in(helper, fd)
         assert helper.gone
         with pytest.raises(SyncHelperGone):
-            await helper.fdatasync(fd)
+            await sync_in(helper, fd)
     finally:
         os.close(fd)
         helper.close()
