@@ -26,6 +26,9 @@ class Op(StrEnum):
     CONSUME = "consume"
     ACK = "ack"
     NACK = "nack"
+    QUEUE_PURGE = "queue_purge"
+    PEEK = "peek"
+    MESSAGE_STATUS = "message_status"
 
 
 class QueueKind(StrEnum):
