@@ -4,6 +4,7 @@
 - :class:`SyncClient` (blocking socket): ``with SyncClient("host:port") as client``.
 - :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
 - :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
+- :mod:`client.ops`: the op table both clients' typed methods are made from.
 
 The async names are imported lazily, so blocking users do not pay for importing trio.
 """
@@ -38,8 +39,12 @@ from .types import (
     AckResult,
     Delivery,
     Message,
+    MessageStatus,
     NackResult,
+    PeekedMessage,
+    PeekResult,
     PublishResult,
+    PurgeResult,
     QueueStats,
     ServerInfo,
     ShardRoute,
@@ -64,8 +69,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AckResult", "Client", "Connection", "ConnectionClosed", "Delivery", "DiskFull", "FrameTooLarge",
     "HandshakeRequired", "InternalError", "InvalidArgument", "LimitExceeded", "LockgateError",
-    "MalformedFrame", "MalformedRequest", "Message", "MessageTooLarge", "NackResult",
-    "PublishResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats", "ServerInfo",
-    "ShardRoute", "ShuttingDown", "StorageError", "SyncClient", "UnknownOp", "UnsupportedVersion",
-    "WrongNode", "error_from_frame", "open_connection", "parse_addr",
+    "MalformedFrame", "MalformedRequest", "Message", "MessageStatus", "MessageTooLarge",
+    "NackResult", "PeekResult", "PeekedMessage", "PublishResult", "PurgeResult", "QueueExists",
+    "QueueFull", "QueueNotFound", "QueueStats", "ServerInfo", "ShardRoute", "ShuttingDown",
+    "StorageError", "SyncClient", "UnknownOp", "UnsupportedVersion", "WrongNode",
+    "error_from_frame", "open_connection", "parse_addr",
 ]

@@ -5,10 +5,11 @@
         for d in client.consume("jobs", max=10):
             ...
 
-The methods mirror :class:`client.api.Client`. Pipelining is explicit: ``submit(op,
-args)`` sends a request at once and returns its id; ``result(id)`` reads frames until
-that reply arrives, buffering replies to other submitted ids, so results can be taken in
-any order. ``request_many`` and ``publish_many`` pipeline through a bounded window.
+The typed methods are made from the same op table (:mod:`client.ops`) as those of
+:class:`client.api.Client`, so the two take the same arguments. Pipelining is explicit:
+``submit(op, args)`` sends a request at once and returns its id; ``result(id)`` reads
+frames until that reply arrives, buffering replies to other submitted ids, so results
+can be taken in any order. ``request_many`` and ``publish_many`` pipeline through a bounded window.
 While a send cannot proceed the client keeps reading, so a server that is waiting for
 its replies to be read never deadlocks with it.
 
@@ -41,9 +42,10 @@ from protocol import (
 from protocol import Connection as ProtocolConnection
 from protocol import Error as ErrorFrame
 
+from . import ops
 from . import types as t
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
-from .types import AckResult, Bytes, Delivery, Message, NackResult, PublishResult, QueueStats, ServerInfo
+from .types import Bytes, Message, PublishResult, ServerInfo
 
 #: Default seconds a blocking step may take.
 DEFAULT_TIMEOUT = 30.0
@@ -272,54 +274,21 @@ class SyncClient:
             self._server_error = error_from_frame(frame)
 
     # --- operations ----------------------------------------------------------------
+    # The typed operations, one line each, all from the op table in client/ops.py.
 
-    def ping(self) -> int:
-        """Round-trip to the server; returns its wall clock in ms since the epoch."""
-        return self.request(Op.PING.value, {})["now_ms"]
-
-    def create_queue(
-        self,
-        name: str,
-        kind: str = "fifo",
-        shards: int = 1,
-        visibility_ms: int | None = None,
-        max_attempts: int | None = None,
-        dead_letter: str | None = None,
-        max_messages: int | None = None,
-    ) -> bool:
-        """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings."""
-        args = t.create_queue_args(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages)
-        return self.request(Op.QUEUE_CREATE.value, args)["created"]
-
-    def delete_queue(self, name: str) -> int:
-        """Delete a queue; returns how many messages were dropped with it."""
-        return self.request(Op.QUEUE_DELETE.value, {"queue": name})["messages"]
-
-    def list_queues(self) -> list[QueueStats]:
-        """Stats of every queue, sorted by name."""
-        return t.queue_list(self.request(Op.QUEUE_LIST.value, {}))
-
-    def queue_stats(self, name: str) -> QueueStats:
-        """Settings and counters of one queue."""
-        return QueueStats.from_wire(self.request(Op.QUEUE_STATS.value, {"queue": name}))
-
-    def publish(
-        self,
-        queue: str,
-        body: Bytes,
-        *,
-        key: Bytes | None = None,
-        priority: int | None = None,
-        delay_ms: int | None = None,
-    ) -> int:
-        """Publish one message; returns its id."""
-        entry = t.message_entry(body, key, priority, delay_ms)
-        return self.request(Op.PUBLISH.value, {"queue": queue, "messages": [entry]})["first_id"]
-
-    def publish_batch(self, queue: str, messages: Iterable[Bytes | Message]) -> PublishResult:
-        """Publish many messages atomically in one request (at most ``server_info.max_batch``)."""
-        entries = t.message_entries(messages)
-        return t.publish_result(self.request(Op.PUBLISH.value, {"queue": queue, "messages": entries}))
+    ping = ops.ping.sync_method()
+    create_queue = ops.create_queue.sync_method()
+    delete_queue = ops.delete_queue.sync_method()
+    list_queues = ops.list_queues.sync_method()
+    queue_stats = ops.queue_stats.sync_method()
+    publish = ops.publish.sync_method()
+    publish_batch = ops.publish_batch.sync_method()
+    consume = ops.consume.sync_method()
+    ack = ops.ack.sync_method()
+    nack = ops.nack.sync_method()
+    purge_queue = ops.purge_queue.sync_method()
+    peek = ops.peek.sync_method()
+    message_status = ops.message_status.sync_method()
 
     def publish_many(
         self,
@@ -377,19 +346,3 @@ class SyncClient:
         if error is not None:
             raise error
         return out
-
-    def consume(
-        self, queue: str, max: int = 1, *, visibility_ms: int | None = None, wait_ms: int = 0
-    ) -> list[Delivery]:
-        """Lease up to ``max`` messages, waiting up to ``wait_ms`` for some to arrive."""
-        timeout = None if self.timeout is None else self.timeout + wait_ms / 1000
-        rid = self.submit(Op.CONSUME.value, t.consume_args(queue, max, visibility_ms, wait_ms))
-        return t.deliveries(self.result(rid, timeout))
-
-    def ack(self, queue: str, ids: Iterable[int]) -> AckResult:
-        """Delete delivered messages by id."""
-        return t.ack_result(self.request(Op.ACK.value, t.ack_args(queue, ids)))
-
-    def nack(self, queue: str, ids: Iterable[int], *, delay_ms: int = 0) -> NackResult:
-        """Return leased messages to the queue (ready again after ``delay_ms``)."""
-        return t.nack_result(self.request(Op.NACK.value, t.nack_args(queue, ids, delay_ms)))

@@ -1,9 +1,10 @@
 """Values the client API takes and returns, and how they map to wire maps.
 
-Both the async :class:`client.api.Client` and the blocking :class:`client.sync.SyncClient`
-build request arguments and read results through the helpers here, so the two stay in
-step and the shaping can be tested without a server. Optional arguments left as ``None``
-are omitted from the request, so the server applies its documented default.
+The op table (:mod:`client.ops`), from which both the async :class:`client.api.Client`
+and the blocking :class:`client.sync.SyncClient` are built, reads results and builds
+message entries through the helpers here, so the shaping can be tested without a
+server. Optional arguments left as ``None`` are omitted from the request, so the server
+applies its documented default.
 
 Bodies and keys are bytes on the wire. Wherever the API takes one, a ``str`` is accepted
 too and sent as its UTF-8 encoding; ``bytearray`` and ``memoryview`` are sent as is.
@@ -11,7 +12,7 @@ too and sent as its UTF-8 encoding; ``bytearray`` and ``memoryview`` are sent as
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,91 @@ class QueueStats:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """How many messages ``purge_queue`` deleted from ``queue``, by the state they were in.
+
+    ``leased`` is 0 unless the purge was asked to take leased messages too.
+    """
+
+    queue: str
+    ready: int
+    delayed: int
+    leased: int
+
+    @property
+    def total(self) -> int:
+        return self.ready + self.delayed + self.leased
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> PurgeResult:
+        return cls(queue=m["queue"], ready=m["ready"], delayed=m["delayed"], leased=m["leased"])
+
+
+@dataclass(frozen=True, slots=True)
+class PeekedMessage:
+    """A message seen by ``peek``, which leaves it where it is.
+
+    ``attempts`` counts the deliveries so far (0 if never delivered; a later ``consume``
+    reports ``attempts + 1``). ``state`` is ``"ready"``, ``"leased"`` or ``"delayed"``;
+    ``until_ms`` is the lease deadline of a leased message, the ready time of a delayed
+    one and 0 for a ready one (server wall clock, ms since the epoch).
+    """
+
+    id: int
+    body: bytes
+    attempts: int
+    key: bytes | None
+    priority: int
+    state: str
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeekResult:
+    """What ``peek`` saw: ``queue`` is the queue looked at (the dead-letter queue's name
+    when peeking there). Iterating it, or ``len()``, goes over ``messages``."""
+
+    queue: str
+    messages: tuple[PeekedMessage, ...]
+
+    def __iter__(self) -> Iterator[PeekedMessage]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> PeekResult:
+        return cls(m["queue"], tuple(PeekedMessage(*p[:7]) for p in m["messages"]))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """Where message ``id`` of a queue is now, as ``message_status`` reports it.
+
+    ``state`` is one of ``"ready"``, ``"leased"``, ``"delayed"`` (in ``queue``; ``until_ms``
+    is the lease deadline or ready time, 0 when ready), ``"dead_lettered"`` (``queue`` is
+    the dead-letter queue it moved to and ``dead_letter_id`` its id there; ``attempts``
+    counts deliveries from there), ``"gone"`` (published, no longer held: acked, purged
+    or dropped) or ``"unknown"`` (never published to the queue).
+    """
+
+    id: int
+    state: str
+    queue: str
+    attempts: int
+    until_ms: int
+    dead_letter_id: int | None = None
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> MessageStatus:
+        return cls(
+            id=m["id"], state=m["state"], queue=m["queue"], attempts=m["attempts"],
+            until_ms=m["until_ms"], dead_letter_id=m.get("dead_letter_id"),
+        )
+
+
 # --- addresses ---------------------------------------------------------------------
 
 
@@ -221,45 +307,18 @@ def hello_args(max_frame: int | None = None, client_name: str = "") -> dict[str,
     return args
 
 
-def create_queue_args(
-    name: str,
-    kind: str = "fifo",
-    shards: int = 1,
-    visibility_ms: int | None = None,
-    max_attempts: int | None = None,
-    dead_letter: str | None = None,
-    max_messages: int | None = None,
-) -> dict[str, Any]:
-    args: dict[str, Any] = {"queue": name, "kind": str(kind), "shards": shards}
-    if visibility_ms is not None:
-        args["visibility_ms"] = visibility_ms
-    if max_attempts is not None:
-        args["max_attempts"] = max_attempts
-    if dead_letter is not None:
-        args["dead_letter"] = dead_letter
-    if max_messages is not None:
-        args["max_messages"] = max_messages
-    return args
+# ``create_queue_args``, ``consume_args``, ``ack_args`` and ``nack_args`` (the request
+# args of those ops) are the op table's builders, ``client.ops.OPS[name].args``; they are
+# looked up on first use, since client.ops itself imports this module.
+_OP_ARGS = {"create_queue_args": "create_queue", "consume_args": "consume", "ack_args": "ack", "nack_args": "nack"}
 
 
-def consume_args(queue: str, max: int = 1, visibility_ms: int | None = None, wait_ms: int = 0) -> dict[str, Any]:
-    args: dict[str, Any] = {"queue": queue, "max": max}
-    if visibility_ms is not None:
-        args["visibility_ms"] = visibility_ms
-    if wait_ms:
-        args["wait_ms"] = wait_ms
-    return args
+def __getattr__(name: str) -> Any:
+    if name in _OP_ARGS:
+        from .ops import OPS
 
-
-def ack_args(queue: str, ids: Iterable[int]) -> dict[str, Any]:
-    return {"queue": queue, "ids": list(ids)}
-
-
-def nack_args(queue: str, ids: Iterable[int], delay_ms: int = 0) -> dict[str, Any]:
-    args: dict[str, Any] = {"queue": queue, "ids": list(ids)}
-    if delay_ms:
-        args["delay_ms"] = delay_ms
-    return args
+        return OPS[_OP_ARGS[name]].args
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- results -------------------------------------------------------------------------
@@ -284,6 +343,11 @@ def publish_result(result: dict[str, Any]) -> PublishResult:
 
 def queue_list(result: dict[str, Any]) -> list[QueueStats]:
     return [QueueStats.from_wire(m) for m in result["queues"]]
+
+
+def message_statuses(result: dict[str, Any]) -> list[MessageStatus]:
+    """The statuses of a ``message_status`` reply, one per id asked, in request order."""
+    return [MessageStatus.from_wire(m) for m in result["statuses"]]
 
 
 def checked_request(encoder: Encoder, rid: int, op: str, args: dict[str, Any],

@@ -1,0 +1,456 @@
+"""The op table: every typed operation of both clients, declared once.
+
+An op is one declaration: a function without a body whose parameters (names, order,
+kinds, defaults, type hints) and docstring are the method's, decorated with :func:`op`,
+which names the wire op and says how its result map becomes the return value::
+
+    @op(Op.ACK, t.ack_result)
+    def ack(queue: str, ids: Annotated[Iterable[int], Arg(convert=list)]) -> None:
+        \"\"\"Delete delivered messages by id.\"\"\"
+
+From that :class:`OpSpec`, ``spec.async_method()`` makes the ``async def`` that
+:class:`client.api.Client` carries and ``spec.sync_method()`` the plain ``def`` of
+:class:`client.sync.SyncClient`; ``spec.args(...)`` builds just the request's ``args``
+map. The declaration itself returns nothing: the method returns what the parser does,
+and its type is the parser's return type (type checkers see it too, through the
+``ParamSpec`` of the declaration).
+
+How parameters become the ``args`` map:
+
+- each parameter is sent under its own name, or ``Arg(wire=...)``'s;
+- one whose default is ``None`` is left out when it is ``None``, so the server applies
+  its documented default; ``Arg(omit_default=True)`` leaves a parameter out when it
+  equals its default (``wait_ms=0``); every other parameter is always sent;
+- ``Arg(convert=f)`` sends ``f(value)`` (``ids`` become a list);
+- ``op(build=f)`` replaces all of that: the map is ``f(p1, p2, ...)`` of the parameters
+  in order, and ``sends`` names the arguments it may contain.
+
+The methods are generated as source text and compiled once, at import, the way
+:mod:`dataclasses` makes ``__init__``: a call costs what the hand-written method did (no
+signature binding, no loop over parameters, one dict display), which matters for
+``publish``, ``consume`` and ``ack`` on the hot path. Their ``__signature__``,
+``__annotations__`` and ``__doc__`` come from the declaration, so ``help()``,
+``inspect.signature`` and editors show the real parameters.
+"""
+from __future__ import annotations
+
+import inspect
+import linecache
+import typing
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+
+from protocol import Op
+
+from . import types as t
+from .types import Bytes, Message, PeekResult, PurgeResult, QueueStats
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: A request's ``args`` map, or a reply's result map.
+Wire = dict[str, Any]
+
+_EMPTY = inspect.Parameter.empty
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """How one parameter goes on the wire (attach with ``Annotated[type, Arg(...)]``)."""
+
+    #: Argument name on the wire; ``None``: the parameter's name.
+    wire: str | None = None
+    #: Applied to the value before it is sent.
+    convert: Callable[[Any], Any] | None = None
+    #: Leave the argument out when the value equals the parameter's default.
+    omit_default: bool = False
+    #: One line for the method's docstring (and for ``brokerctl``'s option help).
+    doc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Field(Generic[T]):
+    """A result parser that takes one field of the result map, typed ``T``.
+
+    Generated methods inline it as ``result[key]``.
+    """
+
+    key: str
+    type: type[T]
+
+    def __call__(self, result: Wire) -> T:
+        value: T = result[self.key]
+        return value
+
+
+def field(key: str, type_: type[T]) -> Field[T]:
+    """Parse a reply by taking ``result[key]`` (of type ``type_``)."""
+    return Field(key, type_)
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of an op as the table sees it."""
+
+    name: str
+    kind: inspect._ParameterKind
+    default: Any
+    #: The type hint, without the ``Annotated`` wrapper.
+    annotation: Any
+    wire: str
+    convert: Callable[[Any], Any] | None
+    #: When the argument is left out of the request.
+    omit: Literal["never", "none", "default"]
+    doc: str | None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _EMPTY
+
+    def parameter(self) -> inspect.Parameter:
+        return inspect.Parameter(self.name, self.kind, default=self.default, annotation=self.annotation)
+
+
+class OpSpec(Generic[P, R]):
+    """One op of the client: wire name, parameters, how args are built, result parser, doc."""
+
+    def __init__(
+        self,
+        declaration: Callable[P, None],
+        op: Op,
+        parse: Callable[[Wire], R],
+        *,
+        build: Callable[..., Wire] | None = None,
+        sends: tuple[str, ...] | None = None,
+        holds_for: str | None = None,
+    ) -> None:
+        #: Method name.
+        self.name = declaration.__name__
+        #: Wire op name.
+        self.op = str(op)
+        self.parse = parse
+        self.build = build
+        #: A parameter (ms) for which the server may hold the reply; the blocking client
+        #: adds it to its timeout.
+        self.holds_for = holds_for
+        hints = typing.get_type_hints(declaration, include_extras=True)
+        params = []
+        for p in inspect.signature(declaration).parameters.values():
+            hint = hints[p.name]
+            arg = Arg()
+            if typing.get_origin(hint) is Annotated:
+                hint, *extras = typing.get_args(hint)
+                arg = next((x for x in extras if isinstance(x, Arg)), arg)
+            if arg.omit_default:
+                omit: Literal["never", "none", "default"] = "default"
+            elif p.default is None:
+                omit = "none"
+            else:
+                omit = "never"
+            params.append(Param(p.name, p.kind, p.default, hint, arg.wire or p.name, arg.convert, omit, arg.doc))
+        #: The parameters, in declaration order.
+        self.params: tuple[Param, ...] = tuple(params)
+        if build is None:
+            if sends is not None:
+                raise TypeError(f"{self.name}: sends= goes with build=")
+            sends = tuple(p.wire for p in self.params)
+        elif sends is None:
+            raise TypeError(f"{self.name}: build= needs sends=")
+        #: Argument names the request may carry.
+        self.sends: tuple[str, ...] = sends
+        if holds_for is not None and holds_for not in {p.name for p in self.params}:
+            raise TypeError(f"{self.name}: holds_for names no parameter")
+        #: The method's return type.
+        self.returns: Any = parse.type if isinstance(parse, Field) else typing.get_type_hints(parse)["return"]
+        #: The method's signature, without ``self``.
+        self.signature = inspect.Signature(
+            [p.parameter() for p in self.params], return_annotation=self.returns
+        )
+        self.doc = _doc(declaration.__doc__ or "", self.params)
+        #: ``args(*params)``: the request's args map. Parameters may be passed by position
+        #: in declaration order (keyword-only ones too) or by name.
+        self.args: Callable[..., Wire] = self._compile("args")
+
+    def __repr__(self) -> str:
+        return f"<OpSpec {self.name} -> {self.op}>"
+
+    def async_method(self) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+        """The ``async def`` for :class:`client.api.Client` (sends through ``self._request``)."""
+        return self._compile("async")
+
+    def sync_method(self) -> Callable[Concatenate[Any, P], R]:
+        """The ``def`` for :class:`client.sync.SyncClient` (sends through ``self.request``)."""
+        return self._compile("sync")
+
+    # --- code generation ------------------------------------------------------------
+
+    def _compile(self, flavour: Literal["args", "async", "sync"]) -> Callable[..., Any]:
+        ns: dict[str, Any] = {"_OP": self.op, "_parse": self.parse, "_build": self.build}
+        params = self.params
+        if flavour == "args":
+            # Every parameter may be given by position, unless a required one follows one
+            # with a default (then the declaration's kinds stay).
+            last_required = max((i for i, p in enumerate(params) if p.required), default=-1)
+            if all(p.required for p in params[:last_required]):
+                params = tuple(_positional(p) for p in params)
+        header = _parameter_list(params, ns, with_self=flavour != "args")
+        body, args = _args_code(self.params, self.build, ns)
+        if flavour == "args":
+            call = args
+        elif flavour == "async":
+            call = f"await self._request(_OP, {args})"
+        elif self.holds_for is None:
+            call = f"self.request(_OP, {args})"
+        else:
+            wait = self.holds_for
+            call = f"self.request(_OP, {args}, None if self.timeout is None else self.timeout + {wait} / 1000)"
+        if flavour == "args":
+            result = call
+        elif isinstance(self.parse, Field):
+            result = f"({call})[{self.parse.key!r}]"
+        else:
+            result = f"_parse({call})"
+        keyword = "async def" if flavour == "async" else "def"
+        name = f"{self.name}_args" if flavour == "args" else self.name
+        source = "\n".join([f"{keyword} {name}({header}):", *body, f"    return {result}", ""])
+        filename = f"<client op {self.name} ({flavour})>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # tracebacks
+        exec(compile(source, filename, "exec"), ns)
+        fn: Callable[..., Any] = ns[name]
+        fn.__module__ = __name__
+        sig_params = [p.parameter() for p in params]
+        if flavour == "args":
+            fn.__doc__ = f"The ``{self.op}`` request's args map for :meth:`{self.name}`."
+            returns: Any = Wire
+        else:
+            fn.__doc__ = self.doc
+            returns = self.returns
+            sig_params.insert(0, inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
+        fn.__signature__ = inspect.Signature(sig_params, return_annotation=returns)  # type: ignore[attr-defined]
+        return fn
+
+
+def _positional(p: Param) -> Param:
+    if p.kind is inspect.Parameter.KEYWORD_ONLY:
+        return Param(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, p.default, p.annotation,
+                     p.wire, p.convert, p.omit, p.doc)
+    return p
+
+
+def _parameter_list(params: tuple[Param, ...], ns: dict[str, Any], *, with_self: bool) -> str:
+    parts = ["self"] if with_self else []
+    star = False
+    for p in params:
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        elif p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            raise TypeError(f"parameter {p.name}: only plain and keyword-only parameters are supported")
+        if p.required:
+            parts.append(p.name)
+        else:
+            ns[f"_d_{p.name}"] = p.default
+            parts.append(f"{p.name}=_d_{p.name}")
+    return ", ".join(parts)
+
+
+def _args_code(
+    params: tuple[Param, ...], build: Callable[..., Wire] | None, ns: dict[str, Any]
+) -> tuple[list[str], str]:
+    """Statements, and the expression that is the args map after them."""
+    if build is not None:
+        return [], f"_build({', '.join(p.name for p in params)})"
+    fixed: list[str] = []
+    optional: list[str] = []
+    for p in params:
+        value = p.name
+        if p.convert is not None:
+            ns[f"_cv_{p.name}"] = p.convert
+            value = f"_cv_{p.name}({p.name})"
+        if p.omit == "never" and not optional:
+            fixed.append(f"{p.wire!r}: {value}")
+            continue
+        store = f"args[{p.wire!r}] = {value}"
+        if p.omit == "none":
+            optional += [f"    if {p.name} is not None:", f"        {store}"]
+        elif p.omit == "default":
+            optional += [f"    if {p.name} != _d_{p.name}:", f"        {store}"]
+        else:
+            optional.append(f"    {store}")
+    literal = "{" + ", ".join(fixed) + "}"
+    if not optional:
+        return [], literal
+    return [f"    args = {literal}", *optional], "args"
+
+
+def _doc(doc: str, params: tuple[Param, ...]) -> str:
+    doc = inspect.cleandoc(doc)
+    documented = [p for p in params if p.doc]
+    if documented:
+        lines = [f"- ``{p.name}``: {p.doc}" for p in documented]
+        doc = "\n".join([doc, "", *lines])
+    return doc
+
+
+#: Every op, by method name, in declaration order.
+OPS: dict[str, OpSpec[..., Any]] = {}
+
+
+def op(
+    wire_op: Op,
+    parse: Callable[[Wire], R],
+    *,
+    build: Callable[..., Wire] | None = None,
+    sends: tuple[str, ...] | None = None,
+    holds_for: str | None = None,
+) -> Callable[[Callable[P, None]], OpSpec[P, R]]:
+    """Declare an op (see the module docstring); it is added to :data:`OPS`."""
+
+    def declare(declaration: Callable[P, None]) -> OpSpec[P, R]:
+        spec = OpSpec(declaration, wire_op, parse, build=build, sends=sends, holds_for=holds_for)
+        if spec.name in OPS:
+            raise TypeError(f"op {spec.name} is declared twice")
+        OPS[spec.name] = spec
+        return spec
+
+    return declare
+
+
+def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None) -> Wire:
+    return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms)]}
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+@op(Op.PING, field("now_ms", int))
+def ping() -> None:
+    """Round-trip to the server; returns its wall clock in ms since the epoch."""
+
+
+@op(Op.QUEUE_CREATE, field("created", bool))
+def create_queue(
+    name: Annotated[str, Arg(wire="queue")],
+    kind: Annotated[str, Arg(convert=str, doc="Delivery order within a shard (fifo, lifo or priority).")] = "fifo",
+    shards: Annotated[int, Arg(doc="Number of shards (1..256).")] = 1,
+    visibility_ms: Annotated[int | None, Arg(doc="Lease length of a delivery [server default: 30000].")] = None,
+    max_attempts: Annotated[int | None, Arg(doc="Deliveries before dead-lettering; 0 = unlimited [0].")] = None,
+    dead_letter: Annotated[str | None, Arg(doc="Queue that receives messages past max attempts.")] = None,
+    max_messages: Annotated[int | None, Arg(doc="Capacity; 0 = server default [0].")] = None,
+) -> None:
+    """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
+
+    ``None`` settings take the server default. Raises ``QueueExists`` when the name
+    is taken with different settings. The settings:
+    """
+
+
+@op(Op.QUEUE_DELETE, field("messages", int))
+def delete_queue(name: Annotated[str, Arg(wire="queue")]) -> None:
+    """Delete a queue; returns how many messages were dropped with it."""
+
+
+@op(Op.QUEUE_LIST, t.queue_list)
+def list_queues() -> None:
+    """Stats of every queue, sorted by name."""
+
+
+@op(Op.QUEUE_STATS, QueueStats.from_wire)
+def queue_stats(name: Annotated[str, Arg(wire="queue")]) -> None:
+    """Settings and counters of one queue."""
+
+
+@op(Op.PUBLISH, field("first_id", int), build=_publish_one, sends=("queue", "messages"))
+def publish(
+    queue: str,
+    body: Bytes,
+    *,
+    key: Bytes | None = None,
+    priority: int | None = None,
+    delay_ms: int | None = None,
+) -> None:
+    """Publish one message; returns its id once the server has confirmed it."""
+
+
+@op(Op.PUBLISH, t.publish_result)
+def publish_batch(
+    queue: str, messages: Annotated[Iterable[Bytes | Message], Arg(convert=t.message_entries)]
+) -> None:
+    """Publish many messages atomically in one request (at most the server's ``max_batch``).
+
+    Each item is a body or a :class:`~client.types.Message`; ids are consecutive in
+    item order.
+    """
+
+
+@op(Op.CONSUME, t.deliveries, holds_for="wait_ms")
+def consume(
+    queue: str,
+    max: int = 1,
+    *,
+    visibility_ms: int | None = None,
+    wait_ms: Annotated[int, Arg(omit_default=True)] = 0,
+) -> None:
+    """Lease up to ``max`` messages; with ``wait_ms`` the server holds the reply until
+    messages arrive or the time passes (the result may then be empty).
+
+    The blocking client waits ``wait_ms`` longer than its timeout for the reply.
+    """
+
+
+@op(Op.ACK, t.ack_result)
+def ack(queue: str, ids: Annotated[Iterable[int], Arg(convert=list)]) -> None:
+    """Delete delivered messages by id."""
+
+
+@op(Op.NACK, t.nack_result)
+def nack(
+    queue: str,
+    ids: Annotated[Iterable[int], Arg(convert=list)],
+    *,
+    delay_ms: Annotated[int, Arg(omit_default=True)] = 0,
+) -> None:
+    """Return leased messages to the queue (ready again after ``delay_ms``)."""
+
+
+@op(Op.QUEUE_PURGE, PurgeResult.from_wire)
+def purge_queue(queue: str, *, leased: Annotated[bool, Arg(omit_default=True)] = False) -> None:
+    """Delete every ready and delayed message of ``queue`` (with ``leased``, the leased
+    ones too); returns how many of each went.
+
+    Purged messages are gone for good: not dead-lettered, not counted as acked; a later
+    ack or nack of their ids reports them missing. The queue itself stays.
+    """
+
+
+@op(Op.PEEK, PeekResult.from_wire)
+def peek(
+    queue: str,
+    max: int = 10,
+    *,
+    state: str | None = None,
+    dead_letter: Annotated[bool, Arg(omit_default=True)] = False,
+) -> None:
+    """Look at up to ``max`` messages without leasing them (no attempt is counted).
+
+    ``state`` (``"ready"``, ``"leased"`` or ``"delayed"``) keeps only messages in that
+    state; ``dead_letter`` looks at the queue's dead-letter queue instead (the result's
+    ``queue`` names it). Ready messages come first, in the order ``consume`` would take
+    them, then leased ones by lease deadline, then delayed ones by ready time.
+    """
+
+
+@op(Op.MESSAGE_STATUS, t.message_statuses)
+def message_status(queue: str, ids: Annotated[Iterable[int], Arg(convert=list)]) -> None:
+    """Where each message of ``ids`` is now: one :class:`~client.types.MessageStatus` per
+    id, in order (ready, leased, delayed, dead_lettered, gone or unknown)."""
+
+
+#: The settings of ``create_queue`` (every parameter after the name), for tools that
+#: offer them, such as ``brokerctl create-queue``.
+QUEUE_SETTINGS: tuple[Param, ...] = create_queue.params[1:]
+
+__all__ = ["OPS", "QUEUE_SETTINGS", "Arg", "Field", "OpSpec", "Param", "Wire", "field", "op"]
