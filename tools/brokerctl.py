@@ -12,17 +12,20 @@ import base64
 import json
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from client.errors import ConnectionClosed, LockgateError
+from client.ops import QUEUE_SETTINGS
 from client.sync import SyncClient
-from client.types import ADDR_ENV, DEFAULT_ADDR, Delivery, Message, parse_addr
-from protocol import QueueKind
+from client.types import ADDR_ENV, DEFAULT_ADDR, Delivery, Message, MessageStatus, PeekedMessage, parse_addr
+from protocol import MAX_SHARDS, MIN_SHARDS, QueueKind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,6 +128,54 @@ def _ids_text(ids: tuple[int, ...] | list[int]) -> str:
     return ", ".join(map(str, ids))
 
 
+def _time_text(ms: int) -> str:
+    """A server wall-clock time (ms since the epoch) as ISO 8601 UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _peeked_json(m: PeekedMessage) -> dict[str, Any]:
+    body, body_encoding = _bytes_json(m.body)
+    key, key_encoding = _bytes_json(m.key)
+    return {
+        "id": m.id, "state": m.state, "attempts": m.attempts, "priority": m.priority, "until_ms": m.until_ms,
+        "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
+    }
+
+
+def _status_text(s: MessageStatus) -> str:
+    details = []
+    if s.state == "dead_lettered":
+        details.append(f"queue={s.queue} id={s.dead_letter_id}")
+    if s.state in ("ready", "leased", "delayed", "dead_lettered"):
+        details.append(f"attempts={s.attempts}")
+    if s.until_ms:
+        details.append(f"until={_time_text(s.until_ms)}")
+    return f"{s.id}\t{s.state}" + (f"\t{' '.join(details)}" if details else "")
+
+
+# Click types of the queue settings whose type hint alone says too little; the others
+# follow their hint (int or str). Names, defaults and help come from client.ops.
+_SETTING_OPTIONS: dict[str, dict[str, Any]] = {
+    "kind": {"type": click.Choice([k.value for k in QueueKind])},
+    "shards": {"type": click.IntRange(MIN_SHARDS, MAX_SHARDS)},
+    "dead_letter": {"metavar": "QUEUE"},
+}
+
+
+def queue_setting_options(f: F) -> F:
+    """Add one option per ``create_queue`` setting of the client's op table."""
+    for setting in reversed(QUEUE_SETTINGS):
+        hint = setting.annotation
+        if isinstance(hint, types.UnionType):
+            hint = next(a for a in hint.__args__ if a is not type(None))
+        options: dict[str, Any] = {"type": hint, "help": setting.doc}
+        if setting.default is not None:
+            options |= {"default": setting.default, "show_default": True}
+        options |= _SETTING_OPTIONS.get(setting.name, {})
+        f = click.option(f"--{setting.name.replace('_', '-')}", setting.name, **options)(f)
+    return f
+
+
 # --- commands ----------------------------------------------------------------------
 
 
@@ -192,26 +243,12 @@ def queues(addr: str, as_json: bool) -> None:
 
 @main.command("create-queue")
 @click.argument("name")
-@click.option(
-    "--kind", type=click.Choice([k.value for k in QueueKind]), default="fifo", show_default=True,
-    help="Delivery order within a shard.",
-)
-@click.option("--shards", type=click.IntRange(1, 256), default=1, show_default=True, help="Number of shards.")
-@click.option("--visibility-ms", type=int, help="Lease length of a delivery [server default: 30000].")
-@click.option("--max-attempts", type=int, help="Deliveries before dead-lettering; 0 = unlimited [0].")
-@click.option("--dead-letter", metavar="QUEUE", help="Queue that receives messages past --max-attempts.")
-@click.option("--max-messages", type=int, help="Capacity; 0 = server default [0].")
+@queue_setting_options
 @common_options
-def create_queue(
-    name: str, kind: str, shards: int, visibility_ms: int | None, max_attempts: int | None,
-    dead_letter: str | None, max_messages: int | None, addr: str, as_json: bool,
-) -> None:
+def create_queue(name: str, addr: str, as_json: bool, **settings: Any) -> None:
     """Create queue NAME (idempotent when the settings match)."""
     with connect(addr) as client:
-        created = client.create_queue(
-            name, kind, shards, visibility_ms=visibility_ms, max_attempts=max_attempts,
-            dead_letter=dead_letter, max_messages=max_messages,
-        )
+        created = client.create_queue(name, **settings)
     if as_json:
         _emit_json({"queue": name, "created": created})
     elif created:
@@ -361,6 +398,84 @@ def nack_cmd(queue: str, ids: tuple[int, ...], delay_ms: int, addr: str, as_json
     click.echo(f"released {result.released} of {len(ids)}")
     if result.missing:
         click.echo(f"not found or not leased: {_ids_text(result.missing)}", err=True)
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--leased", is_flag=True, help="Also delete the leased messages (in-flight work is lost).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def purge(queue: str, leased: bool, yes: bool, addr: str, as_json: bool) -> None:
+    """Delete the ready and delayed messages of QUEUE.
+
+    The queue stays. With --leased the leased messages go too. Purged messages are not
+    dead-lettered; later acks of their ids report them missing.
+    """
+    if not yes:
+        which = "every message" if leased else "every ready and delayed message"
+        click.confirm(f"Delete {which} of queue {queue}?", abort=True, err=True)
+    with connect(addr) as client:
+        result = client.purge_queue(queue, leased=leased)
+    if as_json:
+        _emit_json(asdict(result))
+        return
+    click.echo(
+        f"purged {result.total} messages from {queue} "
+        f"(ready {result.ready}, delayed {result.delayed}, leased {result.leased})"
+    )
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--max", "-n", "max_", type=click.IntRange(1), default=10, show_default=True,
+              help="Most messages to show.")
+@click.option("--state", type=click.Choice(["ready", "leased", "delayed"]),
+              help="Only messages in this state [every state].")
+@click.option("--dead-letter", is_flag=True, help="Look at the queue's dead-letter queue instead.")
+@common_options
+def peek(queue: str, max_: int, state: str | None, dead_letter: bool, addr: str, as_json: bool) -> None:
+    """Show messages of QUEUE without leasing them.
+
+    Each line shows id, state, attempts so far, priority, key, the lease deadline or
+    ready time (UTC) and body. Ready messages come first, in the order consume would
+    take them, then leased, then delayed ones. Nothing changes: no lease is taken and no
+    attempt is counted.
+    """
+    with connect(addr) as client:
+        result = client.peek(queue, max_, state=state, dead_letter=dead_letter)
+    if as_json:
+        _emit_json({"queue": result.queue, "messages": [_peeked_json(m) for m in result]})
+        return
+    if dead_letter:
+        click.echo(f"dead-letter queue {result.queue}", err=True)
+    if not result.messages:
+        click.echo("no messages", err=True)
+    for m in result:
+        key = "" if m.key is None else f" key={_bytes_text(m.key)}"
+        until = f" until={_time_text(m.until_ms)}" if m.until_ms else ""
+        click.echo(
+            f"{m.id}\t{m.state} attempts={m.attempts} priority={m.priority}{key}{until}\t{_bytes_text(m.body)}"
+        )
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@common_options
+def status(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
+    """Show where messages of QUEUE are now, by id.
+
+    One line per id: ready, leased or delayed (with attempts so far and the lease
+    deadline or ready time, UTC), dead_lettered (with the dead-letter queue and the id
+    there), gone (acked, purged or dropped) or unknown (never published to QUEUE).
+    """
+    with connect(addr) as client:
+        statuses = client.message_status(queue, ids)
+    if as_json:
+        _emit_json({"queue": queue, "statuses": [asdict(s) for s in statuses]})
+        return
+    for s in statuses:
+        click.echo(_status_text(s))
 
 
 # --- more commands -----------------------------------------------------------------
