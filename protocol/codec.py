@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -35,7 +35,16 @@ def _request_id(value: Any) -> int | None:
 
 
 _new = object.__new__
-_set_id, _set_op, _set_args = Request.id.__set__, Request.op.__set__, Request.args.__set__  # type: ignore[attr-defined]
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """The ``__set__`` of slot ``name``'s descriptor on ``cls``: it stores straight into the
+    slot, past a frozen dataclass's ``__setattr__``. Looked up once, at import."""
+    setter: Callable[[object, Any], None] = vars(cls)[name].__set__
+    return setter
+
+
+_set_id, _set_op, _set_args = (_slot_setter(Request, name) for name in ("id", "op", "args"))
 
 
 def _request(rid: int, op: str, args: dict[str, Any]) -> Request:
@@ -77,7 +86,7 @@ def parse_request(obj: Any) -> Request:
     return _request(rid, op, args)
 
 
-_set_reply_id, _set_result = Reply.id.__set__, Reply.result.__set__  # type: ignore[attr-defined]
+_set_reply_id, _set_result = (_slot_setter(Reply, name) for name in ("id", "result"))
 
 
 def _reply(rid: Any, result: dict[str, Any]) -> Reply:
@@ -126,7 +135,7 @@ class Encoder:
     __slots__ = ("_pack",)
 
     def __init__(self) -> None:
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
 
     def encode(self, frame: Frame) -> bytes:
         return frame_bytes(self._pack(frame_to_obj(frame)))
