@@ -1,0 +1,316 @@
+"""The client op table (client/ops.py) without a server.
+
+Both clients' typed methods must come from the table, with the same signatures; each
+op's args are built as declared (None and marked defaults left out); results parse into
+the typed values; and the table's argument names match the broker's registry.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any
+
+import pytest
+
+from client import (
+    AckResult,
+    Client,
+    Delivery,
+    MessageStatus,
+    NackResult,
+    PeekedMessage,
+    PeekResult,
+    PublishResult,
+    PurgeResult,
+    QueueStats,
+    SyncClient,
+)
+from client import types as t
+from client.ops import OPS, QUEUE_SETTINGS, Arg, Field, OpSpec
+from protocol import Op
+
+#: Hand-written methods that are not ops: connection plumbing and explicit pipelining.
+ASYNC_PLUMBING = {"connect", "aclose", "request", "info"}
+SYNC_PLUMBING = {"close", "submit", "result", "request", "request_many", "publish_many", "closed"}
+
+STATS_WIRE: dict[str, Any] = {
+    "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30000, "max_attempts": 0,
+    "dead_letter": None, "max_messages": 0, "ready": 1, "leased": 0, "delayed": 0,
+    "messages": 1, "published": 1, "acked": 0, "nacked": 0, "expired": 0,
+    "dead_lettered": 0, "dropped": 0,
+}
+
+
+def _public(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+# --- both clients come from the table ----------------------------------------------------
+
+
+def test_every_op_is_in_both_clients_and_nothing_else_is_hand_written() -> None:
+    assert _public(Client) - ASYNC_PLUMBING == set(OPS)
+    assert _public(SyncClient) - SYNC_PLUMBING == set(OPS)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_both_clients_have_the_same_signature_and_doc(name: str) -> None:
+    spec = OPS[name]
+    async_method, sync_method = vars(Client)[name], vars(SyncClient)[name]
+    assert inspect.iscoroutinefunction(async_method)
+    assert not inspect.iscoroutinefunction(sync_method)
+    for method in (async_method, sync_method):
+        sig = inspect.signature(method)
+        assert list(sig.parameters)[0] == "self"
+        assert sig.replace(parameters=list(sig.parameters.values())[1:]) == spec.signature
+        assert inspect.getdoc(method) == spec.doc and spec.doc
+        # The generated code takes exactly the declared parameters (not *args/**kwargs).
+        assert method.__code__.co_varnames[: method.__code__.co_argcount + method.__code__.co_kwonlyargcount] == (
+            "self", *spec.signature.parameters
+        )
+
+
+def test_signatures_keep_the_public_shapes() -> None:
+    assert str(inspect.signature(Client.consume)) == (
+        "(self, queue: str, max: int = 1, *, visibility_ms: int | None = None, wait_ms: int = 0)"
+        " -> list[client.types.Delivery]"
+    )
+    assert str(inspect.signature(SyncClient.create_queue)) == (
+        "(self, name: str, kind: str = 'fifo', shards: int = 1, visibility_ms: int | None = None,"
+        " max_attempts: int | None = None, dead_letter: str | None = None,"
+        " max_messages: int | None = None) -> bool"
+    )
+    assert str(inspect.signature(SyncClient.purge_queue)) == (
+        "(self, queue: str, *, leased: bool = False) -> client.types.PurgeResult"
+    )
+    assert str(inspect.signature(Client.peek)) == (
+        "(self, queue: str, max: int = 10, *, state: str | None = None, dead_letter: bool = False)"
+        " -> client.types.PeekResult"
+    )
+    assert inspect.signature(Client.message_status).return_annotation == list[MessageStatus]
+
+
+def test_queue_settings_are_the_create_queue_parameters() -> None:
+    assert [s.name for s in QUEUE_SETTINGS] == [
+        "kind", "shards", "visibility_ms", "max_attempts", "dead_letter", "max_messages"
+    ]
+    assert all(s.doc for s in QUEUE_SETTINGS)
+    for s in QUEUE_SETTINGS:
+        assert f"``{s.name}``: {s.doc}" in OPS["create_queue"].doc
+
+
+# --- args ----------------------------------------------------------------------------------
+
+ARGS_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = [
+    ("ping", (), {}, {}),
+    ("create_queue", ("q",), {}, {"queue": "q", "kind": "fifo", "shards": 1}),
+    ("create_queue", ("q", "priority", 4), {"visibility_ms": 100, "max_attempts": 3, "dead_letter": "d",
+                                            "max_messages": 50},
+     {"queue": "q", "kind": "priority", "shards": 4, "visibility_ms": 100, "max_attempts": 3,
+      "dead_letter": "d", "max_messages": 50}),
+    ("create_queue", ("q",), {"max_attempts": 0, "dead_letter": None},
+     {"queue": "q", "kind": "fifo", "shards": 1, "max_attempts": 0}),
+    ("delete_queue", ("q",), {}, {"queue": "q"}),
+    ("list_queues", (), {}, {}),
+    ("queue_stats", ("q",), {}, {"queue": "q"}),
+    ("publish", ("q", b"x"), {}, {"queue": "q", "messages": [[b"x"]]}),
+    ("publish", ("q", "hé"), {"key": "k", "delay_ms": 5},
+     {"queue": "q", "messages": [["hé".encode(), b"k", None, 5]]}),
+    ("publish_batch", ("q", [b"a", t.Message("b", priority=2)]), {},
+     {"queue": "q", "messages": [[b"a"], [b"b", None, 2]]}),
+    ("consume", ("q",), {}, {"queue": "q", "max": 1}),
+    ("consume", ("q", 5), {"visibility_ms": 1000, "wait_ms": 200},
+     {"queue": "q", "max": 5, "visibility_ms": 1000, "wait_ms": 200}),
+    ("ack", ("q", (i for i in (1, 2))), {}, {"queue": "q", "ids": [1, 2]}),
+    ("nack", ("q", [3]), {}, {"queue": "q", "ids": [3]}),
+    ("nack", ("q", [3]), {"delay_ms": 10}, {"queue": "q", "ids": [3], "delay_ms": 10}),
+    ("purge_queue", ("q",), {}, {"queue": "q"}),
+    ("purge_queue", ("q",), {"leased": True}, {"queue": "q", "leased": True}),
+    ("peek", ("q",), {}, {"queue": "q", "max": 10}),
+    ("peek", ("q", 3), {"state": "leased", "dead_letter": True},
+     {"queue": "q", "max": 3, "state": "leased", "dead_letter": True}),
+    ("peek", ("q",), {"state": None, "dead_letter": False}, {"queue": "q", "max": 10}),
+    ("message_status", ("q", range(1, 4)), {}, {"queue": "q", "ids": [1, 2, 3]}),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "wire"), ARGS_CASES)
+def test_args_are_built_as_declared(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], wire: dict[str, Any]
+) -> None:
+    assert OPS[name].args(*args, **kwargs) == wire
+
+
+def test_keyword_only_parameters_may_be_positional_in_args() -> None:
+    assert OPS["consume"].args("q", 5, 1000, 200) == {"queue": "q", "max": 5, "visibility_ms": 1000, "wait_ms": 200}
+    assert OPS["peek"].args("q", 2, "ready", True) == {"queue": "q", "max": 2, "state": "ready", "dead_letter": True}
+    # ... while the methods keep them keyword-only.
+    assert inspect.signature(Client.peek).parameters["state"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_types_module_keeps_the_arg_helpers() -> None:
+    assert t.create_queue_args is OPS["create_queue"].args
+    assert t.consume_args("q", 5, 1000, 200) == OPS["consume"].args("q", 5, 1000, 200)
+    with pytest.raises(AttributeError):
+        t.no_such_helper  # noqa: B018
+
+
+# --- both clients send the same request and parse the same result --------------------------
+
+RESULT_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], Any]] = [
+    ("ping", (), {}, {"now_ms": 123}, 123),
+    ("create_queue", ("q",), {}, {"queue": "q", "created": True}, True),
+    ("delete_queue", ("q",), {}, {"queue": "q", "messages": 4}, 4),
+    ("list_queues", (), {}, {"queues": [STATS_WIRE]}, [QueueStats.from_wire(STATS_WIRE)]),
+    ("queue_stats", ("q",), {}, STATS_WIRE, QueueStats.from_wire(STATS_WIRE)),
+    ("publish", ("q", b"x"), {}, {"first_id": 7, "count": 1}, 7),
+    ("publish_batch", ("q", [b"a", b"b"]), {}, {"first_id": 7, "count": 2}, PublishResult(7, 2)),
+    ("consume", ("q",), {"wait_ms": 0}, {"messages": [[5, b"b", 2, None, 0]]}, [Delivery(5, b"b", 2, None, 0)]),
+    ("ack", ("q", [1, 9]), {}, {"acked": 1, "missing": [9]}, AckResult(1, (9,))),
+    ("nack", ("q", [1]), {}, {"released": 1, "missing": []}, NackResult(1, ())),
+    ("purge_queue", ("q",), {"leased": True}, {"queue": "q", "ready": 2, "delayed": 1, "leased": 3},
+     PurgeResult("q", 2, 1, 3)),
+    ("peek", ("q",), {"dead_letter": True},
+     {"queue": "q.dlq", "messages": [[4, b"x", 0, None, 0, "ready", 0], [5, b"y", 2, b"k", 9, "leased", 1000]]},
+     PeekResult("q.dlq", (PeekedMessage(4, b"x", 0, None, 0, "ready", 0),
+                          PeekedMessage(5, b"y", 2, b"k", 9, "leased", 1000)))),
+    ("message_status", ("q", [1, 2]), {},
+     {"statuses": [{"id": 1, "state": "gone", "queue": "q", "attempts": 0, "until_ms": 0},
+                   {"id": 2, "state": "dead_lettered", "queue": "d", "attempts": 1, "until_ms": 0,
+                    "dead_letter_id": 8}]},
+     [MessageStatus(1, "gone", "q", 0, 0), MessageStatus(2, "dead_lettered", "d", 1, 0, 8)]),
+]
+
+
+class FakeSync(SyncClient):
+    """A SyncClient whose ``request`` answers from a script instead of a socket."""
+
+    def __init__(self, reply: dict[str, Any], timeout: float | None = 30.0) -> None:  # no super(): no socket
+        self.reply = reply
+        self.timeout = timeout
+        self.sent: list[tuple[str, dict[str, Any], Any]] = []
+
+    def request(self, op: str, args: dict[str, Any], timeout: Any = ...) -> dict[str, Any]:
+        self.sent.append((op, args, timeout))
+        return self.reply
+
+
+class FakeAsync(Client):
+    def __init__(self, reply: dict[str, Any]) -> None:  # no super(): no connection
+        self.reply = reply
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+        async def request(op: str, args: dict[str, Any]) -> dict[str, Any]:
+            self.sent.append((op, args))
+            return self.reply
+
+        self._request = request
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "reply", "expected"), RESULT_CASES)
+async def test_both_clients_send_the_op_and_parse_its_result(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: dict[str, Any], expected: Any
+) -> None:
+    spec = OPS[name]
+    wire = spec.args(*args, **kwargs)
+    fake_sync, fake_async = FakeSync(reply), FakeAsync(reply)
+    assert getattr(fake_sync, name)(*args, **kwargs) == expected
+    assert await getattr(fake_async, name)(*args, **kwargs) == expected
+    ((sync_op, sync_args, _),) = fake_sync.sent
+    assert (sync_op, sync_args) == (spec.op, wire)
+    assert fake_async.sent == [(spec.op, wire)]
+
+
+def test_blocking_consume_waits_wait_ms_longer() -> None:
+    reply = {"messages": []}
+    client = FakeSync(reply, timeout=2.0)
+    client.consume("q", wait_ms=1500)
+    client.consume("q")
+    unbounded = FakeSync(reply, timeout=None)
+    unbounded.consume("q", wait_ms=1500)
+    assert [timeout for _, _, timeout in client.sent + unbounded.sent] == [3.5, 2.0, None]
+    # Other ops use the client's own timeout.
+    other = FakeSync({"queue": "q", "messages": []}, timeout=2.0)
+    other.peek("q")
+    assert other.sent[0][2] is ...
+
+
+def test_op_names_are_the_protocol_ops() -> None:
+    assert {spec.op for spec in OPS.values()} <= {str(op) for op in Op}
+    assert OPS["purge_queue"].op == "queue_purge" and OPS["message_status"].op == "message_status"
+    assert OPS["peek"].op == "peek"
+
+
+# --- result values -------------------------------------------------------------------------
+
+
+def test_new_results_ignore_unknown_fields_and_extra_elements() -> None:
+    assert PurgeResult.from_wire({"queue": "q", "ready": 1, "delayed": 2, "leased": 0, "new": 1}).total == 3
+    peeked = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "delayed", 99, "later"]],
+                                   "more": True})
+    assert peeked == PeekResult("q", (PeekedMessage(1, b"b", 0, None, 0, "delayed", 99),))
+    assert len(peeked) == 1 and list(peeked) == list(peeked.messages)
+    assert not PeekResult("q", ())
+    status = MessageStatus.from_wire({"id": 3, "state": "ready", "queue": "q", "attempts": 0, "until_ms": 0,
+                                      "added_later": 1})
+    assert status == MessageStatus(3, "ready", "q", 0, 0) and status.dead_letter_id is None
+
+
+# --- declarations -------------------------------------------------------------------------
+
+
+def test_a_declaration_is_checked() -> None:
+    def stub(queue: str) -> None:
+        """Doc."""
+
+    def build(queue: str) -> dict[str, Any]:
+        return {"queue": queue}
+
+    with pytest.raises(TypeError, match="needs sends"):
+        OpSpec(stub, Op.PING, Field("x", int), build=build)
+    with pytest.raises(TypeError, match="goes with build"):
+        OpSpec(stub, Op.PING, Field("x", int), sends=("queue",))
+    with pytest.raises(TypeError, match="holds_for"):
+        OpSpec(stub, Op.PING, Field("x", int), holds_for="wait_ms")
+    spec = OpSpec(stub, Op.PING, Field("x", int), build=build, sends=("queue",))
+    assert spec.args("q") == {"queue": "q"} and spec.returns is int
+
+
+def test_arg_markers() -> None:
+    def stub(
+        name: Annotated[str, Arg(wire="queue")],
+        ids: Annotated[list[int], Arg(convert=tuple)],
+        *,
+        flag: Annotated[bool, Arg(omit_default=True, doc="A flag.")] = False,
+        limit: int | None = None,
+        always: int = 3,
+    ) -> None:
+        """Doc."""
+
+    spec = OpSpec(stub, Op.PING, Field("x", int))
+    assert spec.sends == ("queue", "ids", "flag", "limit", "always")
+    assert spec.args("n", [1]) == {"queue": "n", "ids": (1,), "always": 3}
+    assert spec.args("n", [1], flag=True, limit=0, always=None) == {
+        "queue": "n", "ids": (1,), "flag": True, "limit": 0, "always": None,
+    }
+    assert spec.doc == "Doc.\n\n- ``flag``: A flag."
+
+
+# --- the broker's registry ----------------------------------------------------------------
+
+
+def _accepted_args(command: Any) -> frozenset[str]:
+    """The argument names a broker registry entry accepts."""
+    fields = getattr(command, "fields", None)
+    if fields is None and hasattr(command, "args"):
+        fields = [arg.name for arg in command.args]
+    assert fields is not None, f"registry entry {command!r} lists no argument names; update this test"
+    return frozenset(fields)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_table_matches_the_broker_registry(name: str) -> None:
+    from broker.commands import COMMANDS
+
+    spec = OPS[name]
+    assert spec.op in COMMANDS, f"the broker has no op {spec.op!r}"
+    assert set(spec.sends) == _accepted_args(COMMANDS[spec.op])
