@@ -14,7 +14,8 @@ from protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 
 from .config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SEGMENT_BYTES, BrokerConfig
 from .server import Broker
-from .wal import WalCorruption, WalVersionError
+from .recovery import RecoverMode
+from .wal import FsyncPolicy, WalCorruption, WalVersionError
 from .wal.fileio import JournalingFileIO
 
 #: Exit status when start-up finds damage it may not repair (``--recover refuse``).
@@ -58,7 +59,7 @@ async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
               help="TCP port; 0 picks a free one (printed on start).")
 @click.option("--data", "data_dir", default=DEFAULT_DATA_DIR, show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Data directory (the WAL lives in DATA/wal).")
-@click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always",
+@click.option("--fsync", type=click.Choice([p.value for p in FsyncPolicy]), default="always",
               show_default=True, help="When a confirm is sent: after fdatasync (always), or after the write "
               "to the OS with fdatasync every --fsync-interval-ms (interval) or never.")
 @click.option("--fsync-interval-ms", default=100, show_default=True, type=click.IntRange(1),
@@ -73,7 +74,7 @@ async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
               help="Largest frame body accepted; a larger length prefix gets FRAME_TOO_LARGE and a close.")
 @click.option("--max-message", default=DEFAULT_MAX_MESSAGE, show_default=True, type=click.IntRange(1),
               help="Largest message body accepted (MESSAGE_TOO_LARGE beyond).")
-@click.option("--recover", type=click.Choice(["refuse", "truncate"]), default="refuse",
+@click.option("--recover", type=click.Choice([m.value for m in RecoverMode]), default="refuse",
               show_default=True,
               help="On damage in the WAL or a snapshot: stop with an error naming the file and "
               "offset (refuse), or keep everything before the damage, move the damaged files "
@@ -89,10 +90,11 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = BrokerConfig(host=host, port=port, data_dir=data_dir, fsync=fsync,
+        config = BrokerConfig(host=host, port=port, data_dir=data_dir, fsync=FsyncPolicy(fsync),
                               fsync_interval_ms=fsync_interval_ms, segment_bytes=segment_bytes,
                               checkpoint_bytes=checkpoint_bytes,
-                              max_frame=max_frame, max_message=max_message, recover=recover)
+                              max_frame=max_frame, max_message=max_message,
+                              recover=RecoverMode(recover))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     damage: WalCorruption | None = None

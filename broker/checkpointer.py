@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import trio
 
+from .admission import Admission
 from .state import BrokerState
-from .wal import FileIO, GroupCommitter, SegmentedLog, StorageError
+from .wal import FileIO, GroupCommitter, SegmentedLog, LogFailedError
 from .wal.checkpoint import (
     publish_snapshot,
     remove_obsolete,
@@ -30,7 +31,7 @@ from .wal.checkpoint import (
 )
 from .wal.fileio import NO_SPACE_ERRNOS
 
-log = logging.getLogger("lockgate.checkpoint")
+logger = logging.getLogger("lockgate.checkpoint")
 
 #: After a failed checkpoint (e.g. no room for the snapshot), the next try comes this
 #: long after it at the latest, doubling up to ``RETRY_MAX_S`` while they keep failing:
@@ -64,9 +65,10 @@ class Checkpointer:
 
     def __init__(self, state: BrokerState, wal: SegmentedLog, committer: GroupCommitter,
                  directory: str, io: FileIO, *, min_bytes: int, snapshot_lsn: int,
-                 reserve: Callable[[], int] = lambda: 0) -> None:
+                 admission: Admission) -> None:
         self._state = state
-        self._reserve = reserve
+        self._admission = admission
+        self._reserve = admission.reserve
         self._wal = wal
         self._committer = committer
         self._dir = directory
@@ -79,11 +81,11 @@ class Checkpointer:
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self.checkpoints = 0
-        #: The last checkpoint failed for lack of disk space. Until one succeeds the
-        #: broker refuses publishes, so that acks shrink the live data and the next
-        #: try can write its snapshot and reclaim the log.
+        #: The last checkpoint failed for lack of disk space, so the next one does not
+        #: roll the log (admission refuses publishes meanwhile: ``DiskState.STARVED``).
         self.starved = False
         self._running = False
+        admission.reclaimer = self
 
     @property
     def reclaiming(self) -> bool:
@@ -123,6 +125,7 @@ class Checkpointer:
                     self._wanted = trio.Event()
                     healing = self._wal.failed
                     self._running = True
+                    self._admission.checkpoint_started()
                     try:
                         await (self.heal() if healing else self.checkpoint())
                         retry_s = 0.0
@@ -131,14 +134,15 @@ class Checkpointer:
                         self.starved = (isinstance(exc, CheckpointError) and exc.no_room) or (
                             isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
                         retry_s = min(max(2 * retry_s, RETRY_MIN_S), RETRY_MAX_S)
-                        log.error("%s failed (%s); trying again within %.0f s",
+                        logger.error("%s failed (%s); trying again within %.0f s",
                                   "recovery of the failed log" if healing else "checkpoint",
                                   exc, retry_s,
-                                  exc_info=not isinstance(exc, (OSError, CheckpointError, StorageError)))
+                                  exc_info=not isinstance(exc, (OSError, CheckpointError, LogFailedError)))
                         if not healing:
                             self.check_at = self._wal.appended_lsn + self._min_bytes
                     finally:
                         self._running = False
+                        self._admission.checkpoint_ended(no_room=self.starved)
         finally:
             self._stopped.set()
 
@@ -249,7 +253,7 @@ class Checkpointer:
         self.snapshot_lsn = lsn
         self.check_at = lsn + self._min_bytes
         self.checkpoints += 1
-        log.log(level, "%s at LSN %d in %.3f s; removed %d files", what, lsn,
+        logger.log(level, "%s at LSN %d in %.3f s; removed %d files", what, lsn,
                 time.perf_counter() - started, len(removed))
 
 

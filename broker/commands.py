@@ -1,6 +1,17 @@
-"""The command registry: op name -> handler with argument validation.
+"""The command registry: one declaration per op.
 
-A handler takes the connection's ``Session``, the request args and a ``Context``
+A ``Command`` entry carries everything the live path needs to know about an op:
+
+- ``args``: its argument schema, in the order SPEC.md checks them. Each ``Arg``
+  validates one argument and yields its value (an existing queue yields the ``Queue``);
+  the handler gets the validated values by name.
+- ``admission``: what its records need from the log (``admission.AdmissionClass``).
+- ``changes_state``: whether it may return mutations; ``reads_state``: whether its
+  reply reveals queue state (then it is sent only once the log covers what it saw).
+- ``batch``: its batch fast path, if it has one (a run of plain single-message
+  publishes from one read becomes one mutation; ``live.Run``).
+
+A handler takes the connection's ``Session``, the validated args and a ``Context``
 (read-only state, the time, the limits) and returns an ``Outcome``: the reply, the
 mutations that must be logged and applied before the reply is sent, or a ``Wait``
 when a consume should be held until messages arrive. Handlers never change queue
@@ -9,7 +20,7 @@ state themselves and never touch sockets, trio or the WAL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from protocol import (
@@ -32,9 +43,20 @@ from protocol import (
 )
 from protocol.ops import DEFAULT_VISIBILITY_MS
 
+from .admission import AdmissionClass
 from .config import BrokerConfig
-from .mutations import Ack, Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, plain_publish
-from .queues import LEASED, Queue
+from .mutations import (
+    Ack,
+    Lease,
+    Mutation,
+    Publish,
+    Purge,
+    QueueCreate,
+    QueueDelete,
+    Release,
+    plain_publish,
+)
+from .queues import DELAYED, LEASED, READY, Message, Queue, take_fitting
 from .state import BrokerState
 
 SERVER_NAME = "lockgate/0.1.0"
@@ -90,24 +112,11 @@ def _outcome(result: dict[str, Any], mutations: tuple[Mutation, ...]) -> Outcome
     return _tuple_new(Outcome, (result, mutations, None))
 
 
-Handler = Callable[[Session, dict[str, Any], Context], Outcome]
+Args = dict[str, Any]
+Handler = Callable[[Session, Args, Context], Outcome]
 
 
-@dataclass(slots=True)
-class Command:
-    """One registry entry, with its counter."""
-
-    op: str
-    handler: Handler
-    fields: frozenset[str]
-    needs_handshake: bool = True
-    #: False for ops whose replies reveal no queue state (they need not wait on the log).
-    reads_state: bool = True
-    calls: int = 0
-    errors: int = 0
-
-
-# -- argument helpers -------------------------------------------------------------------
+# -- argument schema ----------------------------------------------------------------------
 
 def invalid(fieldname: str, message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_ARGUMENT, message, details={"field": fieldname})
@@ -146,24 +155,134 @@ def existing_queue(args: dict[str, Any], ctx: Context) -> Queue:
                         details={"field": "queue", "queue": name})
 
 
-def id_list_arg(args: dict[str, Any], ctx: Context) -> list[int]:
-    ids = args.get("ids")
+def id_list_arg(args: dict[str, Any], ctx: Context, name: str = "ids") -> list[int]:
+    ids = args.get(name)
     if type(ids) is not list or not ids:
-        raise invalid("ids", "ids must be a non-empty array of integers")
+        raise invalid(name, f"{name} must be a non-empty array of integers")
     if len(ids) > ctx.config.max_batch:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                             f"at most {ctx.config.max_batch} ids per request",
-                            details={"field": "ids", "limit": ctx.config.max_batch})
+                            details={"field": name, "limit": ctx.config.max_batch})
     for i in ids:
         if type(i) is not int or not 0 <= i < 2**63:
-            raise invalid("ids", "ids must be integers from 0 to 2**63 - 1")
-    return list(dict.fromkeys(ids))
+            raise invalid(name, f"{name} must be integers from 0 to 2**63 - 1")
+    return ids
+
+
+def bool_arg(args: dict[str, Any], name: str, default: bool) -> bool:
+    value = args.get(name)
+    if value is None:
+        return default
+    if type(value) is not bool:
+        raise invalid(name, f"{name} must be true or false")
+    return value
+
+
+#: A bound (default or limit) fixed in the schema, or computed from the context.
+Bound = int | Callable[[Context], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One argument of an op: its name, what it is, its default and range.
+
+    ``kind``: ``queue`` (an existing queue: yields the ``Queue``), ``queue_name`` (a
+    well-formed name), ``int`` (``lo``..``hi``; ``default`` absent means required),
+    ``bool``, ``choice`` (one of ``choices``), ``ids`` (1..``max_batch`` ids,
+    duplicates dropped unless ``keep_duplicates``), or ``any`` (the handler checks it).
+    A ``Bound`` that is a function is computed from the context; an ``int`` default of
+    ``None`` stays ``None`` (the handler then picks, e.g. the queue's own value).
+    """
+
+    name: str
+    kind: str
+    default: Any = _MISSING
+    lo: int = 0
+    hi: Bound = 0
+    choices: tuple[str, ...] = ()
+    keep_duplicates: bool = False
+    doc: str = ""
+
+    def parse(self, args: dict[str, Any], ctx: Context) -> Any:
+        kind = self.kind
+        if kind == "queue":
+            return existing_queue(args, ctx)
+        if kind == "int":
+            hi = self.hi if type(self.hi) is int else self.hi(ctx)  # type: ignore[operator]
+            return int_arg(args, self.name, self.default, self.lo, hi)
+        if kind == "ids":
+            ids = id_list_arg(args, ctx, self.name)
+            return ids if self.keep_duplicates else list(dict.fromkeys(ids))
+        if kind == "bool":
+            return bool_arg(args, self.name, self.default)
+        if kind == "choice":
+            value = args.get(self.name)
+            if value is None:
+                return self.default
+            if value not in self.choices or type(value) is not str:
+                raise invalid(self.name, f"{self.name} must be {_one_of(self.choices)}")
+            return value
+        if kind == "queue_name":
+            if self.default is None and args.get(self.name) is None:
+                return None
+            return queue_name_arg(args, self.name)
+        return args.get(self.name, self.default)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+
+def _max_batch(ctx: Context) -> int:
+    return ctx.config.max_batch
+
+
+@dataclass(slots=True)
+class Command:
+    """One registry entry (see the module docs), with its counters."""
+
+    op: str
+    handler: Handler
+    args: tuple[Arg, ...]
+    admission: AdmissionClass = AdmissionClass.NONE
+    changes_state: bool = False
+    reads_state: bool = True
+    needs_handshake: bool = True
+    batch: Batch | None = None
+    #: The argument names it accepts (from ``args``).
+    fields: frozenset[str] = field(init=False)
+    calls: int = 0
+    errors: int = 0
+
+    def __post_init__(self) -> None:
+        self.op = str(self.op)
+        self.fields = frozenset(a.name for a in self.args)
+
+    def parse(self, args: dict[str, Any], ctx: Context) -> Args:
+        """The validated values of ``args`` by name, checked in schema order."""
+        return {a.name: a.parse(args, ctx) for a in self.args}
+
+
+class Batch:
+    """A command's batch fast path: consecutive requests of it from one read, each of a
+    simple shape, run as one mutation. ``take`` accepts a request's raw args as one
+    item of a run for ``key`` (None: not of that shape, or a check might refuse it;
+    the request then runs alone and gets its error); ``build`` makes the run's
+    mutations and each request's result. Validation and mutation are those of the
+    command itself: the same state follows."""
+
+    def take(self, session: Session, args: dict[str, Any], ctx: Context,
+             ahead: int) -> tuple[Any, Any] | None:
+        raise NotImplementedError
+
+    def build(self, key: Any, items: list[Any], ctx: Context) -> tuple[tuple[Mutation, ...], list[dict[str, Any]]]:
+        raise NotImplementedError
 
 
 # -- handlers -----------------------------------------------------------------------------
 
-def hello(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    versions = args.get("versions")
+def hello(session: Session, args: Args, ctx: Context) -> Outcome:
+    versions = args["versions"]
     if type(versions) is not list or not all(type(v) is int for v in versions):
         raise invalid("versions", "versions must be an array of integers")
     common = [v for v in PROTOCOL_VERSIONS if v in versions]
@@ -174,7 +293,9 @@ def hello(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     cfg = ctx.config
     floor = max(MIN_MAX_FRAME, cfg.max_message + 4096)
     client_max = int_arg(args, "max_frame", cfg.max_frame, floor, 2**32 - 1)
-    client = args.get("client", "")
+    client = args["client"]
+    if client is _MISSING:
+        client = ""
     if type(client) is not str:
         raise invalid("client", "client must be a string")
     session.ready = True
@@ -192,36 +313,31 @@ def hello(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     })
 
 
-def ping(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
+def ping(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"now_ms": ctx.now_ms})
 
 
-def queue_create(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    name = queue_name_arg(args)
-    kind = args.get("kind", "fifo")
-    if kind is None:
-        kind = "fifo"
-    if kind not in QueueKind.__members__.values():
-        raise invalid("kind", "kind must be fifo, lifo or priority")
-    shards = int_arg(args, "shards", 1, MIN_SHARDS, MAX_SHARDS)
-    visibility = int_arg(args, "visibility_ms", DEFAULT_VISIBILITY_MS, 1, MAX_VISIBILITY_MS)
-    max_attempts = int_arg(args, "max_attempts", 0, 0, 2**31 - 1)
-    max_messages = int_arg(args, "max_messages", 0, 0, 2**63 - 1) or ctx.config.max_queue_messages
-    dead_letter = args.get("dead_letter")
+def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
+    name = args["queue"]
+    kind = args["kind"]
+    shards = args["shards"]
+    visibility = args["visibility_ms"]
+    max_attempts = args["max_attempts"]
+    max_messages = args["max_messages"] or ctx.config.max_queue_messages
+    dead_letter = args["dead_letter"]
     if dead_letter is not None:
-        dead_letter = queue_name_arg(args, "dead_letter")
         if dead_letter == name:
             raise invalid("dead_letter", "a queue cannot be its own dead-letter queue")
         if dead_letter not in ctx.state.queues:
             raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND,
                                 f"dead-letter queue {dead_letter!r} does not exist",
                                 details={"field": "dead_letter", "queue": dead_letter})
-    mutation = QueueCreate(name, str(kind), shards, visibility, max_attempts, dead_letter, max_messages)
+    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages)
     existing = ctx.state.queues.get(name)
     if existing is not None:
         s = existing.settings
         if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages) != (
-            mutation.kind, shards, visibility, max_attempts, dead_letter, max_messages
+            kind, shards, visibility, max_attempts, dead_letter, max_messages
         ):
             raise ProtocolError(ErrorCode.QUEUE_EXISTS,
                                 f"queue {name!r} exists with different settings",
@@ -233,25 +349,35 @@ def queue_create(session: Session, args: dict[str, Any], ctx: Context) -> Outcom
     return Outcome({"queue": name, "created": True}, (mutation,))
 
 
-def queue_delete(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    queue = existing_queue(args, ctx)
+def queue_delete(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
     return Outcome({"queue": queue.name, "messages": len(queue)}, (QueueDelete(queue.name),))
 
 
-def queue_list(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
+def queue_list(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"queues": [q.stats() for _, q in sorted(ctx.state.queues.items())]})
 
 
-def queue_stats(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    return Outcome(existing_queue(args, ctx).stats())
+def queue_stats(session: Session, args: Args, ctx: Context) -> Outcome:
+    return Outcome(args["queue"].stats())
+
+
+def queue_purge(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    leased: bool = args["leased"]
+    result = {"queue": queue.name, "ready": queue.ready, "delayed": queue.delayed,
+              "leased": queue.leased if leased else 0}
+    if not (result["ready"] or result["delayed"] or result["leased"]):
+        return Outcome(result)
+    return Outcome(result, (Purge(queue.name, leased),))
 
 
 _LIST, _BYTES, _ONE = {list}, {bytes}, {1}
 
 
-def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    queue = existing_queue(args, ctx)
-    entries = args.get("messages")
+def publish(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    entries = args["messages"]
     if type(entries) is not list or not entries:
         raise invalid("messages", "messages must be a non-empty array")
     cfg = ctx.config
@@ -283,37 +409,37 @@ def publish(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
 
 
-def plain_single_publish(session: Session, args: dict[str, Any], ctx: Context,
-                         ahead: int) -> tuple[Queue, bytes] | None:
-    """The queue and body of a ``publish`` request that ``publish`` would accept as one
-    plain message (no key, priority or delay) with ``ahead`` more messages already
-    bound for the queue; ``None`` whenever any check might refuse it or it is of
-    another shape (``dispatch`` then runs it and gives the error).
+class PlainPublishes(Batch):
+    """``publish``'s batch fast path: requests of exactly one plain message (no key,
+    priority or delay) to one queue, run as one plain publish with consecutive ids;
+    each request's result is as if it had run alone."""
 
-    Lets the server apply a run of such requests from one read as one publish: the
-    same validation, the same mutation and applier, one call instead of one each.
-    """
-    if not session.ready or len(args) != 2:
-        return None
-    messages = args.get("messages")
-    name = args.get("queue")
-    if type(messages) is not list or len(messages) != 1 or type(name) is not str:
-        return None
-    entry = messages[0]
-    if type(entry) is not list or len(entry) != 1:
-        return None
-    body = entry[0]
-    if type(body) is not bytes or len(body) > ctx.config.max_message:
-        return None
-    queue = ctx.state.queues.get(name)
-    if queue is None or len(queue.messages) + ahead + 1 > queue.settings.max_messages:
-        return None
-    return queue, body
+    def take(self, session: Session, args: dict[str, Any], ctx: Context,
+             ahead: int) -> tuple[Queue, bytes] | None:
+        """The queue and body, when ``publish`` would accept the request as one plain
+        message with ``ahead`` more messages already bound for the queue."""
+        if not session.ready or len(args) != 2:
+            return None
+        messages = args.get("messages")
+        name = args.get("queue")
+        if type(messages) is not list or len(messages) != 1 or type(name) is not str:
+            return None
+        entry = messages[0]
+        if type(entry) is not list or len(entry) != 1:
+            return None
+        body = entry[0]
+        if type(body) is not bytes or len(body) > ctx.config.max_message:
+            return None
+        queue = ctx.state.queues.get(name)
+        if queue is None or len(queue.messages) + ahead + 1 > queue.settings.max_messages:
+            return None
+        return queue, body
 
-
-def count_calls(op: str, n: int) -> None:
-    """Count ``n`` requests of ``op`` run outside ``dispatch`` (see ``plain_single_publish``)."""
-    COMMANDS[op].calls += n
+    def build(self, key: Queue, items: list[bytes],
+              ctx: Context) -> tuple[tuple[Mutation, ...], list[dict[str, Any]]]:
+        mutation = plain_publish(key.name, key.next_id, ctx.now_ms, items)
+        first = mutation.first_id
+        return (mutation,), [{"first_id": first + i, "count": 1} for i in range(len(items))]
 
 
 def _too_large(bodies: list[bytes], limit: int) -> None:
@@ -361,24 +487,24 @@ def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: in
     )
 
 
-def consume(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    queue = existing_queue(args, ctx)
-    max_count = int_arg(args, "max", 1, 1, ctx.config.max_batch)
-    visibility = int_arg(args, "visibility_ms", queue.settings.visibility_ms, 1, MAX_VISIBILITY_MS)
-    wait_ms = int_arg(args, "wait_ms", 0, 0, MAX_WAIT_MS)
-    chosen = queue.select(max_count, session.client_max_frame - REPLY_OVERHEAD)
+def consume(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    visibility = args["visibility_ms"]
+    if visibility is None:
+        visibility = queue.settings.visibility_ms
+    chosen = queue.select(args["max"], session.client_max_frame - REPLY_OVERHEAD)
     if not chosen:
-        if wait_ms:
-            return Outcome(wait=Wait(queue.name, wait_ms))
+        if args["wait_ms"]:
+            return Outcome(wait=Wait(queue.name, args["wait_ms"]))
         return Outcome({"messages": []})
     deadline = ctx.now_ms + visibility
     deliveries = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
     return Outcome({"messages": deliveries}, (Lease(queue.name, deadline, [m.id for m in chosen]),))
 
 
-def ack(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    queue = existing_queue(args, ctx)
-    ids = id_list_arg(args, ctx)
+def ack(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    ids: list[int] = args["ids"]
     msgs = queue.messages
     present = [i for i in ids if i in msgs]
     missing = [i for i in ids if i not in msgs] if len(present) != len(ids) else []
@@ -386,10 +512,10 @@ def ack(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     return Outcome({"acked": len(present), "missing": missing}, mutations)
 
 
-def nack(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
-    queue = existing_queue(args, ctx)
-    ids = id_list_arg(args, ctx)
-    delay = int_arg(args, "delay_ms", 0, 0, MAX_DELAY_MS)
+def nack(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    ids: list[int] = args["ids"]
+    delay = args["delay_ms"]
     msgs = queue.messages
     leased = [i for i in ids if (m := msgs.get(i)) is not None and m.state == LEASED]
     if len(leased) != len(ids):
@@ -402,37 +528,106 @@ def nack(session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
     return Outcome({"released": len(leased), "missing": missing}, mutations)
 
 
-def _command(op: Op, handler: Handler, fields: str, needs_handshake: bool = True,
-             reads_state: bool = True) -> Command:
-    return Command(str(op), handler, frozenset(fields.split()), needs_handshake, reads_state)
+#: Message states by their wire names (``peek``, ``message_status``).
+STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed"}
+_STATES = {name: state for state, name in STATE_NAMES.items()}
 
 
-#: The registry. Each entry lists the argument names the op accepts.
+def peek(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    if args["dead_letter"]:
+        queue = _dead_letter_queue(queue, ctx)
+    state = None if args["state"] is None else _STATES[args["state"]]
+    chosen = take_fitting(queue.peek(state), args["max"], session.client_max_frame - REPLY_OVERHEAD)
+    names = STATE_NAMES
+    return Outcome({"queue": queue.name, "messages": [
+        [m.id, m.body, m.attempts, m.key, m.priority, names[m.state], m.deadline] for m in chosen]})
+
+
+def _dead_letter_queue(queue: Queue, ctx: Context) -> Queue:
+    name = queue.settings.dead_letter
+    if name is None:
+        raise invalid("dead_letter", f"queue {queue.name!r} has no dead-letter queue")
+    target = ctx.state.queues.get(name)
+    if target is None:
+        raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, f"dead-letter queue {name!r} does not exist",
+                            details={"field": "dead_letter", "queue": name})
+    return target
+
+
+def message_status(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    dlq_name = queue.settings.dead_letter
+    dlq = ctx.state.queues.get(dlq_name) if dlq_name is not None else None
+    return Outcome({"statuses": [_status(queue, dlq, i) for i in args["ids"]]})
+
+
+def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
+    msg = queue.messages.get(mid)
+    if msg is not None:
+        return {"id": mid, "state": STATE_NAMES[msg.state], "queue": queue.name,
+                "attempts": msg.attempts, "until_ms": msg.deadline}
+    if dlq is not None:
+        dead_id = dlq.dead_letter_of(queue.name, mid)
+        if dead_id is not None:
+            dead: Message = dlq.messages[dead_id]
+            return {"id": mid, "state": "dead_lettered", "queue": dlq.name,
+                    "attempts": dead.attempts, "until_ms": 0, "dead_letter_id": dead_id}
+    state = "gone" if 0 < mid < queue.next_id else "unknown"
+    return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0}
+
+
+# -- the registry -----------------------------------------------------------------------
+
+_QUEUE = Arg("queue", "queue", doc="An existing queue.")
+_IDS = Arg("ids", "ids", doc="1..max_batch message ids.")
+
+#: The registry: every op, declared once.
 COMMANDS: dict[str, Command] = {
     c.op: c
     for c in (
-        _command(Op.HELLO, hello, "versions max_frame client", needs_handshake=False,
-                 reads_state=False),
-        _command(Op.PING, ping, "", reads_state=False),
-        _command(Op.QUEUE_CREATE, queue_create,
-                 "queue kind shards visibility_ms max_attempts dead_letter max_messages"),
-        _command(Op.QUEUE_DELETE, queue_delete, "queue"),
-        _command(Op.QUEUE_LIST, queue_list, ""),
-        _command(Op.QUEUE_STATS, queue_stats, "queue"),
-        _command(Op.PUBLISH, publish, "queue messages"),
-        _command(Op.CONSUME, consume, "queue max visibility_ms wait_ms"),
-        _command(Op.ACK, ack, "queue ids"),
-        _command(Op.NACK, nack, "queue ids delay_ms"),
+        Command(Op.HELLO, hello, (Arg("versions", "any"), Arg("max_frame", "any"),
+                                  Arg("client", "any", default=_MISSING)),
+                reads_state=False, needs_handshake=False),
+        Command(Op.PING, ping, (), reads_state=False),
+        Command(Op.QUEUE_CREATE, queue_create, (
+            Arg("queue", "queue_name"),
+            Arg("kind", "choice", default="fifo", choices=tuple(QueueKind)),
+            Arg("shards", "int", default=1, lo=MIN_SHARDS, hi=MAX_SHARDS),
+            Arg("visibility_ms", "int", default=DEFAULT_VISIBILITY_MS, lo=1, hi=MAX_VISIBILITY_MS),
+            Arg("max_attempts", "int", default=0, lo=0, hi=2**31 - 1),
+            Arg("dead_letter", "queue_name", default=None),
+            Arg("max_messages", "int", default=0, lo=0, hi=2**63 - 1),
+        ), AdmissionClass.LOG, changes_state=True),
+        Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),
+        Command(Op.QUEUE_LIST, queue_list, ()),
+        Command(Op.QUEUE_STATS, queue_stats, (_QUEUE,)),
+        Command(Op.QUEUE_PURGE, queue_purge, (_QUEUE, Arg("leased", "bool", default=False)),
+                AdmissionClass.LOG, changes_state=True),
+        Command(Op.PUBLISH, publish, (_QUEUE, Arg("messages", "any")), AdmissionClass.PUBLISH,
+                changes_state=True, batch=PlainPublishes()),
+        Command(Op.CONSUME, consume, (
+            _QUEUE,
+            Arg("max", "int", default=1, lo=1, hi=_max_batch),
+            Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
+            Arg("wait_ms", "int", default=0, lo=0, hi=MAX_WAIT_MS),
+        ), AdmissionClass.LOG, changes_state=True),
+        Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True),
+        Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS)),
+                AdmissionClass.LOG, changes_state=True),
+        Command(Op.PEEK, peek, (
+            _QUEUE,
+            Arg("max", "int", default=10, lo=1, hi=_max_batch),
+            Arg("state", "choice", default=None, choices=tuple(_STATES)),
+            Arg("dead_letter", "bool", default=False),
+        )),
+        Command(Op.MESSAGE_STATUS, message_status, (_QUEUE, Arg("ids", "ids", keep_duplicates=True))),
     )
 }
 
 
-#: Ops whose replies may be sent without waiting for the log.
-STATELESS_OPS = frozenset(c.op for c in COMMANDS.values() if not c.reads_state)
-
-
-def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> Outcome:
-    """Validate and run one request. Raises ProtocolError for any refusal."""
+def lookup(session: Session, op: str, args: dict[str, Any]) -> Command:
+    """The command for a request, after the checks every op shares (SPEC §5.0, 1-3)."""
     command = COMMANDS.get(op)
     if command is None:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", details={"op": op})
@@ -445,8 +640,19 @@ def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> O
         if type(name) is not str:
             raise invalid("args", "argument names must be strings")
         raise invalid(name, f"{op} takes no argument {name!r}")
+    return command
+
+
+def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> Outcome:
+    """Validate and run one request. Raises ProtocolError for any refusal."""
+    command = lookup(session, op, args)
+    return run(command, session, args, ctx)
+
+
+def run(command: Command, session: Session, args: dict[str, Any], ctx: Context) -> Outcome:
+    """Check a request's arguments and run its handler (after ``lookup``)."""
     try:
-        return command.handler(session, args, ctx)
+        return command.handler(session, command.parse(args, ctx), ctx)
     except ProtocolError:
         command.errors += 1
         raise

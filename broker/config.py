@@ -6,10 +6,12 @@ from pathlib import Path
 
 from protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 
+from .recovery import RecoverMode
+from .wal import DEFAULT_SEGMENT_BYTES, FsyncPolicy
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
 DEFAULT_DATA_DIR = "./lockgate-data"
-DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_MESSAGES = 10_000_000
 DEFAULT_MAX_QUEUES = 10_000
 #: Consume requests one connection may have waiting at once.
@@ -28,7 +30,7 @@ class BrokerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     data_dir: Path = Path(DEFAULT_DATA_DIR)
-    fsync: str = "always"
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     fsync_interval_ms: int = 100
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     #: A checkpoint is due when the log has grown this much (or by the live data, if
@@ -44,14 +46,17 @@ class BrokerConfig:
     #: What start-up does about damage in the log or a snapshot: ``refuse`` stops with
     #: an error naming the file and offset; ``truncate`` keeps everything before the
     #: damage and moves the damaged files aside (``broker/recovery.py``).
-    recover: str = "refuse"
+    recover: RecoverMode = RecoverMode.REFUSE
 
     def __post_init__(self) -> None:
-        if self.fsync not in ("always", "interval", "never"):
+        # A plain string names a member (``BrokerConfig(fsync="never")``).
+        if self.fsync not in tuple(FsyncPolicy):
             raise ValueError("fsync must be always, interval or never")
+        if self.recover not in tuple(RecoverMode):
+            raise ValueError("recover must be refuse or truncate")
+        object.__setattr__(self, "fsync", FsyncPolicy(self.fsync))
+        object.__setattr__(self, "recover", RecoverMode(self.recover))
         if self.max_message + 4096 > self.max_frame:
             raise ValueError("max_frame must exceed max_message by at least 4096 bytes")
         if self.fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms must be at least 1")
-        if self.recover not in ("refuse", "truncate"):
-            raise ValueError("recover must be refuse or truncate")

@@ -1,12 +1,19 @@
-"""Mutation records: the only way queue state changes.
+"""Mutations: the only way queue state changes. Each type is declared once, here.
 
 Rules:
 1. The live path validates a request, appends its mutations to the WAL, then applies
-   them; recovery reads the same records and applies them. Both go through
-   ``BrokerState.apply_fields(type, fields)``.
-2. A mutation carries every value ``apply`` needs — ids, shards, deadlines, times — so
+   them; recovery reads the same records and applies them. Both end in the applier that
+   ``broker.state`` registers for the type (``@applies(Cls)``); ``broker.records`` holds
+   the one codec between a mutation and its WAL record.
+2. A mutation carries every value its applier needs — ids, deadlines, times — so
    applying it never reads a clock or a random source and replay equals the live path.
-3. A record's payload is the msgpack array ``fields()``; its type byte is ``TYPE``.
+3. A record's payload is the msgpack array ``fields()`` (the declared fields, in
+   order); its type byte is ``TYPE``.
+
+Declaring one: ``@mutation(N)`` on a class with annotated fields makes it a frozen,
+slotted dataclass, gives it ``TYPE = N`` and ``FIELDS``, and adds it to ``MUTATIONS``
+and to the ``MutationType`` enum. ``broker.state`` must then register its applier
+(import fails otherwise); ``docs/architecture.md`` lists the rest of the checklist.
 
 Changing a record: never change the meaning of an existing type's fields. Add a new
 type (and keep applying the old one), or append optional fields at the end that old
@@ -15,27 +22,60 @@ misread the new records.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from enum import IntEnum
-from typing import Any, ClassVar, Union
+from operator import attrgetter
+from typing import Any, ClassVar, TypeVar, dataclass_transform
+
+_M = TypeVar("_M", bound="Mutation")
+
+#: Every declared mutation class by its record type, in declaration order.
+MUTATIONS: dict[int, type[Mutation]] = {}
 
 
-class MutationType(IntEnum):
-    QUEUE_CREATE = 1
-    QUEUE_DELETE = 2
-    PUBLISH = 3
-    LEASE = 4
-    ACK = 5
-    RELEASE = 6
-    PROMOTE = 7
-    RECOVER = 8
+class Mutation:
+    """Base of every mutation type (the union of them all is this class)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+    #: The declared field names, in record order.
+    FIELDS: ClassVar[tuple[str, ...]]
+    _row: ClassVar[Callable[[Any], tuple[Any, ...]]]
+
+    def fields(self) -> list[Any]:
+        """The record payload's values, in ``FIELDS`` order."""
+        return list(self._row(self))  # type: ignore[call-arg]
 
 
-@dataclass(frozen=True, slots=True)
-class QueueCreate:
+@dataclass_transform(frozen_default=True)
+def mutation(rtype: int) -> Callable[[type[_M]], type[_M]]:
+    """Declare a mutation type with record type ``rtype`` (1-100; see module docs)."""
+    if not 1 <= rtype <= 100:
+        raise ValueError("mutation record types are 1-100 (101-255 are snapshot records)")
+
+    def declare(cls: type[_M]) -> type[_M]:
+        if rtype in MUTATIONS:
+            raise ValueError(f"record type {rtype} is taken by {MUTATIONS[rtype].__name__}")
+        made = dataclass(frozen=True, slots=True)(cls)
+        names = tuple(f.name for f in dataclass_fields(made))  # type: ignore[arg-type]
+        made.TYPE = rtype
+        made.FIELDS = names
+        getter = attrgetter(*names)
+        made._row = staticmethod(
+            getter if len(names) > 1 else (lambda obj: (getter(obj),)))
+        MUTATIONS[rtype] = made
+        return made
+
+    return declare
+
+
+@mutation(1)
+class QueueCreate(Mutation):
     """A queue comes into being with its settings."""
 
-    TYPE: ClassVar[int] = MutationType.QUEUE_CREATE
     queue: str
     kind: str
     shards: int
@@ -44,24 +84,16 @@ class QueueCreate:
     dead_letter: str | None
     max_messages: int
 
-    def fields(self) -> list[Any]:
-        return [self.queue, self.kind, self.shards, self.visibility_ms,
-                self.max_attempts, self.dead_letter, self.max_messages]
 
-
-@dataclass(frozen=True, slots=True)
-class QueueDelete:
+@mutation(2)
+class QueueDelete(Mutation):
     """A queue and every message in it go away."""
 
-    TYPE: ClassVar[int] = MutationType.QUEUE_DELETE
     queue: str
 
-    def fields(self) -> list[Any]:
-        return [self.queue]
 
-
-@dataclass(frozen=True, slots=True)
-class Publish:
+@mutation(3)
+class Publish(Mutation):
     """Messages join a queue with consecutive ids ``first_id, first_id + 1, ...``.
 
     Columns run parallel to ``bodies``; a column is None when every message has the
@@ -71,7 +103,6 @@ class Publish:
     by the documented rule (``Queue.shard_of``).
     """
 
-    TYPE: ClassVar[int] = MutationType.PUBLISH
     queue: str
     first_id: int
     now_ms: int
@@ -80,15 +111,80 @@ class Publish:
     priorities: list[int] | None = None
     ready_at_ms: list[int] | None = None
 
-    def fields(self) -> list[Any]:
-        return [self.queue, self.first_id, self.now_ms, self.bodies,
-                self.keys, self.priorities, self.ready_at_ms]
+    @property
+    def plain(self) -> bool:
+        """No key, priority or delay on any message: runs of these fold together."""
+        return self.keys is None and self.priorities is None and self.ready_at_ms is None
 
+
+@mutation(4)
+class Lease(Mutation):
+    """Ready messages are delivered: leased until ``deadline_ms``, attempts raised by one."""
+
+    queue: str
+    deadline_ms: int
+    ids: list[int]
+
+
+@mutation(5)
+class Ack(Mutation):
+    """Messages are deleted for good. Ids not present are ignored."""
+
+    queue: str
+    ids: list[int]
+
+
+@mutation(6)
+class Release(Mutation):
+    """Leased messages come back (nack or lease expiry).
+
+    A message whose attempts reached the queue's ``max_attempts`` moves to the
+    dead-letter queue (or is dropped when there is none); the others become ready, or
+    delayed until ``ready_at_ms`` when that is non-zero. ``expired`` counts it as a
+    lease expiry rather than a nack in the statistics.
+    """
+
+    queue: str
+    ids: list[int]
+    ready_at_ms: int
+    expired: bool
+    now_ms: int
+
+
+@mutation(7)
+class Promote(Mutation):
+    """Delayed messages whose time has come become ready, in this order."""
+
+    queue: str
+    ids: list[int]
+
+
+@mutation(8)
+class Recover(Mutation):
+    """Written once at start-up: every leased message is released as if its lease expired."""
+
+    now_ms: int
+
+
+@mutation(9)
+class Purge(Mutation):
+    """Every ready and delayed message of a queue is deleted (and, with ``leased``, every
+    leased one): not acked, not dead-lettered."""
+
+    queue: str
+    leased: bool
+
+
+def _enum_name(cls: type) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
+
+
+#: Record type numbers by name (``MutationType.PUBLISH == 3``), made from ``MUTATIONS``.
+MutationType = IntEnum(  # type: ignore[misc]
+    "MutationType", [(_enum_name(cls), rtype) for rtype, cls in MUTATIONS.items()])
 
 _new = object.__new__
-_PUBLISH_SLOTS = tuple(
-    getattr(Publish, name).__set__
-    for name in ("queue", "first_id", "now_ms", "bodies", "keys", "priorities", "ready_at_ms"))
+_PUBLISH_SLOTS = tuple(getattr(Publish, name).__set__ for name in Publish.FIELDS)
 
 
 def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -> Publish:
@@ -104,85 +200,3 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     set_prio(obj, None)
     set_ready(obj, None)
     return obj
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Ready messages are delivered: leased until ``deadline_ms``, attempts raised by one."""
-
-    TYPE: ClassVar[int] = MutationType.LEASE
-    queue: str
-    deadline_ms: int
-    ids: list[int]
-
-    def fields(self) -> list[Any]:
-        return [self.queue, self.deadline_ms, self.ids]
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """Messages are deleted for good. Ids not present are ignored."""
-
-    TYPE: ClassVar[int] = MutationType.ACK
-    queue: str
-    ids: list[int]
-
-    def fields(self) -> list[Any]:
-        return [self.queue, self.ids]
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """Leased messages come back (nack or lease expiry).
-
-    A message whose attempts reached the queue's ``max_attempts`` moves to the
-    dead-letter queue (or is dropped when there is none); the others become ready, or
-    delayed until ``ready_at_ms`` when that is non-zero. ``expired`` counts it as a
-    lease expiry rather than a nack in the statistics.
-    """
-
-    TYPE: ClassVar[int] = MutationType.RELEASE
-    queue: str
-    ids: list[int]
-    ready_at_ms: int
-    expired: bool
-    now_ms: int
-
-    def fields(self) -> list[Any]:
-        return [self.queue, self.ids, self.ready_at_ms, self.expired, self.now_ms]
-
-
-@dataclass(frozen=True, slots=True)
-class Promote:
-    """Delayed messages whose time has come become ready, in this order."""
-
-    TYPE: ClassVar[int] = MutationType.PROMOTE
-    queue: str
-    ids: list[int]
-
-    def fields(self) -> list[Any]:
-        return [self.queue, self.ids]
-
-
-@dataclass(frozen=True, slots=True)
-class Recover:
-    """Written once at start-up: every leased message is released as if its lease expired."""
-
-    TYPE: ClassVar[int] = MutationType.RECOVER
-    now_ms: int
-
-    def fields(self) -> list[Any]:
-        return [self.now_ms]
-
-
-Mutation = Union[QueueCreate, QueueDelete, Publish, Lease, Ack, Release, Promote, Recover]
-
-MUTATION_CLASSES: dict[int, type] = {
-    cls.TYPE: cls
-    for cls in (QueueCreate, QueueDelete, Publish, Lease, Ack, Release, Promote, Recover)
-}
-
-
-def from_fields(rtype: int, fields: list[Any]) -> Mutation:
-    """Rebuild a mutation object from a record (for tools and tests)."""
-    return MUTATION_CLASSES[rtype](*fields)

@@ -49,14 +49,15 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import msgpack
 
 from . import gcpolicy
-from .mutations import MutationType
-from .state import BrokerState, fold_records
+from .mutations import QueueCreate, Recover
+from .records import decode_fields, fold_records
+from .state import BrokerState
 from .wal import FileIO, ReplayReport, replay
 from .wal.offload import OFFLOAD_MIN_BYTES, Offload
 from .wal.checkpoint import (
@@ -77,10 +78,16 @@ from .wal.segment import (
     segment_base,
 )
 
-log = logging.getLogger("lockgate.recovery")
+logger = logging.getLogger("lockgate.recovery")
 
-#: ``brokerd --recover`` choices; see the module rules.
-RECOVER_MODES = ("refuse", "truncate")
+class RecoverMode(StrEnum):
+    """``brokerd --recover``: what start-up does about damage (see the module rules)."""
+
+    REFUSE = "refuse"
+    TRUNCATE = "truncate"
+
+
+RECOVER_MODES = tuple(RecoverMode)
 #: What a file moved aside by ``mode="truncate"`` is renamed to end with.
 DAMAGED_SUFFIX = ".damaged"
 
@@ -132,7 +139,7 @@ class Recovered:
     skipped_records: int = 0
 
 
-def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") -> Recovered:
+def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = RecoverMode.REFUSE) -> Recovered:
     """Rebuild the state from ``wal_dir`` (see the rules above)."""
     if mode not in RECOVER_MODES:
         raise ValueError(f"recover mode must be one of {', '.join(RECOVER_MODES)}, not {mode!r}")
@@ -164,12 +171,12 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = "refuse") ->
     seconds = time.perf_counter() - started
     state, report = result.state, result.replay
     rate = report.records / seconds if seconds > 0 else 0.0
-    log.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
+    logger.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
              "after a snapshot at LSN %d; %d queues, %d messages",
              report.records, report.bytes, report.segments, seconds, rate, result.snapshot_lsn,
              len(state.queues), sum(len(q) for q in state.queues.values()))
     if result.discarded or result.lost_before_lsn:
-        log.error("recovered with --recover=truncate: %d file(s) moved aside, %d valid log "
+        logger.error("recovered with --recover=truncate: %d file(s) moved aside, %d valid log "
                   "records in them not applied%s; see the errors above", len(result.discarded),
                   sum(d.records for d in result.discarded if d.kind == "segment"),
                   f", the state before LSN {result.lost_before_lsn} lost"
@@ -205,7 +212,7 @@ def _log_end(directory: str, segments: list[tuple[int, str]]) -> int:
 def _start_log_at(io: FileIO, directory: str, segments: list[tuple[int, str]], lsn: int) -> None:
     """Rule 6: continue the log at the snapshot's LSN with a new empty segment."""
     end = _log_end(directory, segments)
-    log.warning("the log ends at LSN %d, before the newest snapshot's LSN %d (the broker "
+    logger.warning("the log ends at LSN %d, before the newest snapshot's LSN %d (the broker "
                 "was recovering from a failed write, or damage lies in what the snapshot "
                 "holds): the snapshot holds everything up to it; starting a new segment at "
                 "LSN %d", end, lsn, lsn)
@@ -216,7 +223,7 @@ def _start_log_at(io: FileIO, directory: str, segments: list[tuple[int, str]], l
         removed.append(name)
     if removed:
         io.fsync_dir(directory)
-        log.warning("removed segments %s: they end before the snapshot's LSN %d, which "
+        logger.warning("removed segments %s: they end before the snapshot's LSN %d, which "
                     "holds what they held", ", ".join(removed), lsn)
 
 
@@ -261,7 +268,7 @@ class _Truncating:
             break
         skipped = skipper.skipped
         if lost_before:
-            log.error("no usable snapshot and the log starts at LSN %d: the state before it is "
+            logger.error("no usable snapshot and the log starts at LSN %d: the state before it is "
                       "lost (queues created and messages published before LSN %d are missing); "
                       "%d records that refer to such queues were skipped", lost_before,
                       lost_before, skipped)
@@ -299,7 +306,7 @@ class _Truncating:
         gone = Discarded(path, moved_to, 0, len(data), reason, "snapshot", lsn, lsn,
                          _count_records(data, SNAPSHOT_HEADER_SIZE))
         self.discarded.append(gone)
-        log.error("snapshot %s not loaded (%s); moved aside to %s (%d bytes, %d records); "
+        logger.error("snapshot %s not loaded (%s); moved aside to %s (%d bytes, %d records); "
                   "falling back to an older snapshot or the log", path, reason, moved_to,
                   gone.bytes, gone.records)
 
@@ -333,12 +340,12 @@ class _Truncating:
         for d in reversed(gone):  # reported in log order
             self.discarded.append(d)
             if d.from_offset:
-                log.error("segment %s cut back to %d bytes, its original copied to %s (%s): "
+                logger.error("segment %s cut back to %d bytes, its original copied to %s (%s): "
                           "bytes %d-%d, LSN %d-%d, %d valid records behind the damage not "
                           "applied", d.path, d.from_offset, d.moved_to, d.reason, d.from_offset,
                           d.from_offset + d.bytes, d.first_lsn, d.end_lsn, d.records)
             else:
-                log.error("segment %s moved aside to %s (%s): bytes 0-%d, LSN %d-%d, %d valid "
+                logger.error("segment %s moved aside to %s (%s): bytes 0-%d, LSN %d-%d, %d valid "
                           "records not applied", d.path, d.moved_to, d.reason, d.bytes,
                           d.first_lsn, d.end_lsn, d.records)
 
@@ -375,7 +382,7 @@ class _Truncating:
                 self.io.close(fd)
         tmp = write_snapshot_tmp(self.io, self.dir, lsn, state.export_records())
         final = publish_snapshot(self.io, self.dir, tmp)
-        log.warning("wrote the recovered state as snapshot %s", final)
+        logger.warning("wrote the recovered state as snapshot %s", final)
         return lsn
 
     # -- files ----------------------------------------------------------------------------
@@ -429,9 +436,9 @@ class _SkipUnknownQueues:
         self.skipped = 0
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
-        fields = msgpack.unpackb(payload, raw=False)
-        if (rtype not in (MutationType.QUEUE_CREATE, MutationType.RECOVER)
-                and fields[0] not in self._state.queues):
+        fields = decode_fields(payload)
+        # Every other mutation names its queue first.
+        if rtype not in (QueueCreate.TYPE, Recover.TYPE) and fields[0] not in self._state.queues:
             self.skipped += 1
             return
         self._state.apply_fields(rtype, fields)

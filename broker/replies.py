@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol import Encoder, ErrorCode
+from protocol import Encoder
 
-from .wal import GroupCommitter, StorageError
+from .live import log_failed
+from .wal import GroupCommitter, LogFailedError
 
 __all__ = ["Replies", "Round"]
 
@@ -71,17 +72,18 @@ class Replies:
         if round_.answered:
             try:
                 await self._committer.wait_durable(round_.lsn)
-            except StorageError as exc:
+            except LogFailedError as exc:
                 self.fail(out, round_.answered, exc)
         if out:
             await self.write(b"".join(out))
 
-    def fail(self, out: list[bytes], answered: list[tuple[int, int]], exc: StorageError) -> None:
+    def fail(self, out: list[bytes], answered: list[tuple[int, int]], exc: LogFailedError) -> None:
         """Rule 4: each reply in ``answered`` becomes STORAGE_ERROR; recovery is asked for."""
         self._on_log_failure()
         error = self._enc.error
         for index, rid in answered:
-            out[index] = error(rid, ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}")
+            failed = log_failed(exc, rid)
+            out[index] = error(rid, failed.code, failed.message, failed.details)
 
     async def write(self, data: bytes) -> None:
         """Write whole frames, never interleaved with another ``write``. A free lock is

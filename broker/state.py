@@ -1,48 +1,68 @@
-"""The broker's queue state and the one function that changes it.
+"""The broker's queue state and the appliers that change it.
 
 Rules:
-1. ``apply`` (for mutation objects), ``apply_record`` (for WAL records) and
-   ``apply_items`` (for records folded by ``fold_records``) all end in the same
-   applier; nothing else writes queue state.
+1. Each mutation type has exactly one applier, a method marked ``@applies(Cls)``
+   (import fails when a declared mutation has none). ``apply`` (mutation objects),
+   ``apply_fields`` (type and fields), ``apply_record`` (WAL records) and
+   ``apply_items`` (records folded by ``records.fold_records``) all end in it; nothing
+   else writes queue state.
 2. Appliers are deterministic: they read only the record's fields and the state.
    Applying the same records to an empty state always gives the same state.
 3. Appliers are total: ids that are gone or in another state are skipped, so a record
    never fails to apply.
-4. ``due(now)`` and ``Queue.select`` only read; they tell the live path which
-   mutations to log next.
+4. ``due(now)``, ``Queue.select`` and the lookups only read; they tell the live path
+   which mutations to log next.
+5. A ``StateObserver`` set as ``observer`` is told where messages come from as the
+   appliers run (``brokerctl wal stats`` counts live bytes per segment with it).
 """
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
 from .mutations import (
+    MUTATIONS,
+    Ack,
+    Lease,
     Mutation,
-    MutationType,
     Promote,
+    Publish,
+    Purge,
+    QueueCreate,
+    QueueDelete,
+    Recover,
     Release,
 )
 from .queues import LEASED, Message, Queue, QueueSettings
-
-_unpackb = msgpack.unpackb
-_PUBLISH = int(MutationType.PUBLISH)
+from .records import ack_cost, decode_fields
 
 #: Snapshot record types (a snapshot file's records; never in the log).
 SNAPSHOT_QUEUE = 101
 SNAPSHOT_MESSAGES = 102
+#: ``[queue, [[id, source queue, source id], ...]]``: where dead letters came from.
+SNAPSHOT_DEAD_LETTER_ORIGINS = 103
 
-#: Log bytes an ACK record takes, at most, to ack one message of a queue alone, less
-#: the queue name's length: record header 9, array 1, name header 2, id array 1, id 9
-#: (rounded up). Acking k messages in one record takes at most k times that.
-ACK_RECORD_BASE = 24
+_F = TypeVar("_F", bound=Callable[..., None])
 
 
-def ack_cost(queue_name: str) -> int:
-    """Most log bytes acking one message of ``queue_name`` can take (names are ASCII)."""
-    return ACK_RECORD_BASE + len(queue_name)
+def applies(mutation_class: type[Mutation]) -> Callable[[_F], _F]:
+    """Mark a ``BrokerState`` method as the applier of ``mutation_class`` (rule 1)."""
+    def mark(method: _F) -> _F:
+        method.applies = mutation_class  # type: ignore[attr-defined]
+        return method
+    return mark
+
+
+class StateObserver(Protocol):
+    """Told by the appliers where messages come from (rule 5)."""
+
+    def queue_created(self, queue: str) -> None: ...
+    def queue_deleted(self, queue: str) -> None: ...
+    def published(self, queue: str, first_id: int, count: int) -> None: ...
+    def dead_lettered(self, queue: str, ids: list[int], target: str, first_id: int) -> None: ...
 
 
 class BrokerState:
@@ -58,16 +78,9 @@ class BrokerState:
         #: Log bytes the acks of every live message can take: the sum of ``ack_cost``
         #: over them. The live path keeps this much room reserved in the log.
         self.ack_reserve = 0
+        self.observer: StateObserver | None = None
         self._appliers: dict[int, Callable[..., None]] = {
-            MutationType.QUEUE_CREATE: self._queue_create,
-            MutationType.QUEUE_DELETE: self._queue_delete,
-            MutationType.PUBLISH: self._publish,
-            MutationType.LEASE: self._lease,
-            MutationType.ACK: self._ack,
-            MutationType.RELEASE: self._release,
-            MutationType.PROMOTE: self._promote,
-            MutationType.RECOVER: self._recover,
-        }
+            rtype: getattr(self, name) for rtype, name in _APPLIERS.items()}
 
     # -- the one way in -------------------------------------------------------------
 
@@ -80,7 +93,7 @@ class BrokerState:
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
         """Apply a WAL record (type byte and msgpack payload)."""
-        self._appliers[rtype](*msgpack.unpackb(payload, raw=False))
+        self._appliers[rtype](*decode_fields(payload))
 
     def apply_items(self, items: list[list[Any]]) -> None:
         """Apply ``[type, fields]`` items, in order (``fold_records`` makes them)."""
@@ -130,6 +143,7 @@ class BrokerState:
 
     # -- appliers -------------------------------------------------------------------
 
+    @applies(QueueCreate)
     def _queue_create(
         self, name: str, kind: str, shards: int, visibility_ms: int,
         max_attempts: int, dead_letter: str | None, max_messages: int,
@@ -137,7 +151,10 @@ class BrokerState:
         if name not in self.queues:
             self.queues[name] = Queue(QueueSettings(
                 name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages))
+            if self.observer is not None:
+                self.observer.queue_created(name)
 
+    @applies(QueueDelete)
     def _queue_delete(self, name: str) -> None:
         queue = self.queues.pop(name, None)
         self._timer_at.pop(name, None)
@@ -145,7 +162,13 @@ class BrokerState:
         if queue is not None:
             self.ack_reserve -= len(queue) * ack_cost(name)
             queue.remove(list(queue.messages))
+            target = self.queues.get(queue.settings.dead_letter or "")
+            if target is not None:
+                target.forget_source(name)  # a new queue of this name starts at id 1
+            if self.observer is not None:
+                self.observer.queue_deleted(name)
 
+    @applies(Publish)
     def _publish(
         self, name: str, first_id: int, now_ms: int, bodies: list[bytes],
         keys: list[bytes | None] | None, priorities: list[int] | None,
@@ -160,17 +183,22 @@ class BrokerState:
             nxt = queue.next_deadline()
             if nxt is not None:
                 self._schedule(name, nxt)
+        if self.observer is not None:
+            self.observer.published(name, first_id, len(bodies))
 
+    @applies(Lease)
     def _lease(self, name: str, deadline_ms: int, ids: list[int]) -> None:
         self.queues[name].lease(deadline_ms, ids)
         self._schedule(name, deadline_ms)
 
+    @applies(Ack)
     def _ack(self, name: str, ids: list[int]) -> None:
         queue = self.queues[name]
         removed = queue.remove(ids)
         queue.acked += removed
         self.ack_reserve -= removed * ack_cost(name)
 
+    @applies(Release)
     def _release(
         self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int
     ) -> None:
@@ -199,26 +227,33 @@ class BrokerState:
 
     def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int) -> None:
         """Move messages that ran out of attempts to the dead-letter queue, or drop them."""
-        queue.remove([m.id for m in msgs])
+        ids = [m.id for m in msgs]
+        queue.remove(ids)
         self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
             queue.dropped += len(msgs)
             return
         self._woken.add(target.name)
+        first_id = target.next_id
         target.add(
-            target.next_id,
+            first_id,
             [m.body for m in msgs],
             [m.key for m in msgs],
             [m.priority for m in msgs],
         )
+        target.note_sources(first_id, queue.name, ids)
         self.ack_reserve += len(msgs) * ack_cost(target.name)
         queue.dead_lettered += len(msgs)
+        if self.observer is not None:
+            self.observer.dead_lettered(queue.name, ids, target.name, first_id)
 
+    @applies(Promote)
     def _promote(self, name: str, ids: list[int]) -> None:
         self.queues[name].promote(ids)
         self._woken.add(name)
 
+    @applies(Recover)
     def _recover(self, now_ms: int) -> None:
         # All leases end at the same moment: queues by name, messages by id, an order
         # that does not depend on whether the state was replayed or restored.
@@ -227,6 +262,12 @@ class BrokerState:
             if queue.leased:
                 leased = sorted(m.id for m in queue.messages.values() if m.state == LEASED)
                 self._release(name, leased, 0, True, now_ms)
+
+    @applies(Purge)
+    def _purge(self, name: str, leased: bool) -> None:
+        queue = self.queues[name]
+        removed = queue.purge(leased)
+        self.ack_reserve -= removed * ack_cost(name)
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -244,6 +285,9 @@ class BrokerState:
                     rows = []
             if rows:
                 yield SNAPSHOT_MESSAGES, pack([name, rows])
+            sources = queue.export_sources()
+            if sources:
+                yield SNAPSHOT_DEAD_LETTER_ORIGINS, pack([name, sources])
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
@@ -256,6 +300,8 @@ class BrokerState:
                 state.queues[queue.name] = queue
             elif rtype == SNAPSHOT_MESSAGES:
                 state.queues[fields[0]].import_messages(fields[1])
+            elif rtype == SNAPSHOT_DEAD_LETTER_ORIGINS:
+                state.queues[fields[0]].import_sources(fields[1])
             else:
                 raise ValueError(f"unknown snapshot record type {rtype}")
         state.ack_reserve = state.count_ack_reserve()
@@ -285,35 +331,25 @@ class BrokerState:
                     (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline)
                     for m in q.messages.values()
                 ),
+                "sources": sorted(q.sources.items()),
             }
         return out
 
 
-def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
-    """Decode WAL records (``types[i]`` the type of ``payloads[i]``) into
-    ``[type, fields]`` items for ``BrokerState.apply_items``, folding each run of plain
-    publishes to one queue with consecutive ids into one publish.
 
-    Applying ``Publish(q, n, [a])`` then ``Publish(q, n + 1, [b])`` gives the same state
-    as ``Publish(q, n, [a, b])`` (``now_ms`` is not used by the applier), so the items
-    give the same state as the records one by one; they only save the per-record
-    calls. Reads nothing but its arguments: replay may run it in a helper process.
-    The replay hot path: one loop, state in locals.
-    """
-    items: list[list[Any]] = []
-    add = items.append
-    queue: str | None = None
-    nxt = 0
-    bodies: list[bytes] = []
-    for rtype, fields in zip(types, map(_unpackb, payloads)):
-        if rtype == _PUBLISH and fields[4] is None and fields[5] is None and fields[6] is None:
-            if fields[1] == nxt and fields[0] == queue:
-                bodies += fields[3]  # the run's item holds this very list
-                nxt += len(fields[3])
-                continue
-            queue, bodies = fields[0], fields[3]
-            nxt = fields[1] + len(bodies)
-        else:
-            queue = None
-        add([rtype, fields])
-    return items
+def _find_appliers() -> dict[int, str]:
+    """Rule 1: the ``@applies`` methods by record type; every mutation must have one."""
+    found: dict[int, str] = {}
+    for name, member in vars(BrokerState).items():
+        cls = getattr(member, "applies", None)
+        if cls is not None:
+            if cls.TYPE in found:
+                raise TypeError(f"{cls.__name__} has two appliers: {found[cls.TYPE]} and {name}")
+            found[cls.TYPE] = name
+    missing = [cls.__name__ for rtype, cls in MUTATIONS.items() if rtype not in found]
+    if missing:
+        raise TypeError(f"mutations without an applier in BrokerState: {', '.join(missing)}")
+    return found
+
+
+_APPLIERS = _find_appliers()

@@ -29,8 +29,8 @@ from typing import Any
 import click
 import msgpack
 
-from broker.mutations import MUTATION_CLASSES, MutationType, from_fields
-from broker.queues.message import LEASED
+from broker.mutations import MUTATIONS, MutationType
+from broker.records import decode
 from broker.state import BrokerState
 from broker.wal.checkpoint import list_snapshots, read_snapshot
 from broker.wal.fileio import FileIO
@@ -260,7 +260,7 @@ def type_name(rtype: int) -> str:
 
 def decode_mutation(rtype: int, payload: bytes) -> tuple[Any, str | None]:
     """``(mutation, None)``, or ``(None, why)`` when the broker could not apply it."""
-    if rtype not in MUTATION_CLASSES:
+    if rtype not in MUTATIONS:
         return None, f"unknown record type {rtype}"
     try:
         fields = msgpack.unpackb(payload, raw=False)
@@ -269,7 +269,7 @@ def decode_mutation(rtype: int, payload: bytes) -> tuple[Any, str | None]:
     if not isinstance(fields, list):
         return None, f"{type_name(rtype)} payload is not a msgpack array"
     try:
-        return from_fields(rtype, fields), None
+        return decode(rtype, payload), None
     except TypeError as exc:
         return None, f"{type_name(rtype)} payload has the wrong fields ({exc})"
 
@@ -508,57 +508,43 @@ class _Origins:
 
 
 class _StatsApplier:
-    """Applies mutations to a ``BrokerState`` while tracking message origins."""
+    """Applies mutations to a ``BrokerState`` with the broker's own appliers, told by
+    them (as the state's ``StateObserver``) which segment each live message's body is in."""
 
     def __init__(self) -> None:
-        self.state = BrokerState()
         self.origins = _Origins()
+        self._segment = 0
+        self.state = BrokerState()
+
+    @property
+    def state(self) -> BrokerState:
+        return self._state
+
+    @state.setter
+    def state(self, state: BrokerState) -> None:
+        self._state = state
+        state.observer = self
 
     def apply(self, mutation: Any, seg: int) -> None:
-        state, origins = self.state, self.origins
-        rtype = mutation.TYPE
-        if rtype == MutationType.RELEASE:
-            moves = [self._leased(mutation.queue, mutation.ids)]
-        elif rtype == MutationType.RECOVER:
-            moves = [self._leased(name, [m.id for m in q.messages.values() if m.state == LEASED])
-                     for name, q in state.queues.items() if q.leased]
-        else:
-            moves = []
-        before = {name: q.next_id for name, q in state.queues.items()} if moves else {}
-        created = rtype == MutationType.QUEUE_CREATE and mutation.queue not in state.queues
-        state.apply(mutation)
-        if created:
-            origins.reset(mutation.queue)
-        elif rtype == MutationType.QUEUE_DELETE:
-            origins.drop(mutation.queue)
-        elif rtype == MutationType.PUBLISH:
-            origins.add(mutation.queue, mutation.first_id, seg)
-        for name, leased in moves:
-            self._dead_lettered(name, leased, before)
+        self._segment = seg
+        self._state.apply(mutation)
 
-    def _leased(self, name: str, ids: list[int]) -> tuple[str, list[tuple[int, int | None]]]:
-        """``(queue, [(id, origin)])`` of the leased ones among ``ids``, in release order."""
-        queue = self.state.queues.get(name)
-        if queue is None or not queue.settings.max_attempts:
-            return name, []
-        msgs = queue.messages
-        return name, [(mid, self.origins.of(name, mid)) for mid in dict.fromkeys(ids)
-                      if (m := msgs.get(mid)) is not None and m.state == LEASED]
+    # -- StateObserver ------------------------------------------------------------------
 
-    def _dead_lettered(self, name: str, leased: list[tuple[int, int | None]],
-                       next_ids: dict[str, int]) -> None:
-        """Give the messages a release moved to a dead-letter queue their origin."""
-        queue = self.state.queues.get(name)
-        if queue is None or not leased or not queue.settings.dead_letter:
-            return
-        target = queue.settings.dead_letter
-        if target not in self.state.queues or target not in next_ids:
-            return
-        gone = [origin for mid, origin in leased if mid not in queue.messages]
-        for origin in gone:  # the target took them, in this order, from its next id
+    def queue_created(self, queue: str) -> None:
+        self.origins.reset(queue)
+
+    def queue_deleted(self, queue: str) -> None:
+        self.origins.drop(queue)
+
+    def published(self, queue: str, first_id: int, count: int) -> None:
+        self.origins.add(queue, first_id, self._segment)
+
+    def dead_lettered(self, queue: str, ids: list[int], target: str, first_id: int) -> None:
+        for offset, mid in enumerate(ids):  # the target took them in this order
+            origin = self.origins.of(queue, mid)
             if origin is not None:
-                self.origins.add(target, next_ids[target], origin)
-            next_ids[target] += 1
+                self.origins.add(target, first_id + offset, origin)
 
 
 @dataclass

@@ -59,6 +59,10 @@ class Queue:
         self._lease_seq = 0
         #: Shard the next consume starts from (a fairness hint, not logged state).
         self._cursor = 0
+        #: Of messages dead-lettered into this queue: id here -> (source queue, id there).
+        self.sources: dict[int, tuple[str, int]] = {}
+        #: The reverse of ``sources``.
+        self._by_source: dict[tuple[str, int], int] = {}
 
     # -- reading -------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ class Queue:
         sets = self.ready_sets
         n = len(sets)
         if n == 1:
-            return _take_fitting(sets[0].iter_ready(), max_count, byte_budget)
+            return take_fitting(sets[0].iter_ready(), max_count, byte_budget)
         else:
             start = self._cursor
             self._cursor = (start + 1) % n
@@ -109,6 +113,23 @@ class Queue:
                 if len(chosen) >= max_count:
                     return chosen
         return chosen
+
+    def dead_letter_of(self, source: str, source_id: int) -> int | None:
+        """The id here of message ``source_id`` dead-lettered from ``source``, if held."""
+        return self._by_source.get((source, source_id))
+
+    def peek(self, state: int | None) -> Iterator[Message]:
+        """Messages (of one ``state``, or all) without leasing them: ready ones in the
+        order shards list them from shard 0, then leased ones by deadline, then delayed
+        ones by ready time. Reads only."""
+        if state is None or state == READY:
+            for ready in self.ready_sets:
+                yield from ready.iter_ready()
+        if state is None or state == LEASED:
+            yield from self.leased_in_order()
+        if state is None or state == DELAYED:
+            yield from sorted((m for m in self.messages.values() if m.state == DELAYED),
+                              key=lambda m: (m.deadline, m.id))
 
     def leased_in_order(self) -> list[Message]:
         """Leased messages in the order their leases expire: by deadline, then lease
@@ -223,7 +244,44 @@ class Queue:
             if msg is not None:
                 self._unlink(msg)
                 n += 1
+        if self.sources:
+            self._forget_sources(ids)
         return n
+
+    def purge(self, leased: bool) -> int:
+        """Delete every ready and delayed message, and every leased one if ``leased``;
+        returns how many went."""
+        gone = [m.id for m in self.messages.values() if leased or m.state != LEASED]
+        return self.remove(gone)
+
+    def note_sources(self, first_id: int, source: str, source_ids: list[int]) -> None:
+        """Messages ``first_id, first_id + 1, ...`` are ``source_ids`` dead-lettered from ``source``."""
+        for mid, sid in zip(range(first_id, first_id + len(source_ids)), source_ids):
+            self.sources[mid] = (source, sid)
+            self._by_source[(source, sid)] = mid
+
+    def forget_source(self, source: str) -> None:
+        """Queue ``source`` was deleted: its ids no longer name these messages."""
+        for mid, (name, sid) in list(self.sources.items()):
+            if name == source:
+                del self.sources[mid]
+                del self._by_source[(name, sid)]
+
+    def _forget_sources(self, ids: list[int]) -> None:
+        sources, by_source = self.sources, self._by_source
+        for mid in ids:
+            origin = sources.pop(mid, None)
+            if origin is not None:
+                by_source.pop(origin, None)
+
+    def export_sources(self) -> list[list[Any]]:
+        """``sources`` as snapshot rows ``[id, source queue, source id]``, by id."""
+        return [[mid, name, sid] for mid, (name, sid) in sorted(self.sources.items())]
+
+    def import_sources(self, rows: list[list[Any]]) -> None:
+        for mid, name, sid in rows:
+            self.sources[mid] = (name, sid)
+            self._by_source[(name, sid)] = mid
 
     def release(self, msg: Message, ready_at_ms: int) -> None:
         """A leased message returns: ready now, or delayed until ``ready_at_ms``."""
@@ -348,7 +406,7 @@ class Queue:
         }
 
 
-def _take_fitting(source: "Iterator[Message]", max_count: int, budget: int) -> list[Message]:
+def take_fitting(source: "Iterator[Message]", max_count: int, budget: int) -> list[Message]:
     """The first messages of ``source``, up to ``max_count`` and ``budget`` bytes (at least one)."""
     chosen = list(islice(source, max_count))
     total = sum(len(m.body) for m in chosen) + DELIVERY_OVERHEAD * len(chosen)

@@ -4,7 +4,7 @@ The on-disk format and the durability policies are specified in docs/wal.md.
 """
 from .commit import FsyncPolicy, GroupCommitter
 from .fileio import FileIO
-from .log import DEFAULT_SEGMENT_BYTES, SegmentedLog, StorageError
+from .log import DEFAULT_SEGMENT_BYTES, SegmentedLog, LogFailedError
 from .record import MAX_PAYLOAD, RECORD_HEADER_SIZE, decode_record, encode_record
 from .replay import ReplayReport, replay
 from .segment import WAL_VERSION, WalCorruption, WalVersionError, segment_name
@@ -19,7 +19,7 @@ __all__ = [
     "GroupCommitter",
     "ReplayReport",
     "SegmentedLog",
-    "StorageError",
+    "LogFailedError",
     "WalCorruption",
     "WalVersionError",
     "decode_record",

@@ -20,7 +20,7 @@ began):
    cover waits for it to land first, then starts the next round.
 
 A failed write or fsync fails the log (``SegmentedLog`` stops advancing
-``synced_lsn``): the round's waiters, and every later one, get ``StorageError`` until
+``synced_lsn``): the round's waiters, and every later one, get ``LogFailedError`` until
 the log is restarted in a new segment (``SegmentedLog.restart_at``). A helper that is
 gone leaves rounds inline from then on.
 """
@@ -31,10 +31,10 @@ from enum import StrEnum
 
 import trio
 
-from .log import SegmentedLog, StorageError, SyncTicket
+from .log import SegmentedLog, LogFailedError, SyncTicket
 from .synchelper import SyncHelper, SyncHelperGone
 
-__all__ = ["HELPER_MIN_BYTES", "FsyncPolicy", "GroupCommitter", "StorageError"]
+__all__ = ["HELPER_MIN_BYTES", "FsyncPolicy", "GroupCommitter", "LogFailedError"]
 
 logger = logging.getLogger("lockgate.wal")
 
@@ -122,13 +122,13 @@ class GroupCommitter:
         if self._flight is None and self._flies() and not self._closed and not self._log.failed:
             try:
                 self._launch()
-            except StorageError:
+            except LogFailedError:
                 pass  # the write failed the log; the round's waiters see it and raise
 
     async def wait_durable(self, lsn: int) -> None:
         """Return once the record ending at ``lsn`` is confirmed under the policy.
 
-        Raises ``StorageError`` if the log failed or the committer closed before
+        Raises ``LogFailedError`` if the log failed or the committer closed before
         that, and ``ValueError`` if ``lsn`` was never appended.
         """
         log = self._log
@@ -151,7 +151,7 @@ class GroupCommitter:
             self._check(lsn)
             log.write()
         elif log.failed:
-            raise StorageError(str(log.failure)) from log.failure
+            raise LogFailedError(str(log.failure)) from log.failure
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -179,7 +179,7 @@ class GroupCommitter:
     async def aclose(self) -> None:
         """Write and sync everything appended, then stop ``run``. Idempotent.
 
-        Does not close the log. Raises ``StorageError`` if this final sync fails.
+        Does not close the log. Raises ``LogFailedError`` if this final sync fails.
         """
         if self._closed:
             return
@@ -199,9 +199,9 @@ class GroupCommitter:
     def _check(self, lsn: int) -> None:
         log = self._log
         if log.failed:
-            raise StorageError(str(log.failure)) from log.failure
+            raise LogFailedError(str(log.failure)) from log.failure
         if self._closed:
-            raise StorageError("the group committer is closed")
+            raise LogFailedError("the group committer is closed")
         if lsn > log.appended_lsn:
             raise ValueError(f"LSN {lsn} is past the end of the log ({log.appended_lsn})")
 
@@ -214,7 +214,7 @@ class GroupCommitter:
 
     def _launch(self) -> None:
         """Write and hand the fdatasync to the helper (``_flight``); no wait. Inline
-        instead if the helper turns out gone. StorageError if the write fails."""
+        instead if the helper turns out gone. LogFailedError if the write fails."""
         helper = self._helper
         assert helper is not None and self._flight is None
         ticket = self._log.begin_sync()
@@ -242,7 +242,7 @@ class GroupCommitter:
         except OSError as exc:
             try:
                 self._log.end_sync(flight.ticket, exc)
-            except StorageError:
+            except LogFailedError:
                 pass  # the log is failed; the waiters see it and raise
         else:
             self._log.end_sync(flight.ticket, None)
@@ -256,7 +256,7 @@ class GroupCommitter:
         try:
             self._log.sync()
             self._syncs += 1
-        except StorageError:
+        except LogFailedError:
             pass  # the log is failed; the waiters see it and raise
 
     async def _gather(self) -> None:
@@ -294,7 +294,7 @@ class GroupCommitter:
         try:
             self._log.sync()
             self._syncs += 1
-        except StorageError:
+        except LogFailedError:
             pass  # the log is failed; woken waiters see it and raise
         finally:
             event.set()

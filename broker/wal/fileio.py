@@ -68,6 +68,11 @@ class FileIO:
     Paths are ``str``. Methods raise ``OSError`` exactly as the ``os`` functions do.
     """
 
+    #: Whether the broker may use the sync helper with this FileIO: the helper's
+    #: fdatasyncs bypass it, so only a FileIO that is told of them (``synced_elsewhere``)
+    #: sees every sync. The broker uses the helper with its own FileIO regardless.
+    reports_outside_syncs: bool = False
+
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
         return os.open(path, flags, mode)
 
@@ -90,6 +95,13 @@ class FileIO:
 
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
+
+    def synced_elsewhere(self, fd: int, size: int, started: float) -> None:
+        """An fdatasync of ``fd`` that another process made (the sync helper, see
+        ``reports_outside_syncs``) returned: the file's first ``size`` bytes are durable.
+        ``size`` was its size at ``started`` (``time.monotonic()``), no later than that
+        fdatasync began. ``SegmentedLog.end_sync`` calls it while ``fd`` is still open on
+        that file. Nothing to do here."""
 
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
@@ -150,6 +162,10 @@ class JournalingFileIO(FileIO):
       ``ino`` and ``size``, taken just before the call (bytes written before it
       started are covered; bytes written by another thread during it may not be), and
       ``t0``, when the call started. ``size`` bytes of that inode are durable.
+      ``call`` ``elsewhere``: an fdatasync the sync helper process made, which the log
+      reported when it returned (``synced_elsewhere``); ``size`` and ``t0`` are from
+      when the log handed the file over. Such a line can come after a later sync of
+      the same file with a larger size; the larger one counts.
     - ``truncate``: ``ftruncate`` (``path``, ``ino``, ``length``); durable only once a
       later ``sync`` of the inode records it.
     - ``rename`` (``src``, ``dst``, ``ino``) and ``unlink`` (``path``, ``ino``,
@@ -167,6 +183,8 @@ class JournalingFileIO(FileIO):
     ``tools.powercut.apply_power_cut`` reads the journal. Not for production use: it
     costs a ``fstat`` and a ``write`` per fsync and keeps unlinked files around.
     """
+
+    reports_outside_syncs = True
 
     def __init__(self, journal_path: str | os.PathLike[str]) -> None:
         self.journal_path = os.path.abspath(os.fspath(journal_path))
@@ -218,6 +236,10 @@ class JournalingFileIO(FileIO):
 
     def fdatasync(self, fd: int) -> None:
         self._synced(fd, "fdatasync")
+
+    def synced_elsewhere(self, fd: int, size: int, started: float) -> None:
+        self._record("sync", call="elsewhere", path=self._paths.get(fd), ino=os.fstat(fd).st_ino,
+                     size=size, t0=started)
 
     def ftruncate(self, fd: int, length: int) -> None:
         super().ftruncate(fd, length)

@@ -8,7 +8,7 @@ LSN just past the record, which is what ``wait_durable`` and ``synced_lsn`` comp
 Three positions only ever grow: ``appended_lsn >= written_lsn >= synced_lsn``.
 ``append`` buffers in memory, ``write`` hands the buffer to the OS, ``sync`` also
 fdatasyncs it. Once a write or fsync fails the log is *failed*: the file's state is
-unknown, ``synced_lsn`` never moves again and every later call raises StorageError,
+unknown, ``synced_lsn`` never moves again and every later call raises LogFailedError,
 until the owner has made a snapshot durable and calls ``restart_at``, which abandons
 the suspect segment for a new one.
 
@@ -50,7 +50,7 @@ from .segment import (
     segment_name,
 )
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOC_STEP", "SegmentedLog", "StorageError", "SyncTicket"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOC_STEP", "SegmentedLog", "LogFailedError", "SyncTicket"]
 
 logger = logging.getLogger("lockgate.wal")
 
@@ -67,7 +67,7 @@ _BLOCK = 4096
 UNLIMITED = 2**62
 
 
-class StorageError(Exception):
+class LogFailedError(Exception):
     """A write or fsync failed, or the log is failed or closed: nothing more is durable.
 
     Raised by ``SegmentedLog.append/write/sync`` and ``GroupCommitter.wait_durable``.
@@ -83,6 +83,12 @@ class SyncTicket:
     fd: int
     lsn: int
     restarts: int
+    #: The segment's first LSN, its size in bytes (header included) and
+    #: ``time.monotonic()`` when the ticket was made: what ``FileIO.synced_elsewhere``
+    #: is told once the fdatasync returned.
+    base: int = 0
+    size: int = 0
+    started: float = 0.0
 
 
 class SegmentedLog:
@@ -110,7 +116,7 @@ class SegmentedLog:
         self._written = end
         self._synced = end
         self._stop: str | None = None
-        self._failure: StorageError | None = None
+        self._failure: LogFailedError | None = None
         #: File offset up to which the active segment's blocks are reserved.
         self._alloc_end = seg_size
         #: Whether the file system reserves blocks (None: not tried yet).
@@ -171,7 +177,7 @@ class SegmentedLog:
         log.ensure_room(0)
         if header.version != WAL_VERSION and not log._roll(0):
             log.close()
-            raise StorageError(f"could not start a segment of version {WAL_VERSION} in {path}")
+            raise LogFailedError(f"could not start a segment of version {WAL_VERSION} in {path}")
         return log
 
     # -- the hot path ------------------------------------------------------------
@@ -179,7 +185,7 @@ class SegmentedLog:
     def append(self, record: bytes) -> int:
         """Buffer one encoded record; return the LSN just past it. No I/O."""
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         self._buf.append(record)
         lsn = self._appended + len(record)
         self._appended = lsn
@@ -191,10 +197,10 @@ class SegmentedLog:
         Extends the active segment's reservation (by at least ``PREALLOC_STEP``, capped
         at the segment size) when needed. False when the file system is out of room
         (``ENOSPC``, ``EDQUOT``); the log itself stays usable. Always True where blocks
-        cannot be reserved. Raises StorageError once the log is failed.
+        cannot be reserved. Raises LogFailedError once the log is failed.
         """
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         short = self._appended + nbytes - self.reserved_lsn
         if short <= 0 and self._prealloc is not None:
             return True
@@ -247,7 +253,7 @@ class SegmentedLog:
         if not buf:
             return
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         pending = self._appended - self._written
         try:
             if self._seg_size + pending <= self._segment_bytes:
@@ -263,7 +269,7 @@ class SegmentedLog:
     def sync(self) -> None:
         """``write()``, then fdatasync: everything appended before the call is durable."""
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         self.write()
         if self._synced < self._written:
             try:
@@ -278,22 +284,29 @@ class SegmentedLog:
         if that is durable already. Hand the result to ``end_sync``; meanwhile the log
         may append, write and roll as usual."""
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         self.write()
         if self._written <= self._synced:
             return None
-        return SyncTicket(self._fd, self._written, self._restarts)
+        return SyncTicket(self._fd, self._written, self._restarts, self._base, self._seg_size,
+                          time.monotonic())
 
     def end_sync(self, ticket: SyncTicket, error: OSError | None) -> None:
         """Record how the fdatasync of ``ticket`` ended: ``synced_lsn`` advances to its
-        LSN, or ``error`` fails the log (StorageError), unless the log has since left
+        LSN and the FileIO is told (``FileIO.synced_elsewhere``) while its segment is
+        still the active one (a roll fdatasyncs the segment it seals itself), or
+        ``error`` fails the log (LogFailedError), unless the log has since left
         that segment for a new one by ``restart_at``."""
         if error is not None:
             if ticket.restarts == self._restarts:
                 raise self._fail("fdatasync", error) from error
             return
-        if ticket.lsn > self._synced and self._failure is None:
+        if self._failure is not None:
+            return
+        if ticket.lsn > self._synced:
             self._synced = ticket.lsn
+        if ticket.base == self._base and ticket.restarts == self._restarts and self._fd >= 0:
+            self._io.synced_elsewhere(ticket.fd, ticket.size, ticket.started)
 
     def close(self) -> None:
         """``sync()`` (unless failed) and close the active segment. Idempotent."""
@@ -353,7 +366,7 @@ class SegmentedLog:
         return self._failure is not None
 
     @property
-    def failure(self) -> StorageError | None:
+    def failure(self) -> LogFailedError | None:
         """The error that failed the log, if any."""
         return self._failure
 
@@ -393,10 +406,10 @@ class SegmentedLog:
 
         A checkpoint rolls first, so that every segment before its LSN can be deleted.
         False if the new segment could not be created (the log goes on in the active
-        one); StorageError if the log is failed.
+        one); LogFailedError if the log is failed.
         """
         if self._stop is not None:
-            raise StorageError(self._stop)
+            raise LogFailedError(self._stop)
         self.write()
         if self._seg_size > SEGMENT_HEADER_SIZE:
             return self._roll(0)
@@ -507,8 +520,8 @@ class SegmentedLog:
         self._prealloc = False
         self.reserved_lsn = UNLIMITED
 
-    def _fail(self, op: str, exc: OSError) -> StorageError:
-        err = StorageError(
+    def _fail(self, op: str, exc: OSError) -> LogFailedError:
+        err = LogFailedError(
             f"{op} failed in {os.path.join(self._dir, self.active_segment)}: {exc}; "
             f"the log is failed, durable up to LSN {self._synced}")
         if self._failure is None:

@@ -5,7 +5,7 @@ import msgpack
 import pytest
 
 from broker.mutations import Ack
-from broker.state import ack_cost
+from broker.records import ack_cost
 from broker.wal import encode_record
 from protocol.ops import QUEUE_NAME_MAX
 

@@ -79,6 +79,9 @@ BASE: dict[str, dict[str, Any]] = {
     "consume": {"queue": "q"},
     "ack": {"queue": "q", "ids": [1]},
     "nack": {"queue": "q", "ids": [1]},
+    "queue_purge": {"queue": "q"},
+    "peek": {"queue": "q"},
+    "message_status": {"queue": "q", "ids": [1]},
 }
 
 

@@ -54,7 +54,8 @@ from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
 from broker.mutations import Mutation, Promote, Recover, Release
 from broker.queues import DELAYED, LEASED, READY
-from broker.state import BrokerState, ack_cost
+from broker.records import ack_cost
+from broker.state import BrokerState
 
 QUEUE = "orders"
 DLQ = "orders.dead"

@@ -35,9 +35,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
-from broker.mutations import Mutation, Recover, from_fields
+from broker.mutations import Mutation, Recover
+from broker.records import decode
 from broker.queues import LEASED, READY
-from broker.state import BrokerState, fold_records
+from broker.records import fold_records
+from broker.state import BrokerState
 from protocol import ProtocolError
 
 START_MS = 1_700_000_000_000
@@ -109,7 +111,7 @@ class ReplayMachine(RuleBasedStateMachine):
     def commit(self, mutations: list[Mutation] | tuple[Mutation, ...]) -> None:
         for m in mutations:
             rec = record(m)
-            assert from_fields(rec[0], msgpack.unpackb(rec[1], raw=False)) == m
+            assert decode(rec[0], rec[1]) == m
             self.log.append(rec)
             self.state.apply(m)
 

@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.mutations import Ack, Lease, Publish, QueueCreate, Release
-from broker.state import BrokerState, fold_records
+from broker.records import fold_records
+from broker.state import BrokerState
 
 pack = msgpack.Packer(use_bin_type=True).pack
 

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from broker.replies import Replies, Round
-from broker.wal import SegmentedLog, StorageError, encode_record
+from broker.wal import SegmentedLog, LogFailedError, encode_record
 from broker.wal.commit import FsyncPolicy, GroupCommitter
 from broker.wal.synchelper import SyncHelper
 from protocol import Connection, Encoder, Error, ErrorCode
@@ -120,7 +120,7 @@ async def test_a_failed_log_turns_a_rounds_replies_into_storage_errors(
         lsn = log.append(BIG)
         ticket = log.begin_sync()
         assert ticket is not None
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             log.end_sync(ticket, OSError(errno.EIO, "injected"))  # as a failed fdatasync does
         stateless = enc.reply(2, {"pong": True})
         await replies.send(Round([enc.reply(1, {"first_id": 1}), stateless], [(0, 1)], lsn))

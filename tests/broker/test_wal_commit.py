@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Iterator
 
-from broker.wal.commit import FsyncPolicy, GroupCommitter, StorageError
+from broker.wal.commit import FsyncPolicy, GroupCommitter, LogFailedError
 from broker.wal.fileio import BytesLike, FileIO
 from broker.wal.log import SegmentedLog
 from broker.wal.record import encode_record
@@ -271,7 +271,7 @@ async def test_failed_fsync_fails_every_waiter_of_the_round(
         try:
             await committer.wait_durable(log.append(REC))
             outcomes.append("ok")
-        except StorageError:
+        except LogFailedError:
             outcomes.append("error")
 
     async with trio.open_nursery() as nursery:
@@ -286,9 +286,9 @@ async def test_failed_fsync_fails_every_waiter_of_the_round(
         assert outcomes == ["error"] * 50
         assert log.failed and log.synced_lsn == good
         io.fail.clear()
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             log.append(REC)
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             await committer.wait_durable(log.appended_lsn)
         await committer.aclose()  # already failed: nothing more to report
     assert log.synced_lsn == good
@@ -303,7 +303,7 @@ async def test_failed_write_fails_interval_waiters(tmp_path: Path,
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         io.fail.add("write")
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             await committer.wait_durable(log.append(REC))
         await trio.sleep(1)
         assert io.calls["fdatasync"] == 0 and log.synced_lsn == 0
@@ -323,7 +323,7 @@ async def test_failed_interval_sync_fails_later_waiters(
         await trio.sleep(0.2)
         assert log.failed and log.synced_lsn == 0
         # written but never synced, and the log failed: not confirmable any more
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             await committer.wait_durable(lsn)
         await committer.aclose()
     log.close()
@@ -336,10 +336,10 @@ async def test_aclose_syncs_and_reports_a_final_failure(tmp_path: Path) -> None:
         await nursery.start(committer.run)
         log.append(REC)
         io.fail.add("fdatasync")
-        with pytest.raises(StorageError):
+        with pytest.raises(LogFailedError):
             await committer.aclose()
         await committer.aclose()  # idempotent
-    with pytest.raises(StorageError):
+    with pytest.raises(LogFailedError):
         await committer.wait_durable(log.appended_lsn)
     log.close()
 
@@ -352,7 +352,7 @@ async def test_waiters_after_close_are_refused(tmp_path: Path) -> None:
         lsn = log.append(REC)
         await committer.aclose()
         await committer.wait_durable(lsn)  # covered by the final sync
-        with pytest.raises(StorageError, match="closed"):
+        with pytest.raises(LogFailedError, match="closed"):
             await committer.wait_durable(log.append(REC))
     log.close()
 

@@ -12,7 +12,7 @@ import pytest
 from broker.wal import log as log_mod
 from broker.wal import segment as segment_mod
 from broker.wal.fileio import BytesLike, FileIO
-from broker.wal.log import SegmentedLog, StorageError
+from broker.wal.log import SegmentedLog, LogFailedError
 from broker.wal.record import RECORD_HEADER_SIZE, encode_record
 from broker.wal.replay import replay
 from broker.wal.segment import (
@@ -242,17 +242,17 @@ def test_failed_fdatasync_fails_the_log(tmp_path: Path) -> None:
     good = log.synced_lsn
     io.fail.add("fdatasync")
     log.append(rec(1))
-    with pytest.raises(StorageError, match="fdatasync"):
+    with pytest.raises(LogFailedError, match="fdatasync"):
         log.sync()
     assert log.failed and log.synced_lsn == good
     assert log.written_lsn > good
     io.fail.clear()
     # an fsync that failed is never retried as if it could now succeed
-    with pytest.raises(StorageError):
+    with pytest.raises(LogFailedError):
         log.sync()
-    with pytest.raises(StorageError):
+    with pytest.raises(LogFailedError):
         log.begin_sync()
-    with pytest.raises(StorageError):
+    with pytest.raises(LogFailedError):
         log.append(rec(2))
     assert log.synced_lsn == good
     log.close()  # closes the fd; the failure was already reported
@@ -263,10 +263,10 @@ def test_failed_write_fails_the_log(tmp_path: Path) -> None:
     log = SegmentedLog.open(tmp_path, io=io)
     io.fail.add("write")
     log.append(rec(0))
-    with pytest.raises(StorageError, match="Errno 28"):
+    with pytest.raises(LogFailedError, match="Errno 28"):
         log.write()
-    assert log.failed and log.synced_lsn == 0 and isinstance(log.failure, StorageError)
-    with pytest.raises(StorageError):
+    assert log.failed and log.synced_lsn == 0 and isinstance(log.failure, LogFailedError)
+    with pytest.raises(LogFailedError):
         log.append(rec(1))
     log.close()
 
@@ -307,7 +307,7 @@ def test_failed_fdatasync_while_rolling_fails_the_log(tmp_path: Path) -> None:
     log.write()
     io.fail.add("fdatasync")
     log.append(rec(2))
-    with pytest.raises(StorageError, match="fdatasync"):
+    with pytest.raises(LogFailedError, match="fdatasync"):
         log.sync()
     assert log.failed and log.synced_lsn == len(rec(0))
     log.close()
@@ -423,7 +423,7 @@ def test_a_failed_sync_ticket_fails_the_log_unless_it_moved_on(tmp_path: Path) -
     log.append(rec(0))
     ticket = log.begin_sync()
     assert ticket is not None
-    with pytest.raises(StorageError, match="fdatasync"):
+    with pytest.raises(LogFailedError, match="fdatasync"):
         log.end_sync(ticket, OSError(errno.EIO, "I/O error"))
     assert log.failed and log.synced_lsn == 0
     log.restart_at(log.appended_lsn)  # (the owner made a snapshot durable first)
@@ -443,7 +443,7 @@ def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
     log.close()
     log.close()
     assert log.synced_lsn == len(rec(0)) and not log.failed
-    with pytest.raises(StorageError, match="closed"):
+    with pytest.raises(LogFailedError, match="closed"):
         log.append(rec(1))
 
 

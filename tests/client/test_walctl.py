@@ -11,7 +11,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner, Result
 
-from broker.mutations import Ack, Lease, Publish, QueueCreate, Release
+from broker.mutations import Ack, Lease, MutationType, Publish, QueueCreate, Release
 from broker.state import BrokerState
 from broker.wal import SegmentedLog, encode_record, replay
 from broker.wal.record import RECORD_HEADER_SIZE
@@ -251,7 +251,7 @@ def test_dump_records(wal_dir: Path) -> None:
     lsn = 0
     for line, (name, off, end), m in zip(lines, spots, mutations(), strict=True):
         assert (line["segment"], line["offset"], line["lsn"]) == (name, off, lsn)
-        assert line["type"] == type(m).TYPE.name
+        assert line["type"] == MutationType(type(m).TYPE).name
         lsn += end - off
     assert lines[0]["fields"] == {
         "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30_000,

@@ -1,0 +1,274 @@
+"""The live path: the one synchronous way a request, a publish run, a woken long-poll
+or a timer changes the broker's state.
+
+    execute:  lookup -> validate and decide (handler) -> admit -> log -> apply -> wake
+
+Every state change goes through ``commit``: each mutation is encoded to its WAL record
+(``records``), appended, then applied (``state``); a run of plain publishes is folded
+into one pending record that ``durable_lsn`` writes out. After applying, ``commit``
+wakes the long-poll consumes whose queues gained ready messages, pokes the timer loop
+when an earlier deadline appeared, and asks for a checkpoint when the log has grown.
+
+Replies: ``execute`` appends each request's reply (or error) frame to a ``RoundOut``;
+the caller sends a round's frames once the log covers ``durable_lsn()`` (every reply
+that reveals state waits for that). A failed log becomes ``STORAGE_ERROR`` in one
+place, ``log_failed``.
+
+Nothing here awaits: the server (``server.py``) owns sockets, rounds and trio, and
+passes in the callbacks that touch trio (``wake``, ``poke_timer``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from protocol import Encoder, ErrorCode, ProtocolError, Request
+
+from .admission import Admission
+from .checkpointer import Checkpointer
+from .clock import Clock
+from .commands import COMMANDS, Batch, Command, Context, Outcome, Session, Wait, lookup, run
+from .config import BrokerConfig
+from .mutations import Mutation, Publish
+from .records import PublishFold, encode
+from .state import BrokerState
+from .wal import LogFailedError, SegmentedLog
+
+logger = logging.getLogger("lockgate.live")
+
+_PUBLISH = Publish.TYPE
+
+
+def log_failed(exc: LogFailedError | str, request_id: int | None) -> ProtocolError:
+    """The one mapping of a failed log to a request's ``STORAGE_ERROR``: the request's
+    outcome is unknown (not confirmed), or it was not applied (a ``str`` reason)."""
+    if isinstance(exc, str):
+        return ProtocolError(ErrorCode.STORAGE_ERROR, exc, request_id=request_id)
+    return ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}", request_id=request_id)
+
+
+class RoundOut:
+    """The reply frames of one round, in request order, and which of them reveal state
+    (``answered``: (index in ``out``, request id)) and so wait for the log."""
+
+    __slots__ = ("enc", "out", "answered")
+
+    def __init__(self, enc: Encoder) -> None:
+        self.enc = enc
+        self.out: list[bytes] = []
+        self.answered: list[tuple[int, int]] = []
+
+    def reply(self, rid: int, result: dict[str, Any], reads_state: bool = True) -> None:
+        if reads_state:
+            self.answered.append((len(self.out), rid))
+        self.out.append(self.enc.reply(rid, result))
+
+    def error(self, exc: ProtocolError) -> None:
+        self.out.append(self.enc.error(exc.request_id, exc.code, exc.message, exc.details))
+
+
+class Run:
+    """Consecutive requests of one command's batch fast path from one read (``Batch``)."""
+
+    __slots__ = ("command", "key", "frames", "items")
+
+    def __init__(self) -> None:
+        self.command: Command | None = None
+        self.key: Any = None
+        self.frames: list[Request] = []
+        self.items: list[Any] = []
+
+    def take(self, session: Session, frame: Request, ctx: Context) -> bool:
+        """Add ``frame`` if its command's ``Batch`` accepts it for this run."""
+        command = COMMANDS.get(frame.op)
+        batch: Batch | None = command.batch if command is not None else None
+        if batch is None:
+            return False
+        found = batch.take(session, frame.args, ctx, len(self.items))
+        if found is None:
+            return False
+        key, item = found
+        if self.frames and (self.command is not command or self.key is not key):
+            return False
+        self.command, self.key = command, key
+        self.frames.append(frame)
+        self.items.append(item)
+        return True
+
+    def clear(self) -> None:
+        self.command = None
+        self.key = None
+        self.frames = []
+        self.items = []
+
+
+class Live:
+    """The live path of one broker (see the module docs)."""
+
+    def __init__(self, state: BrokerState, wal: SegmentedLog, config: BrokerConfig, clock: Clock,
+                 admission: Admission, checkpointer: Checkpointer | None,
+                 wake: Callable[[set[str]], None], poke_timer: Callable[[], None]) -> None:
+        self.state = state
+        self.config = config
+        self.addr = ""
+        self._wal = wal
+        self.clock = clock
+        self._admission = admission
+        self._checkpointer = checkpointer
+        self._wake = wake
+        self._poke_timer = poke_timer
+        self._fold = PublishFold()
+        #: The deadline the timer loop sleeps until; ``commit`` pokes it for an earlier one.
+        self.timer_target = math.inf
+
+    def context(self) -> Context:
+        return Context(self.state, self.config, self.clock.now_ms(), self.addr)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def execute(self, session: Session, req: Request, ctx: Context, out: RoundOut) -> Wait | None:
+        """Run one request; its reply or error goes to ``out``. A consume that must wait
+        for messages returns its ``Wait`` instead (``retry`` answers it later)."""
+        try:
+            command = lookup(session, req.op, req.args)
+            outcome = self._decide(command, session, req, ctx)
+            if outcome.wait is not None:
+                if session.waiters >= self.config.max_waiters:
+                    raise ProtocolError(
+                        ErrorCode.LIMIT_EXCEEDED,
+                        f"at most {self.config.max_waiters} waiting consumes per connection",
+                        details={"limit": self.config.max_waiters})
+                return outcome.wait
+            self._change(command, req, outcome.mutations)
+        except ProtocolError as exc:
+            exc.request_id = req.id
+            out.error(exc)
+            return None
+        out.reply(req.id, outcome.result or {}, command.reads_state)
+        return None
+
+    def retry(self, session: Session, req: Request, out: RoundOut, *, final: bool) -> bool:
+        """Check a held consume again (as if its ``wait_ms`` were 0). True once answered
+        into ``out``: it took messages, failed, or it is ``final`` (its wait is over)."""
+        try:
+            self.run_due()
+            command = lookup(session, req.op, req.args)
+            ctx = self.context()
+            outcome = self._decide(command, session, Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0}), ctx)
+            if not outcome.mutations and not final:
+                return False
+            self._change(command, req, outcome.mutations)
+        except ProtocolError as exc:
+            exc.request_id = req.id
+            out.error(exc)
+            return True
+        except LogFailedError as exc:
+            out.error(log_failed(exc, req.id))
+            return True
+        out.reply(req.id, outcome.result or {})
+        return True
+
+    def execute_run(self, run: Run, session: Session, ctx: Context, out: RoundOut) -> None:
+        """Run the requests gathered in ``run`` as one change, each replied to as if it
+        had run alone; then empty it. Without room for them all at once, each runs alone."""
+        frames, command = run.frames, run.command
+        if not frames or command is None or command.batch is None:
+            return
+        mutations, results = command.batch.build(run.key, run.items, ctx)
+        run.clear()
+        try:
+            self._change(command, frames[0], mutations)
+        except ProtocolError as exc:
+            if exc.code != ErrorCode.DISK_FULL:
+                for frame in frames:
+                    exc.request_id = frame.id
+                    out.error(exc)
+                return
+            for frame in frames:  # no room for them all at once: each alone (rare)
+                self.execute(session, frame, ctx, out)
+            return
+        command.calls += len(frames)
+        for frame, result in zip(frames, results):
+            out.reply(frame.id, result)
+
+    def _decide(self, command: Command, session: Session, req: Request, ctx: Context) -> Outcome:
+        """The handler's outcome; an unexpected fault becomes INTERNAL_ERROR."""
+        try:
+            return run(command, session, req.args, ctx)
+        except ProtocolError:
+            raise
+        except Exception:
+            logger.exception("internal error in %s", req.op)
+            raise ProtocolError(ErrorCode.INTERNAL_ERROR, f"internal error in {req.op}") from None
+
+    def _change(self, command: Command, req: Request, mutations: Sequence[Mutation]) -> None:
+        """Admit, log and apply a request's mutations, or raise its ProtocolError."""
+        if not mutations:
+            return
+        wal = self._wal
+        if wal.failed:
+            self.heal_soon()
+            raise log_failed(f"the log failed and is being recovered ({wal.failure}); this "
+                             f"{req.op} was not applied, retry shortly", req.id)
+        self._admission.admit(command.admission, mutations, req.op)
+        try:
+            self.commit(mutations)
+        except LogFailedError as exc:
+            raise log_failed(exc, req.id) from None
+
+    # -- the one way state changes ----------------------------------------------------------
+
+    def commit(self, mutations: Sequence[Mutation]) -> None:
+        """Log each mutation, then apply it (see the module docs). Raises
+        LogFailedError, having applied nothing more, once the WAL has failed."""
+        append, apply, fold = self._wal.append, self.state.apply_fields, self._fold
+        for m in mutations:
+            if m.TYPE == _PUBLISH and m.plain:  # type: ignore[attr-defined]
+                ended = fold.add(m)  # type: ignore[arg-type]
+                if ended is not None:
+                    append(ended)
+            else:
+                self._flush_fold()
+                append(encode(m))
+            apply(m.TYPE, m.fields())
+        checkpointer = self._checkpointer
+        if checkpointer is not None and self._wal.appended_lsn >= checkpointer.check_at:
+            checkpointer.poke()
+        woken = self.state.take_woken()
+        if woken:
+            self._wake(woken)
+        nxt = self.state.next_timer()
+        if nxt is not None and nxt < self.timer_target:
+            self._poke_timer()
+
+    def _flush_fold(self) -> None:
+        self._admission.flushed()
+        record = self._fold.flush()
+        if record is not None:
+            self._wal.append(record)
+
+    def durable_lsn(self) -> int:
+        """The LSN a reply must wait for: everything applied so far, folded records
+        written out. Call it before every await, so no fold is pending across one."""
+        self._flush_fold()
+        return self._wal.appended_lsn
+
+    def run_due(self) -> bool:
+        """Log and apply lease expiries and elapsed delays; True if there were any."""
+        nxt = self.state.next_timer()
+        if nxt is None or self._wal.failed:  # nothing may change until it is recovered
+            return False
+        now = self.clock.now_ms()
+        if nxt > now:
+            return False
+        mutations = self.state.due(now)
+        if mutations:
+            self.commit(mutations)
+        return bool(mutations)
+
+    def heal_soon(self) -> None:
+        """The log has failed: have the checkpointer recover it."""
+        if self._checkpointer is not None:
+            self._checkpointer.heal_soon()
