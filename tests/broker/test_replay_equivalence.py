@@ -180,6 +180,10 @@ class ReplayMachine(RuleBasedStateMachine):
     def nack(self, name: str, picks: list[int], delay: int | None) -> None:
         self.call("nack", queue=name, ids=self.pick_ids(name, picks), delay_ms=delay)
 
+    @rule(name=names, leased=st.booleans())
+    def purge(self, name: str, leased: bool) -> None:
+        self.call("queue_purge", queue=name, leased=leased)
+
     @rule(dt=st.integers(1, 400))
     def advance_time(self, dt: int) -> None:
         self.now += dt
