@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from client.ops import QUEUE_SETTINGS
 from tools.brokerctl import main
 
 _names = itertools.count()
-COMMANDS = ["ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack"]
+COMMANDS = [
+    "ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack",
+    "purge", "peek", "status",
+]
 
 
 def qname() -> str:
@@ -64,6 +68,12 @@ def test_every_command_takes_addr_and_json(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0
     assert "--addr" in result.stdout and "--json" in result.stdout and "LOCKGATE_ADDR" in result.stdout
+
+
+def test_create_queue_offers_every_queue_setting() -> None:
+    text = CliRunner().invoke(main, ["create-queue", "--help"]).stdout
+    for setting in QUEUE_SETTINGS:
+        assert f"--{setting.name.replace('_', '-')}" in text
 
 
 def test_unreachable_broker_exits_2() -> None:
@@ -190,3 +200,69 @@ def test_delete_queue_asks_first(ctl: Ctl, queue: str) -> None:
     other = qname()
     ctl.run("create-queue", other)
     assert ctl.json("delete-queue", other, "--yes") == {"queue": other, "messages": 0}
+
+
+def test_purge_asks_first_and_reports_counts(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "3")
+    ctl.run("publish", queue, "later", "--delay-ms", "3600000")
+    ctl.json("consume", queue)                                 # id 1 leased
+    ctl.run("purge", queue, input="n\n", expect=1)
+    assert ctl.json("stats", queue)["messages"] == 4
+    result = ctl.run("purge", queue, input="y\n")
+    assert result.stdout == f"purged 3 messages from {queue} (ready 2, delayed 1, leased 0)\n"
+    assert ctl.json("purge", queue, "--leased", "--yes") == {"queue": queue, "ready": 0, "delayed": 0, "leased": 1}
+    assert ctl.json("stats", queue)["messages"] == 0
+    result = ctl.run("purge", qname(), "--yes", expect=1)
+    assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
+
+
+def test_peek_text_and_json(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "hello", "--key", "k1")
+    ctl.run("publish", queue, "-", input=b"\xff\x00")
+    ctl.run("publish", queue, "later", "--delay-ms", "3600000", "--priority", "4")
+    lines = ctl.run("peek", queue).stdout.splitlines()
+    assert lines[:2] == ["1\tready attempts=0 priority=0 key=k1\thello", "2\tready attempts=0 priority=0\thex:ff00"]
+    assert lines[2].startswith("3\tdelayed attempts=0 priority=4 until=") and lines[2].endswith("Z\tlater")
+    doc = ctl.json("peek", queue, "--max", "2")
+    assert doc["queue"] == queue and [m["id"] for m in doc["messages"]] == [1, 2]
+    assert doc["messages"][0] == {
+        "id": 1, "state": "ready", "attempts": 0, "priority": 0, "until_ms": 0,
+        "key": "k1", "key_encoding": "utf-8", "body": "hello", "body_encoding": "utf-8",
+    }
+    assert doc["messages"][1]["body_encoding"] == "base64"
+    delayed = ctl.json("peek", queue, "--state", "delayed")["messages"]
+    assert [(m["id"], m["state"]) for m in delayed] == [(3, "delayed")] and delayed[0]["until_ms"] > 0
+    result = ctl.run("peek", queue, "--state", "leased")
+    assert result.stdout == "" and result.stderr == "no messages\n"
+    assert ctl.json("stats", queue)["leased"] == 0              # peeking leased nothing
+    result = ctl.run("peek", queue, "--dead-letter", expect=1)  # no dead-letter queue
+    assert result.stderr.startswith("error: INVALID_ARGUMENT: ")
+
+
+def test_peek_dead_letter_names_the_queue(ctl: Ctl) -> None:
+    dlq, name = qname(), qname()
+    ctl.run("create-queue", dlq)
+    ctl.run("create-queue", name, "--max-attempts", "1", "--dead-letter", dlq)
+    ctl.run("publish", name, "poison")
+    (m,) = ctl.json("consume", name)["messages"]
+    ctl.run("nack", name, str(m["id"]))
+    result = ctl.run("peek", name, "--dead-letter")
+    assert result.stderr == f"dead-letter queue {dlq}\n"
+    assert result.stdout == "1\tready attempts=0 priority=0\tpoison\n"
+    assert ctl.json("peek", name, "--dead-letter")["queue"] == dlq
+
+
+def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "3")
+    ctl.json("consume", queue)                                 # id 1 leased
+    ctl.run("ack", queue, "2")
+    lines = ctl.run("status", queue, "1", "2", "3", "9").stdout.splitlines()
+    assert lines[0].startswith("1\tleased\tattempts=1 until=") and lines[0].endswith("Z")
+    assert lines[1:] == ["2\tgone", "3\tready\tattempts=0", "9\tunknown"]
+    doc = ctl.json("status", queue, "3", "3")
+    assert doc == {"queue": queue, "statuses": [
+        {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None},
+    ] * 2}
+    ctl.run("status", queue, expect=2)                         # ids are required
+    result = ctl.run("status", qname(), "1", expect=1)
+    assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
