@@ -190,8 +190,10 @@ class Live:
                 self.execute(session, frame, ctx, out)
             return
         command.calls += len(frames)
-        for frame, result in zip(frames, results):
-            out.reply(frame.id, result)
+        reply, answered, frames_out = out.enc.reply, out.answered, out.out
+        for frame, result in zip(frames, results):  # out.reply, inlined: one per message
+            answered.append((len(frames_out), frame.id))
+            frames_out.append(reply(frame.id, result))
 
     def _decide(self, command: Command, session: Session, req: Request, ctx: Context) -> Outcome:
         """The handler's outcome; an unexpected fault becomes INTERNAL_ERROR."""
