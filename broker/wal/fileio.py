@@ -261,10 +261,11 @@ class JournalingFileIO(FileIO):
     def unlink(self, path: str) -> None:
         path = os.path.abspath(path)
         ino = os.lstat(path).st_ino
-        saved: str | None = os.path.join(self.graveyard, f"{ino}.{time.monotonic_ns()}")
+        link = os.path.join(self.graveyard, f"{ino}.{time.monotonic_ns()}")
+        saved: str | None = link
         try:
             os.makedirs(self.graveyard, exist_ok=True)
-            os.link(path, saved)
+            os.link(path, link)
         except OSError:
             saved = None  # e.g. another file system: this unlink cannot be undone
         super().unlink(path)
