@@ -257,6 +257,9 @@ class Command:
     def __post_init__(self) -> None:
         self.op = str(self.op)
         self.fields = frozenset(a.name for a in self.args)
+        if self.changes_state == (self.admission is AdmissionClass.NONE):
+            raise ValueError(f"{self.op}: an op that changes state needs an admission class, "
+                             "and one that does not must have none")
 
     def parse(self, args: dict[str, Any], ctx: Context) -> Args:
         """The validated values of ``args`` by name, checked in schema order."""

@@ -209,6 +209,7 @@ class Live:
         """Admit, log and apply a request's mutations, or raise its ProtocolError."""
         if not mutations:
             return
+        assert command.changes_state, f"{command.op} changed state but is declared read-only"
         wal = self._wal
         if wal.failed:
             self.heal_soon()
