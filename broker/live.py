@@ -82,7 +82,11 @@ class Run:
 
     def take(self, session: Session, frame: Request, ctx: Context) -> bool:
         """Add ``frame`` if its command's ``Batch`` accepts it for this run."""
-        command = COMMANDS.get(frame.op)
+        command = self.command
+        if command is None or frame.op != command.op:
+            if self.frames:
+                return False  # another op ends the run
+            command = COMMANDS.get(frame.op)
         batch: Batch | None = command.batch if command is not None else None
         if batch is None:
             return False
@@ -90,9 +94,11 @@ class Run:
         if found is None:
             return False
         key, item = found
-        if self.frames and (self.command is not command or self.key is not key):
-            return False
-        self.command, self.key = command, key
+        if self.frames:
+            if self.key is not key:
+                return False
+        else:
+            self.command, self.key = command, key
         self.frames.append(frame)
         self.items.append(item)
         return True
