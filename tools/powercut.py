@@ -11,8 +11,10 @@ to what the disk could hold after losing power at this moment:
   last fsync of its directory) disappears.
 - A file renamed or unlinked since its directory's last fsync is back under its
   durable name (an unlinked file comes back from the hard link the journal kept).
-- Every file that stays is cut back to its durable size, the size recorded by the
-  last fsync/fdatasync of its inode (0 if none). Mode ``drop`` drops the whole
+- Every file that stays is cut back to its durable size, the largest size recorded by
+  an fsync/fdatasync of its inode since it was last truncated (0 if none); syncs the
+  broker's sync helper process made count too, as the log reported them (a report
+  can come after a later, larger sync of the same file). Mode ``drop`` drops the whole
   non-durable tail. Mode ``garbage`` keeps a random part of it (possibly none, possibly
   all) and overwrites the end of what is kept, up to 4 KiB, with random bytes or zeros,
   as a disk may leave a half-written sector. Durable bytes are never changed.
@@ -82,6 +84,8 @@ class PowerCut:
     #: When the last fsync/fdatasync of a ``*.wal`` file in this epoch started (its
     #: ``t0``): everything written to the log before then is durable. ``None`` if none.
     last_log_sync: float | None
+    #: Of this epoch's syncs of ``*.wal`` files, those the sync helper process made.
+    helper_log_syncs: int = 0
     files_cut: int = 0
     bytes_dropped: int = 0
     bytes_garbled: int = 0
@@ -108,6 +112,7 @@ class PowerCut:
     def describe(self) -> str:
         return (f"power cut ({self.mode}): {self.files_cut} files cut, {self.bytes_dropped} bytes dropped, "
                 f"{self.bytes_garbled} garbled, {len(self.removed)} files gone, "
+                f"{self.helper_log_syncs} log syncs by the sync helper, "
                 f"{len(self.renames_undone)} renames and {len(self.unlinks_undone)} unlinks undone"
                 + (f"; notes: {'; '.join(self.notes)}" if self.notes else ""))
 
@@ -214,6 +219,7 @@ def apply_power_cut(data_dir: str | os.PathLike[str], journal_path: str | os.Pat
     # The durable state: the previous cut's picture, updated by this epoch's lines.
     durable_names: dict[str, dict[str, int]] = {}
     durable_size: dict[int, int] = {}
+    truncated: set[int] = set()  # inodes truncated since their last sync
     saved: dict[int, str] = {}
     stray: list[str] = []  # hard links kept for unlinks, all removed at the end
     if prev is not None:
@@ -223,10 +229,18 @@ def apply_power_cut(data_dir: str | os.PathLike[str], journal_path: str | os.Pat
     for line in epoch:
         op = line["op"]
         if op == "sync":
-            durable_size[line["ino"]] = line["size"]
+            ino = line["ino"]
+            if ino in truncated:  # the sync made the shorter length durable
+                truncated.discard(ino)
+                durable_size[ino] = line["size"]
+            else:  # a helper's sync can be reported after a later, larger one
+                durable_size[ino] = max(durable_size.get(ino, 0), line["size"])
             if (line.get("path") or "").endswith(LOG_SUFFIX):
                 t0 = line["t0"]
                 cut.last_log_sync = t0 if cut.last_log_sync is None else max(cut.last_log_sync, t0)
+                cut.helper_log_syncs += line.get("call") == "elsewhere"
+        elif op == "truncate":
+            truncated.add(line["ino"])
         elif op == "dirsync":
             durable_names[os.path.realpath(line["path"])] = dict(line["entries"])
         elif op == "unlink" and line.get("saved"):
@@ -278,11 +292,11 @@ def apply_power_cut(data_dir: str | os.PathLike[str], journal_path: str | os.Pat
             os.unlink(path)
         except FileNotFoundError:
             pass
-    line = json.dumps({"op": "cut", "pid": os.getpid(), "t": cut.at, "mode": mode, "dirs": picture},
-                      separators=(",", ":")) + "\n"
+    record = json.dumps({"op": "cut", "pid": os.getpid(), "t": cut.at, "mode": mode, "dirs": picture},
+                        separators=(",", ":")) + "\n"
     fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, record.encode())
     finally:
         os.close(fd)
     return cut

@@ -10,15 +10,19 @@ import trio
 import trio.testing
 
 import os
+import random
 import signal
+import time
 from collections.abc import Iterator
 
 from broker.wal.commit import FsyncPolicy, GroupCommitter, LogFailedError
-from broker.wal.fileio import BytesLike, FileIO
+from broker.wal.fileio import BytesLike, FileIO, JournalingFileIO
 from broker.wal.log import SegmentedLog
 from broker.wal.record import encode_record
 from broker.wal.replay import replay
+from broker.wal.segment import SEGMENT_HEADER_SIZE
 from broker.wal.synchelper import SyncHelper
+from tools.powercut import apply_power_cut, read_journal
 
 
 class CountingIO(FileIO):
@@ -389,4 +393,70 @@ async def test_a_sole_appenders_round_syncs_at_once(tmp_path: Path) -> None:
         await committer.aclose()
     assert synced_with == [lsn]  # the other record was not there yet
     assert io.calls["fdatasync"] == 2 and log.synced_lsn == log.appended_lsn == 2 * lsn
+    log.close()
+
+
+# -- rounds the helper syncs, told to the FileIO (power-cut journal) ------------------------
+
+
+def _outside_syncs(journal: Path) -> list[dict[str, object]]:
+    return [ln for ln in read_journal(journal) if ln["op"] == "sync" and ln["call"] == "elsewhere"]
+
+
+def test_only_a_fileio_that_hears_of_outside_syncs_may_share_the_helper() -> None:
+    assert FileIO.reports_outside_syncs is False
+    assert JournalingFileIO.reports_outside_syncs is True
+    FileIO().synced_elsewhere(-1, 0, 0.0)  # nothing to do, not even to look at the fd
+
+
+async def test_a_round_the_helper_synced_is_journaled_and_survives_a_power_cut(
+        tmp_path: Path, helper: SyncHelper) -> None:
+    journal = tmp_path / "journal"
+    io = JournalingFileIO(journal)
+    wal = tmp_path / "data" / "wal"
+    log = SegmentedLog.open(wal, io=io)
+    committer = committer_for(log, "helper", helper)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        for _ in range(3):
+            log.append(REC)
+        before = time.monotonic()
+        await committer.wait_durable(log.appended_lsn)
+        assert log.synced_lsn == log.appended_lsn and committer.syncs == 1
+        [line] = _outside_syncs(journal)  # and no fdatasync of ours: the helper made it
+        segment = wal / log.active_segment
+        assert line["path"] == str(segment) and line["ino"] == segment.stat().st_ino
+        assert line["size"] == segment.stat().st_size == SEGMENT_HEADER_SIZE + 3 * len(REC)
+        assert line["t0"] >= before and line["t0"] <= line["t"]
+
+        cut = apply_power_cut(tmp_path / "data", journal, random.Random(0), "drop")
+        assert cut.helper_log_syncs == 1 and cut.bytes_dropped == 0 and cut.last_log_sync == line["t0"]
+        assert count_records(wal) == 3
+        await committer.aclose()
+    log.close()
+
+
+async def test_a_round_whose_segment_rolled_meanwhile_is_not_reported(
+        tmp_path: Path, helper: SyncHelper) -> None:
+    """The roll fdatasyncs the segment it seals itself (journaled as ours); the helper's
+    ticket names a descriptor the log has closed, which may be another file's by now."""
+    journal = tmp_path / "journal"
+    io = JournalingFileIO(journal)
+    log = SegmentedLog.open(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 2 * len(REC), io=io)
+    log.append(REC)
+    ticket = log.begin_sync()
+    assert ticket is not None
+    helper.send(ticket.fd)
+    first = tmp_path / log.active_segment
+    log.append(REC)
+    log.append(REC)
+    log.write()  # the third record does not fit: the segment is sealed, a new one opened
+    assert log.active_segment != first.name
+    with trio.fail_after(10):
+        await helper.receive()
+    log.end_sync(ticket, None)
+    assert log.synced_lsn == 2 * len(REC)  # sealed and synced by the roll
+    assert _outside_syncs(journal) == []
+    syncs = [ln for ln in read_journal(journal) if ln["op"] == "sync" and ln["path"] == str(first)]
+    assert max(ln["size"] for ln in syncs) == SEGMENT_HEADER_SIZE + 2 * len(REC)
     log.close()
