@@ -2,12 +2,18 @@
 
     python -m tools.crashtest [--iterations N] [--seconds-per-iteration S] [--producers P]
                               [--consumers C] [--fsync always|interval|never]
-                              [--power-cut none|drop|garbage] [--seed N] [--data DIR] [--keep]
+                              [--power-cut none|drop|garbage] [--min-confirmed N]
+                              [--min-acked N] [--min-big N] [--seed N] [--data DIR] [--keep]
 
 One data directory serves the whole run, so state carries across crashes. Each
 iteration starts the broker on it, verifies everything the run has confirmed so far
 (see "Verification"), then runs P producer and C consumer threads, each on its own
-``SyncClient`` connection, and SIGKILLs the broker at a random moment while they run.
+``SyncClient`` connection, and SIGKILLs the broker at a random moment while they run:
+after 30-100% of S seconds, and not before the iteration's load has had the minimum
+progress asked for (``--min-confirmed`` messages confirmed, ``--min-acked`` acked,
+``--min-big`` big batches confirmed; a load that cannot get there within
+``PROGRESS_TIMEOUT`` seconds is a stall), so that every kill meets a broker with work
+done and in flight however slow the machine is.
 After the last iteration the broker is started and verified once more, loaded again
 and stopped with SIGTERM (it must exit 0 and lose nothing), then started and verified a
 final time and stopped with SIGTERM again.
@@ -16,8 +22,8 @@ Workload. Three queues, created once, all with ``max_attempts`` 0 (no dead-lette
 so every message stays accounted for) and a short visibility (300-800 ms) so leases
 really expire: a fifo queue, a priority queue and a 4-shard fifo queue published to
 with keys. Producers publish single messages and atomic batches of 2-200, and now and
-then one of 500-1000 (big enough for the broker to fdatasync it in its sync helper);
-every body starts with a unique tag. Consumers consume 1-100 at a time and ack most deliveries,
+then one of 500-1000 (a big batch: big enough for the broker to fdatasync it in its
+sync helper); every body starts with a unique tag. Consumers consume 1-100 at a time and ack most deliveries,
 nack some (sometimes with a delay) and ignore the rest, letting their leases expire.
 
 What is checked (violations; each must be zero):
@@ -70,10 +76,11 @@ Linux, compared with the tracker's.
 
 Prints violations (at most 20 lines) and one summary line::
 
-    iterations=N kills=K confirmed=C acked=A delivered=D lost=L resurrected=R attempt_regressions=G elapsed=Ts
+    iterations=N kills=K confirmed=C acked=A delivered=D big_batches=B lost=L resurrected=R attempt_regressions=G elapsed=Ts
 
-(with ``--power-cut``, ``power_cut=MODE power_cuts=P lost_allowed=N resurrected_allowed=N
-attempt_regressions_allowed=N`` follow on the same line), and exits 1 on any violation.
+(with ``--power-cut``, ``power_cut=MODE power_cuts=P helper_syncs=H lost_allowed=N
+resurrected_allowed=N attempt_regressions_allowed=N`` follow on the same line; H counts
+the log syncs the broker's sync helper process made, as the journal reported them), and exits 1 on any violation.
 Every wait is bounded, only the broker this tool started is signalled (by PID), and
 everything runs on 127.0.0.1.
 """
@@ -117,6 +124,9 @@ DRAIN_TIMEOUT = 30.0
 #: Producers pause while this many published messages are not yet acked, so the
 #: backlog (and each drain) stays bounded.
 MAX_BACKLOG = 5000
+#: Seconds a load phase may take, beyond its random length, to reach its minimum
+#: progress (``Progress``) before it counts as stalled.
+PROGRESS_TIMEOUT = 120.0
 #: Violation lines printed; the rest are counted.
 MAX_REPORTED = 20
 #: Violation texts kept in memory.
@@ -548,6 +558,28 @@ class Tracker:
 # --- the workload ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a load phase must have had confirmed before the broker is killed or stopped.
+
+    Counted from the phase's start: messages whose publish reply arrived, messages an
+    ack reply deleted, and big batches (500-1000 messages, a round for the sync helper)
+    whose publish reply arrived. The phase runs on until it has them, however long its
+    random time was, so what a run covers does not depend on the machine's speed.
+    """
+
+    confirmed: int = 0
+    acked: int = 0
+    big: int = 0
+
+    def missing(self, confirmed: int, acked: int, big: int) -> str:
+        """What is still short of these minimums ("" when nothing)."""
+        short = [f"{name} {have}/{want}" for name, have, want in (
+            ("confirmed", confirmed, self.confirmed), ("acked", acked, self.acked),
+            ("big batches", big, self.big)) if have < want]
+        return ", ".join(short)
+
+
 @dataclass(slots=True)
 class Load:
     """What one iteration's workers share."""
@@ -557,6 +589,9 @@ class Load:
     tracker: Tracker
     stop: threading.Event
     iteration: int
+    #: Big batches confirmed in this phase (producers count them under ``lock``).
+    big_confirmed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _run_worker(load: Load, name: str, body: Callable[[SyncClient], None]) -> None:
@@ -626,6 +661,9 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 tracker.violation(OTHER, f"{name}: publish to {spec.name} failed: {exc}")
                 continue
             tracker.publish_confirmed(spec.name, bodies, first_id, confirmed_at)
+            if big:
+                with load.lock:
+                    load.big_confirmed += 1
 
     _run_worker(load, name, body)
 
@@ -680,10 +718,12 @@ def consumer(load: Load, index: int, rng: random.Random) -> None:
 
 def run_load(addr: str, specs: tuple[QueueSpec, ...], tracker: Tracker, rng: random.Random,
              producers: int, consumers: int, iteration: int, seconds: float,
-             interrupt: Callable[[], object]) -> None:
-    """Run the workers for ``seconds``, call ``interrupt`` (kill or stop the broker) while
-    they run, and wait (bounded) for them to finish."""
+             interrupt: Callable[[], object], progress: Progress = Progress()) -> int:
+    """Run the workers for ``seconds`` and until they had ``progress`` (bounded by
+    ``PROGRESS_TIMEOUT``), call ``interrupt`` (kill or stop the broker) while they run,
+    and wait (bounded) for them to finish. Returns the big batches confirmed."""
     load = Load(addr, specs, tracker, threading.Event(), iteration)
+    confirmed0, acked0 = tracker.confirmed, tracker.acked
     threads = [
         threading.Thread(target=producer, args=(load, i, random.Random(rng.random())),
                          name=f"crashtest-producer-{i}", daemon=True)
@@ -697,6 +737,15 @@ def run_load(addr: str, specs: tuple[QueueSpec, ...], tracker: Tracker, rng: ran
         thread.start()
     try:
         time.sleep(seconds)
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        while short := progress.missing(tracker.confirmed - confirmed0, tracker.acked - acked0,
+                                        load.big_confirmed):
+            if time.monotonic() > deadline or not any(t.is_alive() for t in threads):
+                tracker.violation(OTHER, f"iteration {iteration}: the load stalled short of its minimum "
+                                         f"progress ({short}) after {seconds + PROGRESS_TIMEOUT:.0f}s or "
+                                         "with every worker gone")
+                break
+            time.sleep(0.01)  # the broker and the workers are a real process and threads
         interrupt()
     finally:
         load.stop.set()
@@ -706,6 +755,7 @@ def run_load(addr: str, specs: tuple[QueueSpec, ...], tracker: Tracker, rng: ran
         for thread in threads:
             if thread.is_alive():
                 tracker.violation(OTHER, f"{thread.name} did not finish within {JOIN_TIMEOUT}s")
+    return load.big_confirmed
 
 
 # --- verification ------------------------------------------------------------------------
@@ -834,9 +884,13 @@ class Summary:
     seed: int
     fsync: str
     violations: tuple[str, ...] = ()
+    #: Big batches (500-1000 messages: rounds for the sync helper) whose publish reply arrived.
+    big_batches: int = 0
     #: ``--power-cut`` mode ("none", "drop" or "garbage") and the cuts applied.
     power_cut: str = "none"
     power_cuts: int = 0
+    #: Log syncs the broker's sync helper made in the epochs the cuts ended (big rounds).
+    helper_syncs: int = 0
     #: What power cuts undid within the fsync policy's window (not violations).
     lost_allowed: int = 0
     resurrected_allowed: int = 0
@@ -848,11 +902,12 @@ class Summary:
 
     def line(self) -> str:
         text = (f"iterations={self.iterations} kills={self.kills} confirmed={self.confirmed} "
-                f"acked={self.acked} delivered={self.delivered} lost={self.lost} "
+                f"acked={self.acked} delivered={self.delivered} big_batches={self.big_batches} "
+                f"lost={self.lost} "
                 f"resurrected={self.resurrected} attempt_regressions={self.attempt_regressions} "
                 f"elapsed={self.elapsed:.1f}s")
         if self.power_cut != "none":
-            text += (f" power_cut={self.power_cut} power_cuts={self.power_cuts} "
+            text += (f" power_cut={self.power_cut} power_cuts={self.power_cuts} helper_syncs={self.helper_syncs} "
                      f"lost_allowed={self.lost_allowed} resurrected_allowed={self.resurrected_allowed} "
                      f"attempt_regressions_allowed={self.attempt_regressions_allowed}")
         return text
@@ -874,13 +929,15 @@ def run(
     data_dir: Path | None = None,
     keep: bool = False,
     broker_args: tuple[str, ...] = (),
+    progress: Progress = Progress(),
     log: Callable[[str], None] | None = None,
 ) -> Summary:
     """Run the harness; see the module docstring.
 
     ``data_dir`` must be missing or empty; without it a temporary directory is used and
     removed afterwards, unless ``keep`` is set or a violation was found. ``broker_args``
-    are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). ``power_cut``
+    are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). Every load phase
+    runs until it had ``progress`` (see ``Progress``), however long it takes. ``power_cut``
     ("drop" or "garbage") simulates a power cut after every SIGKILL and after the
     graceful stop under load (see the module docstring). ``log`` gets progress lines.
     """
@@ -909,15 +966,19 @@ def run(
     say(f"crashtest: seed={seed} fsync={fsync} power_cut={power_cut} data={data_dir} log={broker.log_path}")
     kills = 0
     done = 0
+    big_batches = 0
+    helper_syncs = 0
 
     def cut_power(strict: bool = False) -> None:
         """After the broker died or stopped: simulate a power cut, if asked to.
 
         ``strict``: nothing confirmed may go whatever the policy (after a clean stop).
         """
+        nonlocal helper_syncs
         if power_cut == "none":
             return
         cut = apply_power_cut(data_dir, journal, rng, power_cut)
+        helper_syncs += cut.helper_log_syncs
         # Under "always" every confirmation waited for an fdatasync: nothing may go.
         tracker.power_cut(math.inf if strict or fsync == "always" else cut.boundary, cut.at)
         say(f"  {cut.describe()}")
@@ -948,17 +1009,18 @@ def run(
         for iteration in range(iterations):
             addr = start_and_verify(first=iteration == 0)
             kill_after = rng.uniform(0.3, 1.0) * seconds_per_iteration
-            run_load(addr, specs, tracker, rng, producers, consumers, iteration, kill_after, broker.kill)
+            big_batches += run_load(addr, specs, tracker, rng, producers, consumers, iteration, kill_after,
+                                    broker.kill, progress)
             kills += 1
             done += 1
-            say(f"iteration {iteration + 1}: killed after {kill_after:.2f}s; confirmed={tracker.confirmed} "
+            say(f"iteration {iteration + 1}: killed after {kill_after:.2f}s or later; confirmed={tracker.confirmed} "
                 f"violations={tracker.total_violations}")
             cut_power()
         # Verify the last crash, then a graceful stop under load, then verify that too.
         addr = start_and_verify(first=iterations == 0)
-        run_load(addr, specs, tracker, rng, producers, consumers, iterations,
-                 rng.uniform(0.3, 1.0) * seconds_per_iteration,
-                 lambda: stop_cleanly("stop under load"))
+        big_batches += run_load(addr, specs, tracker, rng, producers, consumers, iterations,
+                                rng.uniform(0.3, 1.0) * seconds_per_iteration,
+                                lambda: stop_cleanly("stop under load"), progress)
         cut_power(strict=True)  # a clean stop synced everything: the cut may take nothing
         start_and_verify()
         stop_cleanly("final stop")
@@ -972,8 +1034,8 @@ def run(
         delivered=tracker.delivery_count, lost=tracker.counts[LOST], resurrected=tracker.counts[RESURRECTED],
         attempt_regressions=tracker.counts[REGRESSION], other=tracker.counts[OTHER],
         elapsed=time.monotonic() - started, seed=seed, fsync=fsync, violations=tuple(tracker.violations),
-        power_cut=power_cut, power_cuts=tracker.power_cuts, lost_allowed=tracker.allowed[LOST],
-        resurrected_allowed=tracker.allowed[RESURRECTED],
+        big_batches=big_batches, power_cut=power_cut, power_cuts=tracker.power_cuts, helper_syncs=helper_syncs,
+        lost_allowed=tracker.allowed[LOST], resurrected_allowed=tracker.allowed[RESURRECTED],
         attempt_regressions_allowed=tracker.allowed[REGRESSION],
     )
     if temp is not None:
@@ -1009,17 +1071,25 @@ def report(summary: Summary, out: Callable[[str], None] = print) -> None:
 @click.option("--power-cut", type=click.Choice(["none", *POWER_CUT_MODES]), default="none", show_default=True,
               help="After each SIGKILL, also simulate a power cut: drop what no fsync covered, or keep "
               "a random part of it with garbage at the end.")
+@click.option("--min-confirmed", default=0, show_default=True, type=click.IntRange(0),
+              help="Messages each load phase must have confirmed before the kill (it runs on until then).")
+@click.option("--min-acked", default=0, show_default=True, type=click.IntRange(0),
+              help="Messages each load phase must have acked (confirmed) before the kill.")
+@click.option("--min-big", default=0, show_default=True, type=click.IntRange(0),
+              help="Big batches (rounds for the sync helper) each load phase must have confirmed before the kill.")
 @click.option("--seed", type=int, default=None, help="Seed for the random choices (default: random).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Empty or missing data directory to use (default: a temporary one).")
 @click.option("--keep", is_flag=True, help="Keep the temporary data directory and broker log.")
 def main(iterations: int, seconds_per_iteration: float, producers: int, consumers: int, fsync: str,
-         power_cut: str, seed: int | None, data_dir: Path | None, keep: bool) -> None:
+         power_cut: str, min_confirmed: int, min_acked: int, min_big: int, seed: int | None,
+         data_dir: Path | None, keep: bool) -> None:
     """SIGKILL a loaded Lockgate broker repeatedly and check that nothing confirmed is lost."""
     try:
         summary = run(iterations=iterations, seconds_per_iteration=seconds_per_iteration,
                       producers=producers, consumers=consumers, fsync=fsync, power_cut=power_cut, seed=seed,
-                      data_dir=data_dir, keep=keep, log=lambda text: click.echo(text, err=True))
+                      data_dir=data_dir, keep=keep, progress=Progress(min_confirmed, min_acked, min_big),
+                      log=lambda text: click.echo(text, err=True))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     report(summary, click.echo)
