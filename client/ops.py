@@ -320,6 +320,8 @@ def op(
 
 
 def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None) -> Wire:
+    if type(body) is bytes and key is None and priority is None and delay_ms is None:
+        return {"queue": queue, "messages": [[body]]}  # the common case, without two more calls
     return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms)]}
 
 
