@@ -13,7 +13,10 @@ Figures (128-byte bodies; each is a subcommand, ``all`` runs them in sequence):
                    without (huge --checkpoint-bytes). Target: p99 ratio <= 3.
 
 Every figure starts its own broker(s) (``python -m broker`` on 127.0.0.1, fsync ``always``
-by default) in a temporary data directory, and stops them by PID. Recovery times are
+by default) in a temporary data directory, and stops them by PID. Called as functions,
+the figures that need checkpoints can be told to wait for some (``min_checkpoints``):
+they then run past their length, up to ``CHECKPOINT_WAIT_S``, until that many were
+published, so that a slow machine changes the figures, not what they cover. Recovery times are
 what the broker logs on start (``recovered: ... in T s``); "listening after" is the wall
 time from starting the process to its ``lockgate listening on`` line. Progress goes to
 stderr; the exit status is 1 when a figure misses its target.
@@ -50,6 +53,8 @@ START_TIMEOUT = 600.0
 STOP_TIMEOUT = 600.0
 #: ``--checkpoint-bytes`` that no run here reaches: no checkpoints at all.
 NO_CHECKPOINTS = 2**40
+#: Longest a figure runs past its length waiting for the checkpoints it was asked for.
+CHECKPOINT_WAIT_S = 300.0
 
 _RECOVERED = re.compile(
     r"recovered: (?P<records>\d+) records, (?P<bytes>\d+) bytes, (?P<segments>\d+) segments in "
@@ -167,6 +172,22 @@ def checkpoints_in(text: str) -> list[tuple[float, float]]:
     return spans
 
 
+def _checkpoints_since(proc: BrokerProcess, offset: int) -> list[tuple[float, float]]:
+    return checkpoints_in(_log_since(proc, offset))
+
+
+def wait_for_checkpoints(proc: BrokerProcess, offset: int, count: int,
+                         timeout: float = CHECKPOINT_WAIT_S) -> int:
+    """Wait (polling the broker's log, bounded by ``timeout``) until it logged ``count``
+    checkpoints after ``offset``; returns how many it logged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = len(_checkpoints_since(proc, offset))
+        if done >= count or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.02)  # a snapshot child, a real process, is being waited for
+
+
 def _broker(data_dir: Path, fsync: str, segment_bytes: int | None = None,
             checkpoint_bytes: int | None = None) -> BrokerProcess:
     args: list[str] = []
@@ -215,14 +236,20 @@ def churn(wire: Wire, queue: str, *, seconds: float, rate: float = 0.0, chunk: i
           progress: Callable[[int, float], None] | None = None) -> tuple[int, float]:
     """Publish ``chunk`` messages (``tools.bench.batch_publish``), then consume and ack them
     (``tools.bench.consume_ack``), repeatedly: at most ``rate`` msg/s (0: as fast as it
-    goes), until ``seconds`` pass, ``messages`` went through or ``stop()`` is true.
-    Returns (messages published and acked, seconds)."""
+    goes), until ``seconds`` pass, ``messages`` went through or ``stop()`` is true, but
+    at least one chunk (unless ``messages`` is 0). Returns (messages published and
+    acked, seconds).
+
+    The throttle never runs ahead of the rate by more than one chunk: the messages
+    returned are at most ``rate * seconds + chunk``."""
     start = time.perf_counter()
     done = 0
     last_progress = start
     while True:
         now = time.perf_counter()
-        if now - start >= seconds or (messages is not None and done >= messages) or (stop and stop()):
+        if messages is not None and done >= messages:
+            break
+        if done and (now - start >= seconds or (stop and stop())):
             break
         n = chunk if messages is None else min(chunk, messages - done)
         published, _, _ = batch_publish(wire, queue, n, batch=min(1000, n))
@@ -396,8 +423,11 @@ class RecoveryChurn:
 
 def recovery_churn(workdir: Path, messages: int = 10_000_000, live: int = 100_000, fsync: str = "always",
                    segment_bytes: int | None = None, checkpoint_bytes: int | None = None,
-                   time_limit: float = 3600.0, chunk: int = 10_000) -> RecoveryChurn:
-    """``live`` messages that stay in one queue, ``messages`` through another; SIGKILL, restart."""
+                   time_limit: float = 3600.0, chunk: int = 10_000, min_checkpoints: int = 0) -> RecoveryChurn:
+    """``live`` messages that stay in one queue, ``messages`` through another; SIGKILL, restart.
+
+    The kill comes once the broker has logged ``min_checkpoints`` checkpoints since the
+    churn began (waiting up to ``CHECKPOINT_WAIT_S`` after it ended)."""
     proc = _broker(workdir / "recovery-churn", fsync, segment_bytes, checkpoint_bytes)
     with _running(proc):
         start_broker(proc)
@@ -417,8 +447,9 @@ def recovery_churn(workdir: Path, messages: int = 10_000_000, live: int = 100_00
                 _progress(f"recovery-churn: time limit reached after {churned:,} messages")
         finally:
             wire.close()
+        wait_for_checkpoints(proc, log_from, min_checkpoints)
         size, files = wal_bytes(_wal_dir(proc))
-        checkpoints = len(checkpoints_in(_log_since(proc, log_from)))
+        checkpoints = len(_checkpoints_since(proc, log_from))
         proc.kill()
         _progress("recovery-churn: SIGKILLed; restarting")
         recovered = start_broker(proc)
@@ -451,6 +482,13 @@ class WalSize:
     bound_bytes: int
     #: Samples above 2 x the live data sampled with them + 2 segments.
     samples_over_own_bound: int
+    #: How long the steady load was sampled (``seconds``, or more while waiting for
+    #: checkpoints), the sampling interval, and the load's own duration and chunk: it
+    #: publishes at most ``target_msg_per_s * load_seconds + chunk`` messages.
+    elapsed_s: float = 0.0
+    interval_s: float = 1.0
+    load_seconds: float = 0.0
+    chunk: int = 0
     passed: bool = False
 
     def __post_init__(self) -> None:
@@ -469,9 +507,11 @@ class WalSize:
 
 def wal_size(workdir: Path, seconds: float = 600.0, fsync: str = "always", segment_bytes: int = 4 * MiB,
              checkpoint_bytes: int = 4 * MiB, peak_seconds: float = 10.0, chunk: int = 2000,
-             interval: float = 1.0) -> WalSize:
+             interval: float = 1.0, min_checkpoints: int = 0) -> WalSize:
     """Measure the peak publish+ack rate, then run at half of it for ``seconds``, sampling
-    the WAL directory's size and the live data every ``interval`` s."""
+    the WAL directory's size and the live data every ``interval`` s (the first sample at
+    once). Past ``seconds`` the steady load goes on until the broker logged
+    ``min_checkpoints`` checkpoints in it (at most ``CHECKPOINT_WAIT_S`` more)."""
     proc = _broker(workdir / "wal-size", fsync, segment_bytes, checkpoint_bytes)
     with _running(proc):
         start_broker(proc)
@@ -488,39 +528,45 @@ def wal_size(workdir: Path, seconds: float = 600.0, fsync: str = "always", segme
             lives: list[int] = []
             over = 0
             wal = _wal_dir(proc)
-            with BackgroundLoad(proc, "churn", seconds=seconds, rate=target, chunk=chunk) as steady:
+            with BackgroundLoad(proc, "churn", seconds=seconds + CHECKPOINT_WAIT_S, rate=target,
+                                chunk=chunk) as steady:
                 started = time.monotonic()
                 next_sample = started
                 last_progress = started
                 while True:
                     now = time.monotonic()
-                    if now - started >= seconds:
-                        break
-                    if now < next_sample:
-                        time.sleep(min(next_sample - now, seconds - (now - started)))
-                        continue
-                    next_sample += interval
-                    size, _ = wal_bytes(wal)
-                    live_bytes = _live_messages(wire) * BODY_SIZE
-                    sizes.append(size)
-                    lives.append(live_bytes)
-                    if size >= 2 * live_bytes + 2 * segment_bytes:
-                        over += 1
-                    if now - last_progress >= 30:
-                        last_progress = now
-                        _progress(f"wal-size: {now - started:.0f} of {seconds:.0f} s, WAL {_mib(size)}, "
-                                  f"max {_mib(max(sizes))}")
+                    if now >= next_sample:
+                        next_sample += interval
+                        size, _ = wal_bytes(wal)
+                        live_bytes = _live_messages(wire) * BODY_SIZE
+                        sizes.append(size)
+                        lives.append(live_bytes)
+                        if size >= 2 * live_bytes + 2 * segment_bytes:
+                            over += 1
+                        if now - last_progress >= 30:
+                            last_progress = now
+                            _progress(f"wal-size: {now - started:.0f} of {seconds:.0f} s, WAL {_mib(size)}, "
+                                      f"max {_mib(max(sizes))}")
+                    now = time.monotonic()
+                    elapsed = now - started
+                    if elapsed >= seconds:
+                        if (elapsed >= seconds + CHECKPOINT_WAIT_S
+                                or len(_checkpoints_since(proc, log_from)) >= min_checkpoints):
+                            break
+                        time.sleep(max(0.0, min(next_sample - now, 0.05)))  # for a checkpoint
+                    else:
+                        time.sleep(max(0.0, min(next_sample - now, seconds - elapsed)))
                 messages, load_seconds = steady.finish()
         finally:
             wire.close()
-        checkpoints = len(checkpoints_in(_log_since(proc, log_from)))
+        checkpoints = len(_checkpoints_since(proc, log_from))
         proc.stop(timeout=STOP_TIMEOUT)
     shutil.rmtree(proc.data_dir, ignore_errors=True)
     max_live = max(lives, default=0)
     return WalSize("wal-size", seconds, fsync, segment_bytes, checkpoint_bytes, peak, target,
                    messages / load_seconds if load_seconds else 0.0, messages, checkpoints, len(sizes),
                    max(sizes, default=0), sum(sizes) / len(sizes) if sizes else 0.0, max_live,
-                   2 * max_live + 2 * segment_bytes, over)
+                   2 * max_live + 2 * segment_bytes, over, elapsed, interval, load_seconds, chunk)
 
 
 # -- 4. publish latency during checkpoints ----------------------------------------------------
@@ -589,11 +635,27 @@ class CheckpointP99:
                 f"(target <= {self.target_ratio:g}; whole run with / without: {self.p99_ratio_whole_run:.2f})"]
 
 
+def _overlapping(samples: list[tuple[float, float]], spans: list[tuple[float, float]]
+                 ) -> tuple[list[tuple[float, float]], list[float], list[float]]:
+    """The checkpoint spans that overlap the samples (start wall time, latency), and
+    the latencies of the samples taken during one of them and outside all."""
+    t_first = samples[0][0] if samples else 0.0
+    t_end = samples[-1][0] + samples[-1][1] if samples else 0.0
+    spans = [(a, b) for a, b in spans if a <= t_end and b >= t_first]
+    during: list[float] = []
+    outside: list[float] = []
+    for t, lat in samples:
+        (during if any(t <= b and t + lat >= a for a, b in spans) else outside).append(lat)
+    return spans, during, outside
+
+
 def _latency_run(workdir: Path, name: str, live: int, seconds: float, fsync: str, segment_bytes: int | None,
                  checkpoint_bytes: int, load_rate: float | None, chunk: int,
-                 peak_seconds: float) -> tuple[LatencyRun, float]:
+                 peak_seconds: float, min_checkpoints: int = 0) -> tuple[LatencyRun, float]:
     """One run; with ``load_rate`` None the background runs at half the peak it measures
-    first. Returns the run and that peak (0 when not measured)."""
+    first. Returns the run and that peak (0 when not measured). The foreground publishes
+    at least one batch of 50, for ``seconds``, and on (at most ``CHECKPOINT_WAIT_S``) until
+    ``min_checkpoints`` checkpoints overlapped its samples, each with a sample during it."""
     proc = _broker(workdir / name, fsync, segment_bytes, checkpoint_bytes)
     with _running(proc):
         start_broker(proc)
@@ -615,18 +677,31 @@ def _latency_run(workdir: Path, name: str, live: int, seconds: float, fsync: str
                     raise ValueError("no --load-rate and no peak measured")
                 load_rate = peak / 2
             _progress(f"checkpoint-p99 ({name}): peak {peak:,.0f} msg/s; background at {_rate(load_rate)}")
-            with BackgroundLoad(proc, "churn", seconds=seconds + 60, rate=load_rate, chunk=chunk) as bg:
+            with BackgroundLoad(proc, "churn", seconds=seconds + CHECKPOINT_WAIT_S + 60, rate=load_rate,
+                                chunk=chunk) as bg:
                 time.sleep(0.5)  # let the load get going
                 log_from = _log_size(proc)
                 _progress(f"checkpoint-p99 ({name}): measuring for {seconds:.0f} s")
                 samples: list[tuple[float, float]] = []  # (start wall time, latency)
                 started = time.monotonic()
-                while time.monotonic() - started < seconds:
+                checked = started
+                while True:
                     t0 = time.time()
                     _, _, lat = sequential_publish(wire, "fg", 50)
                     for x in lat:
                         samples.append((t0, x))
                         t0 += x
+                    now = time.monotonic()
+                    if now - started < seconds:
+                        continue
+                    if not min_checkpoints or now - started >= seconds + CHECKPOINT_WAIT_S:
+                        break
+                    if now - checked >= 0.1:  # enough checkpoints with samples during them?
+                        checked = now
+                        spans, _, _ = _overlapping(samples, _checkpoints_since(proc, log_from))
+                        if sum(any(t <= b and t + x >= a for t, x in samples) for a, b in spans) \
+                                >= min_checkpoints:
+                            break
                 bg_messages, bg_seconds = bg.finish()
         finally:
             wire.close()
@@ -634,13 +709,7 @@ def _latency_run(workdir: Path, name: str, live: int, seconds: float, fsync: str
         proc.stop(timeout=STOP_TIMEOUT)
     shutil.rmtree(proc.data_dir, ignore_errors=True)
     # Only checkpoints that overlap the foreground run count.
-    t_first = samples[0][0] if samples else 0.0
-    t_end = samples[-1][0] + samples[-1][1] if samples else 0.0
-    spans = [(a, b) for a, b in spans if a <= t_end and b >= t_first]
-    during: list[float] = []
-    outside: list[float] = []
-    for t, lat in samples:
-        (during if any(t <= b and t + lat >= a for a, b in spans) else outside).append(lat)
+    spans, during, outside = _overlapping(samples, spans)
     p50, p99 = _percentiles([lat for _, lat in samples])
     d50, d99 = _percentiles(during)
     o50, o99 = _percentiles(outside)
@@ -650,13 +719,15 @@ def _latency_run(workdir: Path, name: str, live: int, seconds: float, fsync: str
 
 def checkpoint_p99(workdir: Path, live: int = 1_000_000, seconds: float = 60.0, fsync: str = "always",
                    segment_bytes: int | None = None, checkpoint_bytes: int = 4 * MiB,
-                   load_rate: float | None = None, chunk: int = 2000, peak_seconds: float = 5.0) -> CheckpointP99:
+                   load_rate: float | None = None, chunk: int = 2000, peak_seconds: float = 5.0,
+                   min_checkpoints: int = 0) -> CheckpointP99:
     """The same run twice: with checkpoints every ``checkpoint_bytes`` (or the live data, if
     more) of log, and with none. The background publish+ack load runs at ``load_rate``
     msg/s (0: unthrottled; None: half the peak measured in the first run, the same rate
-    in both runs)."""
+    in both runs). The run with checkpoints measures until ``min_checkpoints`` of them
+    had samples during them (see ``_latency_run``)."""
     with_cp, peak = _latency_run(workdir, "checkpoint-p99-with", live, seconds, fsync, segment_bytes,
-                                 checkpoint_bytes, load_rate, chunk, peak_seconds)
+                                 checkpoint_bytes, load_rate, chunk, peak_seconds, min_checkpoints)
     without, _ = _latency_run(workdir, "checkpoint-p99-without", live, seconds, fsync, segment_bytes,
                               NO_CHECKPOINTS, with_cp.background_target_msg_per_s, chunk, peak_seconds)
     if load_rate is not None:
@@ -824,7 +895,7 @@ def all_cmd(live_messages: int, churn_messages: int, minutes: float, p99_seconds
 
 __all__ = ["CheckpointP99", "LatencyRun", "Recovery", "RecoveryChurn", "RecoveryLive", "WalSize",
            "checkpoint_p99", "checkpoints_in", "churn", "recovery_churn", "recovery_live", "start_broker",
-           "wal_bytes", "wal_size"]
+           "wait_for_checkpoints", "wal_bytes", "wal_size"]
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,9 @@
 """The durability benchmark (tools.durabench) at tiny scale: every figure runs against real
-broker processes and reports numbers that agree with what was done to the broker."""
+broker processes and reports numbers that agree with what was done to the broker.
+
+Nothing here asserts a rate or a duration: how fast the machine is changes the figures,
+not whether they agree. The figures that need checkpoints wait for them
+(``min_checkpoints``), and rates are checked only against the throttle's own rule."""
 from __future__ import annotations
 
 import re
@@ -41,7 +45,7 @@ def test_every_figure_at_tiny_scale(tmp_path: Path) -> None:
     # 2. Churn with small checkpoints: the acked messages are gone, the live ones stay,
     # and recovery started from a snapshot.
     churn = recovery_churn(tmp_path, messages=50_000, live=5_000, segment_bytes=MiB, checkpoint_bytes=MiB,
-                           chunk=5_000)
+                           chunk=5_000, min_checkpoints=1)
     assert churn.churned == 50_000
     assert churn.checkpoints >= 1
     r = churn.after_sigkill
@@ -51,26 +55,31 @@ def test_every_figure_at_tiny_scale(tmp_path: Path) -> None:
     assert 0 < churn.wal_bytes_before_kill < 50_000 * 128  # checkpoints removed segments
     assert churn.passed == (r.seconds <= 2.0)
 
-    # 3. WAL size: sampled about once a second, throttled to half the measured peak.
-    ws = wal_size(tmp_path, seconds=3.0, segment_bytes=MiB, checkpoint_bytes=MiB, peak_seconds=1.0)
-    assert 2 <= ws.samples <= 4
+    # 3. WAL size: sampled at most once a second, throttled to half the measured peak.
+    ws = wal_size(tmp_path, seconds=3.0, segment_bytes=MiB, checkpoint_bytes=MiB, peak_seconds=1.0,
+                  min_checkpoints=1)
+    assert ws.elapsed_s >= 3.0 and ws.interval_s == 1.0
+    assert 1 <= ws.samples <= ws.elapsed_s / ws.interval_s + 1
     assert ws.peak_msg_per_s > 0 and ws.target_msg_per_s == ws.peak_msg_per_s / 2
-    assert 0 < ws.achieved_msg_per_s <= ws.target_msg_per_s * 1.25
-    assert ws.messages > 0 and ws.checkpoints >= 1
+    # The throttle is at most one chunk ahead of the target rate, however fast it runs.
+    assert 0 < ws.messages <= ws.target_msg_per_s * ws.load_seconds + ws.chunk
+    assert ws.achieved_msg_per_s == ws.messages / ws.load_seconds
+    assert ws.checkpoints >= 1
     assert 0 < ws.mean_wal_bytes <= ws.max_wal_bytes
     assert ws.bound_bytes == 2 * ws.max_live_bytes + 2 * MiB
     assert ws.max_live_bytes % 128 == 0
     assert ws.passed == (ws.max_wal_bytes < ws.bound_bytes)
 
     # 4. Latency: checkpoints happen in the first run and never in the second.
-    cp = checkpoint_p99(tmp_path, live=5_000, seconds=2.0, checkpoint_bytes=MiB, peak_seconds=1.0)
+    cp = checkpoint_p99(tmp_path, live=5_000, seconds=2.0, checkpoint_bytes=MiB, peak_seconds=1.0,
+                        min_checkpoints=1)
     w, wo = cp.with_checkpoints, cp.without_checkpoints
     assert w.checkpoints >= 1 and len(w.checkpoint_seconds) == w.checkpoints
     assert 1 <= w.samples_during_checkpoints <= w.samples
     assert wo.checkpoints == 0 and wo.samples_during_checkpoints == 0
     assert wo.checkpoint_bytes == NO_CHECKPOINTS
     for run in (w, wo):
-        assert run.samples > 10
+        assert run.samples >= 50  # one batch of sequential publishes at least
         assert 0 < run.p50_us <= run.p99_us
         assert run.background_msg_per_s > 0
         assert run.background_target_msg_per_s == cp.peak_msg_per_s / 2
