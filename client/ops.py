@@ -38,7 +38,7 @@ import inspect
 import linecache
 import typing
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from protocol import Op
@@ -234,10 +234,7 @@ class OpSpec(Generic[P, R]):
 
 
 def _positional(p: Param) -> Param:
-    if p.kind is inspect.Parameter.KEYWORD_ONLY:
-        return Param(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, p.default, p.annotation,
-                     p.wire, p.convert, p.omit, p.doc)
-    return p
+    return replace(p, kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _parameter_list(params: tuple[Param, ...], ns: dict[str, Any], *, with_self: bool) -> str:
