@@ -162,7 +162,8 @@ class Live:
             self.run_due()
             command = lookup(session, req.op, req.args)
             ctx = self.context()
-            outcome = self._decide(command, session, Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0}), ctx)
+            now = Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0})
+            outcome = self._decide(command, session, now, ctx)
             if not outcome.mutations and not final:
                 return False
             self._change(command, req, outcome.mutations)
