@@ -29,6 +29,9 @@ class Op(StrEnum):
     QUEUE_PURGE = "queue_purge"
     PEEK = "peek"
     MESSAGE_STATUS = "message_status"
+    EXTEND = "extend"
+    REJECT = "reject"
+    REDRIVE = "redrive"
 
 
 class QueueKind(StrEnum):
@@ -56,6 +59,11 @@ MAX_KEY = 1024
 #: Queue name rules: 1..200 characters from this set.
 QUEUE_NAME_MAX = 200
 QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+#: Longest error text a consumer may give with ``nack`` or ``reject``, in UTF-8 bytes.
+MAX_ERROR_TEXT = 1024
+#: ``max_attempts`` of a queue created without one (0 means unlimited, on request).
+DEFAULT_MAX_ATTEMPTS = 20
 
 #: Shards per queue.
 MIN_SHARDS = 1
