@@ -37,7 +37,9 @@ from .errors import (
 from .sync import SyncClient
 from .types import (
     AckResult,
+    DeadLetterInfo,
     Delivery,
+    ExtendResult,
     Message,
     MessageStatus,
     NackResult,
@@ -46,6 +48,8 @@ from .types import (
     PublishResult,
     PurgeResult,
     QueueStats,
+    RedriveResult,
+    RejectResult,
     ServerInfo,
     ShardRoute,
     parse_addr,
@@ -67,11 +71,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "Connection", "ConnectionClosed", "Delivery", "DiskFull", "FrameTooLarge",
-    "HandshakeRequired", "InternalError", "InvalidArgument", "LimitExceeded", "LockgateError",
-    "MalformedFrame", "MalformedRequest", "Message", "MessageStatus", "MessageTooLarge",
-    "NackResult", "PeekResult", "PeekedMessage", "PublishResult", "PurgeResult", "QueueExists",
-    "QueueFull", "QueueNotFound", "QueueStats", "ServerInfo", "ShardRoute", "ShuttingDown",
-    "StorageError", "SyncClient", "UnknownOp", "UnsupportedVersion", "WrongNode",
-    "error_from_frame", "open_connection", "parse_addr",
+    "AckResult", "Client", "Connection", "ConnectionClosed", "DeadLetterInfo", "Delivery",
+    "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "InternalError",
+    "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
+    "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
+    "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
+    "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
+    "SyncClient", "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
+    "open_connection", "parse_addr",
 ]

@@ -84,3 +84,6 @@ class Client:
     purge_queue = ops.purge_queue.async_method()
     peek = ops.peek.async_method()
     message_status = ops.message_status.async_method()
+    extend = ops.extend.async_method()
+    reject = ops.reject.async_method()
+    redrive = ops.redrive.async_method()

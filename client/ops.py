@@ -44,7 +44,7 @@ from typing import Annotated, Any, Concatenate, Generic, Literal, ParamSpec, Typ
 from protocol import Op
 
 from . import types as t
-from .types import Bytes, Message, PeekResult, PurgeResult, QueueStats
+from .types import Bytes, Message, PeekResult, PurgeResult, QueueStats, RedriveResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -336,7 +336,7 @@ def create_queue(
     kind: Annotated[str, Arg(convert=str, doc="Delivery order within a shard (fifo, lifo or priority).")] = "fifo",
     shards: Annotated[int, Arg(doc="Number of shards (1..256).")] = 1,
     visibility_ms: Annotated[int | None, Arg(doc="Lease length of a delivery [server default: 30000].")] = None,
-    max_attempts: Annotated[int | None, Arg(doc="Deliveries before dead-lettering; 0 = unlimited [0].")] = None,
+    max_attempts: Annotated[int | None, Arg(doc="Deliveries before dead-lettering; 0 = unlimited [server default: 20].")] = None,
     dead_letter: Annotated[str | None, Arg(doc="Queue that receives messages past max attempts.")] = None,
     max_messages: Annotated[int | None, Arg(doc="Capacity; 0 = server default [0].")] = None,
 ) -> None:
@@ -411,8 +411,42 @@ def nack(
     ids: Annotated[Iterable[int], Arg(convert=list)],
     *,
     delay_ms: Annotated[int, Arg(omit_default=True)] = 0,
+    error: str | None = None,
 ) -> None:
-    """Return leased messages to the queue (ready again after ``delay_ms``)."""
+    """Return leased messages to the queue (ready again after ``delay_ms``).
+
+    ``error`` (at most 1024 bytes of UTF-8) is kept with each released message as its
+    last error, and goes with it if it is dead-lettered later.
+    """
+
+
+@op(Op.EXTEND, t.extend_result)
+def extend(
+    queue: str,
+    ids: Annotated[Iterable[int], Arg(convert=list)],
+    *,
+    visibility_ms: int | None = None,
+) -> None:
+    """Extend the leases of leased messages: each now runs until the server's now +
+    ``visibility_ms`` (default: the queue's), which may also shorten it.
+
+    Attempts are not counted; ids that are not leased are reported ``missing``.
+    """
+
+
+@op(Op.REJECT, t.reject_result)
+def reject(
+    queue: str,
+    ids: Annotated[Iterable[int], Arg(convert=list)],
+    *,
+    error: str | None = None,
+) -> None:
+    """Send leased messages straight to the queue's dead-letter queue (reason
+    ``"rejected"``), whatever their attempts; with no dead-letter queue they are dropped.
+
+    ``error`` (at most 1024 bytes of UTF-8) is kept with the dead letter. Ids that are
+    not leased are reported ``missing``.
+    """
 
 
 @op(Op.QUEUE_PURGE, PurgeResult.from_wire)
@@ -446,6 +480,23 @@ def peek(
 def message_status(queue: str, ids: Annotated[Iterable[int], Arg(convert=list)]) -> None:
     """Where each message of ``ids`` is now: one :class:`~client.types.MessageStatus` per
     id, in order (ready, leased, delayed, dead_lettered, gone or unknown)."""
+
+
+@op(Op.REDRIVE, RedriveResult.from_wire)
+def redrive(
+    queue: str,
+    *,
+    max: int | None = None,
+    ids: Annotated[Iterable[int] | None, Arg(convert=list)] = None,
+) -> None:
+    """Move dead letters of the dead-letter queue ``queue`` back to the queues they came
+    from, as new ready messages with no attempts; all of them or none.
+
+    Without ``ids``, every message of ``queue`` in id order, at most ``max`` of them;
+    with ``ids`` (not together with ``max``), only those. Messages that are leased, were
+    not dead-lettered there, or whose source queue no longer exists stay, counted in
+    ``skipped``.
+    """
 
 
 #: The settings of ``create_queue`` (every parameter after the name), for tools that

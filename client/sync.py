@@ -289,6 +289,9 @@ class SyncClient:
     purge_queue = ops.purge_queue.sync_method()
     peek = ops.peek.sync_method()
     message_status = ops.message_status.sync_method()
+    extend = ops.extend.sync_method()
+    reject = ops.reject.sync_method()
+    redrive = ops.redrive.sync_method()
 
     def publish_many(
         self,

@@ -81,6 +81,40 @@ class NackResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtendResult:
+    """``extended`` leases now run until the server's now + ``visibility_ms``; ``missing``
+    ids were not found or not leased."""
+
+    extended: int
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectResult:
+    """``rejected`` leased messages went to the dead-letter queue (or were dropped);
+    ``missing`` ids were not found or not leased."""
+
+    rejected: int
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveResult:
+    """What ``redrive`` moved out of a dead-letter queue: ``redriven`` messages in all;
+    ``queues`` maps each source queue to how many went back to it; ``skipped`` counts
+    those left where they were (leased, without a source, or whose source queue is gone;
+    with ``ids``, also ids the dead-letter queue does not hold)."""
+
+    redriven: int
+    queues: dict[str, int]
+    skipped: int
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> RedriveResult:
+        return cls(redriven=m["redriven"], queues=dict(m["queues"]), skipped=m["skipped"])
+
+
+@dataclass(frozen=True, slots=True)
 class ShardRoute:
     """Where the shards of ``queue`` (``"*"``: every queue) live."""
 
@@ -175,13 +209,41 @@ class PurgeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """Where a dead-lettered message came from and why (``PeekedMessage.dead_letter``).
+
+    ``queue`` and ``id`` name the message in its source queue; ``attempts`` is how many
+    times it was delivered there; ``reason`` is ``"max_attempts"`` or ``"rejected"``
+    (``"expired"`` is reserved); ``error`` is the last error text given with ``nack`` or
+    ``reject``, or ``None``; ``at_ms`` is when it was dead-lettered (server wall clock,
+    ms since the epoch).
+    """
+
+    queue: str
+    id: int
+    attempts: int
+    reason: str
+    error: str | None
+    at_ms: int
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> DeadLetterInfo:
+        return cls(
+            queue=m["queue"], id=m["id"], attempts=m["attempts"], reason=m["reason"],
+            error=m.get("error"), at_ms=m["at_ms"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PeekedMessage:
     """A message seen by ``peek``, which leaves it where it is.
 
     ``attempts`` counts the deliveries so far (0 if never delivered; a later ``consume``
     reports ``attempts + 1``). ``state`` is ``"ready"``, ``"leased"`` or ``"delayed"``;
     ``until_ms`` is the lease deadline of a leased message, the ready time of a delayed
-    one and 0 for a ready one (server wall clock, ms since the epoch).
+    one and 0 for a ready one (server wall clock, ms since the epoch). ``dead_letter``
+    says where a message that was dead-lettered into this queue came from and why;
+    ``None`` for any other message.
     """
 
     id: int
@@ -191,6 +253,14 @@ class PeekedMessage:
     priority: int
     state: str
     until_ms: int
+    dead_letter: DeadLetterInfo | None = None
+
+    @classmethod
+    def from_wire(cls, p: list[Any]) -> PeekedMessage:
+        """From the wire array; a missing or nil ``dead_letter`` (index 7) is ``None``,
+        and elements after it are ignored."""
+        dead = p[7] if len(p) > 7 else None
+        return cls(p[0], p[1], p[2], p[3], p[4], p[5], p[6], None if dead is None else DeadLetterInfo.from_wire(dead))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +279,7 @@ class PeekResult:
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> PeekResult:
-        return cls(m["queue"], tuple(PeekedMessage(*p[:7]) for p in m["messages"]))
+        return cls(m["queue"], tuple(PeekedMessage.from_wire(p) for p in m["messages"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +289,12 @@ class MessageStatus:
     ``state`` is one of ``"ready"``, ``"leased"``, ``"delayed"`` (in ``queue``; ``until_ms``
     is the lease deadline or ready time, 0 when ready), ``"dead_lettered"`` (``queue`` is
     the dead-letter queue it moved to and ``dead_letter_id`` its id there; ``attempts``
-    counts deliveries from there), ``"gone"`` (published, no longer held: acked, purged
-    or dropped) or ``"unknown"`` (never published to the queue).
+    counts deliveries from there; ``reason`` is ``"max_attempts"`` or ``"rejected"``,
+    ``error`` the last error text given with ``nack`` or ``reject`` (or ``None``) and
+    ``dead_lettered_at_ms`` when it moved, server wall clock), ``"gone"`` (published, no
+    longer held: acked, purged or dropped) or ``"unknown"`` (never published to the
+    queue). ``dead_letter_id``, ``reason``, ``error`` and ``dead_lettered_at_ms`` are
+    ``None`` unless the state is ``"dead_lettered"``.
     """
 
     id: int
@@ -229,12 +303,16 @@ class MessageStatus:
     attempts: int
     until_ms: int
     dead_letter_id: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    dead_lettered_at_ms: int | None = None
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> MessageStatus:
         return cls(
             id=m["id"], state=m["state"], queue=m["queue"], attempts=m["attempts"],
             until_ms=m["until_ms"], dead_letter_id=m.get("dead_letter_id"),
+            reason=m.get("reason"), error=m.get("error"), dead_lettered_at_ms=m.get("dead_lettered_at_ms"),
         )
 
 
@@ -335,6 +413,14 @@ def ack_result(result: dict[str, Any]) -> AckResult:
 
 def nack_result(result: dict[str, Any]) -> NackResult:
     return NackResult(result["released"], tuple(result["missing"]))
+
+
+def extend_result(result: dict[str, Any]) -> ExtendResult:
+    return ExtendResult(result["extended"], tuple(result["missing"]))
+
+
+def reject_result(result: dict[str, Any]) -> RejectResult:
+    return RejectResult(result["rejected"], tuple(result["missing"]))
 
 
 def publish_result(result: dict[str, Any]) -> PublishResult:

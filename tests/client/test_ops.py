@@ -14,7 +14,9 @@ import pytest
 from client import (
     AckResult,
     Client,
+    DeadLetterInfo,
     Delivery,
+    ExtendResult,
     MessageStatus,
     NackResult,
     PeekedMessage,
@@ -22,6 +24,8 @@ from client import (
     PublishResult,
     PurgeResult,
     QueueStats,
+    RedriveResult,
+    RejectResult,
     SyncClient,
 )
 from client import types as t
@@ -87,6 +91,22 @@ def test_signatures_keep_the_public_shapes() -> None:
         " -> client.types.PeekResult"
     )
     assert inspect.signature(Client.message_status).return_annotation == list[MessageStatus]
+    assert str(inspect.signature(SyncClient.nack)) == (
+        "(self, queue: str, ids: collections.abc.Iterable[int], *, delay_ms: int = 0, error: str | None = None)"
+        " -> client.types.NackResult"
+    )
+    assert str(inspect.signature(Client.extend)) == (
+        "(self, queue: str, ids: collections.abc.Iterable[int], *, visibility_ms: int | None = None)"
+        " -> client.types.ExtendResult"
+    )
+    assert str(inspect.signature(SyncClient.reject)) == (
+        "(self, queue: str, ids: collections.abc.Iterable[int], *, error: str | None = None)"
+        " -> client.types.RejectResult"
+    )
+    assert str(inspect.signature(Client.redrive)) == (
+        "(self, queue: str, *, max: int | None = None, ids: collections.abc.Iterable[int] | None = None)"
+        " -> client.types.RedriveResult"
+    )
 
 
 def test_queue_settings_are_the_create_queue_parameters() -> None:
@@ -123,6 +143,17 @@ ARGS_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = 
     ("ack", ("q", (i for i in (1, 2))), {}, {"queue": "q", "ids": [1, 2]}),
     ("nack", ("q", [3]), {}, {"queue": "q", "ids": [3]}),
     ("nack", ("q", [3]), {"delay_ms": 10}, {"queue": "q", "ids": [3], "delay_ms": 10}),
+    ("nack", ("q", [3]), {"error": "boom"}, {"queue": "q", "ids": [3], "error": "boom"}),
+    ("nack", ("q", [3]), {"delay_ms": 0, "error": None}, {"queue": "q", "ids": [3]}),
+    ("extend", ("q", (i for i in (4, 5))), {}, {"queue": "q", "ids": [4, 5]}),
+    ("extend", ("q", [4]), {"visibility_ms": 60_000}, {"queue": "q", "ids": [4], "visibility_ms": 60_000}),
+    ("reject", ("q", [6]), {}, {"queue": "q", "ids": [6]}),
+    ("reject", ("q", [6]), {"error": "bad json"}, {"queue": "q", "ids": [6], "error": "bad json"}),
+    ("redrive", ("q.dlq",), {}, {"queue": "q.dlq"}),
+    ("redrive", ("q.dlq",), {"max": 100}, {"queue": "q.dlq", "max": 100}),
+    ("redrive", ("q.dlq",), {"ids": range(1, 3)}, {"queue": "q.dlq", "ids": [1, 2]}),
+    # The server refuses both at once (INVALID_ARGUMENT "ids"); the client sends what it is given.
+    ("redrive", ("q.dlq",), {"max": 1, "ids": [1]}, {"queue": "q.dlq", "max": 1, "ids": [1]}),
     ("purge_queue", ("q",), {}, {"queue": "q"}),
     ("purge_queue", ("q",), {"leased": True}, {"queue": "q", "leased": True}),
     ("peek", ("q",), {}, {"queue": "q", "max": 10}),
@@ -167,17 +198,44 @@ RESULT_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], A
     ("consume", ("q",), {"wait_ms": 0}, {"messages": [[5, b"b", 2, None, 0]]}, [Delivery(5, b"b", 2, None, 0)]),
     ("ack", ("q", [1, 9]), {}, {"acked": 1, "missing": [9]}, AckResult(1, (9,))),
     ("nack", ("q", [1]), {}, {"released": 1, "missing": []}, NackResult(1, ())),
+    ("nack", ("q", [1, 2]), {"error": "e"}, {"released": 1, "missing": [2]}, NackResult(1, (2,))),
+    ("extend", ("q", [1, 2]), {"visibility_ms": 5}, {"extended": 1, "missing": [2]}, ExtendResult(1, (2,))),
+    ("reject", ("q", [3, 3, 4]), {}, {"rejected": 1, "missing": [4]}, RejectResult(1, (4,))),
+    ("redrive", ("d",), {"max": 5}, {"redriven": 3, "queues": {"a": 2, "b": 1}, "skipped": 1},
+     RedriveResult(3, {"a": 2, "b": 1}, 1)),
+    ("redrive", ("d",), {}, {"redriven": 0, "queues": {}, "skipped": 0}, RedriveResult(0, {}, 0)),
     ("purge_queue", ("q",), {"leased": True}, {"queue": "q", "ready": 2, "delayed": 1, "leased": 3},
      PurgeResult("q", 2, 1, 3)),
     ("peek", ("q",), {"dead_letter": True},
      {"queue": "q.dlq", "messages": [[4, b"x", 0, None, 0, "ready", 0], [5, b"y", 2, b"k", 9, "leased", 1000]]},
      PeekResult("q.dlq", (PeekedMessage(4, b"x", 0, None, 0, "ready", 0),
                           PeekedMessage(5, b"y", 2, b"k", 9, "leased", 1000)))),
+    ("peek", ("q",), {"dead_letter": True},
+     {"queue": "q.dlq", "messages": [
+         [4, b"x", 0, None, 0, "ready", 0, None],
+         [5, b"y", 1, b"k", 9, "leased", 1000,
+          {"queue": "q", "id": 17, "attempts": 3, "reason": "max_attempts", "error": "timeout", "at_ms": 900}],
+         [6, b"z", 0, None, 0, "ready", 0,
+          {"queue": "q", "id": 18, "attempts": 1, "reason": "rejected", "error": None, "at_ms": 950}],
+     ]},
+     PeekResult("q.dlq", (
+         PeekedMessage(4, b"x", 0, None, 0, "ready", 0, None),
+         PeekedMessage(5, b"y", 1, b"k", 9, "leased", 1000,
+                       DeadLetterInfo("q", 17, 3, "max_attempts", "timeout", 900)),
+         PeekedMessage(6, b"z", 0, None, 0, "ready", 0, DeadLetterInfo("q", 18, 1, "rejected", None, 950)),
+     ))),
     ("message_status", ("q", [1, 2]), {},
      {"statuses": [{"id": 1, "state": "gone", "queue": "q", "attempts": 0, "until_ms": 0},
                    {"id": 2, "state": "dead_lettered", "queue": "d", "attempts": 1, "until_ms": 0,
                     "dead_letter_id": 8}]},
      [MessageStatus(1, "gone", "q", 0, 0), MessageStatus(2, "dead_lettered", "d", 1, 0, 8)]),
+    ("message_status", ("q", [2, 3]), {},
+     {"statuses": [{"id": 2, "state": "dead_lettered", "queue": "d", "attempts": 0, "until_ms": 0,
+                    "dead_letter_id": 8, "reason": "rejected", "error": "bad json", "dead_lettered_at_ms": 1234},
+                   {"id": 3, "state": "dead_lettered", "queue": "d", "attempts": 0, "until_ms": 0,
+                    "dead_letter_id": 9, "reason": "max_attempts", "error": None, "dead_lettered_at_ms": 1240}]},
+     [MessageStatus(2, "dead_lettered", "d", 0, 0, 8, "rejected", "bad json", 1234),
+      MessageStatus(3, "dead_lettered", "d", 0, 0, 9, "max_attempts", None, 1240)]),
 ]
 
 
@@ -238,6 +296,7 @@ def test_op_names_are_the_protocol_ops() -> None:
     assert {spec.op for spec in OPS.values()} <= {str(op) for op in Op}
     assert OPS["purge_queue"].op == "queue_purge" and OPS["message_status"].op == "message_status"
     assert OPS["peek"].op == "peek"
+    assert [OPS[name].op for name in ("extend", "reject", "redrive")] == ["extend", "reject", "redrive"]
 
 
 # --- result values -------------------------------------------------------------------------
@@ -245,14 +304,25 @@ def test_op_names_are_the_protocol_ops() -> None:
 
 def test_new_results_ignore_unknown_fields_and_extra_elements() -> None:
     assert PurgeResult.from_wire({"queue": "q", "ready": 1, "delayed": 2, "leased": 0, "new": 1}).total == 3
-    peeked = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "delayed", 99, "later"]],
+    peeked = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "delayed", 99, None, "later"]],
                                    "more": True})
     assert peeked == PeekResult("q", (PeekedMessage(1, b"b", 0, None, 0, "delayed", 99),))
     assert len(peeked) == 1 and list(peeked) == list(peeked.messages)
     assert not PeekResult("q", ())
+    # A 7-element peeked message (a server before dead-letter info) has no dead_letter.
+    (old,) = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "ready", 0]]})
+    assert old.dead_letter is None
+    dead_letter = {"queue": "src", "id": 2, "attempts": 20, "reason": "max_attempts", "error": None, "at_ms": 5,
+                   "later": True}
+    (dead,) = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "ready", 0, dead_letter]]})
+    assert dead.dead_letter == DeadLetterInfo("src", 2, 20, "max_attempts", None, 5)
     status = MessageStatus.from_wire({"id": 3, "state": "ready", "queue": "q", "attempts": 0, "until_ms": 0,
                                       "added_later": 1})
     assert status == MessageStatus(3, "ready", "q", 0, 0) and status.dead_letter_id is None
+    assert (status.reason, status.error, status.dead_lettered_at_ms) == (None, None, None)
+    assert RedriveResult.from_wire({"redriven": 1, "queues": {"a": 1}, "skipped": 0, "new": 2}) == RedriveResult(
+        1, {"a": 1}, 0
+    )
 
 
 # --- declarations -------------------------------------------------------------------------
