@@ -24,7 +24,16 @@ import click
 from client.errors import ConnectionClosed, LockgateError
 from client.ops import QUEUE_SETTINGS
 from client.sync import SyncClient
-from client.types import ADDR_ENV, DEFAULT_ADDR, Delivery, Message, MessageStatus, PeekedMessage, parse_addr
+from client.types import (
+    ADDR_ENV,
+    DEFAULT_ADDR,
+    DeadLetterInfo,
+    Delivery,
+    Message,
+    MessageStatus,
+    PeekedMessage,
+    parse_addr,
+)
 from protocol import MAX_SHARDS, MIN_SHARDS, QueueKind
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,13 +142,33 @@ def _time_text(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _error_text(error: str) -> str:
+    """A consumer's error text, quoted and escaped so that it stays on one line."""
+    return json.dumps(error, ensure_ascii=False)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _peeked_json(m: PeekedMessage) -> dict[str, Any]:
     body, body_encoding = _bytes_json(m.body)
     key, key_encoding = _bytes_json(m.key)
     return {
         "id": m.id, "state": m.state, "attempts": m.attempts, "priority": m.priority, "until_ms": m.until_ms,
         "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
+        "dead_letter": None if m.dead_letter is None else asdict(m.dead_letter),
     }
+
+
+def _dead_letter_text(d: DeadLetterInfo) -> str:
+    """Where a dead letter came from and why: ``source=QUEUE#ID source_attempts=N reason=R
+    dead_lettered_at=TIME [error="..."]`` (``#`` is not a queue name character)."""
+    text = (
+        f"source={d.queue}#{d.id} source_attempts={d.attempts} reason={d.reason}"
+        f" dead_lettered_at={_time_text(d.at_ms)}"
+    )
+    return text if d.error is None else f"{text} error={_error_text(d.error)}"
 
 
 def _status_text(s: MessageStatus) -> str:
@@ -150,6 +179,12 @@ def _status_text(s: MessageStatus) -> str:
         details.append(f"attempts={s.attempts}")
     if s.until_ms:
         details.append(f"until={_time_text(s.until_ms)}")
+    if s.reason is not None:
+        details.append(f"reason={s.reason}")
+    if s.dead_lettered_at_ms is not None:
+        details.append(f"dead_lettered_at={_time_text(s.dead_lettered_at_ms)}")
+    if s.error is not None:
+        details.append(f"error={_error_text(s.error)}")
     return f"{s.id}\t{s.state}" + (f"\t{' '.join(details)}" if details else "")
 
 
@@ -387,15 +422,63 @@ def ack_cmd(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
 @click.argument("ids", nargs=-1, type=int, required=True)
 @click.option("--delay-ms", type=click.IntRange(0), default=0, show_default=True,
               help="Make the messages ready again only after this long.")
+@click.option("--error", metavar="TEXT",
+              help="Why processing failed (at most 1024 bytes); kept with each message, and with it "
+                   "in the dead-letter queue if it goes there.")
 @common_options
-def nack_cmd(queue: str, ids: tuple[int, ...], delay_ms: int, addr: str, as_json: bool) -> None:
+def nack_cmd(
+    queue: str, ids: tuple[int, ...], delay_ms: int, error: str | None, addr: str, as_json: bool
+) -> None:
     """Return leased messages of QUEUE to the queue by id."""
     with connect(addr) as client:
-        result = client.nack(queue, ids, delay_ms=delay_ms)
+        result = client.nack(queue, ids, delay_ms=delay_ms, error=error)
     if as_json:
         _emit_json({"queue": queue, "released": result.released, "missing": list(result.missing)})
         return
     click.echo(f"released {result.released} of {len(ids)}")
+    if result.missing:
+        click.echo(f"not found or not leased: {_ids_text(result.missing)}", err=True)
+
+
+@main.command("extend")
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--visibility-ms", type=click.IntRange(1),
+              help="The leases run this long from now [the queue's visibility_ms].")
+@common_options
+def extend_cmd(queue: str, ids: tuple[int, ...], visibility_ms: int | None, addr: str, as_json: bool) -> None:
+    """Extend the leases of messages of QUEUE by id.
+
+    Each lease then runs until now + --visibility-ms, which may also shorten it. No
+    attempt is counted. Ids that are not leased (ready, delayed, unknown) are reported.
+    """
+    with connect(addr) as client:
+        result = client.extend(queue, ids, visibility_ms=visibility_ms)
+    if as_json:
+        _emit_json({"queue": queue, "extended": result.extended, "missing": list(result.missing)})
+        return
+    click.echo(f"extended {result.extended} of {len(ids)}")
+    if result.missing:
+        click.echo(f"not found or not leased: {_ids_text(result.missing)}", err=True)
+
+
+@main.command("reject")
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--error", metavar="TEXT", help="Why (at most 1024 bytes); kept with the dead letter.")
+@common_options
+def reject_cmd(queue: str, ids: tuple[int, ...], error: str | None, addr: str, as_json: bool) -> None:
+    """Dead-letter leased messages of QUEUE now, by id.
+
+    The messages go straight to QUEUE's dead-letter queue: they leave QUEUE at once, whatever their attempts, with reason "rejected"
+    (dropped if QUEUE has no dead-letter queue). Ids that are not leased are reported.
+    """
+    with connect(addr) as client:
+        result = client.reject(queue, ids, error=error)
+    if as_json:
+        _emit_json({"queue": queue, "rejected": result.rejected, "missing": list(result.missing)})
+        return
+    click.echo(f"rejected {result.rejected} of {len(ids)}")
     if result.missing:
         click.echo(f"not found or not leased: {_ids_text(result.missing)}", err=True)
 
@@ -437,9 +520,11 @@ def peek(queue: str, max_: int, state: str | None, dead_letter: bool, addr: str,
     """Show messages of QUEUE without leasing them.
 
     Each line shows id, state, attempts so far, priority, key, the lease deadline or
-    ready time (UTC) and body. Ready messages come first, in the order consume would
-    take them, then leased, then delayed ones. Nothing changes: no lease is taken and no
-    attempt is counted.
+    ready time (UTC) and body. A message that was dead-lettered into the queue also
+    shows where it came from (source=QUEUE#ID), how often it was delivered there,
+    the reason, when it moved (UTC) and the last error text. Ready messages come first,
+    in the order consume would take them, then leased, then delayed ones. Nothing
+    changes: no lease is taken and no attempt is counted.
     """
     with connect(addr) as client:
         result = client.peek(queue, max_, state=state, dead_letter=dead_letter)
@@ -453,8 +538,10 @@ def peek(queue: str, max_: int, state: str | None, dead_letter: bool, addr: str,
     for m in result:
         key = "" if m.key is None else f" key={_bytes_text(m.key)}"
         until = f" until={_time_text(m.until_ms)}" if m.until_ms else ""
+        dead = "" if m.dead_letter is None else f" {_dead_letter_text(m.dead_letter)}"
         click.echo(
-            f"{m.id}\t{m.state} attempts={m.attempts} priority={m.priority}{key}{until}\t{_bytes_text(m.body)}"
+            f"{m.id}\t{m.state} attempts={m.attempts} priority={m.priority}{key}{until}{dead}"
+            f"\t{_bytes_text(m.body)}"
         )
 
 
@@ -467,7 +554,8 @@ def status(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
 
     One line per id: ready, leased or delayed (with attempts so far and the lease
     deadline or ready time, UTC), dead_lettered (with the dead-letter queue and the id
-    there), gone (acked, purged or dropped) or unknown (never published to QUEUE).
+    there, the reason, when it moved and the last error text), gone (acked, purged or
+    dropped) or unknown (never published to QUEUE).
     """
     with connect(addr) as client:
         statuses = client.message_status(queue, ids)
@@ -476,6 +564,48 @@ def status(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
         return
     for s in statuses:
         click.echo(_status_text(s))
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter queues: send their messages back (redrive)."""
+
+
+@dlq.command("redrive")
+@click.argument("queue", metavar="DLQ")
+@click.argument("id_list", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--max", "-n", "max_", type=click.IntRange(1), help="Move at most this many, lowest ids first [no limit].")
+@click.option("--ids", "only_ids", is_flag=True, help="Move only the ids given after DLQ (--ids ID...).")
+@common_options
+def redrive_cmd(
+    queue: str, id_list: tuple[int, ...], max_: int | None, only_ids: bool, addr: str, as_json: bool
+) -> None:
+    """Move dead letters of DLQ back to the queues they came from.
+
+    Each moved message is published again to its source queue as a new message (a new
+    id there), ready at once with no attempts; all move or none. Without --ids every
+    message of DLQ is considered, in id order (with --max, at most that many move).
+    Messages that are leased, were not dead-lettered into DLQ, or whose source queue
+    no longer exists stay where they are and are counted as skipped.
+    """
+    if id_list and not only_ids:
+        raise click.UsageError("give message ids after --ids, e.g. --ids 4 5 6")
+    if only_ids and not id_list:
+        raise click.UsageError("--ids needs at least one id")
+    if only_ids and max_ is not None:
+        raise click.UsageError("--max and --ids cannot be used together")
+    with connect(addr) as client:
+        result = client.redrive(queue, max=max_, ids=id_list or None)
+    if as_json:
+        _emit_json({"queue": queue, "redriven": result.redriven, "queues": result.queues,
+                    "skipped": result.skipped})
+        return
+    click.echo(f"redrove {_plural(result.redriven, 'message')} from {queue}")
+    for name, count in sorted(result.queues.items()):
+        click.echo(f"  {count} to {name}")
+    if result.skipped:
+        why = "leased, not dead letters of it, source queue gone" + (", or not found" if id_list else "")
+        click.echo(f"skipped {result.skipped} ({why})", err=True)
 
 
 # --- more commands -----------------------------------------------------------------

@@ -17,8 +17,10 @@ from tools.brokerctl import main
 _names = itertools.count()
 COMMANDS = [
     "ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack",
-    "purge", "peek", "status",
+    "purge", "peek", "status", "extend", "reject", "dlq",
 ]
+#: Every command that talks to a broker, as its words on the command line.
+BROKER_COMMANDS = [[c] for c in COMMANDS if c != "dlq"] + [["dlq", "redrive"]]
 
 
 def qname() -> str:
@@ -63,9 +65,14 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_takes_addr_and_json(command: str) -> None:
-    result = CliRunner().invoke(main, [command, "--help"])
+def test_dlq_group_lists_redrive() -> None:
+    result = CliRunner().invoke(main, ["dlq", "--help"])
+    assert result.exit_code == 0 and "redrive" in result.stdout
+
+
+@pytest.mark.parametrize("command", BROKER_COMMANDS, ids=" ".join)
+def test_every_command_takes_addr_and_json(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
     assert "--addr" in result.stdout and "--json" in result.stdout and "LOCKGATE_ADDR" in result.stdout
 
@@ -227,7 +234,7 @@ def test_peek_text_and_json(ctl: Ctl, queue: str) -> None:
     assert doc["queue"] == queue and [m["id"] for m in doc["messages"]] == [1, 2]
     assert doc["messages"][0] == {
         "id": 1, "state": "ready", "attempts": 0, "priority": 0, "until_ms": 0,
-        "key": "k1", "key_encoding": "utf-8", "body": "hello", "body_encoding": "utf-8",
+        "key": "k1", "key_encoding": "utf-8", "body": "hello", "body_encoding": "utf-8", "dead_letter": None,
     }
     assert doc["messages"][1]["body_encoding"] == "base64"
     delayed = ctl.json("peek", queue, "--state", "delayed")["messages"]
@@ -248,8 +255,16 @@ def test_peek_dead_letter_names_the_queue(ctl: Ctl) -> None:
     ctl.run("nack", name, str(m["id"]))
     result = ctl.run("peek", name, "--dead-letter")
     assert result.stderr == f"dead-letter queue {dlq}\n"
-    assert result.stdout == "1\tready attempts=0 priority=0\tpoison\n"
-    assert ctl.json("peek", name, "--dead-letter")["queue"] == dlq
+    line = result.stdout
+    prefix = f"1\tready attempts=0 priority=0 source={name}#1 source_attempts=1 reason=max_attempts dead_lettered_at="
+    assert line.startswith(prefix) and line.endswith("Z\tpoison\n") and "error=" not in line
+    doc = ctl.json("peek", name, "--dead-letter")
+    assert doc["queue"] == dlq
+    dead = doc["messages"][0]["dead_letter"]
+    assert {k: dead[k] for k in ("queue", "id", "attempts", "reason", "error")} == {
+        "queue": name, "id": 1, "attempts": 1, "reason": "max_attempts", "error": None,
+    }
+    assert dead["at_ms"] > 0
 
 
 def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
@@ -261,8 +276,91 @@ def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
     assert lines[1:] == ["2\tgone", "3\tready\tattempts=0", "9\tunknown"]
     doc = ctl.json("status", queue, "3", "3")
     assert doc == {"queue": queue, "statuses": [
-        {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None},
+        {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None,
+         "reason": None, "error": None, "dead_lettered_at_ms": None},
     ] * 2}
     ctl.run("status", queue, expect=2)                         # ids are required
     result = ctl.run("status", qname(), "1", expect=1)
+    assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
+
+
+# --- extend, reject, nack --error, dlq redrive ----------------------------------------------
+
+
+def test_extend(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "2")
+    (m,) = ctl.json("consume", queue, "--visibility-ms", "1000")["messages"]
+    before = ctl.json("peek", queue, "--state", "leased")["messages"][0]["until_ms"]
+    result = ctl.run("extend", queue, str(m["id"]), "2", "--visibility-ms", "3600000")
+    assert result.stdout == "extended 1 of 2\n" and result.stderr == "not found or not leased: 2\n"
+    after = ctl.json("peek", queue, "--state", "leased")["messages"][0]
+    assert after["until_ms"] >= before + 3_000_000 and after["attempts"] == 1
+    assert ctl.json("extend", queue, str(m["id"])) == {"queue": queue, "extended": 1, "missing": []}
+    ctl.run("extend", queue, expect=2)                                # ids are required
+    result = ctl.run("extend", queue, "1", "--visibility-ms", "0", expect=2)
+    assert "visibility-ms" in result.stderr
+
+
+def test_reject_and_nack_error_reach_the_dead_letter(ctl: Ctl) -> None:
+    dlq, name = qname(), qname()
+    ctl.run("create-queue", dlq)
+    ctl.run("create-queue", name, "--max-attempts", "1", "--dead-letter", dlq)
+    ctl.run("publish", name, "m", "--count", "3")
+    ids = [str(m["id"]) for m in ctl.json("consume", name, "--max", "3")["messages"]]
+    result = ctl.run("reject", name, ids[0], "99", "--error", 'bad "json"\tline')
+    assert result.stdout == "rejected 1 of 2\n" and result.stderr == "not found or not leased: 99\n"
+    assert ctl.json("nack", name, ids[1], "--error", "timeout") == {"queue": name, "released": 1, "missing": []}
+    assert ctl.json("reject", name, ids[2]) == {"queue": name, "rejected": 1, "missing": []}
+    assert ctl.json("reject", name, ids[2]) == {"queue": name, "rejected": 0, "missing": [int(ids[2])]}
+
+    lines = ctl.run("peek", name, "--dead-letter").stdout.splitlines()
+    assert len(lines) == 3
+    assert f"source={name}#1 source_attempts=1 reason=rejected dead_lettered_at=" in lines[0]
+    assert lines[0].endswith('Z error="bad \\"json\\"\\tline"\tm')         # one line, quoted and escaped
+    assert f"source={name}#2 source_attempts=1 reason=max_attempts" in lines[1]
+    assert lines[1].endswith('error="timeout"\tm')
+    assert "error=" not in lines[2] and "reason=rejected" in lines[2]
+    dead = [m["dead_letter"] for m in ctl.json("peek", name, "--dead-letter")["messages"]]
+    assert [(d["id"], d["reason"], d["error"]) for d in dead] == [
+        (1, "rejected", 'bad "json"\tline'), (2, "max_attempts", "timeout"), (3, "rejected", None),
+    ]
+
+    lines = ctl.run("status", name, *ids).stdout.splitlines()
+    assert lines[0].startswith(f"1\tdead_lettered\tqueue={dlq} id=1 attempts=0 reason=rejected dead_lettered_at=")
+    assert lines[0].endswith('Z error="bad \\"json\\"\\tline"')
+    assert lines[1].endswith('error="timeout"') and "reason=max_attempts" in lines[1]
+    assert "error=" not in lines[2]
+    (status,) = ctl.json("status", name, ids[1])["statuses"]
+    assert (status["state"], status["reason"], status["error"]) == ("dead_lettered", "max_attempts", "timeout")
+    assert status["dead_lettered_at_ms"] == dead[1]["at_ms"]
+    stats = ctl.json("stats", name)
+    assert (stats["dead_lettered"], stats["nacked"]) == (3, 1)
+
+
+def test_dlq_redrive(ctl: Ctl) -> None:
+    dlq, first, second = qname(), qname(), qname()
+    ctl.run("create-queue", dlq)
+    for name in (first, second):
+        ctl.run("create-queue", name, "--dead-letter", dlq)
+        ctl.run("publish", name, "m", "--count", "2")
+        ids = [str(m["id"]) for m in ctl.json("consume", name, "--max", "2")["messages"]]
+        ctl.run("reject", name, *ids)                              # dlq ids 1, 2 (first), 3, 4 (second)
+    ctl.run("publish", dlq, "straight in")                         # dlq id 5: no source
+
+    result = ctl.run("dlq", "redrive", dlq, "--ids", "1", "4", "77")
+    assert result.stdout.splitlines() == ["redrove 2 messages from " + dlq, f"  1 to {first}", f"  1 to {second}"]
+    assert result.stderr.startswith("skipped 1 (")
+    assert ctl.json("dlq", "redrive", dlq, "--max", "1") == {
+        "queue": dlq, "redriven": 1, "queues": {first: 1}, "skipped": 0,
+    }
+    assert ctl.json("dlq", "redrive", dlq) == {"queue": dlq, "redriven": 1, "queues": {second: 1}, "skipped": 1}
+    result = ctl.run("dlq", "redrive", dlq)
+    assert result.stdout == f"redrove 0 messages from {dlq}\n" and result.stderr.startswith("skipped 1 (")
+    assert [m["id"] for m in ctl.json("peek", first)["messages"]] == [3, 4]     # new ids in the source
+    assert ctl.json("peek", first)["messages"][0]["attempts"] == 0
+
+    for args in (["1"], ["--ids"], ["--ids", "1", "--max", "2"]):
+        result = ctl.run("dlq", "redrive", dlq, *args, expect=2)
+        assert "Usage:" in result.stderr
+    result = ctl.run("dlq", "redrive", qname(), expect=1)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
