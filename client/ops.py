@@ -336,8 +336,12 @@ def create_queue(
     kind: Annotated[str, Arg(convert=str, doc="Delivery order within a shard (fifo, lifo or priority).")] = "fifo",
     shards: Annotated[int, Arg(doc="Number of shards (1..256).")] = 1,
     visibility_ms: Annotated[int | None, Arg(doc="Lease length of a delivery [server default: 30000].")] = None,
-    max_attempts: Annotated[int | None, Arg(doc="Deliveries before dead-lettering; 0 = unlimited [server default: 20].")] = None,
-    dead_letter: Annotated[str | None, Arg(doc="Queue that receives messages past max attempts.")] = None,
+    max_attempts: Annotated[
+        int | None, Arg(doc="Deliveries before dead-lettering; 0 = unlimited [server default: 20].")
+    ] = None,
+    dead_letter: Annotated[
+        str | None, Arg(doc="Queue that receives messages past max attempts, and rejected ones.")
+    ] = None,
     max_messages: Annotated[int | None, Arg(doc="Capacity; 0 = server default [0].")] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.

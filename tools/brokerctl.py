@@ -470,8 +470,9 @@ def extend_cmd(queue: str, ids: tuple[int, ...], visibility_ms: int | None, addr
 def reject_cmd(queue: str, ids: tuple[int, ...], error: str | None, addr: str, as_json: bool) -> None:
     """Dead-letter leased messages of QUEUE now, by id.
 
-    The messages go straight to QUEUE's dead-letter queue: they leave QUEUE at once, whatever their attempts, with reason "rejected"
-    (dropped if QUEUE has no dead-letter queue). Ids that are not leased are reported.
+    The messages go straight to QUEUE's dead-letter queue: they leave QUEUE at once,
+    whatever their attempts, with reason "rejected" (dropped if QUEUE has no
+    dead-letter queue). Ids that are not leased are reported.
     """
     with connect(addr) as client:
         result = client.reject(queue, ids, error=error)
@@ -574,7 +575,8 @@ def dlq() -> None:
 @dlq.command("redrive")
 @click.argument("queue", metavar="DLQ")
 @click.argument("id_list", metavar="[ID]...", nargs=-1, type=int)
-@click.option("--max", "-n", "max_", type=click.IntRange(1), help="Move at most this many, lowest ids first [no limit].")
+@click.option("--max", "-n", "max_", type=click.IntRange(1),
+              help="Move at most this many, lowest ids first [no limit].")
 @click.option("--ids", "only_ids", is_flag=True, help="Move only the ids given after DLQ (--ids ID...).")
 @common_options
 def redrive_cmd(
