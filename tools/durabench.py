@@ -118,6 +118,18 @@ def wal_bytes(wal_dir: Path) -> tuple[int, int]:
     return total, count
 
 
+_SEGMENT = re.compile(r"^(\d{20})\.wal$")
+
+
+def oldest_segment_lsn(wal_dir: Path) -> int:
+    """The base LSN of the oldest segment in ``wal_dir`` (0 if there is none)."""
+    try:
+        names = os.listdir(wal_dir)
+    except FileNotFoundError:
+        return 0
+    return min((int(m.group(1)) for n in names if (m := _SEGMENT.match(n))), default=0)
+
+
 def _log_size(proc: BrokerProcess) -> int:
     try:
         return proc.log_path.stat().st_size
@@ -403,6 +415,8 @@ class RecoveryChurn:
     wal_bytes_before_kill: int
     wal_files_before_kill: int
     after_sigkill: Recovery
+    #: LSN of the oldest segment before the kill: above 0 once a checkpoint removed some.
+    oldest_segment_lsn: int = 0
     target_s: float = 2.0
     passed: bool = False
 
@@ -449,6 +463,7 @@ def recovery_churn(workdir: Path, messages: int = 10_000_000, live: int = 100_00
             wire.close()
         wait_for_checkpoints(proc, log_from, min_checkpoints)
         size, files = wal_bytes(_wal_dir(proc))
+        oldest = oldest_segment_lsn(_wal_dir(proc))
         checkpoints = len(_checkpoints_since(proc, log_from))
         proc.kill()
         _progress("recovery-churn: SIGKILLed; restarting")
@@ -456,7 +471,8 @@ def recovery_churn(workdir: Path, messages: int = 10_000_000, live: int = 100_00
         proc.stop(timeout=STOP_TIMEOUT)
     shutil.rmtree(proc.data_dir, ignore_errors=True)
     return RecoveryChurn("recovery-churn", live, churned, fsync, segment_bytes, checkpoint_bytes, seconds,
-                         churned / seconds if seconds else 0.0, checkpoints, size, files, recovered)
+                         churned / seconds if seconds else 0.0, checkpoints, size, files, recovered,
+                         oldest)
 
 
 # -- 3. WAL size under steady load ------------------------------------------------------------
@@ -895,7 +911,7 @@ def all_cmd(live_messages: int, churn_messages: int, minutes: float, p99_seconds
 
 __all__ = ["CheckpointP99", "LatencyRun", "Recovery", "RecoveryChurn", "RecoveryLive", "WalSize",
            "checkpoint_p99", "checkpoints_in", "churn", "recovery_churn", "recovery_live", "start_broker",
-           "wait_for_checkpoints", "wal_bytes", "wal_size"]
+           "oldest_segment_lsn", "wait_for_checkpoints", "wal_bytes", "wal_size"]
 
 if __name__ == "__main__":
     main()

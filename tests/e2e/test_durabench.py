@@ -52,7 +52,9 @@ def test_every_figure_at_tiny_scale(tmp_path: Path) -> None:
     assert r.messages == r.queue_messages == 5_000
     assert r.queues == 2
     assert r.snapshot_lsn > 0
-    assert 0 < churn.wal_bytes_before_kill < 50_000 * 128  # checkpoints removed segments
+    # Checkpoints removed segments. (How much of the log they removed by the kill
+    # depends on how fast their children ran beside the churn.)
+    assert churn.oldest_segment_lsn > 0 and churn.wal_bytes_before_kill > 0
     assert churn.passed == (r.seconds <= 2.0)
 
     # 3. WAL size: sampled at most once a second, throttled to half the measured peak.
