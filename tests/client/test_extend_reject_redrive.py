@@ -477,3 +477,30 @@ def test_dead_letter_records_and_errors_survive_a_graceful_restart(broker_proces
     with SyncClient(proc.addr) as client:
         assert [(m.id, m.body, m.dead_letter) for m in client.peek(q)] == [(4, b"4", None), (5, b"1", None)]
         assert [m.id for m in client.peek(dlq)] == [2, 3]
+
+
+# --- reply size ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the broker's peek size bound (SPEC 5.12: body + key + 32 per message) does not count the "
+    "dead-letter map, so dead letters with long error texts overrun the client's max_frame",
+)
+async def test_a_peek_of_dead_letters_with_long_errors_fits_the_clients_max_frame(
+    broker_addr: tuple[str, int],
+) -> None:
+    dlq, q = qname("dlq"), qname()
+    async with Client.connect(broker_addr) as setup:
+        smallest = max(65_536, setup.info.max_message + 4096)           # SPEC §4
+        await setup.create_queue(dlq)
+        await setup.create_queue(q, dead_letter=dlq, visibility_ms=HOUR_MS)
+        count = smallest // 1024 + 100                                  # their error texts alone exceed it
+        await setup.publish_batch(q, [b""] * count)
+        leased = await setup.consume(q, count)
+        assert len(leased) == count
+        assert await setup.reject(q, [d.id for d in leased], error="e" * 1024) == RejectResult(count, ())
+    async with Client.connect(broker_addr, max_frame=smallest) as client:
+        seen = await client.peek(dlq, count)                            # must not overrun max_frame
+        assert 0 < len(seen) < count
+        assert all(m.dead_letter is not None and m.dead_letter.error == "e" * 1024 for m in seen)
