@@ -277,9 +277,12 @@ async def test_message_status_follows_one_hop_to_the_dead_letter_queue(api: Any)
     await api.consume(q, 2)
     await api.nack(q, [1, 2])                                   # both out of attempts: to the DLQ as 2, 3
 
-    assert await api.message_status(q, [1, 2]) == [
-        MessageStatus(1, "dead_lettered", dlq, 0, 0, dead_letter_id=2),
-        MessageStatus(2, "dead_lettered", dlq, 0, 0, dead_letter_id=3),
+    statuses = await api.message_status(q, [1, 2])
+    at = statuses[0].dead_lettered_at_ms
+    assert at is not None and statuses[1].dead_lettered_at_ms == at      # one nack
+    assert statuses == [
+        MessageStatus(1, "dead_lettered", dlq, 0, 0, dead_letter_id=2, reason="max_attempts", dead_lettered_at_ms=at),
+        MessageStatus(2, "dead_lettered", dlq, 0, 0, dead_letter_id=3, reason="max_attempts", dead_lettered_at_ms=at),
     ]
     await api.consume(dlq, 2)                                   # dlq ids 1 and 2 leased there
     (first, second) = await api.message_status(q, [1, 2])
