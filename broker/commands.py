@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from protocol import (
+    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     MAX_DELAY_MS,
+    MAX_ERROR_TEXT,
     MAX_KEY,
     MAX_PRIORITY,
     MAX_SHARDS,
@@ -47,19 +49,24 @@ from .admission import AdmissionClass
 from .config import BrokerConfig
 from .mutations import (
     Ack,
+    Extend,
     Lease,
     Mutation,
     Publish,
     Purge,
     QueueCreate,
     QueueDelete,
+    Redrive,
+    Reject,
     Release,
     plain_publish,
 )
-from .queues import DELAYED, LEASED, READY, Message, Queue, take_fitting
+from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, take_fitting
 from .state import BrokerState
 
 SERVER_NAME = "lockgate/0.1.0"
+#: Most messages one ``redrive`` moves (its log record stays under 10 MB); call again for more.
+REDRIVE_LIMIT = 1_000_000
 #: Frame bytes a consume reply needs beyond its deliveries.
 REPLY_OVERHEAD = 1024
 _MISSING: Any = object()
@@ -169,6 +176,18 @@ def id_list_arg(args: dict[str, Any], ctx: Context, name: str = "ids") -> list[i
     return ids
 
 
+def text_arg(args: dict[str, Any], name: str, limit: int) -> str | None:
+    """A str of at most ``limit`` UTF-8 bytes, or None when absent or nil."""
+    value = args.get(name)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise invalid(name, f"{name} must be a string")
+    if len(value) > limit // 4 and len(value.encode()) > limit:
+        raise invalid(name, f"{name} must be at most {limit} bytes of UTF-8")
+    return value
+
+
 def bool_arg(args: dict[str, Any], name: str, default: bool) -> bool:
     value = args.get(name)
     if value is None:
@@ -188,7 +207,8 @@ class Arg:
 
     ``kind``: ``queue`` (an existing queue: yields the ``Queue``), ``queue_name`` (a
     well-formed name), ``int`` (``lo``..``hi``; ``default`` absent means required),
-    ``bool``, ``choice`` (one of ``choices``), ``ids`` (1..``max_batch`` ids,
+    ``bool``, ``text`` (a str of at most ``hi`` UTF-8 bytes, or nil), ``choice`` (one
+    of ``choices``), ``ids`` (1..``max_batch`` ids,
     duplicates dropped unless ``keep_duplicates``), or ``any`` (the handler checks it).
     A ``Bound`` that is a function is computed from the context; an ``int`` default of
     ``None`` stays ``None`` (the handler then picks, e.g. the queue's own value).
@@ -211,10 +231,14 @@ class Arg:
             hi = self.hi if type(self.hi) is int else self.hi(ctx)  # type: ignore[operator]
             return int_arg(args, self.name, self.default, self.lo, hi)
         if kind == "ids":
+            if self.default is None and args.get(self.name) is None:
+                return None
             ids = id_list_arg(args, ctx, self.name)
             return ids if self.keep_duplicates else list(dict.fromkeys(ids))
         if kind == "bool":
             return bool_arg(args, self.name, self.default)
+        if kind == "text":
+            return text_arg(args, self.name, self.hi)  # type: ignore[arg-type]
         if kind == "choice":
             value = args.get(self.name)
             if value is None:
@@ -527,8 +551,63 @@ def nack(session: Session, args: Args, ctx: Context) -> Outcome:
     else:
         missing = []
     ready_at = ctx.now_ms + delay if delay else 0
-    mutations = (Release(queue.name, leased, ready_at, False, ctx.now_ms),) if leased else ()
+    mutations = (Release(queue.name, leased, ready_at, False, ctx.now_ms, args["error"]),) if leased else ()
     return Outcome({"released": len(leased), "missing": missing}, mutations)
+
+
+def _leased(queue: Queue, ids: list[int]) -> tuple[list[int], list[int]]:
+    """(the leased ones among ``ids``, the others), each in request order."""
+    msgs = queue.messages
+    leased = [i for i in ids if (m := msgs.get(i)) is not None and m.state == LEASED]
+    if len(leased) == len(ids):
+        return leased, []
+    chosen = set(leased)
+    return leased, [i for i in ids if i not in chosen]
+
+
+def extend(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    visibility = args["visibility_ms"]
+    if visibility is None:
+        visibility = queue.settings.visibility_ms
+    leased, missing = _leased(queue, args["ids"])
+    mutations = (Extend(queue.name, ctx.now_ms + visibility, leased),) if leased else ()
+    return Outcome({"extended": len(leased), "missing": missing}, mutations)
+
+
+def reject(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    leased, missing = _leased(queue, args["ids"])
+    mutations = (Reject(queue.name, leased, args["error"], ctx.now_ms),) if leased else ()
+    return Outcome({"rejected": len(leased), "missing": missing}, mutations)
+
+
+def redrive(session: Session, args: Args, ctx: Context) -> Outcome:
+    dlq: Queue = args["queue"]
+    ids: list[int] | None = args["ids"]
+    limit: int | None = args["max"]
+    if ids is not None and limit is not None:
+        raise invalid("ids", "give ids or max, not both")
+    state = ctx.state
+    if ids is None:
+        candidates: list[int] = sorted(dlq.messages)
+        limit = REDRIVE_LIMIT if limit is None else min(limit, REDRIVE_LIMIT)
+    else:
+        candidates, limit = ids, len(ids)
+    chosen: list[int] = []
+    counts: dict[str, int] = {}
+    skipped = 0
+    for mid in candidates:
+        if len(chosen) >= limit:
+            break
+        target = state.redrive_target(dlq, mid)
+        if target is None:
+            skipped += 1
+            continue
+        chosen.append(mid)
+        counts[target.name] = counts.get(target.name, 0) + 1
+    result = {"redriven": len(chosen), "queues": counts, "skipped": skipped}
+    return Outcome(result, (Redrive(dlq.name, chosen),) if chosen else ())
 
 
 #: Message states by their wire names (``peek``, ``message_status``).
@@ -541,10 +620,24 @@ def peek(session: Session, args: Args, ctx: Context) -> Outcome:
     if args["dead_letter"]:
         queue = _dead_letter_queue(queue, ctx)
     state = None if args["state"] is None else _STATES[args["state"]]
-    chosen = take_fitting(queue.peek(state), args["max"], session.client_max_frame - REPLY_OVERHEAD)
-    names = STATE_NAMES
+    names, sources = STATE_NAMES, queue.sources
+
+    def record_size(msg: Message) -> int:
+        record = sources.get(msg.id)
+        return 0 if record is None else record.wire_size()
+
+    chosen = take_fitting(queue.peek(state), args["max"], session.client_max_frame - REPLY_OVERHEAD,
+                          record_size if sources else None)
     return Outcome({"queue": queue.name, "messages": [
-        [m.id, m.body, m.attempts, m.key, m.priority, names[m.state], m.deadline] for m in chosen]})
+        [m.id, m.body, m.attempts, m.key, m.priority, names[m.state], m.deadline,
+         _dead_letter_info(sources.get(m.id))] for m in chosen]})
+
+
+def _dead_letter_info(record: DeadLetter | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {"queue": record.source, "id": record.source_id, "attempts": record.attempts,
+            "reason": record.reason, "error": record.error, "at_ms": record.at_ms}
 
 
 def _dead_letter_queue(queue: Queue, ctx: Context) -> Queue:
@@ -574,8 +667,11 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
         dead_id = dlq.dead_letter_of(queue.name, mid)
         if dead_id is not None:
             dead: Message = dlq.messages[dead_id]
+            record = dlq.sources[dead_id]
             return {"id": mid, "state": "dead_lettered", "queue": dlq.name,
-                    "attempts": dead.attempts, "until_ms": 0, "dead_letter_id": dead_id}
+                    "attempts": dead.attempts, "until_ms": 0, "dead_letter_id": dead_id,
+                    "reason": record.reason, "error": record.error,
+                    "dead_lettered_at_ms": record.at_ms}
     state = "gone" if 0 < mid < queue.next_id else "unknown"
     return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0}
 
@@ -584,6 +680,7 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
 
 _QUEUE = Arg("queue", "queue", doc="An existing queue.")
 _IDS = Arg("ids", "ids", doc="1..max_batch message ids.")
+_ERROR = Arg("error", "text", hi=MAX_ERROR_TEXT, doc="The consumer's error text.")
 
 #: The registry: every op, declared once.
 COMMANDS: dict[str, Command] = {
@@ -598,7 +695,7 @@ COMMANDS: dict[str, Command] = {
             Arg("kind", "choice", default="fifo", choices=tuple(QueueKind)),
             Arg("shards", "int", default=1, lo=MIN_SHARDS, hi=MAX_SHARDS),
             Arg("visibility_ms", "int", default=DEFAULT_VISIBILITY_MS, lo=1, hi=MAX_VISIBILITY_MS),
-            Arg("max_attempts", "int", default=0, lo=0, hi=2**31 - 1),
+            Arg("max_attempts", "int", default=DEFAULT_MAX_ATTEMPTS, lo=0, hi=2**31 - 1),
             Arg("dead_letter", "queue_name", default=None),
             Arg("max_messages", "int", default=0, lo=0, hi=2**63 - 1),
         ), AdmissionClass.LOG, changes_state=True),
@@ -616,8 +713,17 @@ COMMANDS: dict[str, Command] = {
             Arg("wait_ms", "int", default=0, lo=0, hi=MAX_WAIT_MS),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True),
-        Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS)),
-                AdmissionClass.LOG, changes_state=True),
+        Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS),
+                                _ERROR), AdmissionClass.LOG, changes_state=True),
+        Command(Op.EXTEND, extend, (
+            _QUEUE, _IDS, Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
+        ), AdmissionClass.LOG, changes_state=True),
+        Command(Op.REJECT, reject, (_QUEUE, _IDS, _ERROR), AdmissionClass.LOG, changes_state=True),
+        Command(Op.REDRIVE, redrive, (
+            _QUEUE,
+            Arg("max", "int", default=None, lo=1, hi=2**31 - 1),
+            Arg("ids", "ids", default=None),
+        ), AdmissionClass.LOG, changes_state=True),
         Command(Op.PEEK, peek, (
             _QUEUE,
             Arg("max", "int", default=10, lo=1, hi=_max_batch),

@@ -6,7 +6,7 @@ or a timer changes the broker's state.
 Every state change goes through ``commit``: each mutation is encoded to its WAL record
 (``records``), appended, then applied (``state``); a run of plain publishes is folded
 into one pending record that ``durable_lsn`` writes out. After applying, ``commit``
-wakes the long-poll consumes whose queues gained ready messages, pokes the timer loop
+wakes as many held long-poll consumes as queues gained ready messages, pokes the timer loop
 when an earlier deadline appeared, and asks for a checkpoint when the log has grown.
 
 Replies: ``execute`` appends each request's reply (or error) frame to a ``RoundOut``;
@@ -115,7 +115,7 @@ class Live:
 
     def __init__(self, state: BrokerState, wal: SegmentedLog, config: BrokerConfig, clock: Clock,
                  admission: Admission, checkpointer: Checkpointer | None,
-                 wake: Callable[[set[str]], None], poke_timer: Callable[[], None]) -> None:
+                 wake: Callable[[dict[str, int]], None], poke_timer: Callable[[], None]) -> None:
         self.state = state
         self.config = config
         self.addr = ""

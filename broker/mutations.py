@@ -149,6 +149,9 @@ class Release(Mutation):
     ready_at_ms: int
     expired: bool
     now_ms: int
+    #: The consumer's error text (nack), kept as each message's last error; records
+    #: from before it have none.
+    error: str | None = None
 
 
 @mutation(7)
@@ -173,6 +176,35 @@ class Purge(Mutation):
 
     queue: str
     leased: bool
+
+
+@mutation(10)
+class Extend(Mutation):
+    """Leased messages keep their lease until ``deadline_ms`` instead (attempts unchanged)."""
+
+    queue: str
+    deadline_ms: int
+    ids: list[int]
+
+
+@mutation(11)
+class Reject(Mutation):
+    """Leased messages go straight to the dead-letter queue (reason ``rejected``), or are
+    dropped when there is none."""
+
+    queue: str
+    ids: list[int]
+    error: str | None
+    now_ms: int
+
+
+@mutation(12)
+class Redrive(Mutation):
+    """Messages of a dead-letter queue go back to the queues they were dead-lettered
+    from, as new messages there (in this order), attempts reset."""
+
+    queue: str
+    ids: list[int]
 
 
 def _enum_name(cls: type) -> str:

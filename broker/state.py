@@ -26,6 +26,7 @@ import msgpack
 from .mutations import (
     MUTATIONS,
     Ack,
+    Extend,
     Lease,
     Mutation,
     Promote,
@@ -34,16 +35,27 @@ from .mutations import (
     QueueCreate,
     QueueDelete,
     Recover,
+    Redrive,
+    Reject,
     Release,
 )
-from .queues import LEASED, Message, Queue, QueueSettings
+from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings
 from .records import ack_cost, decode_fields
 
 #: Snapshot record types (a snapshot file's records; never in the log).
 SNAPSHOT_QUEUE = 101
 SNAPSHOT_MESSAGES = 102
-#: ``[queue, [[id, source queue, source id], ...]]``: where dead letters came from.
-SNAPSHOT_DEAD_LETTER_ORIGINS = 103
+#: ``[queue, [DeadLetter.row, ...]]``: where a queue's dead letters came from, and why.
+SNAPSHOT_DEAD_LETTERS = 103
+#: ``[queue, [[id, error text], ...]]``: the last errors consumers gave.
+SNAPSHOT_ERRORS = 104
+
+#: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
+WAKE_ALL = 2**62
+
+#: Why a message was dead-lettered.
+REASON_MAX_ATTEMPTS = "max_attempts"
+REASON_REJECTED = "rejected"
 
 _F = TypeVar("_F", bound=Callable[..., None])
 
@@ -62,7 +74,9 @@ class StateObserver(Protocol):
     def queue_created(self, queue: str) -> None: ...
     def queue_deleted(self, queue: str) -> None: ...
     def published(self, queue: str, first_id: int, count: int) -> None: ...
-    def dead_lettered(self, queue: str, ids: list[int], target: str, first_id: int) -> None: ...
+    def moved(self, queue: str, ids: list[int], target: str, first_id: int) -> None:
+        """Messages ``ids`` of ``queue`` are now ``target``'s ``first_id, first_id + 1, ...``
+        (dead-lettered, or redriven back)."""
 
 
 class BrokerState:
@@ -73,8 +87,9 @@ class BrokerState:
         #: (deadline_ms, queue name): when some queue next needs ``due``.
         self._timers: list[tuple[int, str]] = []
         self._timer_at: dict[str, int] = {}
-        #: Queues that may have new ready messages (or vanished) since the last ``take_woken``.
-        self._woken: set[str] = set()
+        #: Queues that may have new ready messages since the last ``take_woken``: how many
+        #: (``WAKE_ALL`` when the queue vanished).
+        self._woken: dict[str, int] = {}
         #: Log bytes the acks of every live message can take: the sum of ``ack_cost``
         #: over them. The live path keeps this much room reserved in the log.
         self.ack_reserve = 0
@@ -101,12 +116,17 @@ class BrokerState:
         for rtype, fields in items:
             appliers[rtype](*fields)
 
-    def take_woken(self) -> set[str]:
-        """Names of queues that gained ready messages or were deleted since the last call."""
+    def take_woken(self) -> dict[str, int]:
+        """Queues that gained ready messages since the last call, with how many (an upper
+        bound), or ``WAKE_ALL`` for queues that were deleted."""
         woken = self._woken
         if woken:
-            self._woken = set()
+            self._woken = {}
         return woken
+
+    def _wake(self, name: str, count: int) -> None:
+        woken = self._woken
+        woken[name] = woken.get(name, 0) + count
 
     # -- timers ---------------------------------------------------------------------
 
@@ -158,7 +178,7 @@ class BrokerState:
     def _queue_delete(self, name: str) -> None:
         queue = self.queues.pop(name, None)
         self._timer_at.pop(name, None)
-        self._woken.add(name)
+        self._woken[name] = WAKE_ALL
         if queue is not None:
             self.ack_reserve -= len(queue) * ack_cost(name)
             queue.remove(list(queue.messages))
@@ -177,8 +197,10 @@ class BrokerState:
         queue = self.queues[name]
         queue.add(first_id, bodies, keys, priorities, ready_at_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
-        if ready_at_ms is None or not all(ready_at_ms):
-            self._woken.add(name)
+        if ready_at_ms is None:
+            self._wake(name, len(bodies))
+        elif not all(ready_at_ms):
+            self._wake(name, ready_at_ms.count(0))
         if queue.delayed:
             nxt = queue.next_deadline()
             if nxt is not None:
@@ -200,12 +222,14 @@ class BrokerState:
 
     @applies(Release)
     def _release(
-        self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int
+        self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int,
+        error: str | None = None,
     ) -> None:
         queue = self.queues[name]
         max_attempts = queue.settings.max_attempts
         dead: list[Message] = []
         msgs = queue.messages
+        released = 0
         for mid in dict.fromkeys(ids):
             msg = msgs.get(mid)
             if msg is None or msg.state != LEASED:
@@ -214,27 +238,44 @@ class BrokerState:
                 queue.expired += 1
             else:
                 queue.nacked += 1
+            if error is not None:
+                queue.errors[mid] = error
             if max_attempts and msg.attempts >= max_attempts:
                 dead.append(msg)
             else:
                 queue.release(msg, ready_at_ms)
+                released += 1
         if dead:
-            self._dead_letter(queue, dead, now_ms)
+            self._dead_letter(queue, dead, now_ms, REASON_MAX_ATTEMPTS)
         if ready_at_ms:
             self._schedule(name, ready_at_ms)
-        else:
-            self._woken.add(name)
+        elif released:
+            self._wake(name, released)
 
-    def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int) -> None:
-        """Move messages that ran out of attempts to the dead-letter queue, or drop them."""
+    @applies(Reject)
+    def _reject(self, name: str, ids: list[int], error: str | None, now_ms: int) -> None:
+        queue = self.queues[name]
+        msgs = queue.messages
+        dead = [msg for mid in dict.fromkeys(ids)
+                if (msg := msgs.get(mid)) is not None and msg.state == LEASED]
+        if error is not None:
+            for msg in dead:
+                queue.errors[msg.id] = error
+        if dead:
+            self._dead_letter(queue, dead, now_ms, REASON_REJECTED)
+
+    def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int, reason: str) -> None:
+        """Move messages to the dead-letter queue, or drop them (rules in SPEC §8.4)."""
         ids = [m.id for m in msgs]
+        errors = queue.errors
+        records = [DeadLetter(queue.name, m.id, m.attempts, reason, errors.get(m.id), now_ms)
+                   for m in msgs]
         queue.remove(ids)
         self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
             queue.dropped += len(msgs)
             return
-        self._woken.add(target.name)
         first_id = target.next_id
         target.add(
             first_id,
@@ -242,16 +283,52 @@ class BrokerState:
             [m.key for m in msgs],
             [m.priority for m in msgs],
         )
-        target.note_sources(first_id, queue.name, ids)
+        target.note_dead_letters(first_id, records)
+        self._wake(target.name, len(msgs))
         self.ack_reserve += len(msgs) * ack_cost(target.name)
         queue.dead_lettered += len(msgs)
         if self.observer is not None:
-            self.observer.dead_lettered(queue.name, ids, target.name, first_id)
+            self.observer.moved(queue.name, ids, target.name, first_id)
+
+    @applies(Extend)
+    def _extend(self, name: str, deadline_ms: int, ids: list[int]) -> None:
+        self.queues[name].extend(deadline_ms, ids)
+        self._schedule(name, deadline_ms)
+
+    @applies(Redrive)
+    def _redrive(self, name: str, ids: list[int]) -> None:
+        dlq = self.queues[name]
+        moves: dict[str, list[Message]] = {}
+        for mid in dict.fromkeys(ids):
+            target = self.redrive_target(dlq, mid)
+            if target is not None:
+                moves.setdefault(target.name, []).append(dlq.messages[mid])
+        for target_name, msgs in moves.items():
+            moved = [m.id for m in msgs]
+            dlq.remove(moved)
+            self.ack_reserve -= len(msgs) * ack_cost(name)
+            target = self.queues[target_name]
+            first_id = target.next_id
+            target.add(first_id, [m.body for m in msgs], [m.key for m in msgs],
+                       [m.priority for m in msgs])
+            self.ack_reserve += len(msgs) * ack_cost(target_name)
+            self._wake(target_name, len(msgs))
+            if self.observer is not None:
+                self.observer.moved(name, moved, target_name, first_id)
+
+    def redrive_target(self, dlq: Queue, mid: int) -> Queue | None:
+        """The queue ``redrive`` sends message ``mid`` of ``dlq`` back to: its source, if it
+        is a dead letter, ready or delayed, and its source queue exists. Reads only."""
+        msg = dlq.messages.get(mid)
+        record = dlq.sources.get(mid)
+        if msg is None or record is None or msg.state not in (READY, DELAYED):
+            return None
+        return self.queues.get(record.source)
 
     @applies(Promote)
     def _promote(self, name: str, ids: list[int]) -> None:
         self.queues[name].promote(ids)
-        self._woken.add(name)
+        self._wake(name, len(ids))
 
     @applies(Recover)
     def _recover(self, now_ms: int) -> None:
@@ -287,7 +364,9 @@ class BrokerState:
                 yield SNAPSHOT_MESSAGES, pack([name, rows])
             sources = queue.export_sources()
             if sources:
-                yield SNAPSHOT_DEAD_LETTER_ORIGINS, pack([name, sources])
+                yield SNAPSHOT_DEAD_LETTERS, pack([name, sources])
+            if queue.errors:
+                yield SNAPSHOT_ERRORS, pack([name, sorted(map(list, queue.errors.items()))])
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
@@ -300,8 +379,10 @@ class BrokerState:
                 state.queues[queue.name] = queue
             elif rtype == SNAPSHOT_MESSAGES:
                 state.queues[fields[0]].import_messages(fields[1])
-            elif rtype == SNAPSHOT_DEAD_LETTER_ORIGINS:
+            elif rtype == SNAPSHOT_DEAD_LETTERS:
                 state.queues[fields[0]].import_sources(fields[1])
+            elif rtype == SNAPSHOT_ERRORS:
+                state.queues[fields[0]].errors.update(map(tuple, fields[1]))
             else:
                 raise ValueError(f"unknown snapshot record type {rtype}")
         state.ack_reserve = state.count_ack_reserve()
@@ -332,6 +413,7 @@ class BrokerState:
                     for m in q.messages.values()
                 ),
                 "sources": sorted(q.sources.items()),
+                "errors": sorted(q.errors.items()),
             }
         return out
 

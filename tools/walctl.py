@@ -540,7 +540,7 @@ class _StatsApplier:
     def published(self, queue: str, first_id: int, count: int) -> None:
         self.origins.add(queue, first_id, self._segment)
 
-    def dead_lettered(self, queue: str, ids: list[int], target: str, first_id: int) -> None:
+    def moved(self, queue: str, ids: list[int], target: str, first_id: int) -> None:
         for offset, mid in enumerate(ids):  # the target took them in this order
             origin = self.origins.of(queue, mid)
             if origin is not None:

@@ -7,7 +7,7 @@ Pure state: no clock, no I/O. Every method that changes state is called from
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,32 @@ from .ready import READY_SETS, ReadySet
 
 #: Bytes a delivery adds to a consume reply beyond its body and key (msgpack overhead).
 DELIVERY_OVERHEAD = 32
+#: Bytes a peeked dead letter's record adds beyond its source queue's name and error text.
+DEAD_LETTER_OVERHEAD = 96
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Where a dead-lettered message came from and why (kept by the dead-letter queue)."""
+
+    #: The queue it was dead-lettered from, and its id there.
+    source: str
+    source_id: int
+    #: Deliveries it had in the source queue.
+    attempts: int
+    #: ``max_attempts`` or ``rejected``.
+    reason: str
+    #: The last error text a consumer gave (``nack``/``reject``), if any.
+    error: str | None
+    #: When it was dead-lettered (wall-clock ms).
+    at_ms: int
+
+    def row(self, mid: int) -> list[Any]:
+        return [mid, self.source, self.source_id, self.attempts, self.reason, self.error, self.at_ms]
+
+    def wire_size(self) -> int:
+        """Most bytes this record adds to a ``peek`` reply."""
+        return DEAD_LETTER_OVERHEAD + len(self.source) + (len(self.error.encode()) if self.error else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +85,12 @@ class Queue:
         self._lease_seq = 0
         #: Shard the next consume starts from (a fairness hint, not logged state).
         self._cursor = 0
-        #: Of messages dead-lettered into this queue: id here -> (source queue, id there).
-        self.sources: dict[int, tuple[str, int]] = {}
-        #: The reverse of ``sources``.
+        #: Of messages dead-lettered into this queue: id here -> where from and why.
+        self.sources: dict[int, DeadLetter] = {}
+        #: (source queue, id there) -> id here, for ``sources``.
         self._by_source: dict[tuple[str, int], int] = {}
+        #: The last error text consumers gave for messages still held (nack ``error``).
+        self.errors: dict[int, str] = {}
 
     # -- reading -------------------------------------------------------------------
 
@@ -244,8 +272,8 @@ class Queue:
             if msg is not None:
                 self._unlink(msg)
                 n += 1
-        if self.sources:
-            self._forget_sources(ids)
+        if self.sources or self.errors:
+            self._forget(ids)
         return n
 
     def purge(self, leased: bool) -> int:
@@ -254,34 +282,56 @@ class Queue:
         gone = [m.id for m in self.messages.values() if leased or m.state != LEASED]
         return self.remove(gone)
 
-    def note_sources(self, first_id: int, source: str, source_ids: list[int]) -> None:
-        """Messages ``first_id, first_id + 1, ...`` are ``source_ids`` dead-lettered from ``source``."""
-        for mid, sid in zip(range(first_id, first_id + len(source_ids)), source_ids):
-            self.sources[mid] = (source, sid)
-            self._by_source[(source, sid)] = mid
+    def extend(self, deadline_ms: int, ids: list[int]) -> None:
+        """Leased messages among ``ids`` are leased until ``deadline_ms`` instead."""
+        msgs = self.messages
+        self._lease_seq += 1
+        seq = self._lease_seq
+        moved: list[int] = []
+        for mid in ids:
+            msg = msgs.get(mid)
+            if msg is None or msg.state != LEASED:
+                continue
+            msg.deadline = deadline_ms
+            msg.lease = seq
+            moved.append(mid)
+        if moved:
+            heapq.heappush(self._lease_heap, (deadline_ms, seq, moved))
+            if len(self._lease_heap) > 2 * self.leased + 1024:
+                self._compact_leases()
+
+    def note_dead_letters(self, first_id: int, records: list[DeadLetter]) -> None:
+        """Messages ``first_id, first_id + 1, ...`` arrived as these dead letters."""
+        for mid, record in zip(range(first_id, first_id + len(records)), records):
+            self.sources[mid] = record
+            self._by_source[(record.source, record.source_id)] = mid
 
     def forget_source(self, source: str) -> None:
         """Queue ``source`` was deleted: its ids no longer name these messages."""
-        for mid, (name, sid) in list(self.sources.items()):
-            if name == source:
+        for mid, record in list(self.sources.items()):
+            if record.source == source:
                 del self.sources[mid]
-                del self._by_source[(name, sid)]
+                del self._by_source[(record.source, record.source_id)]
 
-    def _forget_sources(self, ids: list[int]) -> None:
-        sources, by_source = self.sources, self._by_source
+    def _forget(self, ids: list[int]) -> None:
+        sources, by_source, errors = self.sources, self._by_source, self.errors
         for mid in ids:
-            origin = sources.pop(mid, None)
-            if origin is not None:
-                by_source.pop(origin, None)
+            record = sources.pop(mid, None)
+            if record is not None:
+                by_source.pop((record.source, record.source_id), None)
+            errors.pop(mid, None)
 
     def export_sources(self) -> list[list[Any]]:
-        """``sources`` as snapshot rows ``[id, source queue, source id]``, by id."""
-        return [[mid, name, sid] for mid, (name, sid) in sorted(self.sources.items())]
+        """``sources`` as snapshot rows (``DeadLetter.row``), by id."""
+        return [record.row(mid) for mid, record in sorted(self.sources.items())]
 
     def import_sources(self, rows: list[list[Any]]) -> None:
-        for mid, name, sid in rows:
-            self.sources[mid] = (name, sid)
-            self._by_source[(name, sid)] = mid
+        """Rows of ``export_sources`` (rows of only ``[id, source, source id]`` too)."""
+        for row in rows:
+            mid, source, source_id = row[:3]
+            attempts, reason, error, at_ms = row[3:] if len(row) > 3 else (0, "max_attempts", None, 0)
+            self.sources[mid] = DeadLetter(source, source_id, attempts, reason, error, at_ms)
+            self._by_source[(source, source_id)] = mid
 
     def release(self, msg: Message, ready_at_ms: int) -> None:
         """A leased message returns: ready now, or delayed until ``ready_at_ms``."""
@@ -406,16 +456,22 @@ class Queue:
         }
 
 
-def take_fitting(source: "Iterator[Message]", max_count: int, budget: int) -> list[Message]:
-    """The first messages of ``source``, up to ``max_count`` and ``budget`` bytes (at least one)."""
+def take_fitting(source: "Iterator[Message]", max_count: int, budget: int,
+                 extra: "Callable[[Message], int] | None" = None) -> list[Message]:
+    """The first messages of ``source``, up to ``max_count`` and ``budget`` bytes (at least
+    one): each costs its body and key plus ``DELIVERY_OVERHEAD``, plus ``extra(msg)``."""
     chosen = list(islice(source, max_count))
     total = sum(len(m.body) for m in chosen) + DELIVERY_OVERHEAD * len(chosen)
     total += sum(len(m.key) for m in chosen if m.key)
+    if extra is not None:
+        total += sum(map(extra, chosen))
     if total <= budget:
         return chosen
     kept: list[Message] = []
     for msg in chosen:
         cost = len(msg.body) + (len(msg.key) if msg.key else 0) + DELIVERY_OVERHEAD
+        if extra is not None:
+            cost += extra(msg)
         if cost > budget and kept:
             break
         budget -= cost

@@ -82,6 +82,9 @@ BASE: dict[str, dict[str, Any]] = {
     "queue_purge": {"queue": "q"},
     "peek": {"queue": "q"},
     "message_status": {"queue": "q", "ids": [1]},
+    "extend": {"queue": "q", "ids": [1]},
+    "reject": {"queue": "q", "ids": [1]},
+    "redrive": {"queue": "q"},
 }
 
 
@@ -281,7 +284,7 @@ def test_queue_create_limits_are_inclusive(state: BrokerState) -> None:
 def test_queue_create_defaults(state: BrokerState) -> None:
     outcome = run(state, "queue_create", {"queue": "d", "kind": None, "shards": None,
                                           "visibility_ms": None, "dead_letter": None})
-    assert outcome.mutations == (QueueCreate("d", "fifo", 1, 30_000, 0, None, CFG.max_queue_messages),)
+    assert outcome.mutations == (QueueCreate("d", "fifo", 1, 30_000, 20, None, CFG.max_queue_messages),)
 
 
 def test_queue_create_with_a_missing_dead_letter_queue(state: BrokerState) -> None:
@@ -291,7 +294,7 @@ def test_queue_create_with_a_missing_dead_letter_queue(state: BrokerState) -> No
 
 @pytest.mark.parametrize("same", [
     {},
-    {"kind": "fifo", "shards": 1, "visibility_ms": 30_000, "max_attempts": 0, "max_messages": 0},
+    {"kind": "fifo", "shards": 1, "visibility_ms": 30_000, "max_attempts": 20, "max_messages": 0},
     {"max_messages": 10_000_000, "dead_letter": None, "kind": None},
 ])
 def test_queue_create_again_with_the_same_settings(state: BrokerState, same: dict[str, Any]) -> None:

@@ -176,9 +176,21 @@ class ReplayMachine(RuleBasedStateMachine):
     def ack(self, name: str, picks: list[int]) -> None:
         self.call("ack", queue=name, ids=self.pick_ids(name, picks))
 
-    @rule(name=names, picks=id_picks, delay=delays)
-    def nack(self, name: str, picks: list[int], delay: int | None) -> None:
-        self.call("nack", queue=name, ids=self.pick_ids(name, picks), delay_ms=delay)
+    @rule(name=names, picks=id_picks, delay=delays, error=st.one_of(st.none(), st.text(max_size=5)))
+    def nack(self, name: str, picks: list[int], delay: int | None, error: str | None = None) -> None:
+        self.call("nack", queue=name, ids=self.pick_ids(name, picks), delay_ms=delay, error=error)
+
+    @rule(name=names, picks=id_picks, error=st.one_of(st.none(), st.text(max_size=5)))
+    def reject(self, name: str, picks: list[int], error: str | None) -> None:
+        self.call("reject", queue=name, ids=self.pick_ids(name, picks), error=error)
+
+    @rule(name=names, picks=id_picks, visibility=st.one_of(st.none(), st.integers(1, 300)))
+    def extend(self, name: str, picks: list[int], visibility: int | None) -> None:
+        self.call("extend", queue=name, ids=self.pick_ids(name, picks), visibility_ms=visibility)
+
+    @rule(name=names, limit=st.one_of(st.none(), st.integers(1, 3)))
+    def redrive(self, name: str, limit: int | None) -> None:
+        self.call("redrive", queue=name, max=limit)
 
     @rule(name=names, leased=st.booleans())
     def purge(self, name: str, leased: bool) -> None:
@@ -288,7 +300,7 @@ def test_replay_matches_a_known_sequence() -> None:
     m.create("alpha", "priority", 2, 50, 1, "beta", 0)
     m.publish("alpha", [[b"a", b"k1", 3], [b"b"], [b"c", None, None, 10]])
     m.consume("alpha", 5, None)
-    m.nack("alpha", [0], 0)  # out of attempts: to beta
+    m.nack("alpha", [0], 0, "boom")  # out of attempts: to beta
     m.ack("alpha", [0])
     m.advance_time(20)  # the delayed one becomes ready
     m.consume("alpha", 5, None)
@@ -373,5 +385,5 @@ def test_a_checkpoint_keeps_the_order_leases_expire_in() -> None:
     m.consume("q", 2, None)
     m.checkpoint(1)
     expected = by_queue(copy.deepcopy(m.state).due(m.now + 100))
-    assert expected == {"q": [(6, ["q", [2, 1], 0, True, m.now + 100])]}
+    assert expected == {"q": [(6, ["q", [2, 1], 0, True, m.now + 100, None])]}
     assert by_queue(startup(m.log, m.checkpoints).due(m.now + 100)) == expected
