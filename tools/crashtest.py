@@ -23,8 +23,9 @@ so every message stays accounted for) and a short visibility (300-800 ms) so lea
 really expire: a fifo queue, a priority queue and a 4-shard fifo queue published to
 with keys. Producers publish single messages and atomic batches of 2-200, and now and
 then one of 500-1000 (a big batch: big enough for the broker to fdatasync it in its
-sync helper); every body starts with a unique tag. Consumers consume 1-100 at a time and ack most deliveries,
-nack some (sometimes with a delay) and ignore the rest, letting their leases expire.
+sync helper); every body starts with a unique tag. Consumers consume 1-100 at a time
+and ack most deliveries, nack some (sometimes with a delay) and ignore the rest,
+letting their leases expire.
 
 What is checked (violations; each must be zero):
 
@@ -80,7 +81,8 @@ Prints violations (at most 20 lines) and one summary line::
 
 (with ``--power-cut``, ``power_cut=MODE power_cuts=P helper_syncs=H lost_allowed=N
 resurrected_allowed=N attempt_regressions_allowed=N`` follow on the same line; H counts
-the log syncs the broker's sync helper process made, as the journal reported them), and exits 1 on any violation.
+the log syncs the broker's sync helper process made, as the journal reported them),
+and exits 1 on any violation.
 Every wait is bounded, only the broker this tool started is signalled (by PID), and
 everything runs on 127.0.0.1.
 """
