@@ -5,14 +5,11 @@ module only moves bytes and time: a connection reads, decodes and runs its reque
 rounds (at most ``ROUND_REQUESTS``), and the replies of a round go out in one write,
 in round order, once the log covers them (``replies.Replies``). While a big round's
 fdatasync runs in the sync helper, the connection already reads and runs its next
-round. A consume that must wait is held by a waiter task until its queue is woken:
-held consumes wait in arrival order, and a change that makes k messages ready wakes at
-most k of them (the first k), not all.
+round. A consume that must wait is held by a task of its connection (``waiting.Holds``).
 """
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any
 
 import trio
@@ -23,12 +20,13 @@ from . import gcpolicy, recovery
 from .admission import Admission
 from .checkpointer import Checkpointer
 from .clock import Clock
-from .commands import Session, Wait
+from .commands import Session
 from .config import RECV_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .mutations import Recover
 from .replies import Replies, Round
-from .state import WAKE_ALL, BrokerState
+from .waiting import Holds
+from .state import BrokerState
 from .wal import FileIO, FsyncPolicy, GroupCommitter, LogFailedError, SegmentedLog
 from .wal.synchelper import SyncHelper
 
@@ -52,8 +50,8 @@ class Broker:
         self._checkpointer: Checkpointer | None = None
         self._live: Live | None = None
         self._snapshot_lsn = 0
-        #: Held consumes of each queue, in arrival order; ``Live.commit`` wakes them (``_wake``).
-        self._waiting: dict[str, _Waiters] = {}
+        #: Held long-poll consumes; ``Live.commit`` wakes them.
+        self._holds = Holds()
         self._timer_poke: trio.Event | None = None
         self._stopping: trio.Event | None = None
         self._draining = False
@@ -103,7 +101,8 @@ class Broker:
             min_bytes=self.config.checkpoint_bytes, snapshot_lsn=self._snapshot_lsn,
             admission=admission)
         self._live = Live(self.state, wal, self.config, Clock(), admission, self._checkpointer,
-                          self._wake, self._poke_timer)
+                          self._holds.wake, self._poke_timer)
+        self._holds.live = self._live
         return helper
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -166,24 +165,10 @@ class Broker:
         self._draining = True
         for scope in list(self._idle):
             scope.cancel()
-        for waiters in self._waiting.values():
-            waiters.wake(WAKE_ALL)
-        self._waiting.clear()
+        self._holds.drain()
         connections.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
 
-    # -- wake-ups (called by the live path) ---------------------------------------------
-
-    def _wake(self, queues: dict[str, int]) -> None:
-        """Queues that gained ready messages (how many) or went away (``WAKE_ALL``): that
-        many of their held consumes look again, first come first."""
-        waiting = self._waiting
-        if waiting:
-            for name, count in queues.items():
-                waiters = waiting.get(name)
-                if waiters is not None:
-                    waiters.wake(count)
-                    if count >= WAKE_ALL:  # the queue is gone
-                        del waiting[name]
+    # -- the timer loop's wake-up (called by the live path) ----------------------------
 
     def _poke_timer(self) -> None:
         if self._timer_poke is not None:
@@ -297,8 +282,9 @@ class Broker:
             wait = live.execute(session, frame, ctx, out)
             if wait is not None:
                 session.waiters += 1
-                holding.start_soon(self._hold, session, frame, wait, replies, conn,
-                                   self._enqueue(wait.queue))
+                holds = self._holds
+                holding.start_soon(holds.hold, session, frame, wait, replies, conn.encoder,
+                                   holds.enqueue(wait.queue))
         else:
             # A round's work is bounded: its replies go out (the client works on them
             # meanwhile) and other connections get a turn.
@@ -306,67 +292,6 @@ class Broker:
             return True, False
         live.execute_run(run, session, ctx, out)
         return False, False
-
-    # -- long-poll consumes ---------------------------------------------------------------
-
-    def _enqueue(self, queue: str, first: bool = False) -> tuple[_Waiters, _Waiter]:
-        """A new place in ``queue``'s line: at its end, or at its front for a waiter that
-        was woken and found nothing."""
-        waiters = self._waiting.get(queue)
-        if waiters is None:
-            waiters = self._waiting[queue] = _Waiters()
-        waiter = _Waiter()
-        waiters.add(waiter, first)
-        return waiters, waiter
-
-    async def _hold(self, session: Session, req: Request, wait: Wait, replies: Replies,
-                    conn: Connection, place: tuple[_Waiters, _Waiter]) -> None:
-        """Answer a held consume once it takes messages or its wait ends. It took its
-        ``place`` in the line when its request ran, so the line keeps arrival order."""
-        live = self._live
-        assert live is not None
-        deadline = trio.current_time() + wait.wait_ms / 1000
-        out = RoundOut(conn.encoder)
-        waiters, waiter = place
-        try:
-            while True:
-                try:
-                    if not self._draining:
-                        with trio.move_on_at(deadline):
-                            await waiter.event.wait()
-                finally:
-                    if not waiter.gone:  # timed out, draining or cancelled: not woken
-                        waiters.leave(waiter)
-                woken = waiter.event.is_set()
-                answered = live.retry(session, req, out,
-                                      final=self._draining or trio.current_time() >= deadline)
-                if woken:
-                    waiters.looked()
-                if answered:
-                    break
-                # Looked, and in line again with no checkpoint in between: no wake-up is missed.
-                waiters, waiter = self._enqueue(wait.queue, first=woken)
-            if woken:
-                self._pass_on(wait.queue)
-            try:  # as for every reply: only once the log covers what it reflects
-                lsn = live.durable_lsn()
-            except LogFailedError as exc:
-                replies.fail(out.out, out.answered, exc)
-                lsn, out.answered = 0, []
-            await replies.deliver(Round(out.out, out.answered, lsn))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            session.waiters -= 1
-
-    def _pass_on(self, queue: str) -> None:
-        """A woken consume took its messages: if more are ready than woken waiters are
-        still to look, the next waiter gets its turn (no message waits while a consume
-        that could take it sleeps)."""
-        held = self.state.queues.get(queue)
-        waiters = self._waiting.get(queue)
-        if held is not None and waiters is not None and held.ready > waiters.woken:
-            self._wake({queue: 1})
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -395,60 +320,3 @@ class Broker:
                 await trio.sleep(1)  # the WAL has failed; do not spin
 
 
-
-class _Waiter:
-    """One held consume in a queue's line."""
-
-    __slots__ = ("event", "gone")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        #: It left the line (woken, timed out or cancelled): a wake-up skips it.
-        self.gone = False
-
-
-class _Waiters:
-    """The held consumes of one queue, in arrival order. A waiter that leaves without
-    being woken stays in the line, skipped by wake-ups, until the line holds more than
-    twice the waiters still in it plus 64: then it is cleaned."""
-
-    __slots__ = ("_line", "_waiting", "woken")
-
-    def __init__(self) -> None:
-        self._line: deque[_Waiter] = deque()
-        self._waiting = 0
-        #: Waiters woken that have not looked at the queue yet.
-        self.woken = 0
-
-    def __len__(self) -> int:
-        return len(self._line)
-
-    def add(self, waiter: _Waiter, first: bool) -> None:
-        if first:
-            self._line.appendleft(waiter)
-        else:
-            self._line.append(waiter)
-        self._waiting += 1
-
-    def leave(self, waiter: _Waiter) -> None:
-        """``waiter`` stops waiting without having been woken."""
-        waiter.gone = True
-        self._waiting -= 1
-        if len(self._line) > 2 * self._waiting + 64:
-            self._line = deque(w for w in self._line if not w.gone)
-
-    def wake(self, count: int) -> None:
-        """Wake the first ``count`` waiters that are still waiting."""
-        line = self._line
-        while count > 0 and line:
-            waiter = line.popleft()
-            if not waiter.gone:
-                waiter.gone = True
-                waiter.event.set()
-                self._waiting -= 1
-                self.woken += 1
-                count -= 1
-
-    def looked(self) -> None:
-        """A woken waiter has looked at the queue."""
-        self.woken -= 1

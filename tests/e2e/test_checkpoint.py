@@ -115,7 +115,7 @@ async def test_graceful_shutdown_checkpoints_and_restarts_with_an_empty_tail(tmp
         await other.call("queue_create", {"queue": "empty"})
         held = await other.request("consume", {"queue": "empty", "wait_ms": 600_000})
         with trio.fail_after(10):
-            while "empty" not in broker._waiting:  # until the consume is held
+            while broker._holds.line("empty") is None:  # until the consume is held
                 await trio.lowlevel.checkpoint()
         broker.shutdown()
         reply = await other.frame()

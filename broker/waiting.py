@@ -1,0 +1,176 @@
+"""Held long-poll consumes: one line per queue, in arrival order, woken a few at a time.
+
+A consume that finds nothing and may wait (``wait_ms``) takes a place at the end of its
+queue's line when its request runs (``enqueue``), so the line keeps arrival order, and a
+task of its connection waits there (``hold``). Rules:
+
+1. A change that makes k messages of a queue ready wakes the first k waiters still in its
+   line (``wake``, the live path's wake-up callback), not all of them; deleting the queue
+   wakes every one (each is then answered ``QUEUE_NOT_FOUND``).
+2. A woken waiter looks again through ``Live.retry``. If it took nothing (another
+   consumer was first) it goes back to the front of the line; if it took its messages and
+   more are ready than woken waiters still to look, it passes the turn to the next one.
+3. A waiter whose wait ends, or whose connection goes away, leaves the line; entries left
+   behind are skipped by wake-ups and cleaned once they outnumber the waiters.
+4. While the broker drains for shutdown, every held consume looks once more and answers.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from protocol import Encoder, Request
+
+from .commands import Session, Wait
+from .live import Live, RoundOut
+from .replies import Replies, Round
+from .state import WAKE_ALL
+from .wal import LogFailedError
+
+
+class Waiter:
+    """One held consume's place in a line."""
+
+    __slots__ = ("event", "gone")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        #: It left the line (woken, timed out or cancelled): a wake-up skips it.
+        self.gone = False
+
+
+class Line:
+    """The held consumes of one queue, in arrival order (rule 3 for what it keeps)."""
+
+    __slots__ = ("_line", "_waiting", "woken")
+
+    def __init__(self) -> None:
+        self._line: deque[Waiter] = deque()
+        self._waiting = 0
+        #: Waiters woken that have not looked at the queue yet.
+        self.woken = 0
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def add(self, waiter: Waiter, first: bool) -> None:
+        if first:
+            self._line.appendleft(waiter)
+        else:
+            self._line.append(waiter)
+        self._waiting += 1
+
+    def leave(self, waiter: Waiter) -> None:
+        """``waiter`` stops waiting without having been woken."""
+        waiter.gone = True
+        self._waiting -= 1
+        if len(self._line) > 2 * self._waiting + 64:
+            self._line = deque(w for w in self._line if not w.gone)
+
+    def wake(self, count: int) -> None:
+        """Wake the first ``count`` waiters that are still waiting."""
+        line = self._line
+        while count > 0 and line:
+            waiter = line.popleft()
+            if not waiter.gone:
+                waiter.gone = True
+                waiter.event.set()
+                self._waiting -= 1
+                self.woken += 1
+                count -= 1
+
+    def looked(self) -> None:
+        """A woken waiter has looked at the queue."""
+        self.woken -= 1
+
+
+Place = tuple[Line, Waiter]
+
+
+class Holds:
+    """Every held consume of one broker (see the module docs)."""
+
+    def __init__(self) -> None:
+        self.live: Live | None = None
+        self.draining = False
+        self._lines: dict[str, Line] = {}
+
+    def line(self, queue: str) -> Line | None:
+        return self._lines.get(queue)
+
+    def enqueue(self, queue: str, first: bool = False) -> Place:
+        """A new place in ``queue``'s line: at its end, or at its front for a waiter that
+        was woken and found nothing."""
+        line = self._lines.get(queue)
+        if line is None:
+            line = self._lines[queue] = Line()
+        waiter = Waiter()
+        line.add(waiter, first)
+        return line, waiter
+
+    def wake(self, queues: dict[str, int]) -> None:
+        """Rule 1: for each queue, how many messages became ready (``WAKE_ALL``: it is gone)."""
+        lines = self._lines
+        if lines:
+            for name, count in queues.items():
+                line = lines.get(name)
+                if line is not None:
+                    line.wake(count)
+                    if count >= WAKE_ALL:
+                        del lines[name]
+
+    def drain(self) -> None:
+        """Rule 4."""
+        self.draining = True
+        for line in self._lines.values():
+            line.wake(WAKE_ALL)
+        self._lines.clear()
+
+    async def hold(self, session: Session, req: Request, wait: Wait, replies: Replies,
+                   encoder: Encoder, place: Place) -> None:
+        """Answer a held consume once it takes messages or its wait ends; it counts in
+        ``session.waiters`` until then (the caller counted it in)."""
+        live = self.live
+        assert live is not None
+        deadline = trio.current_time() + wait.wait_ms / 1000
+        out = RoundOut(encoder)
+        line, waiter = place
+        try:
+            while True:
+                try:
+                    if not self.draining:
+                        with trio.move_on_at(deadline):
+                            await waiter.event.wait()
+                finally:
+                    if not waiter.gone:  # timed out, draining or cancelled: not woken
+                        line.leave(waiter)
+                woken = waiter.event.is_set()
+                answered = live.retry(session, req, out,
+                                      final=self.draining or trio.current_time() >= deadline)
+                if woken:
+                    line.looked()
+                if answered:
+                    break
+                # Looked, and in line again with no checkpoint in between: no wake-up is missed.
+                line, waiter = self.enqueue(wait.queue, first=woken)
+            if woken:
+                self._pass_on(wait.queue)
+            try:  # as for every reply: only once the log covers what it reflects
+                lsn = live.durable_lsn()
+            except LogFailedError as exc:
+                replies.fail(out.out, out.answered, exc)
+                lsn, out.answered = 0, []
+            await replies.deliver(Round(out.out, out.answered, lsn))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            session.waiters -= 1
+
+    def _pass_on(self, queue: str) -> None:
+        """Rule 2: the next waiter's turn, if more are ready than woken waiters still to look."""
+        assert self.live is not None
+        held = self.live.state.queues.get(queue)
+        line = self._lines.get(queue)
+        if held is not None and line is not None and held.ready > line.woken:
+            line.wake(1)
