@@ -207,6 +207,15 @@ class Redrive(Mutation):
     ids: list[int]
 
 
+@mutation(20)
+class Take(Mutation):
+    """Ready messages are delivered at most once (a subscription with ``auto_ack``): they
+    are deleted as they are pushed, counted as acked."""
+
+    queue: str
+    ids: list[int]
+
+
 def _enum_name(cls: type) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
 

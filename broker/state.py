@@ -38,6 +38,7 @@ from .mutations import (
     Redrive,
     Reject,
     Release,
+    Take,
 )
 from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings
 from .records import ack_cost, decode_fields
@@ -289,6 +290,15 @@ class BrokerState:
         queue.dead_lettered += len(msgs)
         if self.observer is not None:
             self.observer.moved(queue.name, ids, target.name, first_id)
+
+    @applies(Take)
+    def _take(self, name: str, ids: list[int]) -> None:
+        queue = self.queues[name]
+        msgs = queue.messages
+        taken = [mid for mid in ids if (m := msgs.get(mid)) is not None and m.state == READY]
+        removed = queue.remove(taken)
+        queue.acked += removed
+        self.ack_reserve -= removed * ack_cost(name)
 
     @applies(Extend)
     def _extend(self, name: str, deadline_ms: int, ids: list[int]) -> None:
