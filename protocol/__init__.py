@@ -5,6 +5,7 @@ from .errors import FATAL_CODES, ErrorCode, ProtocolError
 from .frames import MAX_REQUEST_ID, Error, Frame, FrameKind, Push, Reply, Request
 from .framing import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME, HEADER_SIZE, MIN_MAX_FRAME, FrameDecoder, frame_bytes
 from .ops import (
+    DEFAULT_CREDIT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_MESSAGE,
@@ -15,6 +16,7 @@ from .ops import (
     MAX_KEY,
     MAX_PRIORITY,
     MAX_SHARDS,
+    MAX_SUBSCRIPTIONS,
     MAX_VISIBILITY_MS,
     MAX_WAIT_MS,
     MIN_PRIORITY,
@@ -30,9 +32,9 @@ from .ops import (
 )
 
 __all__ = [
-    "ABSOLUTE_MAX_FRAME", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_MESSAGE",
+    "ABSOLUTE_MAX_FRAME", "DEFAULT_CREDIT", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_MESSAGE",
     "DEFAULT_PRIORITY", "DEFAULT_VISIBILITY_MS", "FATAL_CODES", "HEADER_SIZE", "MAX_DELAY_MS", "MAX_ERROR_TEXT", "MAX_KEY",
-    "MAX_PRIORITY", "MAX_REQUEST_ID", "MAX_SHARDS", "MAX_VISIBILITY_MS", "MAX_WAIT_MS",
+    "MAX_PRIORITY", "MAX_REQUEST_ID", "MAX_SHARDS", "MAX_SUBSCRIPTIONS", "MAX_VISIBILITY_MS", "MAX_WAIT_MS",
     "MIN_MAX_FRAME", "MIN_PRIORITY", "MIN_SHARDS", "NEED_DATA", "PROTOCOL_VERSION",
     "PROTOCOL_VERSIONS", "QUEUE_NAME_MAX", "Connection", "Encoder", "Error", "ErrorCode", "Frame",
     "FrameDecoder", "FrameKind", "Op", "ProtocolError", "Push", "PushName", "QueueKind", "Reply",

@@ -32,6 +32,8 @@ class Op(StrEnum):
     EXTEND = "extend"
     REJECT = "reject"
     REDRIVE = "redrive"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
 
 
 class QueueKind(StrEnum):
@@ -46,6 +48,10 @@ class PushName(StrEnum):
     """Names of PUSH frames; clients ignore names they do not know."""
 
     NOTICE = "notice"
+    #: Messages pushed to a subscription: ``{"subscription": id, "messages": [delivery, ...]}``.
+    DELIVER = "deliver"
+    #: A subscription stopped by the server: ``{"subscription": id, "reason": str}``.
+    SUBSCRIPTION_END = "subscription_end"
 
 
 #: Message priorities: higher is delivered first; FIFO among equal priorities.
@@ -62,6 +68,10 @@ QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 #: Longest error text a consumer may give with ``nack`` or ``reject``, in UTF-8 bytes.
 MAX_ERROR_TEXT = 1024
+#: A subscription's credit (most pushed messages unacked at once) when none is asked for.
+DEFAULT_CREDIT = 256
+#: Subscriptions one connection may hold at once.
+MAX_SUBSCRIPTIONS = 64
 #: ``max_attempts`` of a queue created without one (0 means unlimited, on request).
 DEFAULT_MAX_ATTEMPTS = 20
 
