@@ -189,28 +189,32 @@ def measure_fdatasync(directory: Path, count: int = 300) -> float:
     return statistics.median(samples) * 1e6
 
 
-def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
-    """Write ``records`` single-message publish records, start a broker on them, and
-    return (records/s, seconds) of its start-up replay as it reports it."""
+def write_replay_wal(data: Path, records: int) -> None:
+    """A WAL in ``data`` with a queue and ``records`` single-message publish records."""
     import msgpack
 
     from broker.mutations import Publish, QueueCreate
-    from broker.wal import SegmentedLog, encode_record
-    from tools.procs import BrokerProcess
+    from broker.records import encode
+    from broker.wal import SegmentedLog
 
-    data = workdir / "replay-data"
-    pack = msgpack.Packer(use_bin_type=True).pack
     log = SegmentedLog.open(data / "wal")
-    create = QueueCreate("replay", "fifo", 1, 30_000, 0, None, 10**9)
-    log.append(encode_record(create.TYPE, pack(create.fields())))
+    log.append(encode(QueueCreate("replay", "fifo", 1, 30_000, 0, None, 10**9)))
     body = os.urandom(BODY_SIZE)
     now = int(time.time() * 1000)
     for i in range(1, records + 1):
-        m = Publish("replay", i, now, [body])
-        log.append(encode_record(m.TYPE, pack(m.fields())))
+        log.append(encode(Publish("replay", i, now, [body])))
         if i % 100_000 == 0:
             log.write()
     log.close()
+
+
+def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
+    """Write ``records`` single-message publish records, start a broker on them, and
+    return (records/s, seconds) of its start-up replay as it reports it."""
+    from tools.procs import BrokerProcess
+
+    data = workdir / "replay-data"
+    write_replay_wal(data, records)
     proc = BrokerProcess(data, args=("--log-level", "info")).start(timeout=300)
     try:
         for line in proc.log_tail(100_000).splitlines():
@@ -221,6 +225,66 @@ def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
     finally:
         proc.stop()
     raise RuntimeError("the broker did not report its replay")
+
+
+def broker_instructions(workdir: Path, scenario: str, messages: int) -> int:
+    """Instructions a broker process (``--fsync never``) executes from start to a clean
+    stop, under ``valgrind --tool=callgrind``, serving ``messages`` of ``scenario``
+    (``replay``: starting on a log of that many records). Deterministic for a given
+    build and machine, whatever else the machine is doing."""
+    import re
+    import signal
+    import subprocess
+
+    data = workdir / f"instr-{scenario}-{messages}"
+    if scenario == "replay":
+        write_replay_wal(data, messages)
+    out = data.parent / f"{data.name}.callgrind"
+    root = Path(__file__).resolve().parents[1]
+    errors = data.parent / f"{data.name}.stderr"
+    with open(errors, "wb") as stderr:
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m", "broker",
+             "--host", "127.0.0.1", "--port", "0", "--data", str(data), "--fsync", "never"],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert proc.stdout is not None
+        found = None
+        while found is None:
+            line = proc.stdout.readline().decode()
+            if not line:
+                tail = errors.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the broker under valgrind did not start:\n{tail}")
+            found = re.search(r"listening on (\S+):(\d+)", line)
+        if scenario != "replay":
+            wire = Wire(found.group(1), int(found.group(2)))
+            wire.call("queue_create", {"queue": "q"})
+            if scenario == "consume-ack":
+                batch_publish(wire, "q", messages)
+            SCENARIOS[scenario](wire, "q", messages)
+            wire.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=900)
+    totals = [int(line.split()[1]) for line in out.read_text().splitlines()
+              if line.startswith(("summary:", "totals:"))]
+    return max(totals)
+
+
+#: Message counts of the two sizes ``--instructions`` runs each figure at.
+INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consume-ack": 20_000,
+                     "replay": 30_000}
+
+
+def instructions_per_message(workdir: Path) -> dict[str, float]:
+    """Broker instructions per message of each figure: the difference between a run of
+    N and of 3N messages over 2N, so start-up and shutdown cancel out."""
+    out: dict[str, float] = {}
+    for scenario, n in INSTRUCTION_SIZES.items():
+        small = broker_instructions(workdir, scenario, n)
+        large = broker_instructions(workdir, scenario, 3 * n)
+        out[scenario] = (large - small) / (2 * n)
+    return out
 
 
 SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]] = {
@@ -281,9 +345,22 @@ def machine() -> str:
               help="Multiply message counts (use < 1 for a quick look).")
 @click.option("--replay-records", default=1_000_000, show_default=True, type=click.IntRange(0),
               help="Records for the start-up replay figure (0 skips it).")
+@click.option("--instructions", is_flag=True,
+              help="Instead: count the broker's instructions per message of each figure under "
+              "valgrind (deterministic; for comparing builds on a busy machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int, as_json: bool) -> None:
+def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
+         instructions: bool, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
+    if instructions:
+        with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
+            counts = instructions_per_message(Path(tmp))
+        if as_json:
+            print(json.dumps({"machine": machine(), "instructions_per_message": counts}, indent=2))
+        else:
+            for scenario, count in counts.items():
+                print(f"{scenario}: {count:,.0f} broker instructions per message")
+        return
     sizes = {k: max(1000, int(v * scale)) for k, v in {
         "batch-publish": 500_000, "pipelined-publish": 100_000,
         "consume-ack": 300_000, "sequential-publish": 3_000}.items()}
