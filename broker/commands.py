@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from protocol import (
+    DEFAULT_CREDIT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     MAX_DELAY_MS,
@@ -31,6 +32,7 @@ from protocol import (
     MAX_KEY,
     MAX_PRIORITY,
     MAX_SHARDS,
+    MAX_SUBSCRIPTIONS,
     MAX_VISIBILITY_MS,
     MAX_WAIT_MS,
     MIN_MAX_FRAME,
@@ -72,6 +74,14 @@ REPLY_OVERHEAD = 1024
 _MISSING: Any = object()
 
 
+class Pushing(Protocol):
+    """A running subscription, as the ``unsubscribe`` handler sees it."""
+
+    @property
+    def unacked(self) -> int: ...
+    def stop(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Session:
     """Per-connection protocol state."""
@@ -83,6 +93,9 @@ class Session:
     #: Largest frame the client accepts (from hello).
     client_max_frame: int = 0
     waiters: int = 0
+    #: Running subscriptions by id, and the id the next one gets.
+    subscriptions: dict[int, Pushing] = field(default_factory=dict)
+    next_subscription: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +114,26 @@ class Wait:
     wait_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Start pushing ``queue`` to this connection as subscription ``subscription``."""
+
+    subscription: int
+    queue: str
+    credit: int
+    #: Lease length of pushed messages; None: the queue's.
+    visibility_ms: int | None
+    auto_ack: bool
+
+
 class Outcome(NamedTuple):
     """What a handler decided. Immutable; a NamedTuple because one is built per request
     and it costs less than half of a frozen dataclass (measured on the hot path)."""
 
     result: dict[str, Any] | None = None
     mutations: tuple[Mutation, ...] = ()
-    wait: Wait | None = None
+    #: A consume to hold, or a subscription to start (the reply goes out at once).
+    wait: Wait | Subscribe | None = None
 
 
 _tuple_new = tuple.__new__
@@ -610,6 +636,26 @@ def redrive(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome(result, (Redrive(dlq.name, chosen),) if chosen else ())
 
 
+def subscribe(session: Session, args: Args, ctx: Context) -> Outcome:
+    queue: Queue = args["queue"]
+    if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection",
+                            details={"limit": MAX_SUBSCRIPTIONS})
+    sid = session.next_subscription
+    session.next_subscription += 1
+    start = Subscribe(sid, queue.name, args["credit"], args["visibility_ms"], args["auto_ack"])
+    return Outcome({"subscription": sid, "queue": queue.name}, wait=start)
+
+
+def unsubscribe(session: Session, args: Args, ctx: Context) -> Outcome:
+    sid: int = args["subscription"]
+    running = session.subscriptions.pop(sid, None)
+    if running is None:
+        raise invalid("subscription", f"this connection has no subscription {sid}")
+    running.stop()
+    return Outcome({"subscription": sid, "unacked": running.unacked})
+
+
 #: Message states by their wire names (``peek``, ``message_status``).
 STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed"}
 _STATES = {name: state for state, name in STATE_NAMES.items()}
@@ -724,6 +770,13 @@ COMMANDS: dict[str, Command] = {
             Arg("max", "int", default=None, lo=1, hi=2**31 - 1),
             Arg("ids", "ids", default=None),
         ), AdmissionClass.LOG, changes_state=True),
+        Command(Op.SUBSCRIBE, subscribe, (
+            _QUEUE,
+            Arg("credit", "int", default=DEFAULT_CREDIT, lo=1, hi=_max_batch),
+            Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
+            Arg("auto_ack", "bool", default=False),
+        )),
+        Command(Op.UNSUBSCRIBE, unsubscribe, (Arg("subscription", "int", lo=1, hi=2**63 - 1),)),
         Command(Op.PEEK, peek, (
             _QUEUE,
             Arg("max", "int", default=10, lo=1, hi=_max_batch),

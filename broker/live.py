@@ -26,12 +26,12 @@ from typing import Any
 
 from protocol import Encoder, ErrorCode, ProtocolError, Request
 
-from .admission import Admission
+from .admission import Admission, AdmissionClass
 from .checkpointer import Checkpointer
 from .clock import Clock
-from .commands import COMMANDS, Batch, Command, Context, Outcome, Session, Wait, lookup, run
+from .commands import COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, lookup, run
 from .config import BrokerConfig
-from .mutations import Mutation, Publish
+from .mutations import Lease, Mutation, Publish, Release, Take
 from .records import PublishFold, encode
 from .state import BrokerState
 from .wal import LogFailedError, SegmentedLog
@@ -128,18 +128,26 @@ class Live:
         self._fold = PublishFold()
         #: The deadline the timer loop sleeps until; ``commit`` pokes it for an earlier one.
         self.timer_target = math.inf
+        #: Queues whose changes a watcher is told of (``subscriptions.Subscriptions``), and it.
+        self.watched: dict[str, Any] = {}
+        self.watcher: Callable[[Mutation], None] | None = None
 
     def context(self) -> Context:
         return Context(self.state, self.config, self.clock.now_ms(), self.addr)
 
     # -- requests ---------------------------------------------------------------------
 
-    def execute(self, session: Session, req: Request, ctx: Context, out: RoundOut) -> Wait | None:
+    def execute(self, session: Session, req: Request, ctx: Context,
+                out: RoundOut) -> Wait | Subscribe | None:
         """Run one request; its reply or error goes to ``out``. A consume that must wait
-        for messages returns its ``Wait`` instead (``retry`` answers it later)."""
+        for messages returns its ``Wait`` instead (``retry`` answers it later); a
+        ``subscribe`` is answered and returns the subscription to start."""
         try:
             command = lookup(session, req.op, req.args)
             outcome = self._decide(command, session, req, ctx)
+            if type(outcome.wait) is Subscribe:
+                out.reply(req.id, outcome.result or {})
+                return outcome.wait
             if outcome.wait is not None:
                 if session.waiters >= self.config.max_waiters:
                     raise ProtocolError(
@@ -155,9 +163,11 @@ class Live:
         out.reply(req.id, outcome.result or {}, command.reads_state)
         return None
 
-    def retry(self, session: Session, req: Request, out: RoundOut, *, final: bool) -> bool:
-        """Check a held consume again (as if its ``wait_ms`` were 0). True once answered
-        into ``out``: it took messages, failed, or it is ``final`` (its wait is over)."""
+    def retry(self, session: Session, req: Request, out: RoundOut, *,
+              final: bool) -> list[int] | None:
+        """Check a held consume again (as if its ``wait_ms`` were 0). Once answered into
+        ``out`` (it took messages, failed, or it is ``final``: its wait is over) returns
+        the ids it leased (maybe none); None while it must wait on."""
         try:
             self.run_due()
             command = lookup(session, req.op, req.args)
@@ -165,17 +175,61 @@ class Live:
             now = Request(id=req.id, op=req.op, args={**req.args, "wait_ms": 0})
             outcome = self._decide(command, session, now, ctx)
             if not outcome.mutations and not final:
-                return False
+                return None
             self._change(command, req, outcome.mutations)
         except ProtocolError as exc:
             exc.request_id = req.id
             out.error(exc)
-            return True
+            return []
         except LogFailedError as exc:
             out.error(log_failed(exc, req.id))
-            return True
+            return []
         out.reply(req.id, outcome.result or {})
-        return True
+        return [i for m in outcome.mutations if type(m) is Lease for i in m.ids]
+
+    def push(self, queue: str, most: int, visibility_ms: int | None, auto_ack: bool,
+             budget: int) -> tuple[list[list[Any]], list[int]] | None:
+        """Deliver up to ``most`` ready messages of ``queue`` to a subscription: leased for
+        ``visibility_ms`` (None: the queue's), or with ``auto_ack`` deleted as they go, in
+        one record. Returns (deliveries as ``consume`` gives them, their ids), or None if
+        the queue is gone. Raises ProtocolError (``DISK_FULL``, ``STORAGE_ERROR``)."""
+        held = self.state.queues.get(queue)
+        if held is None:
+            return None
+        chosen = held.select(most, budget - REPLY_OVERHEAD)
+        if not chosen:
+            return [], []
+        ids = [m.id for m in chosen]
+        now = self.clock.now_ms()
+        deliver: Mutation
+        if auto_ack:
+            deliver = Take(queue, ids)
+        else:
+            visibility = held.settings.visibility_ms if visibility_ms is None else visibility_ms
+            deliver = Lease(queue, now + visibility, ids)
+        rows = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
+        wal = self._wal
+        if wal.failed:
+            self.heal_soon()
+            raise log_failed(f"the log failed and is being recovered ({wal.failure})", None)
+        self._admission.admit(AdmissionClass.LOG, (deliver,), "push")
+        try:
+            self.commit((deliver,))
+        except LogFailedError as exc:
+            raise log_failed(exc, None) from None
+        return rows, ids
+
+    def release(self, queue: str, ids: list[int]) -> None:
+        """Leased messages whose delivery did not reach its consumer (a subscriber's
+        connection closed, a held consume's reply could not be sent) are ready again at
+        once, as if nacked. Logged within the reserve, like lease expiries."""
+        if not ids or queue not in self.state.queues or self._wal.failed:
+            return
+        try:
+            self.commit((Release(queue, ids, 0, False, self.clock.now_ms()),))
+        except LogFailedError:
+            logger.warning("could not release %d messages of %s (the log failed); their "
+                           "leases end by themselves", len(ids), queue)
 
     def execute_run(self, run: Run, session: Session, ctx: Context, out: RoundOut) -> None:
         """Run the requests gathered in ``run`` as one change, each replied to as if it
@@ -243,6 +297,8 @@ class Live:
                 self._flush_fold()
                 append(encode(m))
             apply(m.TYPE, m.fields())
+            if self.watched and getattr(m, "queue", None) in self.watched and self.watcher:
+                self.watcher(m)
         checkpointer = self._checkpointer
         if checkpointer is not None and self._wal.appended_lsn >= checkpointer.check_at:
             checkpointer.poke()

@@ -56,15 +56,31 @@ class Replies:
         self._send, self._receive = trio.open_memory_channel[Round](0)
         #: Rounds handed over and not yet sent.
         self._pending = 0
+        #: Rounds given to ``send`` so far, and rounds written so far (rule 1: in order).
+        self.rounds = 0
+        self._sent = 0
+        self._sent_event = trio.Event()
 
     async def send(self, round_: Round) -> None:
         """Send ``round_`` after every earlier one, once the log covers it (rules 1-2)."""
+        self.rounds += 1
         if self._pending or (round_.answered and self._committer.syncs_elsewhere(round_.lsn)):
             self._committer.take_off()  # the sync starts before this connection reads on
             self._pending += 1
             await self._send.send(round_)
         else:
             await self.deliver(round_)
+            self._count_sent()
+
+    async def sent_through(self, rounds: int) -> None:
+        """Wait until the first ``rounds`` rounds given to ``send`` have been written."""
+        while self._sent < rounds:
+            await self._sent_event.wait()
+
+    def _count_sent(self) -> None:
+        self._sent += 1
+        self._sent_event.set()
+        self._sent_event = trio.Event()
 
     async def deliver(self, round_: Round) -> None:
         """Wait until the log covers ``round_``, then write its replies."""
@@ -104,6 +120,7 @@ class Replies:
             async for round_ in self._receive:
                 await self.deliver(round_)
                 self._pending -= 1
+                self._count_sent()
 
     def close(self) -> None:
         """No more rounds: ``run`` returns once it has sent those handed over."""

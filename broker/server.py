@@ -20,11 +20,12 @@ from . import gcpolicy, recovery
 from .admission import Admission
 from .checkpointer import Checkpointer
 from .clock import Clock
-from .commands import Session
+from .commands import Session, Subscribe
 from .config import RECV_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .mutations import Recover
 from .replies import Replies, Round
+from .subscriptions import Subscriptions
 from .waiting import Holds
 from .state import BrokerState
 from .wal import FileIO, FsyncPolicy, GroupCommitter, LogFailedError, SegmentedLog
@@ -50,8 +51,10 @@ class Broker:
         self._checkpointer: Checkpointer | None = None
         self._live: Live | None = None
         self._snapshot_lsn = 0
-        #: Held long-poll consumes; ``Live.commit`` wakes them.
+        #: Held long-poll consumes and subscriptions waiting for messages; ``Live.commit``
+        #: wakes them.
         self._holds = Holds()
+        self._subscriptions: Subscriptions | None = None
         self._timer_poke: trio.Event | None = None
         self._stopping: trio.Event | None = None
         self._draining = False
@@ -103,6 +106,7 @@ class Broker:
         self._live = Live(self.state, wal, self.config, Clock(), admission, self._checkpointer,
                           self._holds.wake, self._poke_timer)
         self._holds.live = self._live
+        self._subscriptions = Subscriptions(self._live, self._holds, self._committer)
         return helper
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -166,6 +170,8 @@ class Broker:
         for scope in list(self._idle):
             scope.cancel()
         self._holds.drain()
+        if self._subscriptions is not None:
+            self._subscriptions.drain()
         connections.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
 
     # -- the timer loop's wake-up (called by the live path) ----------------------------
@@ -280,7 +286,10 @@ class Broker:
                 if run.take(session, frame, ctx):
                     continue
             wait = live.execute(session, frame, ctx, out)
-            if wait is not None:
+            if isinstance(wait, Subscribe):
+                assert self._subscriptions is not None
+                self._subscriptions.start(session, wait, replies, conn.encoder, holding)
+            elif wait is not None:
                 session.waiters += 1
                 holds = self._holds
                 holding.start_soon(holds.hold, session, frame, wait, replies, conn.encoder,

@@ -13,6 +13,9 @@ task of its connection waits there (``hold``). Rules:
 3. A waiter whose wait ends, or whose connection goes away, leaves the line; entries left
    behind are skipped by wake-ups and cleaned once they outnumber the waiters.
 4. While the broker drains for shutdown, every held consume looks once more and answers.
+5. A consume whose reply cannot be sent (its connection is gone) releases the messages
+   it leased at once, as if nacked, rather than leaving them leased for the whole lease.
+6. Subscriptions (``subscriptions.py``) wait in the same lines, beside held consumes.
 """
 from __future__ import annotations
 
@@ -30,12 +33,12 @@ from .wal import LogFailedError
 
 
 class Waiter:
-    """One held consume's place in a line."""
+    """One held consume's (or subscription's) place in a line."""
 
     __slots__ = ("event", "gone")
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
+    def __init__(self, event: trio.Event | None = None) -> None:
+        self.event = trio.Event() if event is None else event
         #: It left the line (woken, timed out or cancelled): a wake-up skips it.
         self.gone = False
 
@@ -53,6 +56,11 @@ class Line:
 
     def __len__(self) -> int:
         return len(self._line)
+
+    @property
+    def waiting(self) -> int:
+        """Waiters in the line that are still waiting."""
+        return self._waiting
 
     def add(self, waiter: Waiter, first: bool) -> None:
         if first:
@@ -99,13 +107,13 @@ class Holds:
     def line(self, queue: str) -> Line | None:
         return self._lines.get(queue)
 
-    def enqueue(self, queue: str, first: bool = False) -> Place:
+    def enqueue(self, queue: str, first: bool = False, event: trio.Event | None = None) -> Place:
         """A new place in ``queue``'s line: at its end, or at its front for a waiter that
-        was woken and found nothing."""
+        was woken and found nothing; woken through ``event`` if given."""
         line = self._lines.get(queue)
         if line is None:
             line = self._lines[queue] = Line()
-        waiter = Waiter()
+        waiter = Waiter(event)
         line.add(waiter, first)
         return line, waiter
 
@@ -146,11 +154,11 @@ class Holds:
                     if not waiter.gone:  # timed out, draining or cancelled: not woken
                         line.leave(waiter)
                 woken = waiter.event.is_set()
-                answered = live.retry(session, req, out,
-                                      final=self.draining or trio.current_time() >= deadline)
+                leased = live.retry(session, req, out,
+                                    final=self.draining or trio.current_time() >= deadline)
                 if woken:
                     line.looked()
-                if answered:
+                if leased is not None:
                     break
                 # Looked, and in line again with no checkpoint in between: no wake-up is missed.
                 line, waiter = self.enqueue(wait.queue, first=woken)
@@ -161,9 +169,10 @@ class Holds:
             except LogFailedError as exc:
                 replies.fail(out.out, out.answered, exc)
                 lsn, out.answered = 0, []
-            await replies.deliver(Round(out.out, out.answered, lsn))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            try:
+                await replies.deliver(Round(out.out, out.answered, lsn))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                live.release(wait.queue, leased)  # rule 5: nobody got them
         finally:
             session.waiters -= 1
 

@@ -85,7 +85,20 @@ BASE: dict[str, dict[str, Any]] = {
     "extend": {"queue": "q", "ids": [1]},
     "reject": {"queue": "q", "ids": [1]},
     "redrive": {"queue": "q"},
+    "subscribe": {"queue": "q"},
+    "unsubscribe": {"subscription": 1},
 }
+
+
+class StubSubscription:
+    """A running subscription as ``unsubscribe`` sees it."""
+
+    unacked = 0
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
 
 
 def with_args(op: str, **changes: Any) -> dict[str, Any]:
@@ -102,8 +115,10 @@ def with_args(op: str, **changes: Any) -> dict[str, Any]:
 def test_every_base_request_is_accepted(state: BrokerState, op: str) -> None:
     """The base requests the tables below alter are valid as they stand."""
     assert set(BASE) == set(COMMANDS)
-    session = Session() if op == "hello" else None
+    session = Session() if op == "hello" else ready_session()
+    running = session.subscriptions[1] = StubSubscription()
     assert run(state, op, dict(BASE[op]), session=session).result is not None
+    assert running.stopped == (op == "unsubscribe")
 
 
 # -- op name and handshake ----------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""Push subscriptions: the broker delivers a queue's messages to a connection unasked.
+
+``subscribe`` (queue, credit N, visibility, auto_ack) starts a task on the connection
+that leases ready messages through the live path (``Live.push``) and sends them in PUSH
+frames named ``deliver``. Rules:
+
+1. **Credit.** At most ``credit`` messages pushed to a subscription are unacked at once:
+   a pushed message counts until it leaves its lease (ack, nack, reject, lease expiry,
+   purge, dead-lettering, its queue deleted). ``extend`` keeps it counted. With
+   ``auto_ack`` messages are deleted as they are pushed (at most once, one record per
+   push), so credit only bounds one push.
+2. **Flow control.** A push is written before the next one is taken, and only once the
+   log covers its record, so a slow reader holds at most one push in the broker.
+3. **Sharing.** A subscription with credit left and nothing to take waits in its queue's
+   line (``waiting.Line``) beside held consumes, in arrival order: a change that makes k
+   messages ready wakes at most k of them. A woken subscription takes at most its share:
+   the ready messages divided among itself and those still waiting, at least one.
+4. **Ends.** ``unsubscribe`` stops pushing; what was pushed stays leased (ack or nack it).
+   When the connection closes, its subscriptions' unacked messages are released at once,
+   as if nacked. A subscription whose queue is deleted ends with a ``subscription_end``
+   PUSH (reason ``queue_deleted``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from protocol import Encoder, ProtocolError, PushName
+
+from .commands import Session, Subscribe
+from .live import Live
+from .mutations import Mutation
+from .queues import LEASED
+from .replies import Replies
+from .waiting import Holds, Line
+from .wal import GroupCommitter, LogFailedError
+
+logger = logging.getLogger("lockgate.subscriptions")
+
+#: How long a subscription waits before trying again after ``DISK_FULL``.
+DISK_FULL_RETRY_S = 1.0
+
+
+class Subscription:
+    """One subscription of one connection."""
+
+    __slots__ = ("sid", "queue", "credit", "visibility_ms", "auto_ack", "unacked_ids",
+                 "stopped", "release", "_event")
+
+    def __init__(self, start: Subscribe) -> None:
+        self.sid = start.subscription
+        self.queue = start.queue
+        self.credit = start.credit
+        self.visibility_ms = start.visibility_ms
+        self.auto_ack = start.auto_ack
+        #: Pushed and still leased (rule 1).
+        self.unacked_ids: set[int] = set()
+        self.stopped = False
+        #: Release what is unacked when it ends (not after ``unsubscribe``: rule 4).
+        self.release = True
+        self._event = trio.Event()
+
+    @property
+    def unacked(self) -> int:
+        return len(self.unacked_ids)
+
+    def stop(self) -> None:
+        """``unsubscribe``: no more pushes; what was pushed stays leased."""
+        self.release = False
+        self.end()
+
+    def end(self) -> None:
+        """No more pushes; what was pushed and is unacked is released."""
+        self.stopped = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Look again: credit came back, it was stopped, or its queue has messages."""
+        self._event.set()
+
+    def fresh_event(self) -> trio.Event:
+        if self._event.is_set():
+            self._event = trio.Event()
+        return self._event
+
+
+class Subscriptions:
+    """Every subscription of one broker; tells each when its pushed messages leave."""
+
+    def __init__(self, live: Live, holds: Holds, committer: GroupCommitter) -> None:
+        self._live = live
+        self._holds = holds
+        self._committer = committer
+        #: Subscriptions by queue; the live path tells ``changed`` of these queues' mutations.
+        self._by_queue: dict[str, list[Subscription]] = live.watched
+        live.watcher = self.changed
+
+    def start(self, session: Session, start: Subscribe, replies: Replies, encoder: Encoder,
+              nursery: trio.Nursery) -> None:
+        """Run ``start`` on the connection of ``session``. Called while the round holding
+        its reply runs: the first push waits until that round has been written."""
+        sub = Subscription(start)
+        session.subscriptions[sub.sid] = sub
+        self._by_queue.setdefault(sub.queue, []).append(sub)
+        nursery.start_soon(self._run, session, sub, replies, encoder, replies.rounds + 1)
+
+    def drain(self) -> None:
+        """The broker is shutting down: every subscription stops (its unacked messages
+        are released)."""
+        for subs in list(self._by_queue.values()):
+            for sub in subs:
+                sub.end()
+
+    def changed(self, m: Mutation) -> None:
+        """A mutation of a subscribed queue was applied: return credit (rule 1)."""
+        name: str = getattr(m, "queue")
+        subs = self._by_queue.get(name)
+        if not subs:
+            return
+        queue = self._live.state.queues.get(name)
+        ids: list[int] | None = getattr(m, "ids", None)
+        for sub in subs:
+            unacked = sub.unacked_ids
+            if not unacked:
+                continue
+            before = len(unacked)
+            if queue is None:
+                unacked.clear()
+            else:
+                msgs = queue.messages
+                for mid in (ids if ids is not None else list(unacked)):
+                    if mid in unacked and ((msg := msgs.get(mid)) is None or msg.state != LEASED):
+                        unacked.discard(mid)
+            if len(unacked) < before:
+                sub.wake()
+
+    async def _run(self, session: Session, sub: Subscription, replies: Replies,
+                   encoder: Encoder, reply_round: int) -> None:
+        live, holds = self._live, self._holds
+        woken: Line | None = None  # the line that woke it, until it has looked
+        try:
+            await replies.sent_through(reply_round)  # the subscribe reply comes first
+            while not sub.stopped:
+                room = sub.credit - len(sub.unacked_ids)
+                if room <= 0:
+                    await sub.fresh_event().wait()
+                    continue
+                try:
+                    taken = live.push(sub.queue, min(room, self._share(sub, woken is not None)),
+                                      sub.visibility_ms, sub.auto_ack, session.client_max_frame)
+                except ProtocolError as exc:  # DISK_FULL, or the log failed
+                    logger.warning("subscription %d on %s: %s; trying again", sub.sid, sub.queue, exc)
+                    with trio.move_on_after(DISK_FULL_RETRY_S):
+                        await sub.fresh_event().wait()
+                    continue
+                finally:
+                    if woken is not None:
+                        woken.looked()
+                if taken is None:  # the queue is gone
+                    await self._end(session, sub, replies, encoder, "queue_deleted")
+                    return
+                rows, ids = taken
+                if not rows:
+                    # Woken and found nothing: back to the front of the line (rule 3).
+                    woken = await self._wait_in_line(sub, first=woken is not None)
+                    continue
+                woken = None
+                if not sub.auto_ack:
+                    sub.unacked_ids.update(ids)
+                frame = encoder.push(PushName.DELIVER, {"subscription": sub.sid, "messages": rows})
+                try:
+                    await self._committer.wait_durable(live.durable_lsn())
+                except LogFailedError:
+                    live.heal_soon()
+                    continue  # not sent: the lease runs out, or the connection's end releases it
+                await replies.write(frame)
+        finally:
+            self._forget(sub)
+            if sub.unacked_ids and sub.release:
+                live.release(sub.queue, sorted(sub.unacked_ids))  # rule 4
+            sub.unacked_ids.clear()
+
+    def _share(self, sub: Subscription, woken: bool) -> int:
+        """Rule 3: the ready messages divided among this one and the others that wait or
+        were woken and have yet to look."""
+        held = self._live.state.queues.get(sub.queue)
+        line = self._holds.line(sub.queue)
+        if held is None:
+            return 1
+        others = 0 if line is None else line.waiting + line.woken - (1 if woken else 0)
+        return max(1, math.ceil(held.ready / (others + 1)))
+
+    async def _wait_in_line(self, sub: Subscription, first: bool) -> Line | None:
+        """Wait for messages (or credit, or the end); the line if it woke it."""
+        event = sub.fresh_event()
+        line, waiter = self._holds.enqueue(sub.queue, first, event)
+        by_line = False
+        try:
+            await event.wait()
+        finally:
+            by_line = waiter.gone
+            if not by_line:  # woken by credit or its end (or cancelled), not by the line
+                line.leave(waiter)
+        return line if by_line else None
+
+    async def _end(self, session: Session, sub: Subscription, replies: Replies, encoder: Encoder,
+                   reason: str) -> None:
+        session.subscriptions.pop(sub.sid, None)
+        await replies.write(encoder.push(PushName.SUBSCRIPTION_END,
+                                         {"subscription": sub.sid, "reason": reason}))
+
+    def _forget(self, sub: Subscription) -> None:
+        subs = self._by_queue.get(sub.queue)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+            if not subs:
+                del self._by_queue[sub.queue]
