@@ -4,6 +4,8 @@ Scenarios (128-byte bodies by default):
   batch-publish      publish frames of 1000 messages, a few frames in flight
   pipelined-publish  one message per frame, up to 256 frames in flight
   consume-ack        consume up to 1000 under lease, ack them in one frame
+  push-ack           one subscription (credit 256) pushes; each push is acked in one frame
+  push-ack-4         four subscriptions on four connections share the queue
   sequential-publish one message per frame, one at a time (latency)
 plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk) and
 ``replay`` (records/s a broker replays from its WAL at start-up).
@@ -29,7 +31,7 @@ from typing import Any
 
 import click
 
-from protocol import Connection, Encoder, Error, Reply
+from protocol import Connection, Encoder, Error, Push, Reply
 
 BODY_SIZE = 128
 
@@ -51,6 +53,7 @@ class Wire:
     """A blocking, pipelining connection speaking raw frames (the lightest client path)."""
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
         self.sock = socket.create_connection((host, port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = Connection("client")
@@ -156,6 +159,73 @@ def consume_ack(wire: Wire, queue: str, messages: int, batch: int = 1000) -> tup
         wire.send(pending_ack)
         wire.receive()
     return done, time.perf_counter() - start, latencies
+
+
+def push_ack(wire: Wire, queue: str, messages: int, credit: int = 256) -> tuple[int, float, list[float]]:
+    """Subscribe with ``credit`` and ack each push's messages in one ack as it arrives
+    (acks are not waited for); latency: push to push."""
+    enc = wire.enc
+    wire.send(enc.request(1, "subscribe", {"queue": queue, "credit": credit}))
+    done = 0
+    latencies: list[float] = []
+    start = last = time.perf_counter()
+    subscribed = False
+    while done < messages:
+        for frame in wire.receive():
+            if isinstance(frame, Push):
+                got = frame.payload["messages"]
+                done += len(got)
+                wire.send(enc.request(2, "ack", {"queue": queue, "ids": [m[0] for m in got]}))
+                now = time.perf_counter()
+                latencies.append(now - last)
+                last = now
+            elif frame.id == 1:
+                subscribed = True
+    seconds = time.perf_counter() - start
+    assert subscribed
+    return done, seconds, latencies
+
+
+def push_ack_4(wire: Wire, queue: str, messages: int) -> tuple[int, float, list[float]]:
+    """Four subscribers on four connections (one thread each) share the queue, each
+    acking every push as it arrives; the total rate until all ``messages`` are acked."""
+    import threading
+
+    wires = [Wire(wire.host, wire.port) for _ in range(4)]
+    lock = threading.Lock()
+    total = [0]
+    latencies: list[float] = []
+
+    def one(w: Wire) -> None:
+        enc = w.enc
+        w.send(enc.request(1, "subscribe", {"queue": queue, "credit": 256}))
+        w.sock.settimeout(0.2)
+        last = time.perf_counter()
+        while total[0] < messages:
+            try:
+                frames = w.receive()
+            except (TimeoutError, socket.timeout):
+                continue
+            for frame in frames:
+                if isinstance(frame, Push):
+                    got = frame.payload["messages"]
+                    w.send(enc.request(2, "ack", {"queue": queue, "ids": [m[0] for m in got]}))
+                    now = time.perf_counter()
+                    with lock:
+                        total[0] += len(got)
+                        latencies.append(now - last)
+                    last = now
+
+    threads = [threading.Thread(target=one, args=(w,)) for w in wires]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    for w in wires:
+        w.close()
+    return total[0], seconds, latencies
 
 
 def sequential_publish(wire: Wire, queue: str, messages: int) -> tuple[int, float, list[float]]:
@@ -291,6 +361,8 @@ SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]]
     "batch-publish": batch_publish,
     "pipelined-publish": pipelined_publish,
     "consume-ack": consume_ack,
+    "push-ack": push_ack,
+    "push-ack-4": push_ack_4,
     "sequential-publish": sequential_publish,
 }
 
@@ -308,7 +380,7 @@ def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs
             for r in range(runs):
                 queue = f"bench-{tag}-{name}-{r}"
                 wire.call("queue_create", {"queue": queue})
-                if name == "consume-ack":
+                if name in ("consume-ack", "push-ack", "push-ack-4"):
                     batch_publish(wire, queue, sizes[name])
                 n, seconds, lat = fn(wire, queue, sizes[name])
                 p50, p99 = _percentiles(lat)
@@ -363,7 +435,8 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         return
     sizes = {k: max(1000, int(v * scale)) for k, v in {
         "batch-publish": 500_000, "pipelined-publish": 100_000,
-        "consume-ack": 300_000, "sequential-publish": 3_000}.items()}
+        "consume-ack": 300_000, "push-ack": 300_000, "push-ack-4": 300_000,
+        "sequential-publish": 3_000}.items()}
     results: list[Result] = []
     extras: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
