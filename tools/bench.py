@@ -341,6 +341,61 @@ def broker_instructions(workdir: Path, scenario: str, messages: int) -> int:
     return max(totals)
 
 
+def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
+           idle_s: float = 5.0) -> dict[str, float]:
+    """``waiters`` long-poll consumes held on one queue (over connections of at most
+    1,000 each): the broker's CPU while they wait, and how long after a publish the
+    first of them has its message (one publish at a time)."""
+    import selectors
+
+    from tools.procs import BrokerProcess
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(pid: int) -> float:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    proc = BrokerProcess(workdir / "parked", fsync="always").start()
+    try:
+        assert proc.pid is not None
+        producer = Wire(proc.host, proc.port)
+        producer.call("queue_create", {"queue": "q"})
+        held: list[Wire] = []
+        per = 1000
+        for start in range(0, waiters, per):
+            w = Wire(proc.host, proc.port)
+            w.send(b"".join(w.enc.request(i, "consume", {"queue": "q", "wait_ms": 1_200_000})
+                            for i in range(1, min(per, waiters - start) + 1)))
+            held.append(w)
+        time.sleep(1.0)  # a real process settles: let it take every consume into its lines
+        before = cpu_s(proc.pid)
+        time.sleep(idle_s)
+        idle_cpu = (cpu_s(proc.pid) - before) / idle_s
+        selector = selectors.DefaultSelector()
+        for w in held:
+            selector.register(w.sock, selectors.EVENT_READ, w)
+        latencies: list[float] = []
+        publish = producer.enc.request(0, "publish", {"queue": "q", "messages": [[b"x"]]})
+        for _ in range(publishes):
+            t = time.perf_counter()
+            producer.send(publish)
+            got = False
+            while not got:
+                for key, _ in selector.select(timeout=10):
+                    frames = key.data.receive()
+                    got = got or any(isinstance(f, Reply) and f.result.get("messages") for f in frames)
+            latencies.append(time.perf_counter() - t)
+            producer.receive()  # the publish's own reply
+        p50, p99 = _percentiles(latencies)
+        for w in held:
+            w.close()
+        producer.close()
+        return {"waiters": waiters, "idle_cpu_percent": idle_cpu * 100, "wake_p50_us": p50, "wake_p99_us": p99}
+    finally:
+        proc.stop()
+
+
 #: Message counts of the two sizes ``--instructions`` runs each figure at.
 INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consume-ack": 20_000,
                      "replay": 30_000}
@@ -420,10 +475,19 @@ def machine() -> str:
 @click.option("--instructions", is_flag=True,
               help="Instead: count the broker's instructions per message of each figure under "
               "valgrind (deterministic; for comparing builds on a busy machine).")
+@click.option("--parked", "parked_waiters", type=click.IntRange(1), default=None,
+              help="Instead: hold this many long-poll consumes on one queue; report the broker's "
+              "idle CPU and how soon a publish wakes one of them.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
-         instructions: bool, as_json: bool) -> None:
+         instructions: bool, parked_waiters: int | None, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
+    if parked_waiters:
+        with tempfile.TemporaryDirectory(prefix="lockgate-parked-") as tmp:
+            figures = parked(Path(tmp), parked_waiters)
+        print(json.dumps({"machine": machine(), **figures}, indent=2) if as_json else
+              "\n".join(f"{k}: {v:,.1f}" for k, v in figures.items()))
+        return
     if instructions:
         with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
             counts = instructions_per_message(Path(tmp))
