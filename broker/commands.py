@@ -27,10 +27,14 @@ from protocol import (
     DEFAULT_CREDIT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_MAX_DELAY_MS,
     MAX_DELAY_MS,
     MAX_ERROR_TEXT,
     MAX_KEY,
     MAX_PRIORITY,
+    MAX_RETRY_DELAY_MS,
+    MAX_RETRY_JITTER,
     MAX_SHARDS,
     MAX_SUBSCRIPTIONS,
     MAX_VISIBILITY_MS,
@@ -43,6 +47,7 @@ from protocol import (
     Op,
     ProtocolError,
     QueueKind,
+    RetryBackoff,
     valid_queue_name,
 )
 from protocol.ops import DEFAULT_VISIBILITY_MS
@@ -385,12 +390,14 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
             raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND,
                                 f"dead-letter queue {dead_letter!r} does not exist",
                                 details={"field": "dead_letter", "queue": dead_letter})
-    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages)
+    retry = (args["retry_delay_ms"], args["retry_backoff"], args["retry_max_delay_ms"], args["retry_jitter"])
+    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, *retry)
     existing = ctx.state.queues.get(name)
     if existing is not None:
         s = existing.settings
-        if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages) != (
-            kind, shards, visibility, max_attempts, dead_letter, max_messages
+        if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages,
+                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter) != (
+            kind, shards, visibility, max_attempts, dead_letter, max_messages, *retry
         ):
             raise ProtocolError(ErrorCode.QUEUE_EXISTS,
                                 f"queue {name!r} exists with different settings",
@@ -742,8 +749,12 @@ COMMANDS: dict[str, Command] = {
             Arg("shards", "int", default=1, lo=MIN_SHARDS, hi=MAX_SHARDS),
             Arg("visibility_ms", "int", default=DEFAULT_VISIBILITY_MS, lo=1, hi=MAX_VISIBILITY_MS),
             Arg("max_attempts", "int", default=DEFAULT_MAX_ATTEMPTS, lo=0, hi=2**31 - 1),
-            Arg("dead_letter", "queue_name", default=None),
             Arg("max_messages", "int", default=0, lo=0, hi=2**63 - 1),
+            Arg("retry_delay_ms", "int", default=0, lo=0, hi=MAX_RETRY_DELAY_MS),
+            Arg("retry_backoff", "choice", default=str(DEFAULT_RETRY_BACKOFF), choices=tuple(RetryBackoff)),
+            Arg("retry_max_delay_ms", "int", default=DEFAULT_RETRY_MAX_DELAY_MS, lo=0, hi=MAX_RETRY_DELAY_MS),
+            Arg("retry_jitter", "int", default=0, lo=0, hi=MAX_RETRY_JITTER),
+            Arg("dead_letter", "queue_name", default=None),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_LIST, queue_list, ()),

@@ -83,6 +83,11 @@ class QueueCreate(Mutation):
     max_attempts: int
     dead_letter: str | None
     max_messages: int
+    #: Retry backoff (records from before it lack these: no delay, today's behaviour).
+    retry_delay_ms: int = 0
+    retry_backoff: str = "exponential"
+    retry_max_delay_ms: int = 900_000
+    retry_jitter: int = 0
 
 
 @mutation(2)
@@ -139,9 +144,11 @@ class Release(Mutation):
     """Leased messages come back (nack or lease expiry).
 
     A message whose attempts reached the queue's ``max_attempts`` moves to the
-    dead-letter queue (or is dropped when there is none); the others become ready, or
-    delayed until ``ready_at_ms`` when that is non-zero. ``expired`` counts it as a
-    lease expiry rather than a nack in the statistics.
+    dead-letter queue (or is dropped when there is none); the others are delayed until
+    ``ready_at_ms`` when that is non-zero, and otherwise follow the queue's retry
+    backoff: delayed until ``now_ms`` + the backoff delay of their attempt
+    (``protocol.retry_delay``), or ready at once when that is 0. ``expired`` counts it as
+    a lease expiry rather than a nack in the statistics.
     """
 
     queue: str

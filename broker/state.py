@@ -168,10 +168,13 @@ class BrokerState:
     def _queue_create(
         self, name: str, kind: str, shards: int, visibility_ms: int,
         max_attempts: int, dead_letter: str | None, max_messages: int,
+        retry_delay_ms: int = 0, retry_backoff: str = "exponential",
+        retry_max_delay_ms: int = 900_000, retry_jitter: int = 0,
     ) -> None:
         if name not in self.queues:
             self.queues[name] = Queue(QueueSettings(
-                name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages))
+                name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
+                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter))
             if self.observer is not None:
                 self.observer.queue_created(name)
 
@@ -228,6 +231,8 @@ class BrokerState:
     ) -> None:
         queue = self.queues[name]
         max_attempts = queue.settings.max_attempts
+        # Without a delay of its own a release follows the queue's retry backoff.
+        backoff = not ready_at_ms and queue.settings.retry_delay_ms
         dead: list[Message] = []
         msgs = queue.messages
         released = 0
@@ -243,6 +248,13 @@ class BrokerState:
                 queue.errors[mid] = error
             if max_attempts and msg.attempts >= max_attempts:
                 dead.append(msg)
+            elif backoff:
+                until = queue.backoff_until(msg, now_ms)
+                queue.release(msg, until)
+                if until:
+                    self._schedule(name, until)
+                else:
+                    released += 1
             else:
                 queue.release(msg, ready_at_ms)
                 released += 1

@@ -343,6 +343,21 @@ def create_queue(
         str | None, Arg(doc="Queue that receives messages past max attempts, and rejected ones.")
     ] = None,
     max_messages: Annotated[int | None, Arg(doc="Capacity; 0 = server default [0].")] = None,
+    retry_delay_ms: Annotated[
+        int | None, Arg(doc="Delay before a nacked (without delay_ms) or expired message is ready again; "
+                            "0 = at once [server default: 0].")
+    ] = None,
+    retry_backoff: Annotated[
+        str | None, Arg(doc="How the retry delay grows: fixed, or exponential (doubling per attempt) "
+                            "[server default: exponential].")
+    ] = None,
+    retry_max_delay_ms: Annotated[
+        int | None, Arg(doc="Cap of the exponential retry delay [server default: 900000].")
+    ] = None,
+    retry_jitter: Annotated[
+        int | None, Arg(doc="Percent (0..100) by which a retry delay is shortened at random "
+                            "[server default: 0].")
+    ] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
 

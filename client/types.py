@@ -173,6 +173,12 @@ class QueueStats:
     expired: int
     dead_lettered: int
     dropped: int
+    #: Retry backoff: delay before a nacked or expired message is ready again (0: at
+    #: once), ``"fixed"`` or ``"exponential"``, the exponential cap, jitter in percent.
+    retry_delay_ms: int = 0
+    retry_backoff: str = "exponential"
+    retry_max_delay_ms: int = 900_000
+    retry_jitter: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -184,6 +190,8 @@ class QueueStats:
             messages=m["messages"], published=m["published"], acked=m["acked"],
             nacked=m["nacked"], expired=m["expired"],
             dead_lettered=m["dead_lettered"], dropped=m["dropped"],
+            retry_delay_ms=m.get("retry_delay_ms", 0), retry_backoff=m.get("retry_backoff", "exponential"),
+            retry_max_delay_ms=m.get("retry_max_delay_ms", 900_000), retry_jitter=m.get("retry_jitter", 0),
         )
 
 

@@ -44,6 +44,13 @@ class QueueKind(StrEnum):
     PRIORITY = "priority"
 
 
+class RetryBackoff(StrEnum):
+    """How a queue's retry delay grows with the attempts (``retry_backoff``)."""
+
+    FIXED = "fixed"
+    EXPONENTIAL = "exponential"
+
+
 class PushName(StrEnum):
     """Names of PUSH frames; clients ignore names they do not know."""
 
@@ -88,10 +95,41 @@ MAX_WAIT_MS = 20 * 60 * 1000
 MAX_VISIBILITY_MS = 12 * 60 * 60 * 1000
 MAX_DELAY_MS = 7 * 24 * 60 * 60 * 1000
 
+#: Retry backoff settings of a queue (SPEC §8.7): delays up to 7 days; by default no
+#: delay, growing exponentially up to 15 minutes once one is set; jitter in percent.
+MAX_RETRY_DELAY_MS = MAX_DELAY_MS
+DEFAULT_RETRY_BACKOFF = RetryBackoff.EXPONENTIAL
+DEFAULT_RETRY_MAX_DELAY_MS = 15 * 60 * 1000
+MAX_RETRY_JITTER = 100
+
 
 def shard_for_key(key: bytes, shards: int) -> int:
     """The shard a keyed message goes to: CRC-32C of the key bytes, modulo ``shards``."""
     return crc32c.crc32c(key) % shards
+
+
+def retry_delay(delay_ms: int, backoff: str, max_delay_ms: int, jitter: int,
+                msg_id: int, attempt: int) -> int:
+    """The delay (ms) before a released message is ready again (SPEC §8.7).
+
+    ``base`` is ``delay_ms`` (``fixed``) or ``min(max_delay_ms, delay_ms * 2**(attempt - 1))``
+    (``exponential``); with ``jitter`` percent, ``h = crc32c(id as 8 bytes big-endian +
+    attempt as 8 bytes big-endian)`` and the delay is ``base - base * jitter * h //
+    (100 * 2**32)``: ``base`` scaled by ``1 - jitter/100 * u`` with ``u = h / 2**32`` in
+    [0, 1), rounded up to a whole ms. Integers only, so every replay gets the same value.
+    """
+    if not delay_ms:
+        return 0
+    if backoff == RetryBackoff.FIXED:
+        base = delay_ms
+    else:
+        shift = max(attempt, 1) - 1
+        # delay_ms >= 1 and max_delay_ms < 2**40: a larger shift always reaches the cap.
+        base = max_delay_ms if shift >= 40 else min(max_delay_ms, delay_ms << shift)
+    if not jitter or not base:
+        return base
+    h = crc32c.crc32c(msg_id.to_bytes(8, "big") + attempt.to_bytes(8, "big"))
+    return base - base * jitter * h // (100 << 32)
 
 
 def valid_queue_name(name: object) -> bool:

@@ -34,7 +34,7 @@ from client.types import (
     PeekedMessage,
     parse_addr,
 )
-from protocol import MAX_SHARDS, MIN_SHARDS, QueueKind
+from protocol import MAX_RETRY_JITTER, MAX_SHARDS, MIN_SHARDS, QueueKind, RetryBackoff
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -194,6 +194,8 @@ _SETTING_OPTIONS: dict[str, dict[str, Any]] = {
     "kind": {"type": click.Choice([k.value for k in QueueKind])},
     "shards": {"type": click.IntRange(MIN_SHARDS, MAX_SHARDS)},
     "dead_letter": {"metavar": "QUEUE"},
+    "retry_backoff": {"type": click.Choice([b.value for b in RetryBackoff])},
+    "retry_jitter": {"type": click.IntRange(0, MAX_RETRY_JITTER)},
 }
 
 

@@ -12,7 +12,7 @@ from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import shard_for_key
+from protocol import retry_delay, shard_for_key
 
 from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
 from .ready import READY_SETS, ReadySet
@@ -58,6 +58,17 @@ class QueueSettings:
     max_attempts: int
     dead_letter: str | None
     max_messages: int
+    #: Retry backoff (SPEC §8.7); queues from before it have these defaults.
+    retry_delay_ms: int = 0
+    retry_backoff: str = "exponential"
+    retry_max_delay_ms: int = 900_000
+    retry_jitter: int = 0
+
+
+#: Positions of the header's fields after the counters (``export_header``), with the
+#: defaults an older header that lacks them gets.
+_HEADER_SETTINGS = 15
+_RETRY_DEFAULTS = [0, "exponential", 900_000, 0]
 
 
 class Queue:
@@ -333,6 +344,14 @@ class Queue:
             self.sources[mid] = DeadLetter(source, source_id, attempts, reason, error, at_ms)
             self._by_source[(source, source_id)] = mid
 
+    def backoff_until(self, msg: Message, now_ms: int) -> int:
+        """When a message released at ``now_ms`` without a delay of its own is ready
+        again by the queue's retry backoff: 0 for at once (SPEC §8.7)."""
+        s = self.settings
+        delay = retry_delay(s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms,
+                            s.retry_jitter, msg.id, msg.attempts)
+        return now_ms + delay if delay else 0
+
     def release(self, msg: Message, ready_at_ms: int) -> None:
         """A leased message returns: ready now, or delayed until ``ready_at_ms``."""
         self.leased -= 1
@@ -395,11 +414,14 @@ class Queue:
         s = self.settings
         return [s.name, s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter,
                 s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
-                self.nacked, self.expired, self.dead_lettered, self.dropped]
+                self.nacked, self.expired, self.dead_lettered, self.dropped,
+                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
-        queue = cls(QueueSettings(*fields[:7]))
+        """From ``export_header``; a header of an older build lacks the later settings."""
+        retry = fields[_HEADER_SETTINGS:_HEADER_SETTINGS + 4] or _RETRY_DEFAULTS
+        queue = cls(QueueSettings(*fields[:7], *retry))
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
         return queue
@@ -449,6 +471,8 @@ class Queue:
             "queue": s.name, "kind": s.kind, "shards": s.shards,
             "visibility_ms": s.visibility_ms, "max_attempts": s.max_attempts,
             "dead_letter": s.dead_letter, "max_messages": s.max_messages,
+            "retry_delay_ms": s.retry_delay_ms, "retry_backoff": s.retry_backoff,
+            "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
             "ready": ready, "leased": self.leased, "delayed": self.delayed,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,

@@ -37,10 +37,10 @@ from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
 from broker.mutations import Mutation, Recover
 from broker.records import decode
-from broker.queues import LEASED, READY
+from broker.queues import DELAYED, LEASED, READY
 from broker.records import fold_records
 from broker.state import BrokerState
-from protocol import ProtocolError
+from protocol import ProtocolError, retry_delay
 
 START_MS = 1_700_000_000_000
 CONFIG = BrokerConfig()
@@ -54,6 +54,9 @@ bodies = st.binary(max_size=5)
 keys = st.one_of(st.none(), st.sampled_from([b"", b"k1", b"k2"]), st.binary(min_size=1, max_size=3))
 priorities = st.one_of(st.none(), st.integers(0, 3), st.just(255))
 delays = st.one_of(st.none(), st.just(0), st.integers(1, 300))
+#: Retry backoff settings: (retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter).
+retries = st.one_of(st.none(), st.tuples(
+    st.integers(0, 200), st.sampled_from(["fixed", "exponential"]), st.integers(0, 500), st.integers(0, 100)))
 id_picks = st.lists(st.integers(0, 20), min_size=1, max_size=4)
 
 
@@ -139,25 +142,37 @@ class ReplayMachine(RuleBasedStateMachine):
         shards=st.lists(st.integers(1, 4), min_size=3, max_size=3),
         max_attempts=st.lists(st.integers(0, 3), min_size=3, max_size=3),
         dead_letters=st.tuples(st.sampled_from([None, "beta", "gamma"]), st.sampled_from([None, "gamma"])),
+        retry=st.lists(retries, min_size=3, max_size=3),
     )
     def create_all(self, kinds: list[str], shards: list[int], max_attempts: list[int],
-                   dead_letters: tuple[str | None, str | None]) -> None:
+                   dead_letters: tuple[str | None, str | None],
+                   retry: list[tuple[int, str, int, int] | None]) -> None:
         """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none)."""
-        for name, kind, n, attempts, dlq in zip(
-            ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0])
+        for name, kind, n, attempts, dlq, backoff in zip(
+            ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
+            retry,
         ):
+            settings: dict[str, Any] = {}
+            if backoff is not None:
+                settings = dict(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"),
+                                    backoff))
             assert self.call("queue_create", queue=name, kind=kind, shards=n, visibility_ms=100,
-                             max_attempts=attempts, dead_letter=dlq) == {"queue": name, "created": True}
+                             max_attempts=attempts, dead_letter=dlq, **settings) == {"queue": name, "created": True}
 
     @rule(
         name=names, kind=st.sampled_from(["fifo", "lifo", "priority"]), shards=st.integers(1, 4),
         visibility=st.integers(1, 300), max_attempts=st.integers(0, 3),
         dead_letter=st.one_of(st.none(), names), max_messages=st.sampled_from([0, 4, 12]),
+        retry=retries,
     )
     def create(self, name: str, kind: str, shards: int, visibility: int, max_attempts: int,
-               dead_letter: str | None, max_messages: int) -> None:
+               dead_letter: str | None, max_messages: int,
+               retry: tuple[int, str, int, int] | None = None) -> None:
+        settings: dict[str, Any] = {}
+        if retry is not None:
+            settings = dict(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"), retry))
         self.call("queue_create", queue=name, kind=kind, shards=shards, visibility_ms=visibility,
-                  max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages)
+                  max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages, **settings)
 
     @rule(name=names)
     def delete(self, name: str) -> None:
@@ -246,8 +261,15 @@ class ReplayMachine(RuleBasedStateMachine):
             dead = [m for m in leased if s.max_attempts and m[5] >= s.max_attempts]
             tally(f"restart: leased messages {'yes' if leased else 'no'}, dead {'yes' if dead else 'no'}")
             back = [m for m in leased if m not in dead]
+            now = self.now
             for mid, body, key, prio, shard, attempts, _, _ in back:
-                assert now_present[mid] == (mid, body, key, prio, shard, attempts, READY, 0)
+                # Ready at once, or after the queue's retry backoff (SPEC 8.5).
+                delay = retry_delay(s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
+                                    mid, attempts)
+                expected = (READY, 0) if not delay else (DELAYED, now + delay)
+                tally(f"restart: released after a backoff {'yes' if delay else 'no'}")
+                assert now_present[mid] == (mid, body, key, prio, shard, attempts, *expected)
+            back = [m for m in back if now_present[m[0]][6] == READY]
             for m in dead:
                 assert m[0] not in now_present
             if dead:

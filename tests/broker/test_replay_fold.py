@@ -79,7 +79,7 @@ def test_a_run_of_plain_publishes_is_one_item() -> None:
     records.append((Publish.TYPE, pack(Publish("q", first, 5, [b"x"]).fields())))
     bodies = [b"%d" % i for i, n in enumerate(counts) for _ in range(n)]
     assert _fold(records) == [
-        [QueueCreate.TYPE, ["q", "fifo", 1, 1000, 0, None, 10]],
+        [QueueCreate.TYPE, ["q", "fifo", 1, 1000, 0, None, 10, 0, "exponential", 900_000, 0]],
         [Publish.TYPE, ["q", 7, 5, bodies, None, None, None]],
         [Ack.TYPE, ["q", [7]]],
         [Publish.TYPE, ["q", first, 5, [b"x"], None, None, None]],  # after the ack: a new run

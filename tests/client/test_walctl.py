@@ -255,7 +255,8 @@ def test_dump_records(wal_dir: Path) -> None:
         lsn += end - off
     assert lines[0]["fields"] == {
         "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30_000,
-        "max_attempts": 0, "dead_letter": None, "max_messages": 0}
+        "max_attempts": 0, "dead_letter": None, "max_messages": 0, "retry_delay_ms": 0,
+        "retry_backoff": "exponential", "retry_max_delay_ms": 900_000, "retry_jitter": 0}
     assert lines[2]["fields"]["keys"] == [{"utf8": "k1"}, None, {"utf8": "k3"}, None]
     bodies = lines[3]["fields"]["bodies"]
     assert bodies[0] == {"utf8": "body-08"}
