@@ -113,7 +113,9 @@ def _pipeline(wire: Wire, frames: list[bytes], per_frame: int, window: int) -> t
             sent += burst
         replies = wire.receive()
         now = time.perf_counter()
-        for _ in replies:
+        for frame in replies:
+            if isinstance(frame, Push):
+                continue  # e.g. the end of a subscription an earlier scenario left
             latencies.append(now - sent_at[done])
             done += 1
     return time.perf_counter() - start, latencies
@@ -169,10 +171,12 @@ def push_ack(wire: Wire, queue: str, messages: int, credit: int = 256) -> tuple[
     done = 0
     latencies: list[float] = []
     start = last = time.perf_counter()
-    subscribed = False
+    subscription = 0
     while done < messages:
         for frame in wire.receive():
             if isinstance(frame, Push):
+                if frame.name != "deliver":
+                    continue
                 got = frame.payload["messages"]
                 done += len(got)
                 wire.send(enc.request(2, "ack", {"queue": queue, "ids": [m[0] for m in got]}))
@@ -180,9 +184,11 @@ def push_ack(wire: Wire, queue: str, messages: int, credit: int = 256) -> tuple[
                 latencies.append(now - last)
                 last = now
             elif frame.id == 1:
-                subscribed = True
+                subscription = frame.result["subscription"]
     seconds = time.perf_counter() - start
-    assert subscribed
+    wire.send(enc.request(3, "unsubscribe", {"subscription": subscription}))
+    while not any(isinstance(f, Reply) and f.id == 3 for f in wire.receive()):
+        pass  # pushes and ack replies still on their way
     return done, seconds, latencies
 
 
@@ -207,7 +213,7 @@ def push_ack_4(wire: Wire, queue: str, messages: int) -> tuple[int, float, list[
             except (TimeoutError, socket.timeout):
                 continue
             for frame in frames:
-                if isinstance(frame, Push):
+                if isinstance(frame, Push) and frame.name == "deliver":
                     got = frame.payload["messages"]
                     w.send(enc.request(2, "ack", {"queue": queue, "ids": [m[0] for m in got]}))
                     now = time.perf_counter()
