@@ -1,0 +1,1 @@
+"""Order notifications on a priority queue: ``python -m examples.notifications --help``."""
