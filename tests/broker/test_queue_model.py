@@ -7,7 +7,8 @@ lists and dicts from the documented semantics (SPEC.md sections 5.7-5.10, 7 and 
 per-shard order for fifo / lifo / priority, the shard rule (``crc32c(key) % shards``
 when keyed, else ``id % shards``), leases that have expired once ``now >= deadline``,
 delays, attempts, and dead-lettering (or dropping) once a released message has been
-delivered ``max_attempts`` times.
+delivered ``max_attempts`` times, or at once when it is rejected; ``extend`` moves a
+lease's deadline as a new lease batch (which orders expiries with equal deadlines).
 
 What is asserted, and how exactly:
 
@@ -186,6 +187,30 @@ class ModelQueue:
                 self.dead_letter.add(msg.body, msg.key, msg.priority, 0)
             self.counters["dead_lettered"] += len(dead)
 
+    def extend(self, ids: list[int], deadline: int) -> list[int]:
+        """Leased ones among ``ids`` keep their lease until ``deadline``, as one new lease
+        batch (it orders expiries with equal deadlines); returns them."""
+        leased = [i for i in ids if i in self.msgs and self.msgs[i].state == LEASED]
+        if leased:
+            self.consumes += 1
+            for index, mid in enumerate(leased):
+                msg = self.msgs[mid]
+                msg.deadline, msg.delivered = deadline, (self.consumes, index)
+        return leased
+
+    def reject(self, ids: list[int]) -> list[int]:
+        """Leased ones among ``ids`` go to the dead-letter queue (or are dropped) at once."""
+        dead = [self.msgs[i] for i in ids if i in self.msgs and self.msgs[i].state == LEASED]
+        for msg in dead:
+            del self.msgs[msg.id]
+        if self.dead_letter is None:
+            self.counters["dropped"] += len(dead)
+        else:
+            for msg in dead:
+                self.dead_letter.add(msg.body, msg.key, msg.priority, 0)
+            self.counters["dead_lettered"] += len(dead)
+        return [m.id for m in dead]
+
     def fire(self, now: int) -> tuple[list[int], list[int]]:
         """Everything due by ``now``: expired leases (by deadline, then in the order
         they were delivered), then elapsed delays (by ready time, then id)."""
@@ -344,6 +369,23 @@ class QueueMachine(RuleBasedStateMachine):
         leased = [i for i in ids if i in self.model.msgs and self.model.msgs[i].state == LEASED]
         assert reply == {"released": len(leased), "missing": [i for i in ids if i not in leased]}
         self.model.release(leased, self.now + delay if delay else 0, False)
+
+    @rule(picks=id_picks, visibility=visibilities)
+    def extend(self, picks: list[int], visibility: int | None) -> None:
+        ids = list(dict.fromkeys(self.pick_ids(picks)))
+        args: dict[str, Any] = {"queue": QUEUE, "ids": ids}
+        if visibility is not None:
+            args["visibility_ms"] = visibility
+        reply = self.call("extend", **args)
+        extended = self.model.extend(ids, self.now + (visibility or VISIBILITY_MS))
+        assert reply == {"extended": len(extended), "missing": [i for i in ids if i not in extended]}
+
+    @rule(picks=id_picks)
+    def reject(self, picks: list[int]) -> None:
+        ids = list(dict.fromkeys(self.pick_ids(picks)))
+        reply = self.call("reject", queue=QUEUE, ids=ids, error="poison")
+        rejected = self.model.reject(ids)
+        assert reply == {"rejected": len(rejected), "missing": [i for i in ids if i not in rejected]}
 
     @rule(dt=st.one_of(st.integers(1, 20), st.integers(1, 400)))
     def advance_time(self, dt: int) -> None:
