@@ -208,15 +208,7 @@ class Live:
             visibility = held.settings.visibility_ms if visibility_ms is None else visibility_ms
             deliver = Lease(queue, now + visibility, ids)
         rows = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
-        wal = self._wal
-        if wal.failed:
-            self.heal_soon()
-            raise log_failed(f"the log failed and is being recovered ({wal.failure})", None)
-        self._admission.admit(AdmissionClass.LOG, (deliver,), "push")
-        try:
-            self.commit((deliver,))
-        except LogFailedError as exc:
-            raise log_failed(exc, None) from None
+        self._admit_and_commit(AdmissionClass.LOG, "push", None, (deliver,))
         return rows, ids
 
     def release(self, queue: str, ids: list[int]) -> None:
@@ -268,19 +260,24 @@ class Live:
 
     def _change(self, command: Command, req: Request, mutations: Sequence[Mutation]) -> None:
         """Admit, log and apply a request's mutations, or raise its ProtocolError."""
-        if not mutations:
-            return
-        assert command.changes_state, f"{command.op} changed state but is declared read-only"
+        if mutations:
+            assert command.changes_state, f"{command.op} changed state but is declared read-only"
+            self._admit_and_commit(command.admission, req.op, req.id, mutations)
+
+    def _admit_and_commit(self, admission: AdmissionClass, what: str, request_id: int | None,
+                          mutations: Sequence[Mutation]) -> None:
+        """The log must not have failed and must have room (``admission``); then log and
+        apply. A refusal or a failed log is the ProtocolError of ``request_id``."""
         wal = self._wal
         if wal.failed:
             self.heal_soon()
             raise log_failed(f"the log failed and is being recovered ({wal.failure}); this "
-                             f"{req.op} was not applied, retry shortly", req.id)
-        self._admission.admit(command.admission, mutations, req.op)
+                             f"{what} was not applied, retry shortly", request_id)
+        self._admission.admit(admission, mutations, what)
         try:
             self.commit(mutations)
         except LogFailedError as exc:
-            raise log_failed(exc, req.id) from None
+            raise log_failed(exc, request_id) from None
 
     # -- the one way state changes ----------------------------------------------------------
 
