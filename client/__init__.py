@@ -5,6 +5,9 @@
 - :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
 - :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
 - :mod:`client.ops`: the op table both clients' typed methods are made from.
+- Push subscriptions: ``Client.subscribe`` gives a :class:`Subscription` of
+  :class:`IncomingMessage` (:mod:`client.subscription`), ``SyncClient.subscribe`` a
+  :class:`SyncSubscription` of :class:`SyncIncomingMessage` (:mod:`client.sync_subscription`).
 
 The async names are imported lazily, so blocking users do not pay for importing trio.
 """
@@ -35,6 +38,7 @@ from .errors import (
     error_from_frame,
 )
 from .sync import SyncClient
+from .sync_subscription import SyncIncomingMessage, SyncSubscription
 from .types import (
     AckResult,
     DeadLetterInfo,
@@ -58,8 +62,12 @@ from .types import (
 if TYPE_CHECKING:
     from .api import Client
     from .connection import Connection, open_connection
+    from .subscription import IncomingMessage, Subscription
 
-_LAZY = {"Client": ".api", "Connection": ".connection", "open_connection": ".connection"}
+_LAZY = {
+    "Client": ".api", "Connection": ".connection", "open_connection": ".connection",
+    "IncomingMessage": ".subscription", "Subscription": ".subscription",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -72,11 +80,11 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AckResult", "Client", "Connection", "ConnectionClosed", "DeadLetterInfo", "Delivery",
-    "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "InternalError",
+    "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
     "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
     "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
-    "SyncClient", "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
-    "open_connection", "parse_addr",
+    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "UnknownOp",
+    "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
 ]

@@ -7,12 +7,20 @@
             ...
         await client.ack("jobs", [d.id])
 
+        async with client.subscribe("jobs", credit=64) as sub:   # pushed, no polling
+            async for msg in sub:
+                async with msg:      # ack on success, nack (with the error) on an exception
+                    ...
+
 ``Client.connect`` is an async context manager (not awaitable): the connection's reader
 task lives in a nursery that the ``async with`` block scopes. One ``Client`` may be used
 by many tasks at once; their requests are pipelined on the single connection. Failed
 requests raise the :mod:`client.errors` subclass for their error code; a lost connection
 raises :class:`~client.errors.ConnectionClosed`. Bodies and keys accept ``bytes`` or
 ``str`` (sent as UTF-8). There are no built-in timeouts: use ``trio.move_on_after``.
+
+The client routes the PUSH frames of its subscriptions itself (:mod:`client.subscription`);
+``on_push`` gets every other push.
 """
 from __future__ import annotations
 
@@ -20,9 +28,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from protocol import DEFAULT_CREDIT, Push
+
 from . import ops
 from . import types as t
 from .connection import DEFAULT_CLIENT_NAME, Connection, PushHandler, open_connection
+from .pushes import PushRouter
+from .subscription import Subscription
 from .types import ServerInfo
 
 
@@ -32,6 +44,17 @@ class Client:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._request = connection.request
+        user_push = connection.on_push
+
+        def unrouted(push: Push) -> None:
+            if user_push is not None:
+                user_push(push)
+            else:
+                connection.unhandled_pushes += 1
+
+        self._pushes = PushRouter(unrouted)
+        connection.on_push = self._pushes.dispatch
+        connection.on_close = self._pushes.lost
 
     @classmethod
     @asynccontextmanager
@@ -48,7 +71,8 @@ class Client:
 
         ``addr`` is ``"host:port"``, ``(host, port)``, or a host with ``port``; when
         omitted, ``$LOCKGATE_ADDR`` or ``127.0.0.1:7878``. ``max_frame`` (largest frame
-        this client accepts) defaults to the server's own limit. The connection closes
+        this client accepts) defaults to the server's own limit. ``on_push`` gets the
+        PUSH frames that are not for this client's subscriptions. The connection closes
         when the block exits.
         """
         host, port_ = t.parse_addr(addr, port)
@@ -87,3 +111,21 @@ class Client:
     extend = ops.extend.async_method()
     reject = ops.reject.async_method()
     redrive = ops.redrive.async_method()
+
+    def subscribe(
+        self,
+        queue: str,
+        *,
+        credit: int = DEFAULT_CREDIT,
+        visibility_ms: int | None = None,
+        auto_ack: bool = False,
+    ) -> Subscription:
+        """A push subscription to ``queue``: ``async with client.subscribe(queue) as sub:
+        async for msg in sub: async with msg: ...`` (see :mod:`client.subscription`).
+
+        At most ``credit`` (1..``max_batch``) pushed messages are unacked at once; each is
+        leased for ``visibility_ms`` (default: the queue's). With ``auto_ack`` the broker
+        deletes each message as it pushes it (at most once) and ``async with msg`` does
+        nothing. Subscribing happens when the ``async with`` block is entered.
+        """
+        return Subscription(self, queue, credit, visibility_ms, auto_ack)

@@ -12,6 +12,12 @@ Why it looks like this:
   concurrent callers coalesce into few writes. The send is shielded: cancelling a caller
   never leaves half a frame on the wire (it still ends when the connection closes).
 - On transport loss every pending request raises :class:`ConnectionClosed`.
+- PUSH frames go to ``on_push``, from the reader task. A caller whose request starts
+  pushes (``subscribe``) passes ``on_reply``, which runs from the reader as soon as the
+  reply is read, before the frames after it, so no push that follows its reply is missed.
+- ``pause_reading`` lets a consumer whose buffer is full stop the reader (TCP then holds
+  the server back); it reads on meanwhile whenever a request is waiting for its reply,
+  so a paused connection never starves its own callers.
 """
 from __future__ import annotations
 
@@ -45,17 +51,20 @@ RECEIVE_BYTES = 256 * 1024
 DEFAULT_CLIENT_NAME = "lockgate-py/0.1.0"
 
 PushHandler = Callable[[Push], None]
+#: Called with a request's result map from the reader task, before later frames are read.
+ReplyHook = Callable[[dict[str, Any]], None]
 
 
 class _Waiter:
     """One pending request: ``result`` is set before ``event`` unless ``error`` is."""
 
-    __slots__ = ("error", "event", "result")
+    __slots__ = ("error", "event", "on_reply", "result")
     result: dict[str, Any]
 
-    def __init__(self) -> None:
+    def __init__(self, on_reply: ReplyHook | None) -> None:
         self.event = trio.Event()
         self.error: LockgateError | None = None
+        self.on_reply = on_reply
 
 
 class Connection:
@@ -67,6 +76,8 @@ class Connection:
     default none is announced and the server's own limit applies both ways.
     ``on_push`` is called (synchronously, from the reader task: keep it quick and
     non-raising) for every PUSH frame; without it pushes are only counted.
+    ``on_close`` is called once, the same way, with the error pending requests get,
+    when the connection closes for any reason.
     """
 
     def __init__(
@@ -93,7 +104,10 @@ class Connection:
         self.on_push = on_push
         #: PUSH frames received while no ``on_push`` was set.
         self.unhandled_pushes = 0
+        self.on_close: Callable[[ConnectionClosed], None] | None = None
         self._server_info: ServerInfo | None = None
+        self._read_pauses = 0
+        self._read_gate = trio.Event()
 
     @property
     def server_info(self) -> ServerInfo:
@@ -111,18 +125,25 @@ class Connection:
         """Requests sent and not yet answered."""
         return len(self._pending)
 
-    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, op: str, args: dict[str, Any], *, on_reply: ReplyHook | None = None
+    ) -> dict[str, Any]:
         """Send one request and wait for its result map; an ERROR raises its typed exception.
 
         Cancelling the wait abandons the request (it may still take effect on the server).
+        ``on_reply`` (quick, non-raising) gets the result map from the reader task as soon
+        as the reply is read, before any frame after it; it is not called if the caller
+        gave up waiting first.
         """
         if self._closed_reason is not None:
             raise self._closed_error()
         rid = self._next_id
         self._next_id = rid + 1
         data = t.checked_request(self._proto.encoder, rid, op, args, self._server_max_frame)
-        waiter = _Waiter()
+        waiter = _Waiter(on_reply)
         self._pending[rid] = waiter
+        if self._read_pauses:
+            self._read_gate.set()  # a paused reader reads on until this reply has come
         try:
             await self._send(data)
             await waiter.event.wait()
@@ -163,6 +184,9 @@ class Connection:
                     proto.receive_data(data)
                     while (frame := proto.next_frame()) is not NEED_DATA:
                         self._dispatch(frame)
+                    while self._read_pauses and not self._pending:
+                        self._read_gate = trio.Event()
+                        await self._read_gate.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"connection lost: {exc or type(exc).__name__}"
         except ProtocolError as exc:
@@ -176,6 +200,8 @@ class Connection:
             waiter = self._pending.pop(frame.id, None)
             if waiter is not None:  # None: the caller gave up waiting
                 waiter.result = frame.result
+                if waiter.on_reply is not None:
+                    waiter.on_reply(frame.result)
                 waiter.event.set()
         elif kind is ErrorFrame:
             if frame.id is None:
@@ -192,9 +218,23 @@ class Connection:
         else:
             self.unhandled_pushes += 1
 
+    def pause_reading(self) -> None:
+        """Stop reading after the current read until :meth:`resume_reading` is called as
+        often as this was, except while requests wait for their replies."""
+        self._read_pauses += 1
+
+    def resume_reading(self) -> None:
+        """Undo one :meth:`pause_reading`."""
+        if self._read_pauses <= 0:
+            raise RuntimeError("resume_reading without pause_reading")
+        self._read_pauses -= 1
+        if not self._read_pauses:
+            self._read_gate.set()
+
     def _fail(self, reason: str) -> None:
         """Mark the connection closed and fail every pending request (idempotent)."""
-        if self._closed_reason is None:
+        first = self._closed_reason is None
+        if first:
             if self._server_error is not None:
                 reason = f"{reason} after {self._server_error}"
             self._closed_reason = reason
@@ -203,6 +243,8 @@ class Connection:
             waiter.error = self._closed_error()
             waiter.event.set()
         self._reader_scope.cancel()
+        if first and self.on_close is not None:
+            self.on_close(self._closed_error())
 
     def _closed_error(self) -> ConnectionClosed:
         exc = ConnectionClosed(self._closed_reason or "connection closed")

@@ -25,6 +25,10 @@ How parameters become the ``args`` map:
 - ``op(build=f)`` replaces all of that: the map is ``f(p1, p2, ...)`` of the parameters
   in order, and ``sends`` names the arguments it may contain.
 
+``op(methods=False)`` declares an op that gets no method of its own: a hand-written API
+builds on its ``args`` and ``parse`` (``subscribe`` and ``unsubscribe``, which
+``Client.subscribe`` and ``SyncClient.subscribe`` wrap in a subscription object).
+
 The methods are generated as source text and compiled once, at import, the way
 :mod:`dataclasses` makes ``__init__``: a call costs what the hand-written method did (no
 signature binding, no loop over parameters, one dict display), which matters for
@@ -41,7 +45,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
-from protocol import Op
+from protocol import DEFAULT_CREDIT, Op
 
 from . import types as t
 from .types import Bytes, Message, PeekResult, PurgeResult, QueueStats, RedriveResult
@@ -125,9 +129,12 @@ class OpSpec(Generic[P, R]):
         build: Callable[..., Wire] | None = None,
         sends: tuple[str, ...] | None = None,
         holds_for: str | None = None,
+        methods: bool = True,
     ) -> None:
         #: Method name.
         self.name = declaration.__name__
+        #: Whether both clients carry a method made from it (else a hand-written API uses it).
+        self.methods = methods
         #: Wire op name.
         self.op = str(op)
         self.parse = parse
@@ -303,11 +310,12 @@ def op(
     build: Callable[..., Wire] | None = None,
     sends: tuple[str, ...] | None = None,
     holds_for: str | None = None,
+    methods: bool = True,
 ) -> Callable[[Callable[P, None]], OpSpec[P, R]]:
     """Declare an op (see the module docstring); it is added to :data:`OPS`."""
 
     def declare(declaration: Callable[P, None]) -> OpSpec[P, R]:
-        spec = OpSpec(declaration, wire_op, parse, build=build, sends=sends, holds_for=holds_for)
+        spec = OpSpec(declaration, wire_op, parse, build=build, sends=sends, holds_for=holds_for, methods=methods)
         if spec.name in OPS:
             raise TypeError(f"op {spec.name} is declared twice")
         OPS[spec.name] = spec
@@ -516,6 +524,31 @@ def redrive(
     not dead-lettered there, or whose source queue no longer exists stay, counted in
     ``skipped``.
     """
+
+
+@op(Op.SUBSCRIBE, field("subscription", int), methods=False)
+def subscribe(
+    queue: str,
+    *,
+    credit: Annotated[
+        int, Arg(omit_default=True, doc="Most pushed messages not yet acked at once (1..max_batch).")
+    ] = DEFAULT_CREDIT,
+    visibility_ms: Annotated[int | None, Arg(doc="Lease length of the pushed messages [the queue's].")] = None,
+    auto_ack: Annotated[
+        bool, Arg(omit_default=True, doc="At most once: the broker deletes each message as it pushes it.")
+    ] = False,
+) -> None:
+    """Start pushing ``queue``'s messages to this connection; returns the subscription id.
+
+    No method of its own: ``Client.subscribe`` and ``SyncClient.subscribe`` send it and
+    route the ``deliver`` pushes that follow.
+    """
+
+
+@op(Op.UNSUBSCRIBE, field("unacked", int), methods=False)
+def unsubscribe(subscription: int) -> None:
+    """Stop a subscription's pushes; returns how many pushed messages are still unacked
+    (they stay leased). Sent when a subscription object is left."""
 
 
 #: The settings of ``create_queue`` (every parameter after the name), for tools that

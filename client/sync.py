@@ -18,6 +18,9 @@ waits forever) with ``TimeoutError``. A timed-out ``result`` leaves the connecti
 usable and the request pending (call ``result`` again); a timed-out send closes the
 connection, since part of a frame may have gone out. ``consume`` adds its ``wait_ms``
 to the timeout. A ``SyncClient`` is not thread-safe.
+
+Subscriptions (``with client.subscribe("jobs") as sub: for msg in sub: ...``) are in
+:mod:`client.sync_subscription`; their pushes are read whenever the client reads.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from types import EllipsisType, TracebackType
 from typing import Any
 
 from protocol import (
+    DEFAULT_CREDIT,
     DEFAULT_MAX_FRAME,
     FATAL_CODES,
     NEED_DATA,
@@ -45,6 +49,8 @@ from protocol import Error as ErrorFrame
 from . import ops
 from . import types as t
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
+from .pushes import PushRouter
+from .sync_subscription import SyncSubscription
 from .types import Bytes, Message, PublishResult, ServerInfo
 
 #: Default seconds a blocking step may take.
@@ -79,12 +85,15 @@ class SyncClient:
         Raises ``OSError`` when the broker cannot be reached."""
         host, port_ = t.parse_addr(addr, port)
         self.timeout = timeout
+        #: Gets every PUSH frame that is not for a subscription of this client.
         self.on_push = on_push
         #: PUSH frames received while no ``on_push`` was set.
         self.unhandled_pushes = 0
+        self._pushes = PushRouter(self._unrouted_push)
         self._proto = ProtocolConnection("client", max_frame or DEFAULT_MAX_FRAME)
         self._next_id = 1
         self._waiting: set[int] = set()
+        self._reply_hooks: dict[int, Callable[[dict[str, Any]], None]] = {}
         self._done: dict[int, Reply | ErrorFrame] = {}
         self._closed_reason: str | None = None
         self._server_error: LockgateError | None = None
@@ -135,6 +144,7 @@ class SyncClient:
             if hasattr(self, "_selector"):
                 self._selector.close()
             self._sock.close()
+            self._pushes.lost(self._closed_error())
         return self._closed_error()
 
     def _closed_error(self) -> ConnectionClosed:
@@ -144,14 +154,22 @@ class SyncClient:
 
     # --- pipelining ----------------------------------------------------------------
 
-    def submit(self, op: str, args: dict[str, Any]) -> int:
-        """Send a request now; returns its id for :meth:`result`."""
+    def submit(
+        self, op: str, args: dict[str, Any], *, on_reply: Callable[[dict[str, Any]], None] | None = None
+    ) -> int:
+        """Send a request now; returns its id for :meth:`result`.
+
+        ``on_reply`` (quick, non-raising) gets the result map as soon as the reply is
+        read, before any frame after it is handled.
+        """
         if self._closed_reason is not None:
             raise self._closed_error()
         rid = self._next_id
         self._next_id = rid + 1
         data = t.checked_request(self._proto.encoder, rid, op, args, self._server_max_frame)
         self._waiting.add(rid)
+        if on_reply is not None:
+            self._reply_hooks[rid] = on_reply
         self._send(data)
         return rid
 
@@ -261,17 +279,32 @@ class SyncClient:
             raise self._lose(f"unreadable data from the server: {exc.code.name}: {exc.message}") from exc
         return True
 
+    def _poll(self, deadline: float | None) -> None:
+        """Read and dispatch what arrives, waiting for it until ``deadline``
+        (``TimeoutError`` then); for subscriptions waiting for pushes."""
+        if self._closed_reason is not None:
+            raise self._closed_error()
+        if not self._read_available():
+            self._wait(_READ, deadline)
+
     def _dispatch(self, frame: Any) -> None:
         if type(frame) is Push:
-            if self.on_push is not None:
-                self.on_push(frame)
-            else:
-                self.unhandled_pushes += 1
+            self._pushes.dispatch(frame)
         elif frame.id in self._waiting:
             self._waiting.discard(frame.id)
             self._done[frame.id] = frame
+            if self._reply_hooks:
+                hook = self._reply_hooks.pop(frame.id, None)
+                if hook is not None and type(frame) is Reply:
+                    hook(frame.result)
         elif frame.id is None and frame.code in FATAL_CODES:
             self._server_error = error_from_frame(frame)
+
+    def _unrouted_push(self, push: Push) -> None:
+        if self.on_push is not None:
+            self.on_push(push)
+        else:
+            self.unhandled_pushes += 1
 
     # --- operations ----------------------------------------------------------------
     # The typed operations, one line each, all from the op table in client/ops.py.
@@ -292,6 +325,26 @@ class SyncClient:
     extend = ops.extend.sync_method()
     reject = ops.reject.sync_method()
     redrive = ops.redrive.sync_method()
+
+    def subscribe(
+        self,
+        queue: str,
+        *,
+        credit: int = DEFAULT_CREDIT,
+        visibility_ms: int | None = None,
+        auto_ack: bool = False,
+        idle_timeout: float | None = None,
+    ) -> SyncSubscription:
+        """A push subscription to ``queue``: ``with client.subscribe(queue) as sub:
+        for msg in sub: with msg: ...`` (see :mod:`client.sync_subscription`).
+
+        At most ``credit`` (1..``max_batch``) pushed messages are unacked at once; each is
+        leased for ``visibility_ms`` (default: the queue's). With ``auto_ack`` the broker
+        deletes each message as it pushes it (at most once). The iteration waits for the
+        next message without a limit, or raises ``TimeoutError`` after ``idle_timeout``
+        seconds without one. Subscribing happens when the ``with`` block is entered.
+        """
+        return SyncSubscription(self, queue, credit, visibility_ms, auto_ack, idle_timeout)
 
     def publish_many(
         self,

@@ -35,6 +35,10 @@ from protocol import Op
 #: Hand-written methods that are not ops: connection plumbing and explicit pipelining.
 ASYNC_PLUMBING = {"connect", "aclose", "request", "info"}
 SYNC_PLUMBING = {"close", "submit", "result", "request", "request_many", "publish_many", "closed"}
+#: Hand-written methods built on ops declared with ``methods=False``.
+HAND_WRITTEN = {"subscribe"}
+#: The ops both clients carry a generated method for.
+METHOD_OPS = [name for name, spec in OPS.items() if spec.methods]
 
 STATS_WIRE: dict[str, Any] = {
     "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30000, "max_attempts": 0,
@@ -52,11 +56,23 @@ def _public(cls: type) -> set[str]:
 
 
 def test_every_op_is_in_both_clients_and_nothing_else_is_hand_written() -> None:
-    assert _public(Client) - ASYNC_PLUMBING == set(OPS)
-    assert _public(SyncClient) - SYNC_PLUMBING == set(OPS)
+    assert _public(Client) - ASYNC_PLUMBING == set(METHOD_OPS) | HAND_WRITTEN
+    assert _public(SyncClient) - SYNC_PLUMBING == set(METHOD_OPS) | HAND_WRITTEN
+    assert {name for name, spec in OPS.items() if not spec.methods} == {"subscribe", "unsubscribe"}
 
 
-@pytest.mark.parametrize("name", list(OPS))
+def test_subscribe_takes_the_op_arguments_in_both_clients() -> None:
+    def shape(params: Any) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in params]
+
+    declared = shape(OPS["subscribe"].signature.parameters.values())
+    assert shape(list(inspect.signature(Client.subscribe).parameters.values())[1:]) == declared
+    assert shape(list(inspect.signature(SyncClient.subscribe).parameters.values())[1:]) == [
+        *declared, ("idle_timeout", inspect.Parameter.KEYWORD_ONLY, None)
+    ]
+
+
+@pytest.mark.parametrize("name", METHOD_OPS)
 def test_both_clients_have_the_same_signature_and_doc(name: str) -> None:
     spec = OPS[name]
     async_method, sync_method = vars(Client)[name], vars(SyncClient)[name]
@@ -164,6 +180,11 @@ ARGS_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = 
      {"queue": "q", "max": 3, "state": "leased", "dead_letter": True}),
     ("peek", ("q",), {"state": None, "dead_letter": False}, {"queue": "q", "max": 10}),
     ("message_status", ("q", range(1, 4)), {}, {"queue": "q", "ids": [1, 2, 3]}),
+    ("subscribe", ("q",), {}, {"queue": "q"}),
+    ("subscribe", ("q",), {"credit": 256, "visibility_ms": None, "auto_ack": False}, {"queue": "q"}),
+    ("subscribe", ("q",), {"credit": 8, "visibility_ms": 5000, "auto_ack": True},
+     {"queue": "q", "credit": 8, "visibility_ms": 5000, "auto_ack": True}),
+    ("unsubscribe", (3,), {}, {"subscription": 3}),
 ]
 
 
