@@ -37,6 +37,7 @@ from protocol import (
     MAX_RETRY_JITTER,
     MAX_SHARDS,
     MAX_SUBSCRIPTIONS,
+    MAX_TTL_MS,
     MAX_VISIBILITY_MS,
     MAX_WAIT_MS,
     MIN_MAX_FRAME,
@@ -44,6 +45,7 @@ from protocol import (
     MIN_SHARDS,
     PROTOCOL_VERSIONS,
     ErrorCode,
+    OnExpire,
     Op,
     ProtocolError,
     QueueKind,
@@ -390,14 +392,16 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
             raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND,
                                 f"dead-letter queue {dead_letter!r} does not exist",
                                 details={"field": "dead_letter", "queue": dead_letter})
-    retry = (args["retry_delay_ms"], args["retry_backoff"], args["retry_max_delay_ms"], args["retry_jitter"])
-    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, *retry)
+    later = (args["retry_delay_ms"], args["retry_backoff"], args["retry_max_delay_ms"], args["retry_jitter"],
+             args["ttl_ms"], args["on_expire"])
+    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, *later)
     existing = ctx.state.queues.get(name)
     if existing is not None:
         s = existing.settings
         if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages,
-                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter) != (
-            kind, shards, visibility, max_attempts, dead_letter, max_messages, *retry
+                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
+                s.ttl_ms, s.on_expire) != (
+            kind, shards, visibility, max_attempts, dead_letter, max_messages, *later
         ):
             raise ProtocolError(ErrorCode.QUEUE_EXISTS,
                                 f"queue {name!r} exists with different settings",
@@ -451,7 +455,9 @@ def publish(session: Session, args: Args, ctx: Context) -> Outcome:
                             details={"queue": queue.name, "limit": queue.settings.max_messages})
     now = ctx.now_ms
     first = entries[0]
-    if count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
+    if queue.default_ttl:  # every message gets an expiry: not plain (records.py rule 2)
+        mutation = _publish_columns(queue, entries, now, cfg.max_message)
+    elif count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
         if len(first[0]) > cfg.max_message:
             _too_large([first[0]], cfg.max_message)
         mutation = plain_publish(queue.name, queue.next_id, now, [first[0]])
@@ -491,7 +497,7 @@ class PlainPublishes(Batch):
         if type(body) is not bytes or len(body) > ctx.config.max_message:
             return None
         queue = ctx.state.queues.get(name)
-        if queue is None or len(queue.messages) + ahead + 1 > queue.settings.max_messages:
+        if queue is None or queue.default_ttl or len(queue.messages) + ahead + 1 > queue.settings.max_messages:
             return None
         return queue, body
 
@@ -510,15 +516,17 @@ def _too_large(bodies: list[bytes], limit: int) -> None:
 
 
 def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: int) -> Publish:
-    """Validate entries that may carry a key, priority or delay."""
+    """Validate entries that may carry a key, priority, delay or time to live."""
     bodies: list[bytes] = []
     keys: list[bytes | None] = []
     priorities: list[int] = []
     ready_ats: list[int] = []
+    expiries: list[int] = []
+    default_ttl = queue.default_ttl
     for index, entry in enumerate(entries):
-        if type(entry) is not list or not 1 <= len(entry) <= 4:
-            raise invalid(f"messages[{index}]", "a message is an array [body, key, priority, delay_ms]")
-        body, key, priority, delay = (entry + [None, None, None])[:4]
+        if type(entry) is not list or not 1 <= len(entry) <= 5:
+            raise invalid(f"messages[{index}]", "a message is an array [body, key, priority, delay_ms, ttl_ms]")
+        body, key, priority, delay, ttl = (entry + [None, None, None, None])[:5]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
@@ -533,10 +541,15 @@ def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: in
             delay = 0
         elif type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
             raise invalid(f"messages[{index}].delay_ms", f"delay_ms must be an integer 0-{MAX_DELAY_MS}")
+        if ttl is None:
+            ttl = default_ttl
+        elif type(ttl) is not int or not 1 <= ttl <= MAX_TTL_MS:
+            raise invalid(f"messages[{index}].ttl_ms", f"ttl_ms must be an integer 1-{MAX_TTL_MS}, or nil")
         bodies.append(body)
         keys.append(key)
         priorities.append(priority)
         ready_ats.append(now + delay if delay else 0)
+        expiries.append(now + ttl if ttl else 0)
     if max(map(len, bodies)) > max_message:
         _too_large(bodies, max_message)
     return Publish(
@@ -544,6 +557,7 @@ def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: in
         keys if any(k is not None for k in keys) else None,
         priorities if any(priorities) else None,
         ready_ats if any(ready_ats) else None,
+        expiries if any(expiries) else None,
     )
 
 
@@ -552,7 +566,7 @@ def consume(session: Session, args: Args, ctx: Context) -> Outcome:
     visibility = args["visibility_ms"]
     if visibility is None:
         visibility = queue.settings.visibility_ms
-    chosen = queue.select(args["max"], session.client_max_frame - REPLY_OVERHEAD)
+    chosen = queue.select(args["max"], session.client_max_frame - REPLY_OVERHEAD, ctx.now_ms)
     if not chosen:
         if args["wait_ms"]:
             return Outcome(wait=Wait(queue.name, args["wait_ms"]))
@@ -715,18 +729,20 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
     msg = queue.messages.get(mid)
     if msg is not None:
         return {"id": mid, "state": STATE_NAMES[msg.state], "queue": queue.name,
-                "attempts": msg.attempts, "until_ms": msg.deadline}
+                "attempts": msg.attempts, "until_ms": msg.deadline,
+                "expires_at_ms": queue.expires.get(mid, 0)}
     if dlq is not None:
         dead_id = dlq.dead_letter_of(queue.name, mid)
         if dead_id is not None:
             dead: Message = dlq.messages[dead_id]
             record = dlq.sources[dead_id]
             return {"id": mid, "state": "dead_lettered", "queue": dlq.name,
-                    "attempts": dead.attempts, "until_ms": 0, "dead_letter_id": dead_id,
+                    "attempts": dead.attempts, "until_ms": 0,
+                    "expires_at_ms": dlq.expires.get(dead_id, 0), "dead_letter_id": dead_id,
                     "reason": record.reason, "error": record.error,
                     "dead_lettered_at_ms": record.at_ms}
     state = "gone" if 0 < mid < queue.next_id else "unknown"
-    return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0}
+    return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0, "expires_at_ms": 0}
 
 
 # -- the registry -----------------------------------------------------------------------
@@ -754,6 +770,8 @@ COMMANDS: dict[str, Command] = {
             Arg("retry_backoff", "choice", default=str(DEFAULT_RETRY_BACKOFF), choices=tuple(RetryBackoff)),
             Arg("retry_max_delay_ms", "int", default=DEFAULT_RETRY_MAX_DELAY_MS, lo=0, hi=MAX_RETRY_DELAY_MS),
             Arg("retry_jitter", "int", default=0, lo=0, hi=MAX_RETRY_JITTER),
+            Arg("ttl_ms", "int", default=0, lo=0, hi=MAX_TTL_MS),
+            Arg("on_expire", "choice", default=str(OnExpire.DROP), choices=tuple(OnExpire)),
             Arg("dead_letter", "queue_name", default=None),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),

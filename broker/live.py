@@ -196,11 +196,11 @@ class Live:
         held = self.state.queues.get(queue)
         if held is None:
             return None
-        chosen = held.select(most, budget - REPLY_OVERHEAD)
+        now = self.clock.now_ms()
+        chosen = held.select(most, budget - REPLY_OVERHEAD, now)  # never one past its time to live
         if not chosen:
             return [], []
         ids = [m.id for m in chosen]
-        now = self.clock.now_ms()
         deliver: Mutation
         if auto_ack:
             deliver = Take(queue, ids)

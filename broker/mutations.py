@@ -7,8 +7,9 @@ Rules:
    the one codec between a mutation and its WAL record.
 2. A mutation carries every value its applier needs — ids, deadlines, times — so
    applying it never reads a clock or a random source and replay equals the live path.
-3. A record's payload is the msgpack array ``fields()`` (the declared fields, in
-   order); its type byte is ``TYPE``.
+3. A record's payload is the msgpack array ``record_fields()``: the declared fields,
+   in order, except that fields after the first ``RECORD_BASE`` are left out at the end
+   while they hold their defaults; its type byte is ``TYPE``.
 
 Declaring one: ``@mutation(N)`` on a class with annotated fields makes it a frozen,
 slotted dataclass, gives it ``TYPE = N`` and ``FIELDS``, and adds it to ``MUTATIONS``
@@ -17,8 +18,9 @@ and to the ``MutationType`` enum. ``broker.state`` must then register its applie
 
 Changing a record: never change the meaning of an existing type's fields. Add a new
 type (and keep applying the old one), or append optional fields at the end that old
-records lack; then bump ``broker.wal.segment.WAL_VERSION`` if old readers would
-misread the new records.
+records lack (set ``RECORD_BASE`` to the count of fields before them, so records that
+leave them at their defaults stay as they were); then bump
+``broker.wal.segment.WAL_VERSION`` if old readers would misread the new records.
 """
 from __future__ import annotations
 
@@ -43,11 +45,28 @@ class Mutation:
     TYPE: ClassVar[int]
     #: The declared field names, in record order.
     FIELDS: ClassVar[tuple[str, ...]]
+    #: Fields every record carries; later ones are left out at their defaults (rule 3).
+    RECORD_BASE: ClassVar[int]
+    #: The defaults of the fields after ``RECORD_BASE``.
+    _LATER_DEFAULTS: ClassVar[tuple[Any, ...]]
     _row: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def fields(self) -> list[Any]:
-        """The record payload's values, in ``FIELDS`` order."""
+        """The values of every declared field, in ``FIELDS`` order."""
         return list(self._row(self))  # type: ignore[call-arg]
+
+    def record_fields(self) -> list[Any]:
+        """The record payload's values (rule 3): ``fields()`` without the trailing later
+        fields that hold their defaults."""
+        row = list(self._row(self))  # type: ignore[call-arg]
+        base = self.RECORD_BASE
+        n = len(row)
+        if n > base:
+            defaults = self._LATER_DEFAULTS
+            while n > base and row[n - 1] == defaults[n - 1 - base]:
+                n -= 1
+            del row[n:]
+        return row
 
 
 @dataclass_transform(frozen_default=True)
@@ -60,9 +79,13 @@ def mutation(rtype: int) -> Callable[[type[_M]], type[_M]]:
         if rtype in MUTATIONS:
             raise ValueError(f"record type {rtype} is taken by {MUTATIONS[rtype].__name__}")
         made = dataclass(frozen=True, slots=True)(cls)
-        names = tuple(f.name for f in dataclass_fields(made))  # type: ignore[arg-type]
+        declared = dataclass_fields(made)  # type: ignore[arg-type]
+        names = tuple(f.name for f in declared)
         made.TYPE = rtype
         made.FIELDS = names
+        base = cls.__dict__.get("RECORD_BASE", len(names))
+        made.RECORD_BASE = base
+        made._LATER_DEFAULTS = tuple(f.default for f in declared[base:])
         getter = attrgetter(*names)
         made._row = staticmethod(
             getter if len(names) > 1 else (lambda obj: (getter(obj),)))
@@ -76,6 +99,7 @@ def mutation(rtype: int) -> Callable[[type[_M]], type[_M]]:
 class QueueCreate(Mutation):
     """A queue comes into being with its settings."""
 
+    RECORD_BASE = 7
     queue: str
     kind: str
     shards: int
@@ -88,6 +112,10 @@ class QueueCreate(Mutation):
     retry_backoff: str = "exponential"
     retry_max_delay_ms: int = 900_000
     retry_jitter: int = 0
+    #: Time to live of messages published without one (0: none), and what happens
+    #: when it passes (``drop`` or ``dead_letter``); older records lack them.
+    ttl_ms: int = 0
+    on_expire: str = "drop"
 
 
 @mutation(2)
@@ -102,12 +130,18 @@ class Publish(Mutation):
     """Messages join a queue with consecutive ids ``first_id, first_id + 1, ...``.
 
     Columns run parallel to ``bodies``; a column is None when every message has the
-    default (no key, priority 0, not delayed), which keeps the common record small.
-    A ``ready_at_ms`` of 0 means ready at once; otherwise the message is delayed until
-    that wall-clock time. The shard is not stored: it follows from the key or the id
-    by the documented rule (``Queue.shard_of``).
+    default (no key, priority 0, not delayed, no time to live), which keeps the common
+    record small. A ``ready_at_ms`` of 0 means ready at once; otherwise the message is
+    delayed until that wall-clock time. An ``expires_at_ms`` of 0 means the message
+    does not expire; otherwise it is removed at that wall-clock time (the handler
+    writes it for every message that has a time to live, its own or its queue's, so
+    the applier never reads ``now_ms`` for it). The shard is not stored: it follows
+    from the key or the id by the documented rule (``Queue.shard_of``). Columns after
+    ``ready_at_ms`` are optional: older records lack them, and records leave them out
+    when they are None (``RECORD_BASE``).
     """
 
+    RECORD_BASE = 7
     queue: str
     first_id: int
     now_ms: int
@@ -115,11 +149,13 @@ class Publish(Mutation):
     keys: list[bytes | None] | None = None
     priorities: list[int] | None = None
     ready_at_ms: list[int] | None = None
+    expires_at_ms: list[int] | None = None
 
     @property
     def plain(self) -> bool:
-        """No key, priority or delay on any message: runs of these fold together."""
-        return self.keys is None and self.priorities is None and self.ready_at_ms is None
+        """No key, priority, delay or expiry on any message: runs of these fold together."""
+        return self.keys is None and self.priorities is None and self.ready_at_ms is None \
+            and self.expires_at_ms is None
 
 
 @mutation(4)
@@ -214,6 +250,18 @@ class Redrive(Mutation):
     ids: list[int]
 
 
+@mutation(13)
+class Expire(Mutation):
+    """Messages whose time to live has passed by ``now_ms`` leave the queue, in whatever
+    state: dropped, or dead-lettered (reason ``expired``) when the queue's ``on_expire``
+    is ``dead_letter`` and its dead-letter queue exists. Ids that are gone, or whose
+    expiry is later than ``now_ms``, are skipped."""
+
+    queue: str
+    ids: list[int]
+    now_ms: int
+
+
 @mutation(20)
 class Take(Mutation):
     """Ready messages are delivered at most once (a subscription with ``auto_ack``): they
@@ -239,7 +287,7 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     """``Publish(queue, first_id, now_ms, bodies)`` built through its slots: the same
     frozen value at half the cost of the generated ``__init__`` (one per publish request)."""
     obj = _new(Publish)
-    set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready = _PUBLISH_SLOTS
+    set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready, set_expires = _PUBLISH_SLOTS
     set_queue(obj, queue)
     set_first(obj, first_id)
     set_now(obj, now_ms)
@@ -247,4 +295,5 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     set_keys(obj, None)
     set_prio(obj, None)
     set_ready(obj, None)
+    set_expires(obj, None)
     return obj

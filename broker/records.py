@@ -5,13 +5,16 @@ Everything that writes or reads mutation records goes through here: the live pat
 ``brokerctl wal`` (``decode``), and admission (the record-size bounds).
 
 Rules:
-1. A record is ``encode_record(m.TYPE, msgpack(m.fields()))``: the declared fields of
-   ``broker.mutations``, in order. Fields are read by name; positions come from
-   ``Cls.FIELDS``.
+1. A record is ``encode_record(m.TYPE, msgpack(m.record_fields()))``: the declared
+   fields of ``broker.mutations``, in order (optional trailing ones left out at their
+   defaults). Fields are read by name; positions come from ``Cls.FIELDS``.
 2. Folding: applying ``Publish(q, n, [a])`` then ``Publish(q, n + 1, [b])`` gives the
-   same state as ``Publish(q, n, [a, b])`` when both are plain (no keys, priorities or
-   delays; ``now_ms`` is not used by the applier). The live path logs such runs as one
-   record (``PublishFold``); replay applies such runs as one item (``fold_records``).
+   same state as ``Publish(q, n, [a, b])`` when both are plain (no keys, priorities,
+   delays or expiries: every column None; ``now_ms`` is not used by the applier). The
+   live path logs such runs as one record (``PublishFold``); replay applies such runs as
+   one item (``fold_records``). A publish record's optional columns (those after
+   ``ready_at_ms``) are left out when None, so a plain record has 7 fields, as before
+   they existed.
 3. The size bounds are upper bounds: admission reserves at least what the records
    it admits will take, and what acking every live message will take.
 """
@@ -36,13 +39,15 @@ _PUBLISH = Publish.TYPE
 _QUEUE, _FIRST_ID, _NOW, _BODIES, _KEYS, _PRIORITIES, _READY_AT = (
     Publish.FIELDS.index(name) for name in
     ("queue", "first_id", "now_ms", "bodies", "keys", "priorities", "ready_at_ms"))
+#: Fields of a publish record without its optional columns (rule 2).
+_PUBLISH_BASE = Publish.RECORD_BASE
 
 
 # -- the codec ------------------------------------------------------------------------
 
 def encode(mutation: Mutation) -> bytes:
     """The WAL record of ``mutation``."""
-    return encode_record(mutation.TYPE, _pack(mutation.fields()))
+    return encode_record(mutation.TYPE, _pack(mutation.record_fields()))
 
 
 def decode_fields(payload: bytes) -> list[Any]:
@@ -95,9 +100,11 @@ def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
     queue: str | None = None
     nxt = 0
     bodies: list[bytes] = []
+    base = _PUBLISH_BASE
     for rtype, fields in zip(types, map(_unpackb, payloads)):
         if rtype == _PUBLISH and fields[_KEYS] is None and fields[_PRIORITIES] is None \
-                and fields[_READY_AT] is None:
+                and fields[_READY_AT] is None \
+                and (len(fields) == base or not any(fields[base:])):
             if fields[_FIRST_ID] == nxt and fields[_QUEUE] == queue:
                 bodies += fields[_BODIES]  # the run's item holds this very list
                 nxt += len(fields[_BODIES])
@@ -139,9 +146,11 @@ def publish_need(m: Publish) -> int:
         need += 2 * n
     if m.ready_at_ms is not None:
         need += 9 * n
+    if m.expires_at_ms is not None:
+        need += 9 * n
     return need
 
 
 def record_need(m: Mutation) -> int:
     """Log bytes the record of ``m`` takes, at most."""
-    return len(_pack(m.fields())) + RECORD_OVERHEAD
+    return len(_pack(m.record_fields())) + RECORD_OVERHEAD

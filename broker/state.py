@@ -26,6 +26,7 @@ import msgpack
 from .mutations import (
     MUTATIONS,
     Ack,
+    Expire,
     Extend,
     Lease,
     Mutation,
@@ -50,6 +51,8 @@ SNAPSHOT_MESSAGES = 102
 SNAPSHOT_DEAD_LETTERS = 103
 #: ``[queue, [[id, error text], ...]]``: the last errors consumers gave.
 SNAPSHOT_ERRORS = 104
+#: ``[queue, [[id, expires_at_ms], ...]]``: when messages with a time to live expire.
+SNAPSHOT_EXPIRIES = 105
 
 #: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
 WAKE_ALL = 2**62
@@ -57,6 +60,7 @@ WAKE_ALL = 2**62
 #: Why a message was dead-lettered.
 REASON_MAX_ATTEMPTS = "max_attempts"
 REASON_REJECTED = "rejected"
+REASON_EXPIRED = "expired"
 
 _F = TypeVar("_F", bound=Callable[..., None])
 
@@ -136,7 +140,8 @@ class BrokerState:
         return self._timers[0][0] if self._timers else None
 
     def due(self, now_ms: int) -> list[Mutation]:
-        """The RELEASE / PROMOTE mutations that lease expiries and elapsed delays call for."""
+        """The EXPIRE / RELEASE / PROMOTE mutations that passed times to live, lease
+        expiries and elapsed delays call for (in that order, per queue)."""
         out: list[Mutation] = []
         timers = self._timers
         while timers and timers[0][0] <= now_ms:
@@ -145,7 +150,9 @@ class BrokerState:
                 continue
             del self._timer_at[name]
             queue = self.queues[name]
-            expired, promoted = queue.due(now_ms)
+            expired, promoted, gone = queue.due(now_ms)
+            if gone:
+                out.append(Expire(name, gone, now_ms))
             if expired:
                 out.append(Release(name, expired, 0, True, now_ms))
             if promoted:
@@ -170,11 +177,12 @@ class BrokerState:
         max_attempts: int, dead_letter: str | None, max_messages: int,
         retry_delay_ms: int = 0, retry_backoff: str = "exponential",
         retry_max_delay_ms: int = 900_000, retry_jitter: int = 0,
+        ttl_ms: int = 0, on_expire: str = "drop",
     ) -> None:
         if name not in self.queues:
             self.queues[name] = Queue(QueueSettings(
                 name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
-                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter))
+                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter, ttl_ms, on_expire))
             if self.observer is not None:
                 self.observer.queue_created(name)
 
@@ -196,16 +204,16 @@ class BrokerState:
     def _publish(
         self, name: str, first_id: int, now_ms: int, bodies: list[bytes],
         keys: list[bytes | None] | None, priorities: list[int] | None,
-        ready_at_ms: list[int] | None,
+        ready_at_ms: list[int] | None, expires_at_ms: list[int] | None = None,
     ) -> None:
         queue = self.queues[name]
-        queue.add(first_id, bodies, keys, priorities, ready_at_ms)
+        queue.add(first_id, bodies, keys, priorities, ready_at_ms, expires_at_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
         if ready_at_ms is None:
             self._wake(name, len(bodies))
         elif not all(ready_at_ms):
             self._wake(name, ready_at_ms.count(0))
-        if queue.delayed:
+        if queue.delayed or expires_at_ms is not None:
             nxt = queue.next_deadline()
             if nxt is not None:
                 self._schedule(name, nxt)
@@ -277,8 +285,24 @@ class BrokerState:
         if dead:
             self._dead_letter(queue, dead, now_ms, REASON_REJECTED)
 
+    @applies(Expire)
+    def _expire(self, name: str, ids: list[int], now_ms: int) -> None:
+        queue = self.queues[name]
+        msgs, expires = queue.messages, queue.expires
+        gone = [msg for mid in dict.fromkeys(ids)
+                if (msg := msgs.get(mid)) is not None and expires.get(mid, now_ms + 1) <= now_ms]
+        if not gone:
+            return
+        queue.ttl_expired += len(gone)
+        if queue.settings.on_expire == "dead_letter":
+            self._dead_letter(queue, gone, now_ms, REASON_EXPIRED)
+        else:
+            queue.remove([m.id for m in gone])
+            self.ack_reserve -= len(gone) * ack_cost(name)
+
     def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int, reason: str) -> None:
-        """Move messages to the dead-letter queue, or drop them (rules in SPEC §8.4)."""
+        """Move messages to the dead-letter queue, or drop them (rules in SPEC §8.4;
+        expired ones count only in ``ttl_expired`` when dropped, SPEC §8.8)."""
         ids = [m.id for m in msgs]
         errors = queue.errors
         records = [DeadLetter(queue.name, m.id, m.attempts, reason, errors.get(m.id), now_ms)
@@ -287,7 +311,8 @@ class BrokerState:
         self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
-            queue.dropped += len(msgs)
+            if reason != REASON_EXPIRED:
+                queue.dropped += len(msgs)
             return
         first_id = target.next_id
         target.add(
@@ -389,6 +414,8 @@ class BrokerState:
                 yield SNAPSHOT_DEAD_LETTERS, pack([name, sources])
             if queue.errors:
                 yield SNAPSHOT_ERRORS, pack([name, sorted(map(list, queue.errors.items()))])
+            if queue.expires:
+                yield SNAPSHOT_EXPIRIES, pack([name, queue.export_expiries()])
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
@@ -405,6 +432,8 @@ class BrokerState:
                 state.queues[fields[0]].import_sources(fields[1])
             elif rtype == SNAPSHOT_ERRORS:
                 state.queues[fields[0]].errors.update(map(tuple, fields[1]))
+            elif rtype == SNAPSHOT_EXPIRIES:
+                state.queues[fields[0]].import_expiries(fields[1])
             else:
                 raise ValueError(f"unknown snapshot record type {rtype}")
         state.ack_reserve = state.count_ack_reserve()
@@ -436,6 +465,7 @@ class BrokerState:
                 ),
                 "sources": sorted(q.sources.items()),
                 "errors": sorted(q.errors.items()),
+                "expires": sorted(q.expires.items()),
             }
         return out
 

@@ -324,10 +324,11 @@ def op(
     return declare
 
 
-def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None) -> Wire:
-    if type(body) is bytes and key is None and priority is None and delay_ms is None:
+def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None,
+                 ttl_ms: int | None) -> Wire:
+    if type(body) is bytes and key is None and priority is None and delay_ms is None and ttl_ms is None:
         return {"queue": queue, "messages": [[body]]}  # the common case, without two more calls
-    return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms)]}
+    return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms, ttl_ms)]}
 
 
 # --- the table ------------------------------------------------------------------------
@@ -366,6 +367,14 @@ def create_queue(
         int | None, Arg(doc="Percent (0..100) by which a retry delay is shortened at random "
                             "[server default: 0].")
     ] = None,
+    ttl_ms: Annotated[
+        int | None, Arg(doc="Time to live of messages published without one; 0 = none "
+                            "[server default: 0].")
+    ] = None,
+    on_expire: Annotated[
+        str | None, Arg(doc="What happens to an expired message: drop, or dead_letter "
+                            "(to the dead-letter queue) [server default: drop].")
+    ] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
 
@@ -397,8 +406,13 @@ def publish(
     key: Bytes | None = None,
     priority: int | None = None,
     delay_ms: int | None = None,
+    ttl_ms: int | None = None,
 ) -> None:
-    """Publish one message; returns its id once the server has confirmed it."""
+    """Publish one message; returns its id once the server has confirmed it.
+
+    ``ttl_ms`` (1..2,592,000,000): remove it that long after publishing if it is still
+    there, wherever it is (default: the queue's ``ttl_ms``).
+    """
 
 
 @op(Op.PUBLISH, t.publish_result)

@@ -32,13 +32,16 @@ class Message:
     """One message to publish; ``None`` fields take the server default.
 
     ``priority`` is 0..255 (higher first, only meaningful on priority queues);
-    ``delay_ms`` keeps the message invisible for that long after it is published.
+    ``delay_ms`` keeps the message invisible for that long after it is published;
+    ``ttl_ms`` (1..2,592,000,000) removes it that long after it is published if it is
+    still there (default: the queue's ``ttl_ms``).
     """
 
     body: Bytes
     key: Bytes | None = None
     priority: int | None = None
     delay_ms: int | None = None
+    ttl_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,11 @@ class QueueStats:
     retry_backoff: str = "exponential"
     retry_max_delay_ms: int = 900_000
     retry_jitter: int = 0
+    #: Time to live of messages published without one (0: none); what happens when it
+    #: passes (``"drop"`` or ``"dead_letter"``); how many messages have expired so far.
+    ttl_ms: int = 0
+    on_expire: str = "drop"
+    ttl_expired: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -192,6 +200,7 @@ class QueueStats:
             dead_lettered=m["dead_lettered"], dropped=m["dropped"],
             retry_delay_ms=m.get("retry_delay_ms", 0), retry_backoff=m.get("retry_backoff", "exponential"),
             retry_max_delay_ms=m.get("retry_max_delay_ms", 900_000), retry_jitter=m.get("retry_jitter", 0),
+            ttl_ms=m.get("ttl_ms", 0), on_expire=m.get("on_expire", "drop"), ttl_expired=m.get("ttl_expired", 0),
         )
 
 
@@ -221,10 +230,10 @@ class DeadLetterInfo:
     """Where a dead-lettered message came from and why (``PeekedMessage.dead_letter``).
 
     ``queue`` and ``id`` name the message in its source queue; ``attempts`` is how many
-    times it was delivered there; ``reason`` is ``"max_attempts"`` or ``"rejected"``
-    (``"expired"`` is reserved); ``error`` is the last error text given with ``nack`` or
-    ``reject``, or ``None``; ``at_ms`` is when it was dead-lettered (server wall clock,
-    ms since the epoch).
+    times it was delivered there; ``reason`` is ``"max_attempts"``, ``"rejected"`` or
+    ``"expired"`` (its time to live passed); ``error`` is the last error text given with
+    ``nack`` or ``reject``, or ``None``; ``at_ms`` is when it was dead-lettered (server
+    wall clock, ms since the epoch).
     """
 
     queue: str
@@ -297,12 +306,13 @@ class MessageStatus:
     ``state`` is one of ``"ready"``, ``"leased"``, ``"delayed"`` (in ``queue``; ``until_ms``
     is the lease deadline or ready time, 0 when ready), ``"dead_lettered"`` (``queue`` is
     the dead-letter queue it moved to and ``dead_letter_id`` its id there; ``attempts``
-    counts deliveries from there; ``reason`` is ``"max_attempts"`` or ``"rejected"``,
-    ``error`` the last error text given with ``nack`` or ``reject`` (or ``None``) and
-    ``dead_lettered_at_ms`` when it moved, server wall clock), ``"gone"`` (published, no
-    longer held: acked, purged or dropped) or ``"unknown"`` (never published to the
+    counts deliveries from there; ``reason`` is ``"max_attempts"``, ``"rejected"`` or
+    ``"expired"``, ``error`` the last error text given with ``nack`` or ``reject`` (or
+    ``None``) and ``dead_lettered_at_ms`` when it moved, server wall clock), ``"gone"``
+    (published, no longer held: acked, purged, expired or dropped) or ``"unknown"`` (never published to the
     queue). ``dead_letter_id``, ``reason``, ``error`` and ``dead_lettered_at_ms`` are
-    ``None`` unless the state is ``"dead_lettered"``.
+    ``None`` unless the state is ``"dead_lettered"``. ``expires_at_ms`` is when a held
+    message's time to live ends (server wall clock), 0 when it has none.
     """
 
     id: int
@@ -314,6 +324,7 @@ class MessageStatus:
     reason: str | None = None
     error: str | None = None
     dead_lettered_at_ms: int | None = None
+    expires_at_ms: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> MessageStatus:
@@ -321,6 +332,7 @@ class MessageStatus:
             id=m["id"], state=m["state"], queue=m["queue"], attempts=m["attempts"],
             until_ms=m["until_ms"], dead_letter_id=m.get("dead_letter_id"),
             reason=m.get("reason"), error=m.get("error"), dead_lettered_at_ms=m.get("dead_lettered_at_ms"),
+            expires_at_ms=m.get("expires_at_ms", 0),
         )
 
 
@@ -365,9 +377,13 @@ def as_bytes(value: Bytes) -> bytes | bytearray | memoryview:
 
 
 def message_entry(
-    body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None
+    body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None,
+    ttl_ms: int | None = None,
 ) -> list[Any]:
-    """The wire entry ``[body, key?, priority?, delay_ms?]`` with trailing ``None`` dropped."""
+    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?]`` with trailing
+    ``None`` dropped."""
+    if ttl_ms is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms]
     if delay_ms is not None:
         return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms]
     if priority is not None:
@@ -380,7 +396,7 @@ def message_entry(
 def message_entries(messages: Iterable[Bytes | Message]) -> list[list[Any]]:
     """Wire entries for ``publish``: each item is a body or a :class:`Message`."""
     return [
-        message_entry(m.body, m.key, m.priority, m.delay_ms) if isinstance(m, Message) else [as_bytes(m)]
+        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms) if isinstance(m, Message) else [as_bytes(m)]
         for m in messages
     ]
 

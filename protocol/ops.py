@@ -51,6 +51,13 @@ class RetryBackoff(StrEnum):
     EXPONENTIAL = "exponential"
 
 
+class OnExpire(StrEnum):
+    """What happens to a message whose time to live has passed (``on_expire``)."""
+
+    DROP = "drop"
+    DEAD_LETTER = "dead_letter"
+
+
 class PushName(StrEnum):
     """Names of PUSH frames; clients ignore names they do not know."""
 
@@ -101,6 +108,9 @@ MAX_RETRY_DELAY_MS = MAX_DELAY_MS
 DEFAULT_RETRY_BACKOFF = RetryBackoff.EXPONENTIAL
 DEFAULT_RETRY_MAX_DELAY_MS = 15 * 60 * 1000
 MAX_RETRY_JITTER = 100
+
+#: Longest time to live of a message (per message and per queue): 30 days.
+MAX_TTL_MS = 30 * 24 * 60 * 60 * 1000
 
 
 def shard_for_key(key: bytes, shards: int) -> int:

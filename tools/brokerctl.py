@@ -34,7 +34,7 @@ from client.types import (
     PeekedMessage,
     parse_addr,
 )
-from protocol import MAX_RETRY_JITTER, MAX_SHARDS, MIN_SHARDS, QueueKind, RetryBackoff
+from protocol import MAX_RETRY_JITTER, MAX_SHARDS, MAX_TTL_MS, MIN_SHARDS, OnExpire, QueueKind, RetryBackoff
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -179,6 +179,8 @@ def _status_text(s: MessageStatus) -> str:
         details.append(f"attempts={s.attempts}")
     if s.until_ms:
         details.append(f"until={_time_text(s.until_ms)}")
+    if s.expires_at_ms:
+        details.append(f"expires={_time_text(s.expires_at_ms)}")
     if s.reason is not None:
         details.append(f"reason={s.reason}")
     if s.dead_lettered_at_ms is not None:
@@ -196,6 +198,8 @@ _SETTING_OPTIONS: dict[str, dict[str, Any]] = {
     "dead_letter": {"metavar": "QUEUE"},
     "retry_backoff": {"type": click.Choice([b.value for b in RetryBackoff])},
     "retry_jitter": {"type": click.IntRange(0, MAX_RETRY_JITTER)},
+    "ttl_ms": {"type": click.IntRange(0, MAX_TTL_MS)},
+    "on_expire": {"type": click.Choice([e.value for e in OnExpire])},
 }
 
 
@@ -332,6 +336,8 @@ def stats(name: str, addr: str, as_json: bool) -> None:
 @click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
 @click.option("--priority", type=click.IntRange(0, 255), help="0..255, higher first (priority queues).")
 @click.option("--delay-ms", type=click.IntRange(0), help="Keep the message invisible this long.")
+@click.option("--ttl-ms", type=click.IntRange(1, MAX_TTL_MS),
+              help="Remove the message this long after publishing if it is still there [queue's ttl_ms].")
 @click.option(
     "--count", "-n", type=click.IntRange(1), default=1, show_default=True,
     help="Publish this many copies (sent in batches).",
@@ -339,14 +345,14 @@ def stats(name: str, addr: str, as_json: bool) -> None:
 @common_options
 def publish(
     queue: str, body: str, key: str | None, priority: int | None, delay_ms: int | None,
-    count: int, addr: str, as_json: bool,
+    ttl_ms: int | None, count: int, addr: str, as_json: bool,
 ) -> None:
     """Publish BODY to QUEUE.
 
     BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin.
     """
     data = _read_stdin() if body == "-" else body.encode()
-    message = Message(data, key, priority, delay_ms)
+    message = Message(data, key, priority, delay_ms, ttl_ms)
     with connect(addr) as client:
         if count == 1:
             results = [client.publish_batch(queue, [message])]
@@ -555,8 +561,8 @@ def peek(queue: str, max_: int, state: str | None, dead_letter: bool, addr: str,
 def status(queue: str, ids: tuple[int, ...], addr: str, as_json: bool) -> None:
     """Show where messages of QUEUE are now, by id.
 
-    One line per id: ready, leased or delayed (with attempts so far and the lease
-    deadline or ready time, UTC), dead_lettered (with the dead-letter queue and the id
+    One line per id: ready, leased or delayed (with attempts so far, the lease
+    deadline or ready time and when its time to live ends, UTC), dead_lettered (with the dead-letter queue and the id
     there, the reason, when it moved and the last error text), gone (acked, purged or
     dropped) or unknown (never published to QUEUE).
     """

@@ -63,12 +63,16 @@ class QueueSettings:
     retry_backoff: str = "exponential"
     retry_max_delay_ms: int = 900_000
     retry_jitter: int = 0
+    #: Time to live of messages published without one (0: none), and what happens
+    #: when it passes (SPEC §8.8).
+    ttl_ms: int = 0
+    on_expire: str = "drop"
 
 
-#: Positions of the header's fields after the counters (``export_header``), with the
-#: defaults an older header that lacks them gets.
-_HEADER_SETTINGS = 15
-_RETRY_DEFAULTS = [0, "exponential", 900_000, 0]
+#: The header's fields after the counters (``export_header``): the settings and the
+#: counter added since, with the defaults an older header that lacks them gets.
+_HEADER_LATER = 15
+_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0]
 
 
 class Queue:
@@ -90,6 +94,14 @@ class Queue:
         self.expired = 0
         self.dead_lettered = 0
         self.dropped = 0
+        #: Messages that left because their time to live passed (dropped or dead-lettered).
+        self.ttl_expired = 0
+        #: The queue's default time to live (``settings.ttl_ms``), for the publish paths.
+        self.default_ttl = settings.ttl_ms
+        #: When each message that has a time to live expires (wall-clock ms), and the
+        #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
+        self.expires: dict[int, int] = {}
+        self._expiry_heap: list[tuple[int, int]] = []
         # Timers: (deadline_ms, seq, ids) per lease batch; (ready_at_ms, id) per delayed message.
         self._lease_heap: list[tuple[int, int, list[int]]] = []
         self._delay_heap: list[tuple[int, int]] = []
@@ -123,19 +135,25 @@ class Queue:
             return 0
         return shard_for_key(key, n) if key is not None else msg_id % n
 
-    def select(self, max_count: int, byte_budget: int) -> list[Message]:
+    def select(self, max_count: int, byte_budget: int, now_ms: int | None = None) -> list[Message]:
         """Up to ``max_count`` ready messages to lease, taken round robin across shards,
         whose bodies and keys fit in ``byte_budget`` (at least one if any is ready).
-        Reads only."""
+        Given ``now_ms``, messages whose time to live has passed by then are never
+        chosen (their ``Expire`` may not be logged yet). Reads only."""
         sets = self.ready_sets
         n = len(sets)
         if n == 1:
-            return take_fitting(sets[0].iter_ready(), max_count, byte_budget)
+            ready = sets[0].iter_ready()
+            if now_ms is not None and self.expires:
+                ready = self._unexpired(ready, now_ms)
+            return take_fitting(ready, max_count, byte_budget)
         else:
             start = self._cursor
             self._cursor = (start + 1) % n
             order = [sets[(start + i) % n] for i in range(n)]
             sources = [r.iter_ready() for r in order if r.count]
+            if now_ms is not None and self.expires:
+                sources = [self._unexpired(r, now_ms) for r in sources]
         chosen: list[Message] = []
         budget = byte_budget
         while sources:
@@ -152,6 +170,13 @@ class Queue:
                 if len(chosen) >= max_count:
                     return chosen
         return chosen
+
+    def _unexpired(self, msgs: Iterator[Message], now_ms: int) -> Iterator[Message]:
+        expires = self.expires
+        for msg in msgs:
+            at = expires.get(msg.id)
+            if at is None or at > now_ms:
+                yield msg
 
     def dead_letter_of(self, source: str, source_id: int) -> int | None:
         """The id here of message ``source_id`` dead-lettered from ``source``, if held."""
@@ -183,36 +208,43 @@ class Queue:
         return out
 
     def next_deadline(self) -> int | None:
-        """The earliest pending lease or delay deadline (may be stale), or None."""
-        a = self._lease_heap[0][0] if self._lease_heap else None
-        b = self._delay_heap[0][0] if self._delay_heap else None
-        if a is None:
-            return b
-        return a if b is None else min(a, b)
+        """The earliest pending lease, delay or expiry deadline (may be stale), or None."""
+        found = [h[0][0] for h in (self._lease_heap, self._delay_heap, self._expiry_heap) if h]
+        return min(found) if found else None
 
-    def due(self, now_ms: int) -> tuple[list[int], list[int]]:
-        """(ids whose lease expired, ids whose delay elapsed) by ``now_ms``.
+    def due(self, now_ms: int) -> tuple[list[int], list[int], list[int]]:
+        """(ids whose lease expired, ids whose delay elapsed, ids whose time to live
+        passed) by ``now_ms``; an id whose time to live passed is in the last list only.
 
         Drops the timer entries it returns or finds stale; the caller turns the ids
-        into RELEASE / PROMOTE mutations and applies them at once.
+        into EXPIRE / RELEASE / PROMOTE mutations and applies them at once.
         """
+        msgs = self.messages
+        gone: list[int] = []
+        eheap = self._expiry_heap
+        if eheap and eheap[0][0] <= now_ms:
+            expires = self.expires
+            while eheap and eheap[0][0] <= now_ms:
+                at, mid = heapq.heappop(eheap)
+                if expires.get(mid) == at:
+                    gone.append(mid)
+        skip = set(gone)
         expired: list[int] = []
         heap = self._lease_heap
-        msgs = self.messages
         while heap and heap[0][0] <= now_ms:
             _, seq, ids = heapq.heappop(heap)
             for mid in ids:
                 msg = msgs.get(mid)
-                if msg is not None and msg.state == LEASED and msg.lease == seq:
+                if msg is not None and msg.state == LEASED and msg.lease == seq and mid not in skip:
                     expired.append(mid)
         promoted: list[int] = []
         dheap = self._delay_heap
         while dheap and dheap[0][0] <= now_ms:
             ready_at, mid = heapq.heappop(dheap)
             msg = msgs.get(mid)
-            if msg is not None and msg.state == DELAYED and msg.deadline == ready_at:
+            if msg is not None and msg.state == DELAYED and msg.deadline == ready_at and mid not in skip:
                 promoted.append(mid)
-        return expired, promoted
+        return expired, promoted, gone
 
     # -- changing (called only from BrokerState appliers) ------------------------------
 
@@ -223,6 +255,7 @@ class Queue:
         keys: list[bytes | None] | None = None,
         priorities: list[int] | None = None,
         ready_at_ms: list[int] | None = None,
+        expires_at_ms: list[int] | None = None,
     ) -> None:
         msgs = self.messages
         sets = self.ready_sets
@@ -251,6 +284,19 @@ class Queue:
         self.next_id = first_id + n
         self.published += n
         self.bytes += sum(map(len, bodies))
+        if expires_at_ms is not None:
+            self.set_expiries(first_id, expires_at_ms)
+
+    def set_expiries(self, first_id: int, expires_at_ms: list[int]) -> None:
+        """Messages ``first_id, first_id + 1, ...`` expire at these times (0: never)."""
+        expires, heap = self.expires, self._expiry_heap
+        for mid, at in zip(range(first_id, first_id + len(expires_at_ms)), expires_at_ms):
+            if at:
+                expires[mid] = at
+                heapq.heappush(heap, (at, mid))
+        if len(heap) > 2 * len(expires) + 1024:
+            self._expiry_heap = [e for e in heap if expires.get(e[1]) == e[0]]
+            heapq.heapify(self._expiry_heap)
 
     def lease(self, deadline_ms: int, ids: list[int]) -> None:
         msgs = self.messages
@@ -283,7 +329,7 @@ class Queue:
             if msg is not None:
                 self._unlink(msg)
                 n += 1
-        if self.sources or self.errors:
+        if self.sources or self.errors or self.expires:
             self._forget(ids)
         return n
 
@@ -325,12 +371,13 @@ class Queue:
                 del self._by_source[(record.source, record.source_id)]
 
     def _forget(self, ids: list[int]) -> None:
-        sources, by_source, errors = self.sources, self._by_source, self.errors
+        sources, by_source, errors, expires = self.sources, self._by_source, self.errors, self.expires
         for mid in ids:
             record = sources.pop(mid, None)
             if record is not None:
                 by_source.pop((record.source, record.source_id), None)
             errors.pop(mid, None)
+            expires.pop(mid, None)
 
     def export_sources(self) -> list[list[Any]]:
         """``sources`` as snapshot rows (``DeadLetter.row``), by id."""
@@ -415,13 +462,20 @@ class Queue:
         return [s.name, s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter,
                 s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
                 self.nacked, self.expired, self.dead_lettered, self.dropped,
-                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter]
+                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
+                s.ttl_ms, s.on_expire, self.ttl_expired]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
-        """From ``export_header``; a header of an older build lacks the later settings."""
-        retry = fields[_HEADER_SETTINGS:_HEADER_SETTINGS + 4] or _RETRY_DEFAULTS
-        queue = cls(QueueSettings(*fields[:7], *retry))
+        """From ``export_header``; a header of an older build lacks the later fields."""
+        later = fields[_HEADER_LATER:]
+        later = later + _LATER_DEFAULTS[len(later):]
+        (retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
+         ttl_expired) = later[:len(_LATER_DEFAULTS)]
+        name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages = fields[:7]
+        queue = cls(QueueSettings(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
+                                  retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire))
+        queue.ttl_expired = ttl_expired
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
         return queue
@@ -455,6 +509,18 @@ class Queue:
                 msg.lease = lease
                 self.leased += 1
 
+    def export_expiries(self) -> list[list[int]]:
+        """``expires`` as snapshot rows ``[id, expires_at_ms]``, by id."""
+        return [[mid, at] for mid, at in sorted(self.expires.items())]
+
+    def import_expiries(self, rows: list[list[int]]) -> None:
+        """Rows of ``export_expiries``."""
+        expires, heap = self.expires, self._expiry_heap
+        for mid, at in rows:
+            expires[mid] = at
+            heap.append((at, mid))
+        heapq.heapify(heap)
+
     def finish_import(self) -> None:
         """Rebuild the lease timers from the imported leased messages."""
         batches: dict[tuple[int, int], list[int]] = {}
@@ -473,10 +539,12 @@ class Queue:
             "dead_letter": s.dead_letter, "max_messages": s.max_messages,
             "retry_delay_ms": s.retry_delay_ms, "retry_backoff": s.retry_backoff,
             "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
+            "ttl_ms": s.ttl_ms, "on_expire": s.on_expire,
             "ready": ready, "leased": self.leased, "delayed": self.delayed,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,
             "expired": self.expired, "dead_lettered": self.dead_lettered, "dropped": self.dropped,
+            "ttl_expired": self.ttl_expired,
         }
 
 

@@ -199,12 +199,12 @@ def test_status_of_each_state(world: World) -> None:
     world.call("ack", queue="jobs", ids=[3])
     statuses = world.call("message_status", queue="jobs", ids=[2, 4, 3, 0, 99, 2])["statuses"]
     assert statuses == [
-        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000},
-        {"id": 4, "state": "delayed", "queue": "jobs", "attempts": 0, "until_ms": T0 + 5000},
-        {"id": 3, "state": "gone", "queue": "jobs", "attempts": 0, "until_ms": 0},
-        {"id": 0, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0},
-        {"id": 99, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0},
-        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000},
+        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0},
+        {"id": 4, "state": "delayed", "queue": "jobs", "attempts": 0, "until_ms": T0 + 5000, "expires_at_ms": 0},
+        {"id": 3, "state": "gone", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
+        {"id": 0, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
+        {"id": 99, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
+        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0},
     ]
 
 
@@ -219,7 +219,7 @@ def test_status_follows_a_dead_letter(world: World) -> None:
     dead_letter_two(world)
     statuses = world.call("message_status", queue="jobs", ids=[1, 2, 3])["statuses"]
     assert statuses[0] == {"id": 1, "state": "dead_lettered", "queue": "dlq", "attempts": 0,
-                           "until_ms": 0, "dead_letter_id": 2, "reason": "max_attempts",
+                           "until_ms": 0, "expires_at_ms": 0, "dead_letter_id": 2, "reason": "max_attempts",
                            "error": None, "dead_lettered_at_ms": world.now}
     assert statuses[1]["dead_letter_id"] == 1 and statuses[1]["queue"] == "dlq"
     assert statuses[2]["state"] == "leased"

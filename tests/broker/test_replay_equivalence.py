@@ -57,13 +57,26 @@ delays = st.one_of(st.none(), st.just(0), st.integers(1, 300))
 #: Retry backoff settings: (retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter).
 retries = st.one_of(st.none(), st.tuples(
     st.integers(0, 200), st.sampled_from(["fixed", "exponential"]), st.integers(0, 500), st.integers(0, 100)))
+ttls = st.one_of(st.none(), st.integers(1, 400))
+#: A queue's time to live settings: (ttl_ms, on_expire).
+queue_ttls = st.one_of(st.none(), st.tuples(st.integers(0, 400), st.sampled_from(["drop", "dead_letter"])))
 id_picks = st.lists(st.integers(0, 20), min_size=1, max_size=4)
 
 
 @st.composite
 def entries(draw: Any) -> list[Any]:
-    entry = [draw(bodies), draw(keys), draw(priorities), draw(delays)]
-    return entry[: draw(st.integers(1, 4))]
+    entry = [draw(bodies), draw(keys), draw(priorities), draw(delays), draw(ttls)]
+    return entry[: draw(st.integers(1, 5))]
+
+
+def later_settings(retry: tuple[int, str, int, int] | None, ttl: tuple[int, str] | None) -> dict[str, Any]:
+    """queue_create arguments for the retry backoff and time to live settings drawn."""
+    settings: dict[str, Any] = {}
+    if retry is not None:
+        settings.update(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"), retry))
+    if ttl is not None:
+        settings.update(zip(("ttl_ms", "on_expire"), ttl))
+    return settings
 
 
 def tally(label: str) -> None:
@@ -72,7 +85,7 @@ def tally(label: str) -> None:
 
 
 def record(m: Mutation) -> Record:
-    return (m.TYPE, msgpack.packb(m.fields(), use_bin_type=True))
+    return (m.TYPE, msgpack.packb(m.record_fields(), use_bin_type=True))
 
 
 def replay(log: list[Record]) -> BrokerState:
@@ -143,36 +156,32 @@ class ReplayMachine(RuleBasedStateMachine):
         max_attempts=st.lists(st.integers(0, 3), min_size=3, max_size=3),
         dead_letters=st.tuples(st.sampled_from([None, "beta", "gamma"]), st.sampled_from([None, "gamma"])),
         retry=st.lists(retries, min_size=3, max_size=3),
+        ttl=st.lists(queue_ttls, min_size=3, max_size=3),
     )
     def create_all(self, kinds: list[str], shards: list[int], max_attempts: list[int],
                    dead_letters: tuple[str | None, str | None],
-                   retry: list[tuple[int, str, int, int] | None]) -> None:
+                   retry: list[tuple[int, str, int, int] | None], ttl: list[tuple[int, str] | None]) -> None:
         """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none)."""
-        for name, kind, n, attempts, dlq, backoff in zip(
+        for name, kind, n, attempts, dlq, backoff, lifetime in zip(
             ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
-            retry,
+            retry, ttl,
         ):
-            settings: dict[str, Any] = {}
-            if backoff is not None:
-                settings = dict(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"),
-                                    backoff))
             assert self.call("queue_create", queue=name, kind=kind, shards=n, visibility_ms=100,
-                             max_attempts=attempts, dead_letter=dlq, **settings) == {"queue": name, "created": True}
+                             max_attempts=attempts, dead_letter=dlq,
+                             **later_settings(backoff, lifetime)) == {"queue": name, "created": True}
 
     @rule(
         name=names, kind=st.sampled_from(["fifo", "lifo", "priority"]), shards=st.integers(1, 4),
         visibility=st.integers(1, 300), max_attempts=st.integers(0, 3),
         dead_letter=st.one_of(st.none(), names), max_messages=st.sampled_from([0, 4, 12]),
-        retry=retries,
+        retry=retries, ttl=queue_ttls,
     )
     def create(self, name: str, kind: str, shards: int, visibility: int, max_attempts: int,
                dead_letter: str | None, max_messages: int,
-               retry: tuple[int, str, int, int] | None = None) -> None:
-        settings: dict[str, Any] = {}
-        if retry is not None:
-            settings = dict(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"), retry))
+               retry: tuple[int, str, int, int] | None = None, ttl: tuple[int, str] | None = None) -> None:
         self.call("queue_create", queue=name, kind=kind, shards=shards, visibility_ms=visibility,
-                  max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages, **settings)
+                  max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages,
+                  **later_settings(retry, ttl))
 
     @rule(name=names)
     def delete(self, name: str) -> None:
@@ -214,7 +223,10 @@ class ReplayMachine(RuleBasedStateMachine):
     @rule(dt=st.integers(1, 400))
     def advance_time(self, dt: int) -> None:
         self.now += dt
-        self.commit(self.state.due(self.now))
+        due = self.state.due(self.now)
+        for m in due:
+            tally(f"due: {type(m).__name__}")
+        self.commit(due)
 
     @rule(chunk=st.integers(1, 4))
     def checkpoint(self, chunk: int) -> None:

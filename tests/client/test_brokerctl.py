@@ -277,7 +277,7 @@ def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
     doc = ctl.json("status", queue, "3", "3")
     assert doc == {"queue": queue, "statuses": [
         {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None,
-         "reason": None, "error": None, "dead_lettered_at_ms": None},
+         "reason": None, "error": None, "dead_lettered_at_ms": None, "expires_at_ms": 0},
     ] * 2}
     ctl.run("status", queue, expect=2)                         # ids are required
     result = ctl.run("status", qname(), "1", expect=1)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from broker.mutations import Ack, Lease, MutationType, Publish, QueueCreate, Release
+from broker.records import encode
 from broker.state import BrokerState
 from broker.wal import SegmentedLog, encode_record, replay
 from broker.wal.record import RECORD_HEADER_SIZE
@@ -41,10 +42,9 @@ def mutations() -> list[Any]:
 
 
 def write_wal(wal_dir: Path, muts: list[Any], segment_bytes: int = SEGMENT_BYTES) -> None:
-    pack = msgpack.Packer(use_bin_type=True).pack
     with SegmentedLog.open(wal_dir, segment_bytes=segment_bytes) as log:
         for m in muts:
-            log.append(encode_record(m.TYPE, pack(m.fields())))
+            log.append(encode(m))
             log.write()
 
 
@@ -256,7 +256,8 @@ def test_dump_records(wal_dir: Path) -> None:
     assert lines[0]["fields"] == {
         "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30_000,
         "max_attempts": 0, "dead_letter": None, "max_messages": 0, "retry_delay_ms": 0,
-        "retry_backoff": "exponential", "retry_max_delay_ms": 900_000, "retry_jitter": 0}
+        "retry_backoff": "exponential", "retry_max_delay_ms": 900_000, "retry_jitter": 0,
+        "ttl_ms": 0, "on_expire": "drop"}
     assert lines[2]["fields"]["keys"] == [{"utf8": "k1"}, None, {"utf8": "k3"}, None]
     bodies = lines[3]["fields"]["bodies"]
     assert bodies[0] == {"utf8": "body-08"}
