@@ -15,7 +15,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -24,6 +24,7 @@ import click
 from client.errors import ConnectionClosed, LockgateError
 from client.ops import QUEUE_SETTINGS
 from client.sync import SyncClient
+from client.sync_subscription import SyncIncomingMessage
 from client.types import (
     ADDR_ENV,
     DEFAULT_ADDR,
@@ -32,9 +33,19 @@ from client.types import (
     Message,
     MessageStatus,
     PeekedMessage,
+    QueueStats,
     parse_addr,
 )
-from protocol import MAX_RETRY_JITTER, MAX_SHARDS, MAX_TTL_MS, MIN_SHARDS, OnExpire, QueueKind, RetryBackoff
+from protocol import (
+    DEFAULT_CREDIT,
+    MAX_RETRY_JITTER,
+    MAX_SHARDS,
+    MAX_TTL_MS,
+    MIN_SHARDS,
+    OnExpire,
+    QueueKind,
+    RetryBackoff,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -252,13 +263,44 @@ def ping(addr: str, as_json: bool) -> None:
         click.echo(f"shards of {route.queue}: node {route.node!r} at {route.addr}")
 
 
-_TABLE_COLUMNS = ("name", "kind", "shards", "ready", "leased", "delayed", "published", "acked")
+_TABLE_COLUMNS = (
+    "name", "kind", "shards", "ready", "leased", "delayed", "published", "acked", "max_attempts", "dead_letter",
+    "settings",
+)
+#: Defaults of the QueueStats fields that have one (the settings added after the first).
+_STATS_DEFAULTS = {f.name: f.default for f in fields(QueueStats) if f.default is not MISSING}
+
+
+def _other_settings(s: QueueStats) -> str:
+    """The queue settings without a column of their own, as ``name=value``: each one that
+    has no default in QueueStats, and the others when they differ from it."""
+    shown = []
+    for setting in QUEUE_SETTINGS:
+        name = setting.name
+        if name in _TABLE_COLUMNS:
+            continue
+        value = getattr(s, name, None)
+        if name not in _STATS_DEFAULTS or value != _STATS_DEFAULTS[name]:
+            shown.append(f"{name}={'-' if value is None else value}")
+    return " ".join(shown)
+
+
+def _queue_cell(s: QueueStats, column: str) -> str:
+    if column == "settings":
+        return _other_settings(s)
+    value = getattr(s, column)
+    return "-" if value is None else str(value)
 
 
 @main.command()
 @common_options
 def queues(addr: str, as_json: bool) -> None:
-    """List every queue with its message counts."""
+    """List every queue with its message counts and settings.
+
+    MAX_ATTEMPTS is 0 when unlimited; DEAD_LETTER is "-" when there is none. SETTINGS
+    shows visibility_ms and max_messages, and the other settings (retry backoff, ...)
+    where they differ from their defaults; `brokerctl stats NAME` shows them all.
+    """
     with connect(addr) as client:
         stats = client.list_queues()
     if as_json:
@@ -267,9 +309,9 @@ def queues(addr: str, as_json: bool) -> None:
     if not stats:
         click.echo("no queues")
         return
-    rows = [[str(getattr(s, c)) for c in _TABLE_COLUMNS] for s in stats]
+    rows = [[_queue_cell(s, c) for c in _TABLE_COLUMNS] for s in stats]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_TABLE_COLUMNS)]
-    left = {"name", "kind"}
+    left = {"name", "kind", "dead_letter", "settings"}
 
     def line(cells: list[str] | tuple[str, ...]) -> str:
         return "  ".join(
@@ -407,6 +449,76 @@ def consume(
         click.echo(f"{d.id}\tattempt={d.attempt} priority={d.priority}{key}\t{_bytes_text(d.body)}")
     if ack and deliveries:
         click.echo(f"acked {acked} of {len(deliveries)}", err=True)
+
+
+def _print_pushed(msg: SyncIncomingMessage, as_json: bool) -> None:
+    """One line per message: consume's text line, or a compact JSON object."""
+    d = msg.delivery
+    if as_json:
+        click.echo(json.dumps({"queue": msg.queue, **_delivery_json(d)}))
+        return
+    key = "" if d.key is None else f" key={_bytes_text(d.key)}"
+    click.echo(f"{d.id}\tattempt={d.attempt} priority={d.priority}{key}\t{_bytes_text(d.body)}")
+
+
+@main.command("subscribe")
+@click.argument("queue")
+@click.option("--credit", type=click.IntRange(1), default=DEFAULT_CREDIT, show_default=True,
+              help="Most messages pushed and not yet acked at once (with --count, at most that many).")
+@click.option("--ack", "mode", flag_value="ack", help="Acknowledge (delete) each message once printed.")
+@click.option("--auto-ack", "mode", flag_value="auto_ack",
+              help="At most once: the broker deletes each message as it pushes it (not with --count).")
+@click.option("--count", "-n", type=click.IntRange(1), help="Stop after this many messages [until Ctrl-C].")
+@click.option("--visibility-ms", type=click.IntRange(1), help="Lease length [the queue's].")
+@common_options
+def subscribe_cmd(
+    queue: str, credit: int, mode: str | None, count: int | None, visibility_ms: int | None,
+    addr: str, as_json: bool,
+) -> None:
+    """Print the messages of QUEUE as the broker pushes them.
+
+    One line per message, as consume prints them (--json: one JSON object per line),
+    until --count messages have arrived or Ctrl-C. Without --ack or --auto-ack the
+    messages stay leased: after --credit of them nothing more comes until their leases
+    end (then they come again, with the next attempt). On leaving, messages pushed but
+    not printed are given back (nacked). --auto-ack cannot be combined with --count: the
+    broker would delete the messages it pushes past the count, unprinted.
+    """
+    if mode == "auto_ack" and count is not None:
+        raise click.UsageError("--auto-ack cannot be used with --count (messages pushed past the count "
+                               "would be deleted unprinted); use --ack")
+    if count is not None:
+        credit = min(credit, count)
+    # With --count and --ack, acks that would let the broker push more than --count
+    # messages in all are held back and sent at the end.
+    ack_now = None if count is None else count - credit
+    printed = acked = 0
+    held: list[int] = []
+    current: SyncIncomingMessage | None = None  # handed out, not printed yet
+    with connect(addr) as client:
+        sub = client.subscribe(queue, credit=credit, visibility_ms=visibility_ms, auto_ack=mode == "auto_ack")
+        try:
+            with sub:
+                for current in sub:
+                    _print_pushed(current, as_json)
+                    printed += 1
+                    if mode == "ack":
+                        if ack_now is None or acked < ack_now:
+                            acked += current.ack().acked
+                        else:
+                            held.append(current.id)
+                    current = None
+                    if printed == count:
+                        break
+        except KeyboardInterrupt:
+            if current is not None and current.settled is None:
+                current.nack()  # Ctrl-C came before it was printed: give it back
+        if held:
+            acked += client.ack(queue, held).acked
+        if sub.end_reason is not None:
+            _fail(EXIT_ERROR, f"the broker ended the subscription: {sub.end_reason}")
+    summary = f"received {_plural(printed, 'message')}"
+    click.echo(summary + (f", acked {acked}" if mode == "ack" else ""), err=True)
 
 
 @main.command("ack")

@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from client import SyncClient
 from client.ops import QUEUE_SETTINGS
+from tools import brokerctl
 from tools.brokerctl import main
 
 _names = itertools.count()
 COMMANDS = [
     "ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack",
-    "purge", "peek", "status", "extend", "reject", "dlq",
+    "purge", "peek", "status", "extend", "reject", "dlq", "subscribe",
 ]
 #: Every command that talks to a broker, as its words on the command line.
 BROKER_COMMANDS = [[c] for c in COMMANDS if c != "dlq"] + [["dlq", "redrive"]]
@@ -143,12 +145,21 @@ def test_broker_errors_exit_1_with_code_name(ctl: Ctl, queue: str) -> None:
 
 def test_queues_table_and_json(ctl: Ctl, queue: str) -> None:
     ctl.run("publish", queue, "x", "--count", "3")
+    dlq, tuned = qname(), qname()
+    ctl.run("create-queue", dlq)
+    ctl.run("create-queue", tuned, "--max-attempts", "5", "--dead-letter", dlq, "--visibility-ms", "5000",
+            "--retry-delay-ms", "250", "--retry-backoff", "fixed")
     lines = ctl.run("queues").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "KIND", "SHARDS", "READY", "LEASED", "DELAYED", "PUBLISHED", "ACKED"]
-    row = next(line.split() for line in lines[1:] if line.split()[0] == queue)
-    assert row == [queue, "fifo", "1", "3", "0", "0", "3", "0"]
+    assert lines[0].split() == ["NAME", "KIND", "SHARDS", "READY", "LEASED", "DELAYED", "PUBLISHED", "ACKED",
+                                "MAX_ATTEMPTS", "DEAD_LETTER", "SETTINGS"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows[queue] == [queue, "fifo", "1", "3", "0", "0", "3", "0", "20", "-",
+                           "visibility_ms=30000", "max_messages=10000000"]
+    assert rows[tuned][:10] == [tuned, "fifo", "1", "0", "0", "0", "0", "0", "5", dlq]
+    assert rows[tuned][10:] == ["visibility_ms=5000", "max_messages=10000000", "retry_delay_ms=250", "retry_backoff=fixed"]
     listed = {q["name"]: q for q in ctl.json("queues")}
     assert listed[queue]["ready"] == 3
+    assert (listed[tuned]["max_attempts"], listed[tuned]["dead_letter"]) == (5, dlq)
 
 
 def test_publish_and_consume_text(ctl: Ctl, queue: str) -> None:
@@ -365,3 +376,92 @@ def test_dlq_redrive(ctl: Ctl) -> None:
         assert "Usage:" in result.stderr
     result = ctl.run("dlq", "redrive", qname(), expect=1)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
+
+
+# --- subscribe -------------------------------------------------------------------------------
+
+
+def json_lines(text: str) -> list[Any]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_subscribe_count_with_ack_pushes_no_more_than_the_count(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "m", "--count", "6", "--key", "k")
+    result = ctl.run("subscribe", queue, "--count", "4", "--credit", "2", "--ack", "--json")
+    lines = json_lines(result.stdout)
+    assert [m["id"] for m in lines] == [1, 2, 3, 4]
+    assert lines[0] == {"queue": queue, "id": 1, "attempt": 1, "priority": 0, "key": "k", "key_encoding": "utf-8",
+                        "body": "m", "body_encoding": "utf-8"}
+    assert result.stderr == "received 4 messages, acked 4\n"
+    stats = ctl.json("stats", queue)
+    # The last acks waited for the end, so nothing past the count was pushed (and nacked).
+    assert (stats["acked"], stats["leased"], stats["ready"], stats["nacked"]) == (4, 0, 2, 0)
+
+
+def test_subscribe_without_ack_leaves_the_messages_leased(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "hello", "--key", "k1")
+    ctl.run("publish", queue, "-", input=b"\xff")
+    result = ctl.run("subscribe", queue, "--count", "2")
+    assert result.stdout.splitlines() == ["1\tattempt=1 priority=0 key=k1\thello", "2\tattempt=1 priority=0\thex:ff"]
+    assert result.stderr == "received 2 messages\n"
+    stats = ctl.json("stats", queue)
+    assert (stats["leased"], stats["ready"], stats["acked"]) == (2, 0, 0)
+
+
+def test_subscribe_usage_and_broker_errors(ctl: Ctl, queue: str) -> None:
+    result = ctl.run("subscribe", queue, "--auto-ack", "--count", "1", expect=2)
+    assert "--auto-ack cannot be used with --count" in result.stderr
+    result = ctl.run("subscribe", qname(), "--count", "1", expect=1)
+    assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
+
+
+def test_subscribe_ctrl_c_stops_cleanly(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl.run("publish", queue, "m", "--count", "5")
+    shown = brokerctl._print_pushed
+
+    def interrupt_third(msg: Any, as_json: bool) -> None:
+        if msg.id == 3:
+            raise KeyboardInterrupt
+        shown(msg, as_json)
+
+    monkeypatch.setattr(brokerctl, "_print_pushed", interrupt_third)
+    result = ctl.run("subscribe", queue, "--ack", "--credit", "3")
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["1", "2"]
+    assert result.stderr == "received 2 messages, acked 2\n"
+    stats = ctl.json("stats", queue)
+    # The interrupted one and those still buffered were given back at once.
+    assert (stats["acked"], stats["leased"], stats["ready"]) == (2, 0, 3)
+
+
+def test_subscribe_auto_ack_until_ctrl_c(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl.run("publish", queue, "m", "--count", "3")
+    shown = brokerctl._print_pushed
+    seen: list[int] = []
+
+    def stop_after_three(msg: Any, as_json: bool) -> None:
+        shown(msg, as_json)
+        seen.append(msg.id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(brokerctl, "_print_pushed", stop_after_three)
+    result = ctl.run("subscribe", queue, "--auto-ack", "--json")
+    assert [m["id"] for m in json_lines(result.stdout)] == [1, 2, 3]
+    stats = ctl.json("stats", queue)
+    assert (stats["messages"], stats["acked"]) == (0, 3)
+
+
+def test_subscribe_ends_when_the_queue_is_deleted(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch,
+                                                  sync_broker_addr: tuple[str, int]) -> None:
+    ctl.run("publish", queue, "only")
+    shown = brokerctl._print_pushed
+
+    def then_delete(msg: Any, as_json: bool) -> None:
+        shown(msg, as_json)
+        with SyncClient(sync_broker_addr) as admin:
+            admin.delete_queue(queue)
+
+    monkeypatch.setattr(brokerctl, "_print_pushed", then_delete)
+    result = ctl.run("subscribe", queue, "--count", "5", expect=1)
+    assert result.stdout == "1\tattempt=1 priority=0\tonly\n"
+    assert result.stderr == "error: the broker ended the subscription: queue_deleted\n"
