@@ -35,6 +35,9 @@ How it works and what it promises:
   error, then re-raise, unless ``process(reraise=False)``. A cancellation (or other
   ``BaseException``) nacks without an error text and always propagates. A message
   settled inside the block is left as it is. With ``auto_ack`` the block does nothing.
+  A message nacked while its subscription is open is ready again and may be pushed
+  straight back to it; if the iteration then ends (the exception propagated), it is
+  given back once more from the buffer, and that push has counted as an attempt.
 """
 from __future__ import annotations
 

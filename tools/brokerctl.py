@@ -15,6 +15,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import MISSING, asdict, fields
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -64,11 +65,9 @@ def _check_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def common_options(f: F) -> F:
+def common_options(f: F, json_help: str = "Print one machine-readable JSON document instead of text.") -> F:
     """Add ``--addr`` and ``--json`` to a command."""
-    f = click.option(
-        "--json", "as_json", is_flag=True, help="Print one machine-readable JSON document instead of text."
-    )(f)
+    f = click.option("--json", "as_json", is_flag=True, help=json_help)(f)
     f = click.option(
         "--addr",
         envvar=ADDR_ENV,
@@ -470,7 +469,7 @@ def _print_pushed(msg: SyncIncomingMessage, as_json: bool) -> None:
               help="At most once: the broker deletes each message as it pushes it (not with --count).")
 @click.option("--count", "-n", type=click.IntRange(1), help="Stop after this many messages [until Ctrl-C].")
 @click.option("--visibility-ms", type=click.IntRange(1), help="Lease length [the queue's].")
-@common_options
+@partial(common_options, json_help="Print one JSON object per message and line instead of text.")
 def subscribe_cmd(
     queue: str, credit: int, mode: str | None, count: int | None, visibility_ms: int | None,
     addr: str, as_json: bool,
