@@ -25,10 +25,13 @@ from typing import Any, NamedTuple, Protocol
 
 from protocol import (
     DEFAULT_CREDIT,
+    DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_MAX_DELAY_MS,
+    MAX_DEDUP_ID,
+    MAX_DEDUP_WINDOW_MS,
     MAX_DELAY_MS,
     MAX_ERROR_TEXT,
     MAX_KEY,
@@ -393,14 +396,14 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
                                 f"dead-letter queue {dead_letter!r} does not exist",
                                 details={"field": "dead_letter", "queue": dead_letter})
     later = (args["retry_delay_ms"], args["retry_backoff"], args["retry_max_delay_ms"], args["retry_jitter"],
-             args["ttl_ms"], args["on_expire"])
+             args["ttl_ms"], args["on_expire"], args["dedup_window_ms"])
     mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, *later)
     existing = ctx.state.queues.get(name)
     if existing is not None:
         s = existing.settings
         if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages,
                 s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
-                s.ttl_ms, s.on_expire) != (
+                s.ttl_ms, s.on_expire, s.dedup_window_ms) != (
             kind, shards, visibility, max_attempts, dead_letter, max_messages, *later
         ):
             raise ProtocolError(ErrorCode.QUEUE_EXISTS,
@@ -449,14 +452,15 @@ def publish(session: Session, args: Args, ctx: Context) -> Outcome:
     if count > cfg.max_batch:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {cfg.max_batch} messages per publish",
                             details={"field": "messages", "limit": cfg.max_batch})
-    if len(queue.messages) + count > queue.settings.max_messages:
+    if len(queue.messages) + count > queue.settings.max_messages \
+            and not _room_without_duplicates(queue, entries, ctx.now_ms):
         raise ProtocolError(ErrorCode.QUEUE_FULL,
                             f"queue {queue.name!r} is full ({queue.settings.max_messages} messages)",
                             details={"queue": queue.name, "limit": queue.settings.max_messages})
     now = ctx.now_ms
     first = entries[0]
     if queue.default_ttl:  # every message gets an expiry: not plain (records.py rule 2)
-        mutation = _publish_columns(queue, entries, now, cfg.max_message)
+        return _publish_entries(queue, entries, now, cfg.max_message)
     elif count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
         if len(first[0]) > cfg.max_message:
             _too_large([first[0]], cfg.max_message)
@@ -471,7 +475,7 @@ def publish(session: Session, args: Args, ctx: Context) -> Outcome:
             _too_large(bodies, cfg.max_message)
         mutation = plain_publish(queue.name, queue.next_id, now, bodies)
     else:
-        mutation = _publish_columns(queue, entries, now, cfg.max_message)
+        return _publish_entries(queue, entries, now, cfg.max_message)
     return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
 
 
@@ -515,18 +519,27 @@ def _too_large(bodies: list[bytes], limit: int) -> None:
                         details={"index": index, "limit": limit})
 
 
-def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: int) -> Publish:
-    """Validate entries that may carry a key, priority, delay or time to live."""
+def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: int) -> Outcome:
+    """Validate entries that may carry a key, priority, delay, time to live or dedup id,
+    and publish those that are not duplicates (SPEC §8.9)."""
     bodies: list[bytes] = []
     keys: list[bytes | None] = []
     priorities: list[int] = []
     ready_ats: list[int] = []
     expiries: list[int] = []
+    dedup_ids: list[bytes | None] = []
+    duplicates: list[list[int]] = []
+    #: Dedup ids of this request's stored entries -> the ids they get.
+    batch: dict[bytes, int] = {}
+    sizes: list[bytes] = []
     default_ttl = queue.default_ttl
+    dedup = queue.settings.dedup_window_ms > 0
+    next_id = queue.next_id
     for index, entry in enumerate(entries):
-        if type(entry) is not list or not 1 <= len(entry) <= 5:
-            raise invalid(f"messages[{index}]", "a message is an array [body, key, priority, delay_ms, ttl_ms]")
-        body, key, priority, delay, ttl = (entry + [None, None, None, None])[:5]
+        if type(entry) is not list or not 1 <= len(entry) <= 6:
+            raise invalid(f"messages[{index}]",
+                          "a message is an array [body, key, priority, delay_ms, ttl_ms, dedup_id]")
+        body, key, priority, delay, ttl, dedup_id = (entry + [None, None, None, None, None])[:6]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
@@ -545,20 +558,58 @@ def _publish_columns(queue: Queue, entries: list[Any], now: int, max_message: in
             ttl = default_ttl
         elif type(ttl) is not int or not 1 <= ttl <= MAX_TTL_MS:
             raise invalid(f"messages[{index}].ttl_ms", f"ttl_ms must be an integer 1-{MAX_TTL_MS}, or nil")
+        if dedup_id is not None and (type(dedup_id) is not bytes or not 1 <= len(dedup_id) <= MAX_DEDUP_ID):
+            raise invalid(f"messages[{index}].dedup_id",
+                          f"dedup_id must be binary (msgpack bin) of 1 to {MAX_DEDUP_ID} bytes, or nil")
+        sizes.append(body)
+        if dedup and dedup_id is not None:
+            earlier = batch.get(dedup_id)
+            if earlier is None:
+                earlier = queue.duplicate_of(dedup_id, now)
+            if earlier is not None:
+                duplicates.append([index, earlier])
+                continue
+            batch[dedup_id] = next_id + len(bodies)
+        else:
+            dedup_id = None
         bodies.append(body)
         keys.append(key)
         priorities.append(priority)
         ready_ats.append(now + delay if delay else 0)
         expiries.append(now + ttl if ttl else 0)
-    if max(map(len, bodies)) > max_message:
-        _too_large(bodies, max_message)
-    return Publish(
-        queue.name, queue.next_id, now, bodies,
+        dedup_ids.append(dedup_id)
+    if max(map(len, sizes)) > max_message:
+        _too_large(sizes, max_message)
+    result: dict[str, Any] = {"first_id": next_id, "count": len(bodies)}
+    if duplicates:
+        result["duplicates"] = duplicates
+    if not bodies:
+        return Outcome(result)  # all duplicates: nothing to log
+    return _outcome(result, (Publish(
+        queue.name, next_id, now, bodies,
         keys if any(k is not None for k in keys) else None,
         priorities if any(priorities) else None,
         ready_ats if any(ready_ats) else None,
         expiries if any(expiries) else None,
-    )
+        dedup_ids if batch else None,
+    ),))
+
+
+def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool:
+    """Whether the queue has room for the entries that are not duplicates (SPEC §5.7 check
+    4), counting as duplicates only well-formed dedup ids of entries of 6 elements."""
+    if not queue.settings.dedup_window_ms:
+        return False
+    seen: set[bytes] = set()
+    duplicates = 0
+    for entry in entries:
+        dedup_id = entry[5] if type(entry) is list and len(entry) == 6 else None
+        if type(dedup_id) is bytes and 1 <= len(dedup_id) <= MAX_DEDUP_ID:
+            if dedup_id in seen or queue.duplicate_of(dedup_id, now) is not None:
+                duplicates += 1
+            else:
+                seen.add(dedup_id)
+    return len(queue.messages) + len(entries) - duplicates <= queue.settings.max_messages
 
 
 def consume(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -772,6 +823,7 @@ COMMANDS: dict[str, Command] = {
             Arg("retry_jitter", "int", default=0, lo=0, hi=MAX_RETRY_JITTER),
             Arg("ttl_ms", "int", default=0, lo=0, hi=MAX_TTL_MS),
             Arg("on_expire", "choice", default=str(OnExpire.DROP), choices=tuple(OnExpire)),
+            Arg("dedup_window_ms", "int", default=DEFAULT_DEDUP_WINDOW_MS, lo=0, hi=MAX_DEDUP_WINDOW_MS),
             Arg("dead_letter", "queue_name", default=None),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),

@@ -116,6 +116,8 @@ class QueueCreate(Mutation):
     #: when it passes (``drop`` or ``dead_letter``); older records lack them.
     ttl_ms: int = 0
     on_expire: str = "drop"
+    #: How long a dedup id is remembered (0: no dedup); older records lack it.
+    dedup_window_ms: int = 300_000
 
 
 @mutation(2)
@@ -136,7 +138,9 @@ class Publish(Mutation):
     does not expire; otherwise it is removed at that wall-clock time (the handler
     writes it for every message that has a time to live, its own or its queue's, so
     the applier never reads ``now_ms`` for it). The shard is not stored: it follows
-    from the key or the id by the documented rule (``Queue.shard_of``). Columns after
+    from the key or the id by the documented rule (``Queue.shard_of``). A ``dedup_ids``
+    entry (bytes, or None) is remembered with its message's id and ``now_ms`` for the
+    queue's dedup window; the handler leaves duplicates out of the record. Columns after
     ``ready_at_ms`` are optional: older records lack them, and records leave them out
     when they are None (``RECORD_BASE``).
     """
@@ -150,12 +154,14 @@ class Publish(Mutation):
     priorities: list[int] | None = None
     ready_at_ms: list[int] | None = None
     expires_at_ms: list[int] | None = None
+    dedup_ids: list[bytes | None] | None = None
 
     @property
     def plain(self) -> bool:
-        """No key, priority, delay or expiry on any message: runs of these fold together."""
+        """No key, priority, delay, expiry or dedup id on any message: runs of these fold
+        together."""
         return self.keys is None and self.priorities is None and self.ready_at_ms is None \
-            and self.expires_at_ms is None
+            and self.expires_at_ms is None and self.dedup_ids is None
 
 
 @mutation(4)
@@ -287,7 +293,8 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     """``Publish(queue, first_id, now_ms, bodies)`` built through its slots: the same
     frozen value at half the cost of the generated ``__init__`` (one per publish request)."""
     obj = _new(Publish)
-    set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready, set_expires = _PUBLISH_SLOTS
+    (set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready, set_expires,
+     set_dedup) = _PUBLISH_SLOTS
     set_queue(obj, queue)
     set_first(obj, first_id)
     set_now(obj, now_ms)
@@ -296,4 +303,5 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     set_prio(obj, None)
     set_ready(obj, None)
     set_expires(obj, None)
+    set_dedup(obj, None)
     return obj

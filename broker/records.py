@@ -148,6 +148,8 @@ def publish_need(m: Publish) -> int:
         need += 9 * n
     if m.expires_at_ms is not None:
         need += 9 * n
+    if m.dedup_ids is not None:
+        need += sum(len(d) + PER_BODY for d in m.dedup_ids if d is not None) + n
     return need
 
 

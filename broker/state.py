@@ -53,6 +53,9 @@ SNAPSHOT_DEAD_LETTERS = 103
 SNAPSHOT_ERRORS = 104
 #: ``[queue, [[id, expires_at_ms], ...]]``: when messages with a time to live expire.
 SNAPSHOT_EXPIRIES = 105
+#: ``[queue, [[dedup id, first publish ms, message id], ...]]``: remembered dedup ids,
+#: oldest first (a queue's rows may span several records, in order).
+SNAPSHOT_DEDUP = 106
 
 #: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
 WAKE_ALL = 2**62
@@ -177,12 +180,13 @@ class BrokerState:
         max_attempts: int, dead_letter: str | None, max_messages: int,
         retry_delay_ms: int = 0, retry_backoff: str = "exponential",
         retry_max_delay_ms: int = 900_000, retry_jitter: int = 0,
-        ttl_ms: int = 0, on_expire: str = "drop",
+        ttl_ms: int = 0, on_expire: str = "drop", dedup_window_ms: int = 300_000,
     ) -> None:
         if name not in self.queues:
             self.queues[name] = Queue(QueueSettings(
                 name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
-                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter, ttl_ms, on_expire))
+                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter, ttl_ms, on_expire,
+                dedup_window_ms))
             if self.observer is not None:
                 self.observer.queue_created(name)
 
@@ -205,9 +209,12 @@ class BrokerState:
         self, name: str, first_id: int, now_ms: int, bodies: list[bytes],
         keys: list[bytes | None] | None, priorities: list[int] | None,
         ready_at_ms: list[int] | None, expires_at_ms: list[int] | None = None,
+        dedup_ids: list[bytes | None] | None = None,
     ) -> None:
         queue = self.queues[name]
         queue.add(first_id, bodies, keys, priorities, ready_at_ms, expires_at_ms)
+        if dedup_ids is not None:
+            queue.remember(first_id, dedup_ids, now_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
         if ready_at_ms is None:
             self._wake(name, len(bodies))
@@ -416,6 +423,14 @@ class BrokerState:
                 yield SNAPSHOT_ERRORS, pack([name, sorted(map(list, queue.errors.items()))])
             if queue.expires:
                 yield SNAPSHOT_EXPIRIES, pack([name, queue.export_expiries()])
+            rows = []
+            for row in queue.export_dedup():
+                rows.append(row)
+                if len(rows) >= chunk:
+                    yield SNAPSHOT_DEDUP, pack([name, rows])
+                    rows = []
+            if rows:
+                yield SNAPSHOT_DEDUP, pack([name, rows])
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
@@ -434,6 +449,8 @@ class BrokerState:
                 state.queues[fields[0]].errors.update(map(tuple, fields[1]))
             elif rtype == SNAPSHOT_EXPIRIES:
                 state.queues[fields[0]].import_expiries(fields[1])
+            elif rtype == SNAPSHOT_DEDUP:
+                state.queues[fields[0]].import_dedup(fields[1])
             else:
                 raise ValueError(f"unknown snapshot record type {rtype}")
         state.ack_reserve = state.count_ack_reserve()
@@ -466,6 +483,7 @@ class BrokerState:
                 "sources": sorted(q.sources.items()),
                 "errors": sorted(q.errors.items()),
                 "expires": sorted(q.expires.items()),
+                "dedup": list(q.dedup.items()),
             }
         return out
 

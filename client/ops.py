@@ -325,10 +325,11 @@ def op(
 
 
 def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None,
-                 ttl_ms: int | None) -> Wire:
-    if type(body) is bytes and key is None and priority is None and delay_ms is None and ttl_ms is None:
+                 ttl_ms: int | None, dedup_id: Bytes | None) -> Wire:
+    if type(body) is bytes and key is None and priority is None and delay_ms is None and ttl_ms is None \
+            and dedup_id is None:
         return {"queue": queue, "messages": [[body]]}  # the common case, without two more calls
-    return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms, ttl_ms)]}
+    return {"queue": queue, "messages": [t.message_entry(body, key, priority, delay_ms, ttl_ms, dedup_id)]}
 
 
 # --- the table ------------------------------------------------------------------------
@@ -375,6 +376,10 @@ def create_queue(
         str | None, Arg(doc="What happens to an expired message: drop, or dead_letter "
                             "(to the dead-letter queue) [server default: drop].")
     ] = None,
+    dedup_window_ms: Annotated[
+        int | None, Arg(doc="How long a published dedup id is remembered; 0 = no dedup "
+                            "[server default: 300000].")
+    ] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
 
@@ -398,7 +403,7 @@ def queue_stats(name: Annotated[str, Arg(wire="queue")]) -> None:
     """Settings and counters of one queue."""
 
 
-@op(Op.PUBLISH, field("first_id", int), build=_publish_one, sends=("queue", "messages"))
+@op(Op.PUBLISH, t.published_id, build=_publish_one, sends=("queue", "messages"))
 def publish(
     queue: str,
     body: Bytes,
@@ -407,11 +412,14 @@ def publish(
     priority: int | None = None,
     delay_ms: int | None = None,
     ttl_ms: int | None = None,
+    dedup_id: Bytes | None = None,
 ) -> None:
     """Publish one message; returns its id once the server has confirmed it.
 
     ``ttl_ms`` (1..2,592,000,000): remove it that long after publishing if it is still
-    there, wherever it is (default: the queue's ``ttl_ms``).
+    there, wherever it is (default: the queue's ``ttl_ms``). ``dedup_id`` (1..128 bytes):
+    if a message with this dedup id was published to the queue within its dedup window
+    (5 minutes unless set), nothing is stored and the id returned is that message's.
     """
 
 
@@ -422,7 +430,9 @@ def publish_batch(
     """Publish many messages atomically in one request (at most the server's ``max_batch``).
 
     Each item is a body or a :class:`~client.types.Message`; ids are consecutive in
-    item order.
+    item order. Messages whose dedup id was already published within the queue's dedup
+    window are not stored again: the result's ``duplicates`` names them and the ids
+    they map to, and ``message_ids()`` gives every item's id.
     """
 
 

@@ -34,7 +34,9 @@ class Message:
     ``priority`` is 0..255 (higher first, only meaningful on priority queues);
     ``delay_ms`` keeps the message invisible for that long after it is published;
     ``ttl_ms`` (1..2,592,000,000) removes it that long after it is published if it is
-    still there (default: the queue's ``ttl_ms``).
+    still there (default: the queue's ``ttl_ms``); ``dedup_id`` (1..128 bytes) makes the
+    publish idempotent: within the queue's dedup window a message with a dedup id already
+    published is not stored again (see :class:`PublishResult`).
     """
 
     body: Bytes
@@ -42,6 +44,7 @@ class Message:
     priority: int | None = None
     delay_ms: int | None = None
     ttl_ms: int | None = None
+    dedup_id: Bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +60,33 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """Messages of one publish got the ids ``first_id .. first_id + count - 1``."""
+    """The messages of one publish that were stored got the ids ``first_id .. first_id +
+    count - 1``, in request order; ``duplicates`` holds ``(index, id)`` for each message
+    (by its index in the request) that was not stored because its dedup id was already
+    published within the queue's dedup window: ``id`` is the message published first."""
 
     first_id: int
     count: int
+    duplicates: tuple[tuple[int, int], ...] = ()
 
     @property
     def ids(self) -> range:
+        """The ids of the messages stored by this publish."""
         return range(self.first_id, self.first_id + self.count)
+
+    def message_ids(self) -> list[int]:
+        """One id per message of the request, in order: the id it got, or for a duplicate
+        the id of the message published first with its dedup id."""
+        dup = dict(self.duplicates)
+        out: list[int] = []
+        nxt = self.first_id
+        for index in range(self.count + len(dup)):
+            if index in dup:
+                out.append(dup[index])
+            else:
+                out.append(nxt)
+                nxt += 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,8 @@ class QueueStats:
     ttl_ms: int = 0
     on_expire: str = "drop"
     ttl_expired: int = 0
+    #: How long a dedup id is remembered (0: dedup off).
+    dedup_window_ms: int = 300_000
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -201,6 +225,7 @@ class QueueStats:
             retry_delay_ms=m.get("retry_delay_ms", 0), retry_backoff=m.get("retry_backoff", "exponential"),
             retry_max_delay_ms=m.get("retry_max_delay_ms", 900_000), retry_jitter=m.get("retry_jitter", 0),
             ttl_ms=m.get("ttl_ms", 0), on_expire=m.get("on_expire", "drop"), ttl_expired=m.get("ttl_expired", 0),
+            dedup_window_ms=m.get("dedup_window_ms", 300_000),
         )
 
 
@@ -378,10 +403,13 @@ def as_bytes(value: Bytes) -> bytes | bytearray | memoryview:
 
 def message_entry(
     body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None,
-    ttl_ms: int | None = None,
+    ttl_ms: int | None = None, dedup_id: Bytes | None = None,
 ) -> list[Any]:
-    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?]`` with trailing
-    ``None`` dropped."""
+    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?, dedup_id?]`` with
+    trailing ``None`` dropped."""
+    if dedup_id is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms,
+                as_bytes(dedup_id)]
     if ttl_ms is not None:
         return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms]
     if delay_ms is not None:
@@ -396,7 +424,8 @@ def message_entry(
 def message_entries(messages: Iterable[Bytes | Message]) -> list[list[Any]]:
     """Wire entries for ``publish``: each item is a body or a :class:`Message`."""
     return [
-        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms) if isinstance(m, Message) else [as_bytes(m)]
+        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms, m.dedup_id) if isinstance(m, Message)
+        else [as_bytes(m)]
         for m in messages
     ]
 
@@ -448,7 +477,17 @@ def reject_result(result: dict[str, Any]) -> RejectResult:
 
 
 def publish_result(result: dict[str, Any]) -> PublishResult:
-    return PublishResult(result["first_id"], result["count"])
+    duplicates = result.get("duplicates")
+    if duplicates is None:
+        return PublishResult(result["first_id"], result["count"])
+    return PublishResult(result["first_id"], result["count"], tuple((i, mid) for i, mid in duplicates))
+
+
+def published_id(result: dict[str, Any]) -> int:
+    """The id of the one message of a ``publish``: the one it got, or for a duplicate the
+    id of the message published first with its dedup id."""
+    duplicates = result.get("duplicates")
+    return int(result["first_id"] if not duplicates else duplicates[0][1])
 
 
 def queue_list(result: dict[str, Any]) -> list[QueueStats]:

@@ -112,6 +112,14 @@ MAX_RETRY_JITTER = 100
 #: Longest time to live of a message (per message and per queue): 30 days.
 MAX_TTL_MS = 30 * 24 * 60 * 60 * 1000
 
+#: Idempotent publish (SPEC §8.9): a dedup id is 1..128 bytes; a queue remembers each
+#: one for its ``dedup_window_ms`` (5 minutes unless set, at most a day; 0 disables
+#: dedup), and at most ``DEDUP_MAX_IDS`` of them (the oldest is forgotten first).
+MAX_DEDUP_ID = 128
+DEFAULT_DEDUP_WINDOW_MS = 5 * 60 * 1000
+MAX_DEDUP_WINDOW_MS = 24 * 60 * 60 * 1000
+DEDUP_MAX_IDS = 1_000_000
+
 
 def shard_for_key(key: bytes, shards: int) -> int:
     """The shard a keyed message goes to: CRC-32C of the key bytes, modulo ``shards``."""

@@ -379,6 +379,8 @@ def stats(name: str, addr: str, as_json: bool) -> None:
 @click.option("--delay-ms", type=click.IntRange(0), help="Keep the message invisible this long.")
 @click.option("--ttl-ms", type=click.IntRange(1, MAX_TTL_MS),
               help="Remove the message this long after publishing if it is still there [queue's ttl_ms].")
+@click.option("--dedup-id", help="Idempotency key (text, 1..128 bytes of UTF-8): not stored again if a message "
+              "with it was published within the queue's dedup window.")
 @click.option(
     "--count", "-n", type=click.IntRange(1), default=1, show_default=True,
     help="Publish this many copies (sent in batches).",
@@ -386,31 +388,44 @@ def stats(name: str, addr: str, as_json: bool) -> None:
 @common_options
 def publish(
     queue: str, body: str, key: str | None, priority: int | None, delay_ms: int | None,
-    ttl_ms: int | None, count: int, addr: str, as_json: bool,
+    ttl_ms: int | None, dedup_id: str | None, count: int, addr: str, as_json: bool,
 ) -> None:
     """Publish BODY to QUEUE.
 
-    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin.
+    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin. With
+    --dedup-id, a message whose dedup id was already published is reported as a
+    duplicate of the message published first (nothing is stored).
     """
     data = _read_stdin() if body == "-" else body.encode()
-    message = Message(data, key, priority, delay_ms, ttl_ms)
+    message = Message(data, key, priority, delay_ms, ttl_ms, dedup_id)
     with connect(addr) as client:
         if count == 1:
             results = [client.publish_batch(queue, [message])]
         else:
             results = client.publish_many(queue, (message for _ in range(count)))
+    stored = sum(r.count for r in results)
+    duplicates = [mid for r in results for _, mid in r.duplicates]
     if as_json:
         _emit_json({
             "queue": queue, "count": count,
-            "batches": [{"first_id": r.first_id, "count": r.count} for r in results],
+            "batches": [{"first_id": r.first_id, "count": r.count,
+                         **({"duplicates": [list(d) for d in r.duplicates]} if r.duplicates else {})}
+                        for r in results],
         })
+    elif count == 1 and duplicates:
+        click.echo(f"duplicate in {queue}: nothing stored; the message published first is id {duplicates[0]}")
     elif count == 1:
         click.echo(f"published 1 message to {queue}: id {results[0].first_id}")
     else:
         spans = ", ".join(
-            str(r.first_id) if r.count == 1 else f"{r.first_id}-{r.first_id + r.count - 1}" for r in results
+            str(r.first_id) if r.count == 1 else f"{r.first_id}-{r.first_id + r.count - 1}"
+            for r in results if r.count
         )
-        click.echo(f"published {count} messages to {queue}: ids {spans}")
+        text = f"published {stored} messages to {queue}: ids {spans}" if stored else f"published 0 messages to {queue}"
+        if duplicates:
+            text += f"; {len(duplicates)} duplicates of id{'s' if len(set(duplicates)) > 1 else ''} " \
+                    f"{', '.join(map(str, sorted(set(duplicates))))}"
+        click.echo(text)
 
 
 @main.command()

@@ -12,7 +12,7 @@ from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import retry_delay, shard_for_key
+from protocol import DEDUP_MAX_IDS, retry_delay, shard_for_key
 
 from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
 from .ready import READY_SETS, ReadySet
@@ -67,12 +67,14 @@ class QueueSettings:
     #: when it passes (SPEC §8.8).
     ttl_ms: int = 0
     on_expire: str = "drop"
+    #: How long a dedup id is remembered (SPEC §8.9); 0: no dedup.
+    dedup_window_ms: int = 300_000
 
 
 #: The header's fields after the counters (``export_header``): the settings and the
 #: counter added since, with the defaults an older header that lacks them gets.
 _HEADER_LATER = 15
-_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0]
+_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000]
 
 
 class Queue:
@@ -102,6 +104,9 @@ class Queue:
         #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
         self.expires: dict[int, int] = {}
         self._expiry_heap: list[tuple[int, int]] = []
+        #: Dedup ids remembered (SPEC §8.9): id -> (ms of the first publish with it, the
+        #: message id it got), oldest first. Kept after the message is gone.
+        self.dedup: dict[bytes, tuple[int, int]] = {}
         # Timers: (deadline_ms, seq, ids) per lease batch; (ready_at_ms, id) per delayed message.
         self._lease_heap: list[tuple[int, int, list[int]]] = []
         self._delay_heap: list[tuple[int, int]] = []
@@ -287,6 +292,44 @@ class Queue:
         if expires_at_ms is not None:
             self.set_expiries(first_id, expires_at_ms)
 
+    def duplicate_of(self, dedup_id: bytes, now_ms: int) -> int | None:
+        """The id of the message first published with ``dedup_id`` within the dedup
+        window before ``now_ms``, if remembered. Reads only."""
+        entry = self.dedup.get(dedup_id)
+        if entry is None or entry[0] + self.settings.dedup_window_ms <= now_ms:
+            return None
+        return entry[1]
+
+    def remember(self, first_id: int, dedup_ids: list[bytes | None], now_ms: int) -> None:
+        """Messages ``first_id, first_id + 1, ...`` were published at ``now_ms`` with these
+        dedup ids (None: none). Entries whose window has passed by ``now_ms`` are
+        forgotten from the oldest on; beyond ``DEDUP_MAX_IDS`` the oldest go."""
+        dedup = self.dedup
+        window = self.settings.dedup_window_ms
+        if not window:
+            return
+        while dedup:
+            oldest = next(iter(dedup))
+            if dedup[oldest][0] + window > now_ms:
+                break
+            del dedup[oldest]
+        for mid, dedup_id in zip(range(first_id, first_id + len(dedup_ids)), dedup_ids):
+            if dedup_id is not None:
+                dedup.pop(dedup_id, None)  # a new first publish goes to the back
+                dedup[dedup_id] = (now_ms, mid)
+        while len(dedup) > DEDUP_MAX_IDS:
+            del dedup[next(iter(dedup))]
+
+    def export_dedup(self) -> Iterator[list[Any]]:
+        """``dedup`` as snapshot rows ``[dedup id, first publish ms, message id]``, oldest first."""
+        for dedup_id, (at_ms, mid) in self.dedup.items():
+            yield [dedup_id, at_ms, mid]
+
+    def import_dedup(self, rows: list[list[Any]]) -> None:
+        """Rows of ``export_dedup``, in order."""
+        for dedup_id, at_ms, mid in rows:
+            self.dedup[dedup_id] = (at_ms, mid)
+
     def set_expiries(self, first_id: int, expires_at_ms: list[int]) -> None:
         """Messages ``first_id, first_id + 1, ...`` expire at these times (0: never)."""
         expires, heap = self.expires, self._expiry_heap
@@ -463,7 +506,7 @@ class Queue:
                 s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
                 self.nacked, self.expired, self.dead_lettered, self.dropped,
                 s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
-                s.ttl_ms, s.on_expire, self.ttl_expired]
+                s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
@@ -471,10 +514,11 @@ class Queue:
         later = fields[_HEADER_LATER:]
         later = later + _LATER_DEFAULTS[len(later):]
         (retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-         ttl_expired) = later[:len(_LATER_DEFAULTS)]
+         ttl_expired, dedup_window) = later[:len(_LATER_DEFAULTS)]
         name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages = fields[:7]
         queue = cls(QueueSettings(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
-                                  retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire))
+                                  retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
+                                  dedup_window))
         queue.ttl_expired = ttl_expired
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
@@ -539,7 +583,7 @@ class Queue:
             "dead_letter": s.dead_letter, "max_messages": s.max_messages,
             "retry_delay_ms": s.retry_delay_ms, "retry_backoff": s.retry_backoff,
             "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
-            "ttl_ms": s.ttl_ms, "on_expire": s.on_expire,
+            "ttl_ms": s.ttl_ms, "on_expire": s.on_expire, "dedup_window_ms": s.dedup_window_ms,
             "ready": ready, "leased": self.leased, "delayed": self.delayed,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,

@@ -60,22 +60,29 @@ retries = st.one_of(st.none(), st.tuples(
 ttls = st.one_of(st.none(), st.integers(1, 400))
 #: A queue's time to live settings: (ttl_ms, on_expire).
 queue_ttls = st.one_of(st.none(), st.tuples(st.integers(0, 400), st.sampled_from(["drop", "dead_letter"])))
+#: Dedup ids from a small pool, so that duplicates (in one batch and across) are common.
+dedup_ids = st.one_of(st.none(), st.sampled_from([b"d1", b"d2", b"d3", b"d4"]))
+#: A queue's dedup window: mostly shorter than the time a run spans.
+dedup_windows = st.one_of(st.none(), st.sampled_from([0, 1, 150, 600]))
 id_picks = st.lists(st.integers(0, 20), min_size=1, max_size=4)
 
 
 @st.composite
 def entries(draw: Any) -> list[Any]:
-    entry = [draw(bodies), draw(keys), draw(priorities), draw(delays), draw(ttls)]
-    return entry[: draw(st.integers(1, 5))]
+    entry = [draw(bodies), draw(keys), draw(priorities), draw(delays), draw(ttls), draw(dedup_ids)]
+    return entry[: draw(st.integers(1, 6))]
 
 
-def later_settings(retry: tuple[int, str, int, int] | None, ttl: tuple[int, str] | None) -> dict[str, Any]:
-    """queue_create arguments for the retry backoff and time to live settings drawn."""
+def later_settings(retry: tuple[int, str, int, int] | None, ttl: tuple[int, str] | None,
+                   dedup_window: int | None = None) -> dict[str, Any]:
+    """queue_create arguments for the retry backoff, time to live and dedup settings drawn."""
     settings: dict[str, Any] = {}
     if retry is not None:
         settings.update(zip(("retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter"), retry))
     if ttl is not None:
         settings.update(zip(("ttl_ms", "on_expire"), ttl))
+    if dedup_window is not None:
+        settings["dedup_window_ms"] = dedup_window
     return settings
 
 
@@ -157,31 +164,34 @@ class ReplayMachine(RuleBasedStateMachine):
         dead_letters=st.tuples(st.sampled_from([None, "beta", "gamma"]), st.sampled_from([None, "gamma"])),
         retry=st.lists(retries, min_size=3, max_size=3),
         ttl=st.lists(queue_ttls, min_size=3, max_size=3),
+        dedup_window=st.lists(dedup_windows, min_size=3, max_size=3),
     )
     def create_all(self, kinds: list[str], shards: list[int], max_attempts: list[int],
                    dead_letters: tuple[str | None, str | None],
-                   retry: list[tuple[int, str, int, int] | None], ttl: list[tuple[int, str] | None]) -> None:
+                   retry: list[tuple[int, str, int, int] | None], ttl: list[tuple[int, str] | None],
+                   dedup_window: list[int | None]) -> None:
         """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none)."""
-        for name, kind, n, attempts, dlq, backoff, lifetime in zip(
+        for name, kind, n, attempts, dlq, backoff, lifetime, window in zip(
             ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
-            retry, ttl,
+            retry, ttl, dedup_window,
         ):
             assert self.call("queue_create", queue=name, kind=kind, shards=n, visibility_ms=100,
                              max_attempts=attempts, dead_letter=dlq,
-                             **later_settings(backoff, lifetime)) == {"queue": name, "created": True}
+                             **later_settings(backoff, lifetime, window)) == {"queue": name, "created": True}
 
     @rule(
         name=names, kind=st.sampled_from(["fifo", "lifo", "priority"]), shards=st.integers(1, 4),
         visibility=st.integers(1, 300), max_attempts=st.integers(0, 3),
         dead_letter=st.one_of(st.none(), names), max_messages=st.sampled_from([0, 4, 12]),
-        retry=retries, ttl=queue_ttls,
+        retry=retries, ttl=queue_ttls, dedup_window=dedup_windows,
     )
     def create(self, name: str, kind: str, shards: int, visibility: int, max_attempts: int,
                dead_letter: str | None, max_messages: int,
-               retry: tuple[int, str, int, int] | None = None, ttl: tuple[int, str] | None = None) -> None:
+               retry: tuple[int, str, int, int] | None = None, ttl: tuple[int, str] | None = None,
+               dedup_window: int | None = None) -> None:
         self.call("queue_create", queue=name, kind=kind, shards=shards, visibility_ms=visibility,
                   max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages,
-                  **later_settings(retry, ttl))
+                  **later_settings(retry, ttl, dedup_window))
 
     @rule(name=names)
     def delete(self, name: str) -> None:
@@ -189,7 +199,13 @@ class ReplayMachine(RuleBasedStateMachine):
 
     @rule(name=names, batch=st.lists(entries(), min_size=1, max_size=6))
     def publish(self, name: str, batch: list[list[Any]]) -> None:
-        self.call("publish", queue=name, messages=batch)
+        result = self.call("publish", queue=name, messages=batch)
+        if result is not None and "duplicates" in result:
+            tally(f"publish: duplicates, all of them {result['count'] == 0}")
+
+    @rule(name=names, batch=st.lists(st.tuples(bodies, ttls, dedup_ids), min_size=1, max_size=4))
+    def publish_with_dedup_ids(self, name: str, batch: list[tuple[bytes, int | None, bytes | None]]) -> None:
+        self.publish(name, [[body, None, None, None, ttl, dedup_id] for body, ttl, dedup_id in batch])
 
     @rule(name=names, max_count=st.integers(1, 5),
           visibility=st.one_of(st.none(), st.integers(1, 300)))
