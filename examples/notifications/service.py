@@ -7,7 +7,11 @@ One run tells the whole story, in four steps:
 1. **The order service** publishes two emails per order to the priority queue
    ``emails``: the order confirmation (transactional, priority 9) and a "you may also
    like" email (marketing, priority 1). Each email has a dedup id
-   (``order-17/confirmation``) that stays the same however often it is published.
+   (``order-17/confirmation``) that stays the same however often it is published, and
+   it goes with the publish: the order service publishes at least once (when it cannot
+   tell whether a publish went through, it publishes again; here one order in ten is
+   published twice, as after a lost reply), and the queue stores a dedup id it has seen
+   within its dedup window only once.
 2. **Workers** (``--workers`` of them, one connection each) take one email at a time
    with a long-poll ``consume``, highest priority first, and send it through the fake
    gateway of :mod:`.gateway`, which fails 30% of the time and is sometimes too slow to
@@ -100,6 +104,7 @@ async def declare_queues(client: Client, s: Settings) -> None:
         retry_backoff="exponential",
         retry_max_delay_ms=2_000,
         retry_jitter=50,             # spread the retries of emails that failed together
+        dedup_window_ms=3_600_000,   # a publish retried within the hour is not stored twice
     )
 
 
@@ -113,20 +118,26 @@ def emails_of_order(order: int, to: str) -> list[Email]:
 async def place_orders(client: Client, s: Settings) -> list[Email]:
     """Publish the emails of ``s.orders`` orders, one atomic publish per order.
 
-    One customer in twenty-five typed their address wrong (``.invalid``): those emails bounce.
+    One customer in twenty-five typed their address wrong (``.invalid``): those emails
+    bounce. One order in ten is published a second time, as a producer does when the
+    reply to its publish was lost: the dedup ids make that second publish store nothing.
     """
     rng = random.Random(s.seed)
     emails: list[Email] = []
     for order in range(1, s.orders + 1):
         domain = "example.invalid" if rng.random() < 0.04 else "example.com"
         batch = emails_of_order(order, f"customer{order}@{domain}")
-        result = await client.publish_batch(s.queue, [
-            Message(email.to_bytes(),
+        messages = [
+            Message(email.to_bytes(), dedup_id=email.dedup_id,
                     priority=TRANSACTIONAL_PRIORITY if email.transactional else MARKETING_PRIORITY)
             for email in batch
-        ])
-        for email, message_id in zip(batch, result.ids):
+        ]
+        result = await client.publish_batch(s.queue, messages)
+        for email, message_id in zip(batch, result.message_ids()):
             say("published", id=message_id, email=email.dedup_id)
+        if rng.random() < 0.1:  # the reply "was lost": publish the same order again
+            again = await client.publish_batch(s.queue, messages)
+            say("republished", order=order, stored=again.count, duplicates=len(again.duplicates))
         emails += batch
     return emails
 
@@ -157,7 +168,12 @@ async def worker(s: Settings, gateway: FlakyGateway, tally: Tally, name: str) ->
 async def send_one(
     client: Client, s: Settings, gateway: FlakyGateway, tally: Tally, name: str, d: Delivery
 ) -> None:
-    """Send one delivered email at most once, then ack, nack or reject it."""
+    """Send one delivered email at most once, then ack, nack or reject it.
+
+    Asking the gateway first is enough because one email is one message (the queue does
+    not store a dedup id twice) and a message is leased to one worker at a time (the lease
+    is far longer than a send); redeliveries therefore come one after another.
+    """
     email = Email.from_bytes(d.body)
     say("received", worker=name, id=d.id, attempt=d.attempt, priority=d.priority, email=email.dedup_id)
     if gateway.lookup(email.dedup_id) is not None:

@@ -36,6 +36,10 @@ def test_every_email_is_sent_once_or_dead_lettered_and_replay_recovers_the_rest(
 
     emails = {e["email"] for e in named(events, "published")}
     assert len(emails) == 2 * orders
+    # Orders published twice (as after a lost reply) were stored once: the second publish
+    # of each was all duplicates, and the queue took in each email once (plus the replay).
+    republished = named(events, "republished")
+    assert republished and all((e["stored"], e["duplicates"]) == (0, 2) for e in republished)
 
     # No email went out twice, although deliveries were repeated: sends that timed out
     # after the gateway had sent them were retried, and the retry found them sent.
@@ -52,6 +56,7 @@ def test_every_email_is_sent_once_or_dead_lettered_and_replay_recovers_the_rest(
     dead_emails = {Email.from_bytes(m.body).dedup_id: m for m in dead}
     assert set(sent) | set(dead_emails) == emails and not set(sent) & set(dead_emails)
     assert stats.messages == 0
+    assert stats.published == 2 * orders + named(events, "replay")[0]["redriven"]
     # What is left are the bounced addresses, rejected at once with the gateway's answer.
     assert dead_emails, "no address bounced: the case was not exercised"
     for dedup_id, m in dead_emails.items():
