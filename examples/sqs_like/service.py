@@ -40,8 +40,9 @@ alarm clears.
 ``work`` runs consumers until SIGINT or SIGTERM (or, with ``--until-empty``, until the
 queue is empty), then shuts down gracefully: each consumer unsubscribes (messages pushed
 but not yet started are nacked at once), jobs in flight get ``--grace-ms`` to finish
-and be acked, and the ones still running then are cancelled and nacked, ready again
-at once for the next consumer. Nothing acked is redone and nothing unacked is lost.
+and be acked, and the ones still running then are cancelled and nacked: back in the
+queue (after its retry delay) for the next consumer, not leased until their leases run
+out. Nothing acked is redone and nothing unacked is lost.
 
 Every event is one line on stdout, ``event key=value ...``.
 """
@@ -183,7 +184,7 @@ class Consumer:
                 except Exception as exc:  # nacked: retried after the backoff, or dead-lettered
                     outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
                 nursery.cancel_scope.cancel()
-        finally:  # also when cancelled at shutdown: then it was nacked and is ready again
+        finally:  # also when cancelled at shutdown: then it was nacked, back in the queue
             self.report(outcome, msg, job, detail)
 
     async def keep_leased(self, msg: IncomingMessage, job: Job) -> None:
@@ -256,6 +257,7 @@ class DeadLetterAlarm:
         self.baseline: int | None = None
 
     async def check(self) -> None:
+        """Look at the dead-letter queue once; print a line when the state changes."""
         depth = (await self.client.queue_stats(self.s.dead_letter)).messages
         if self.baseline is None:
             self.baseline = depth
@@ -278,6 +280,7 @@ class DeadLetterAlarm:
             say("alarm-ok", queue=self.s.dead_letter, depth=depth)
 
     async def watch(self) -> None:
+        """Check every ``period_ms``, until cancelled."""
         while True:
             await self.check()
             await trio.sleep(self.s.period_ms / 1000)
@@ -298,6 +301,7 @@ async def redrive(client: Client, s: Settings) -> int:
 
 
 async def demo(s: Settings, count: int, seed: int) -> None:
+    """Produce, consume with the first renderer, alarm, deploy, redrive, consume again."""
     tally = Tally()
     async with Client.connect(s.addr) as client:
         await declare_queues(client, s)
@@ -322,6 +326,7 @@ async def demo(s: Settings, count: int, seed: int) -> None:
 
 
 async def work(s: Settings, formats: frozenset[str], seed: int, stop_when_empty: bool) -> None:
+    """Consume until SIGINT or SIGTERM (or an empty queue), then shut down gracefully."""
     # Listen for the signals first, so one that comes while starting up is not missed.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async def signalled() -> None:
@@ -383,17 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("redrive", help="move the dead letters back to the job queue")
 
     a = parser.parse_args(argv)
-    s = Settings(a.addr, a.queue)
     if a.command == "demo":
         s = Settings(a.addr, a.queue, a.consumers, a.credit, a.grace_ms, a.alarm_threshold)
+        trio.run(demo, s, a.count, a.seed)
     elif a.command == "work":
         s = Settings(a.addr, a.queue, a.consumers, a.credit, a.grace_ms)
-    if a.command == "demo":
-        trio.run(demo, s, a.count, a.seed)
-    elif a.command == "produce":
-        trio.run(produce_command, s, a.count, a.seed, a.first, a.ttl_ms)
-    elif a.command == "work":
         trio.run(work, s, frozenset(a.formats.split(",")), a.seed, a.until_empty)
+    elif a.command == "produce":
+        trio.run(produce_command, Settings(a.addr, a.queue), a.count, a.seed, a.first, a.ttl_ms)
     else:
-        trio.run(redrive_command, s)
+        trio.run(redrive_command, Settings(a.addr, a.queue))
     return 0
