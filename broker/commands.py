@@ -501,7 +501,7 @@ class PlainPublishes(Batch):
         if type(body) is not bytes or len(body) > ctx.config.max_message:
             return None
         queue = ctx.state.queues.get(name)
-        if queue is None or queue.default_ttl or len(queue.messages) + ahead + 1 > queue.settings.max_messages:
+        if queue is None or len(queue.messages) + ahead + 1 > queue.plain_limit:  # -1 with a default ttl
             return None
         return queue, body
 

@@ -39,8 +39,8 @@ _PUBLISH = Publish.TYPE
 _QUEUE, _FIRST_ID, _NOW, _BODIES, _KEYS, _PRIORITIES, _READY_AT = (
     Publish.FIELDS.index(name) for name in
     ("queue", "first_id", "now_ms", "bodies", "keys", "priorities", "ready_at_ms"))
-#: Fields of a publish record without its optional columns (rule 2).
-_PUBLISH_BASE = Publish.RECORD_BASE
+#: The columns of a plain publish record, from ``keys`` on: three None, no optional ones.
+_PLAIN_COLUMNS: list[Any] = [None] * (Publish.RECORD_BASE - _KEYS)
 
 
 # -- the codec ------------------------------------------------------------------------
@@ -100,11 +100,11 @@ def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
     queue: str | None = None
     nxt = 0
     bodies: list[bytes] = []
-    base = _PUBLISH_BASE
+    plain = _PLAIN_COLUMNS
     for rtype, fields in zip(types, map(_unpackb, payloads)):
-        if rtype == _PUBLISH and fields[_KEYS] is None and fields[_PRIORITIES] is None \
-                and fields[_READY_AT] is None \
-                and (len(fields) == base or not any(fields[base:])):
+        # Plain: exactly the 7 fields, the three columns None. (A record that spells out
+        # optional columns as None is applied alone: correct, only not folded.)
+        if rtype == _PUBLISH and fields[_KEYS:] == plain:
             if fields[_FIRST_ID] == nxt and fields[_QUEUE] == queue:
                 bodies += fields[_BODIES]  # the run's item holds this very list
                 nxt += len(fields[_BODIES])

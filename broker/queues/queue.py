@@ -100,6 +100,9 @@ class Queue:
         self.ttl_expired = 0
         #: The queue's default time to live (``settings.ttl_ms``), for the publish paths.
         self.default_ttl = settings.ttl_ms
+        #: ``max_messages`` for the batch fast path of plain publishes, or -1 when a
+        #: default time to live makes no publish to this queue plain (one load there).
+        self.plain_limit = -1 if settings.ttl_ms else settings.max_messages
         #: When each message that has a time to live expires (wall-clock ms), and the
         #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
         self.expires: dict[int, int] = {}
