@@ -648,8 +648,12 @@ def nack(session: Session, args: Args, ctx: Context) -> Outcome:
         missing = [i for i in ids if i not in released]
     else:
         missing = []
+    returned: bool = args["returned"]
+    if returned and delay:
+        raise invalid("returned", "a message given back unhandled is ready at once: no delay_ms")
     ready_at = ctx.now_ms + delay if delay else 0
-    mutations = (Release(queue.name, leased, ready_at, False, ctx.now_ms, args["error"]),) if leased else ()
+    mutations = (Release(queue.name, leased, ready_at, False, ctx.now_ms, args["error"],
+                         returned, returned),) if leased else ()
     return Outcome({"released": len(leased), "missing": missing}, mutations)
 
 
@@ -841,7 +845,8 @@ COMMANDS: dict[str, Command] = {
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True),
         Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS),
-                                _ERROR), AdmissionClass.LOG, changes_state=True),
+                                _ERROR, Arg("returned", "bool", default=False)),
+                AdmissionClass.LOG, changes_state=True),
         Command(Op.EXTEND, extend, (
             _QUEUE, _IDS, Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
         ), AdmissionClass.LOG, changes_state=True),

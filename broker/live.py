@@ -211,14 +211,17 @@ class Live:
         self._admit_and_commit(AdmissionClass.LOG, "push", None, (deliver,))
         return rows, ids
 
-    def release(self, queue: str, ids: list[int]) -> None:
-        """Leased messages whose delivery did not reach its consumer (a subscriber's
-        connection closed, a held consume's reply could not be sent) are ready again at
-        once, as if nacked. Logged within the reserve, like lease expiries."""
+    def release(self, queue: str, ids: list[int], *, delivered: bool) -> None:
+        """Leased messages whose consumer is gone are ready again at once, whatever the
+        queue's retry backoff: a subscriber's connection closed (``delivered``: they were
+        pushed, so the attempt counts, as for a nack), or a held consume's reply could not
+        be sent (not ``delivered``: as if never leased). Logged within the reserve, like
+        lease expiries."""
         if not ids or queue not in self.state.queues or self._wal.failed:
             return
+        release = Release(queue, ids, 0, False, self.clock.now_ms(), None, True, not delivered)
         try:
-            self.commit((Release(queue, ids, 0, False, self.clock.now_ms()),))
+            self.commit((release,))
         except LogFailedError:
             logger.warning("could not release %d messages of %s (the log failed); their "
                            "leases end by themselves", len(ids), queue)

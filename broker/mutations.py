@@ -193,6 +193,7 @@ class Release(Mutation):
     a lease expiry rather than a nack in the statistics.
     """
 
+    RECORD_BASE = 5
     queue: str
     ids: list[int]
     ready_at_ms: int
@@ -201,6 +202,12 @@ class Release(Mutation):
     #: The consumer's error text (nack), kept as each message's last error; records
     #: from before it have none.
     error: str | None = None
+    #: Ready again at once, whatever the queue's retry backoff (the broker releasing what
+    #: a closed connection held).
+    at_once: bool = False
+    #: The consumer gives the messages back unhandled (nack ``returned``): at once, their
+    #: delivery does not count as an attempt, and they are never dead-lettered for it.
+    returned: bool = False
 
 
 @mutation(7)

@@ -242,12 +242,13 @@ class BrokerState:
     @applies(Release)
     def _release(
         self, name: str, ids: list[int], ready_at_ms: int, expired: bool, now_ms: int,
-        error: str | None = None,
+        error: str | None = None, at_once: bool = False, returned: bool = False,
     ) -> None:
         queue = self.queues[name]
-        max_attempts = queue.settings.max_attempts
+        # A message given back unhandled is never dead-lettered for that delivery.
+        max_attempts = 0 if returned else queue.settings.max_attempts
         # Without a delay of its own a release follows the queue's retry backoff.
-        backoff = not ready_at_ms and queue.settings.retry_delay_ms
+        backoff = not ready_at_ms and not (at_once or returned) and queue.settings.retry_delay_ms
         dead: list[Message] = []
         msgs = queue.messages
         released = 0
@@ -261,6 +262,8 @@ class BrokerState:
                 queue.nacked += 1
             if error is not None:
                 queue.errors[mid] = error
+            if returned:
+                msg.attempts -= 1
             if max_attempts and msg.attempts >= max_attempts:
                 dead.append(msg)
             elif backoff:

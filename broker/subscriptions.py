@@ -179,7 +179,7 @@ class Subscriptions:
         finally:
             self._forget(sub)
             if sub.unacked_ids and sub.release:
-                live.release(sub.queue, sorted(sub.unacked_ids))  # rule 4
+                live.release(sub.queue, sorted(sub.unacked_ids), delivered=True)  # rule 4
             sub.unacked_ids.clear()
 
     def _share(self, sub: Subscription, woken: bool) -> int:

@@ -14,7 +14,8 @@ task of its connection waits there (``hold``). Rules:
    behind are skipped by wake-ups and cleaned once they outnumber the waiters.
 4. While the broker drains for shutdown, every held consume looks once more and answers.
 5. A consume whose reply cannot be sent (its connection is gone) releases the messages
-   it leased at once, as if nacked, rather than leaving them leased for the whole lease.
+   it leased at once, as if they had never been leased (no attempt counted), rather than
+   leaving them leased for the whole lease.
 6. Subscriptions (``subscriptions.py``) wait in the same lines, beside held consumes.
 """
 from __future__ import annotations
@@ -172,7 +173,7 @@ class Holds:
             try:
                 await replies.deliver(Round(out.out, out.answered, lsn))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                live.release(wait.queue, leased)  # rule 5: nobody got them
+                live.release(wait.queue, leased, delivered=False)  # rule 5: nobody got them
         finally:
             session.waiters -= 1
 

@@ -463,11 +463,14 @@ def nack(
     *,
     delay_ms: Annotated[int, Arg(omit_default=True)] = 0,
     error: str | None = None,
+    returned: Annotated[bool, Arg(omit_default=True)] = False,
 ) -> None:
-    """Return leased messages to the queue (ready again after ``delay_ms``).
+    """Return leased messages to the queue (ready again after ``delay_ms``, or after the
+    queue's retry backoff when 0).
 
     ``error`` (at most 1024 bytes of UTF-8) is kept with each released message as its
-    last error, and goes with it if it is dead-lettered later.
+    last error, and goes with it if it is dead-lettered later. ``returned=True`` gives
+    them back unhandled: ready at once, and the delivery does not count as an attempt.
     """
 
 

@@ -18,9 +18,9 @@ How it works and what it promises:
   that calls the broker from its loop is never starved). TCP then holds the broker back.
 - **Leaving** the ``async with`` (normally, by ``break``, an exception or a
   cancellation) sends ``unsubscribe``; after its reply no push for it comes. Messages
-  still in the buffer, which the iteration never handed out, are then nacked (no error
-  text, so the queue's retry backoff applies) so that they are delivered again at once
-  rather than when their leases run out. With ``auto_ack`` they were deleted by the
+  still in the buffer, which the iteration never handed out, are then given back with
+  ``nack(returned=True)``: ready again at once, whatever the queue's retry backoff, and
+  that delivery does not count as an attempt. With ``auto_ack`` they were deleted by the
   server as they were pushed: they are lost, as at-most-once allows. Messages handed out
   and not settled stay leased: settle them (by id, on any connection) or their leases
   end. This cleanup is shielded from cancellation and bounded by
@@ -37,7 +37,7 @@ How it works and what it promises:
   settled inside the block is left as it is. With ``auto_ack`` the block does nothing.
   A message nacked while its subscription is open is ready again and may be pushed
   straight back to it; if the iteration then ends (the exception propagated), it is
-  given back once more from the buffer, and that push has counted as an attempt.
+  given back from the buffer with ``returned=True``, so that push costs no attempt.
 """
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ class Subscription:
                 if leftover and not self.auto_ack and self.end_reason is None and not client.connection.closed:
                     step = client.info.max_batch
                     for i in range(0, len(leftover), step):
-                        await client.nack(self.queue, leftover[i:i + step])
+                        await client.nack(self.queue, leftover[i:i + step], returned=True)
         except (ConnectionClosed, QueueNotFound):
             pass  # the broker releases them itself / they are gone
         finally:

@@ -239,7 +239,7 @@ class SyncSubscription:
             if leftover and not self.auto_ack and self.end_reason is None and not client.closed:
                 step = client.server_info.max_batch
                 for i in range(0, len(leftover), step):
-                    client.nack(self.queue, leftover[i:i + step])
+                    client.nack(self.queue, leftover[i:i + step], returned=True)
         except (ConnectionClosed, QueueNotFound):
             pass  # the broker releases them itself / they are gone
         finally:

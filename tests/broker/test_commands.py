@@ -100,7 +100,6 @@ class StubSubscription:
         self.stopped = True
 
 
-
 def with_args(op: str, **changes: Any) -> dict[str, Any]:
     args = dict(BASE[op])
     for name, value in changes.items():

@@ -202,3 +202,28 @@ def test_redrive_wakes_the_source_queue(world: World) -> None:
     world.state.take_woken()
     world.call("redrive", queue="dlq", max=2)
     assert world.state.take_woken() == {"jobs": 2}
+
+
+# -- nack returned: given back unhandled ------------------------------------------------------
+
+
+def test_a_returned_message_is_ready_at_once_without_an_attempt(world: World) -> None:
+    world.call("queue_create", queue="slow", max_attempts=1, retry_delay_ms=60_000)
+    world.call("publish", queue="slow", messages=[[b"x"]])
+    for _ in range(3):  # returned again and again: never dead-lettered, never delayed
+        (delivery,) = world.call("consume", queue="slow")["messages"]
+        assert delivery[2] == 1
+        assert world.call("nack", queue="slow", ids=[1], returned=True) == {"released": 1, "missing": []}
+        (st,) = status(world, "slow", 1)
+        assert (st["state"], st["attempts"]) == ("ready", 0)
+    same_after_restart(world)
+    world.call("consume", queue="slow")
+    world.call("nack", queue="slow", ids=[1])  # a real failure on the last attempt
+    assert world.call("queue_stats", queue="slow")["dropped"] == 1
+
+
+def test_returned_takes_no_delay(world: World) -> None:
+    world.call("consume", queue="jobs")
+    world.refused("nack", ErrorCode.INVALID_ARGUMENT, "returned", queue="jobs", ids=[1],
+                  returned=True, delay_ms=10)
+    world.refused("nack", ErrorCode.INVALID_ARGUMENT, "returned", queue="jobs", ids=[1], returned=1)

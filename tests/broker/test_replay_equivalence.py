@@ -435,5 +435,5 @@ def test_a_checkpoint_keeps_the_order_leases_expire_in() -> None:
     m.consume("q", 2, None)
     m.checkpoint(1)
     expected = by_queue(copy.deepcopy(m.state).due(m.now + 100))
-    assert expected == {"q": [(6, ["q", [2, 1], 0, True, m.now + 100, None])]}
+    assert expected == {"q": [(6, ["q", [2, 1], 0, True, m.now + 100, None, False, False])]}
     assert by_queue(startup(m.log, m.checkpoints).due(m.now + 100)) == expected

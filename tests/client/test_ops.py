@@ -111,8 +111,8 @@ def test_signatures_keep_the_public_shapes() -> None:
     )
     assert inspect.signature(Client.message_status).return_annotation == list[MessageStatus]
     assert str(inspect.signature(SyncClient.nack)) == (
-        "(self, queue: str, ids: collections.abc.Iterable[int], *, delay_ms: int = 0, error: str | None = None)"
-        " -> client.types.NackResult"
+        "(self, queue: str, ids: collections.abc.Iterable[int], *, delay_ms: int = 0, error: str | None = None,"
+        " returned: bool = False) -> client.types.NackResult"
     )
     assert str(inspect.signature(Client.extend)) == (
         "(self, queue: str, ids: collections.abc.Iterable[int], *, visibility_ms: int | None = None)"

@@ -168,6 +168,19 @@ async def test_a_closed_connection_releases_its_unacked_messages_at_once(
     assert sorted((m[0], m[2]) for m in again) == sorted((m[0], 2) for m in got)
 
 
+async def test_a_closed_connection_releases_at_once_despite_a_retry_backoff(
+        autojump_clock: trio.testing.MockClock, broker_addr: tuple[str, int]) -> None:
+    producer = await setup(broker_addr, visibility_ms=600_000, retry_delay_ms=60_000)
+    consumer = await RawClient.open(broker_addr)
+    await subscribe(consumer, credit=5)
+    await publish(producer, 2)
+    await pushes(consumer, 2)
+    await consumer.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    stats = (await producer.call("queue_stats", {"queue": "q"})).result
+    assert (stats["ready"], stats["delayed"], stats["nacked"]) == (2, 0, 2)
+
+
 async def test_a_held_consume_whose_reply_cannot_be_sent_releases_its_messages(
         autojump_clock: trio.testing.MockClock, broker_addr: tuple[str, int]) -> None:
     producer = await setup(broker_addr, visibility_ms=600_000)
@@ -180,6 +193,8 @@ async def test_a_held_consume_whose_reply_cannot_be_sent_releases_its_messages(
     await trio.testing.wait_all_tasks_blocked()
     stats = (await producer.call("queue_stats", {"queue": "q"})).result
     assert (stats["ready"], stats["leased"]) == (1, 0)
+    (again,) = (await producer.call("consume", {"queue": "q"})).result["messages"]
+    assert again[2] == 1  # never reached anyone: not an attempt
 
 
 async def test_unsubscribe_stops_pushing_and_leaves_leases(
