@@ -39,8 +39,8 @@ _PUBLISH = Publish.TYPE
 _QUEUE, _FIRST_ID, _NOW, _BODIES, _KEYS, _PRIORITIES, _READY_AT = (
     Publish.FIELDS.index(name) for name in
     ("queue", "first_id", "now_ms", "bodies", "keys", "priorities", "ready_at_ms"))
-#: The columns of a plain publish record, from ``keys`` on: three None, no optional ones.
-_PLAIN_COLUMNS: list[Any] = [None] * (Publish.RECORD_BASE - _KEYS)
+#: Fields of a publish record without its optional columns (rule 2).
+_PUBLISH_BASE = Publish.RECORD_BASE
 
 
 # -- the codec ------------------------------------------------------------------------
@@ -100,17 +100,21 @@ def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
     queue: str | None = None
     nxt = 0
     bodies: list[bytes] = []
-    plain = _PLAIN_COLUMNS
+    # Field positions as locals: the cheapest loads, which pays for the length check.
+    publish, at_queue, at_first, at_bodies, at_keys, at_prio, at_ready, base = (
+        _PUBLISH, _QUEUE, _FIRST_ID, _BODIES, _KEYS, _PRIORITIES, _READY_AT, _PUBLISH_BASE)
     for rtype, fields in zip(types, map(_unpackb, payloads)):
-        # Plain: exactly the 7 fields, the three columns None. (A record that spells out
-        # optional columns as None is applied alone: correct, only not folded.)
-        if rtype == _PUBLISH and fields[_KEYS:] == plain:
-            if fields[_FIRST_ID] == nxt and fields[_QUEUE] == queue:
-                bodies += fields[_BODIES]  # the run's item holds this very list
-                nxt += len(fields[_BODIES])
+        # Plain: the three columns None and no optional ones (a record that spells out
+        # optional columns as None is applied alone: correct, only not folded).
+        if rtype == publish and fields[at_keys] is None and fields[at_prio] is None \
+                and fields[at_ready] is None and len(fields) == base:
+            if fields[at_first] == nxt and fields[at_queue] == queue:
+                more = fields[at_bodies]
+                bodies += more  # the run's item holds this very list
+                nxt += len(more)
                 continue
-            queue, bodies = fields[_QUEUE], fields[_BODIES]
-            nxt = fields[_FIRST_ID] + len(bodies)
+            queue, bodies = fields[at_queue], fields[at_bodies]
+            nxt = fields[at_first] + len(bodies)
         else:
             queue = None
         add([rtype, fields])
