@@ -20,7 +20,8 @@ state themselves and never touch sockets, trio or the WAL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, NamedTuple, Protocol
 
 from protocol import (
@@ -73,7 +74,7 @@ from .mutations import (
     Release,
     plain_publish,
 )
-from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, take_fitting
+from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
 from .state import BrokerState
 
 SERVER_NAME = "lockgate/0.1.0"
@@ -380,6 +381,10 @@ def ping(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"now_ms": ctx.now_ms})
 
 
+#: Settings a queue_create takes after the first seven, as QueueSettings declares them.
+_LATER_SETTINGS = tuple(f.name for f in dataclass_fields(QueueSettings))[7:]
+
+
 def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
     name = args["queue"]
     kind = args["kind"]
@@ -395,21 +400,18 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
             raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND,
                                 f"dead-letter queue {dead_letter!r} does not exist",
                                 details={"field": "dead_letter", "queue": dead_letter})
-    later = (args["retry_delay_ms"], args["retry_backoff"], args["retry_max_delay_ms"], args["retry_jitter"],
-             args["ttl_ms"], args["on_expire"], args["dedup_window_ms"])
-    mutation = QueueCreate(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, *later)
+    if args["ordered"] and kind != QueueKind.FIFO:
+        raise invalid("ordered", "only fifo queues can be ordered")
+    later = {name_: args[name_] for name_ in _LATER_SETTINGS}
+    settings = QueueSettings(name, kind, shards, visibility, max_attempts, dead_letter, max_messages, **later)
     existing = ctx.state.queues.get(name)
     if existing is not None:
-        s = existing.settings
-        if (s.kind, s.shards, s.visibility_ms, s.max_attempts, s.dead_letter, s.max_messages,
-                s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
-                s.ttl_ms, s.on_expire, s.dedup_window_ms) != (
-            kind, shards, visibility, max_attempts, dead_letter, max_messages, *later
-        ):
+        if existing.settings != settings:
             raise ProtocolError(ErrorCode.QUEUE_EXISTS,
                                 f"queue {name!r} exists with different settings",
                                 details={"queue": name})
         return Outcome({"queue": name, "created": False})
+    mutation = QueueCreate(*astuple(settings))
     if len(ctx.state.queues) >= ctx.config.max_queues:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {ctx.config.max_queues} queues",
                             details={"limit": ctx.config.max_queues})
@@ -828,6 +830,7 @@ COMMANDS: dict[str, Command] = {
             Arg("ttl_ms", "int", default=0, lo=0, hi=MAX_TTL_MS),
             Arg("on_expire", "choice", default=str(OnExpire.DROP), choices=tuple(OnExpire)),
             Arg("dedup_window_ms", "int", default=DEFAULT_DEDUP_WINDOW_MS, lo=0, hi=MAX_DEDUP_WINDOW_MS),
+            Arg("ordered", "bool", default=False),
             Arg("dead_letter", "queue_name", default=None),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),

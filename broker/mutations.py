@@ -118,6 +118,8 @@ class QueueCreate(Mutation):
     on_expire: str = "drop"
     #: How long a dedup id is remembered (0: no dedup); older records lack it.
     dedup_window_ms: int = 300_000
+    #: Key groups processed one at a time (records from before it lack it: not ordered).
+    ordered: bool = False
 
 
 @mutation(2)

@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import heapq
+from dataclasses import fields as dataclass_fields
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -175,18 +176,11 @@ class BrokerState:
     # -- appliers -------------------------------------------------------------------
 
     @applies(QueueCreate)
-    def _queue_create(
-        self, name: str, kind: str, shards: int, visibility_ms: int,
-        max_attempts: int, dead_letter: str | None, max_messages: int,
-        retry_delay_ms: int = 0, retry_backoff: str = "exponential",
-        retry_max_delay_ms: int = 900_000, retry_jitter: int = 0,
-        ttl_ms: int = 0, on_expire: str = "drop", dedup_window_ms: int = 300_000,
-    ) -> None:
+    def _queue_create(self, name: str, *settings: Any) -> None:
+        # QueueCreate's fields are QueueSettings' fields, in order (checked at import).
         if name not in self.queues:
-            self.queues[name] = Queue(QueueSettings(
-                name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
-                retry_delay_ms, retry_backoff, retry_max_delay_ms, retry_jitter, ttl_ms, on_expire,
-                dedup_window_ms))
+            queue = self.queues[name] = Queue(QueueSettings(name, *settings))
+            queue.on_ready = self._wake
             if self.observer is not None:
                 self.observer.queue_created(name)
 
@@ -443,6 +437,7 @@ class BrokerState:
             fields = msgpack.unpackb(payload, raw=False)
             if rtype == SNAPSHOT_QUEUE:
                 queue = Queue.from_header(fields)
+                queue.on_ready = state._wake
                 state.queues[queue.name] = queue
             elif rtype == SNAPSHOT_MESSAGES:
                 state.queues[fields[0]].import_messages(fields[1])
@@ -484,6 +479,7 @@ class BrokerState:
                     for m in q.messages.values()
                 ),
                 "sources": sorted(q.sources.items()),
+                "parked": sorted(q.parked),
                 "errors": sorted(q.errors.items()),
                 "expires": sorted(q.expires.items()),
                 "dedup": list(q.dedup.items()),
@@ -508,3 +504,6 @@ def _find_appliers() -> dict[int, str]:
 
 
 _APPLIERS = _find_appliers()
+# A queue's settings are declared once (QueueSettings); its creation record mirrors them.
+assert QueueCreate.FIELDS[1:] == tuple(f.name for f in dataclass_fields(QueueSettings))[1:], \
+    "QueueCreate's fields must be QueueSettings' fields, in order"

@@ -380,6 +380,10 @@ def create_queue(
         int | None, Arg(doc="How long a published dedup id is remembered; 0 = no dedup "
                             "[server default: 300000].")
     ] = None,
+    ordered: Annotated[
+        bool | None, Arg(doc="Process messages with the same key one at a time, in publish "
+                             "order (fifo queues only) [server default: false].")
+    ] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
 

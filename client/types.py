@@ -211,6 +211,8 @@ class QueueStats:
     ttl_expired: int = 0
     #: How long a dedup id is remembered (0: dedup off).
     dedup_window_ms: int = 300_000
+    #: Messages with one key are processed one at a time, in publish order.
+    ordered: bool = False
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -225,7 +227,7 @@ class QueueStats:
             retry_delay_ms=m.get("retry_delay_ms", 0), retry_backoff=m.get("retry_backoff", "exponential"),
             retry_max_delay_ms=m.get("retry_max_delay_ms", 900_000), retry_jitter=m.get("retry_jitter", 0),
             ttl_ms=m.get("ttl_ms", 0), on_expire=m.get("on_expire", "drop"), ttl_expired=m.get("ttl_expired", 0),
-            dedup_window_ms=m.get("dedup_window_ms", 300_000),
+            dedup_window_ms=m.get("dedup_window_ms", 300_000), ordered=m.get("ordered", False),
         )
 
 

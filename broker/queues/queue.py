@@ -7,6 +7,7 @@ Pure state: no clock, no I/O. Every method that changes state is called from
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from dataclasses import dataclass
@@ -69,12 +70,14 @@ class QueueSettings:
     on_expire: str = "drop"
     #: How long a dedup id is remembered (SPEC §8.9); 0: no dedup.
     dedup_window_ms: int = 300_000
+    #: Messages with one key are processed one at a time, in publish order (fifo only).
+    ordered: bool = False
 
 
 #: The header's fields after the counters (``export_header``): the settings and the
 #: counter added since, with the defaults an older header that lacks them gets.
 _HEADER_LATER = 15
-_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000]
+_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000, False]
 
 
 class Queue:
@@ -122,6 +125,15 @@ class Queue:
         self._by_source: dict[tuple[str, int], int] = {}
         #: The last error text consumers gave for messages still held (nack ``error``).
         self.errors: dict[int, str] = {}
+        #: Ordered queues (``settings.ordered``): each key's messages in publish order
+        #: (ids of messages gone are dropped lazily from the front), and the ready
+        #: messages held back because an earlier one of their key is still held.
+        self.groups: dict[bytes, deque[int]] = {}
+        self.parked: set[int] = set()
+        #: Told (queue name, count) when held-back messages become ready (``BrokerState``).
+        self.on_ready: Callable[[str, int], None] | None = None
+        #: Ready rows of a snapshot being imported into an ordered queue (``finish_import``).
+        self._importing: list[Message] | None = None
 
     # -- reading -------------------------------------------------------------------
 
@@ -131,7 +143,8 @@ class Queue:
 
     @property
     def ready(self) -> int:
-        return sum(r.count for r in self.ready_sets)
+        """Ready messages, those held back by their key's order included."""
+        return sum(r.count for r in self.ready_sets) + len(self.parked)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -197,6 +210,7 @@ class Queue:
         if state is None or state == READY:
             for ready in self.ready_sets:
                 yield from ready.iter_ready()
+            yield from (self.messages[mid] for mid in sorted(self.parked))
         if state is None or state == LEASED:
             yield from self.leased_in_order()
         if state is None or state == DELAYED:
@@ -268,6 +282,7 @@ class Queue:
         msgs = self.messages
         sets = self.ready_sets
         n = len(bodies)
+        ordered = self.settings.ordered and keys is not None
         if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
             # The common cases: plain messages into a single shard.
             if n == 1:
@@ -285,10 +300,12 @@ class Queue:
                     mid, body, key, priorities[i] if priorities is not None else 0,
                     self.shard_of(mid, key))
                 ready_at = ready_at_ms[i] if ready_at_ms is not None else 0
+                if ordered and key is not None:
+                    self.groups.setdefault(key, deque()).append(mid)
                 if ready_at:
                     self._delay(msg, ready_at)
                 else:
-                    sets[msg.shard].push(msg)
+                    self._make_ready(msg)
         self.next_id = first_id + n
         self.published += n
         self.bytes += sum(map(len, bodies))
@@ -452,8 +469,7 @@ class Queue:
         if ready_at_ms:
             self._delay(msg, ready_at_ms)
         else:
-            msg.state = READY
-            self.ready_sets[msg.shard].push(msg)
+            self._make_ready(msg)
 
     def promote(self, ids: list[int]) -> None:
         msgs = self.messages
@@ -462,9 +478,38 @@ class Queue:
             if msg is None or msg.state != DELAYED:
                 continue
             self.delayed -= 1
-            msg.state = READY
             msg.deadline = 0
+            self._make_ready(msg)
+
+    def _make_ready(self, msg: Message) -> None:
+        """``msg`` is ready: into its shard's ready set, unless an earlier message of its
+        key is still held in an ordered queue (then it waits, parked, for its turn)."""
+        msg.state = READY
+        if self.groups and msg.key is not None and self._head(msg.key) != msg.id:
+            self.parked.add(msg.id)
+        else:
             self.ready_sets[msg.shard].push(msg)
+
+    def _head(self, key: bytes) -> int | None:
+        """The first message of ``key``'s group still held (ordered queues)."""
+        group = self.groups.get(key)
+        msgs = self.messages
+        while group:
+            if group[0] in msgs:
+                return group[0]
+            group.popleft()
+        self.groups.pop(key, None)
+        return None
+
+    def _next_in_group(self, key: bytes) -> None:
+        """The head of ``key``'s group left: the next one, if parked, becomes ready."""
+        head = self._head(key)
+        if head is not None and head in self.parked:
+            self.parked.remove(head)
+            msg = self.messages[head]
+            self.ready_sets[msg.shard].push(msg)
+            if self.on_ready is not None:
+                self.on_ready(self.settings.name, 1)
 
     def _delay(self, msg: Message, ready_at_ms: int) -> None:
         msg.state = DELAYED
@@ -479,6 +524,14 @@ class Queue:
         self.bytes -= len(msg.body)
         state = msg.state
         msg.state = DELETED
+        if self.groups and msg.key is not None:
+            if msg.id in self.parked:
+                self.parked.remove(msg.id)
+                return
+            group = self.groups.get(msg.key)
+            if group and group[0] == msg.id:
+                group.popleft()
+                self._next_in_group(msg.key)
         if state == READY:
             self.ready_sets[msg.shard].forget()
         elif state == LEASED:
@@ -509,7 +562,7 @@ class Queue:
                 s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
                 self.nacked, self.expired, self.dead_lettered, self.dropped,
                 s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
-                s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms]
+                s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms, s.ordered]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
@@ -517,11 +570,11 @@ class Queue:
         later = fields[_HEADER_LATER:]
         later = later + _LATER_DEFAULTS[len(later):]
         (retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-         ttl_expired, dedup_window) = later[:len(_LATER_DEFAULTS)]
+         ttl_expired, dedup_window, ordered) = later[:len(_LATER_DEFAULTS)]
         name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages = fields[:7]
         queue = cls(QueueSettings(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
                                   retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-                                  dedup_window))
+                                  dedup_window, ordered))
         queue.ttl_expired = ttl_expired
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
@@ -533,6 +586,9 @@ class Queue:
         for ready in self.ready_sets:
             for m in ready.in_push_order():
                 yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+        for mid in sorted(self.parked):  # ready, waiting for their key's turn
+            m = self.messages[mid]
+            yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
         delayed = sorted((m for m in self.messages.values() if m.state == DELAYED),
                          key=lambda m: (m.deadline, m.id))
         for m in self.leased_in_order() + delayed:
@@ -542,12 +598,18 @@ class Queue:
         """Add exported rows back, in export order; call ``finish_import`` after the last."""
         msgs = self.messages
         sets = self.ready_sets
+        if self.settings.ordered and self._importing is None:
+            self._importing = []
+        importing = self._importing
         for mid, body, key, priority, shard, attempts, state, deadline, lease in rows:
             msg = msgs[mid] = Message(mid, body, key, priority, shard)
             self.bytes += len(body)
             msg.attempts = attempts
             if state == READY:
-                sets[shard].push(msg)
+                if importing is not None:
+                    importing.append(msg)  # ``finish_import`` knows the groups
+                else:
+                    sets[shard].push(msg)
             elif state == DELAYED:
                 self._delay(msg, deadline)
             else:
@@ -569,7 +631,17 @@ class Queue:
         heapq.heapify(heap)
 
     def finish_import(self) -> None:
-        """Rebuild the lease timers from the imported leased messages."""
+        """Rebuild the lease timers from the imported leased messages, and an ordered
+        queue's key groups (ready messages join their ready set in the order imported,
+        or wait for their key's turn)."""
+        if self._importing is not None:
+            for mid in sorted(self.messages):
+                key = self.messages[mid].key
+                if key is not None:
+                    self.groups.setdefault(key, deque()).append(mid)
+            for msg in self._importing:
+                self._make_ready(msg)
+            self._importing = None
         batches: dict[tuple[int, int], list[int]] = {}
         for m in self.messages.values():
             if m.state == LEASED:
@@ -587,6 +659,7 @@ class Queue:
             "retry_delay_ms": s.retry_delay_ms, "retry_backoff": s.retry_backoff,
             "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
             "ttl_ms": s.ttl_ms, "on_expire": s.on_expire, "dedup_window_ms": s.dedup_window_ms,
+            "ordered": s.ordered,
             "ready": ready, "leased": self.leased, "delayed": self.delayed,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,

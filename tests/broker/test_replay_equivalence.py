@@ -175,8 +175,9 @@ class ReplayMachine(RuleBasedStateMachine):
             ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
             retry, ttl, dedup_window,
         ):
+            # fifo queues are ordered (key groups one at a time), the others cannot be
             assert self.call("queue_create", queue=name, kind=kind, shards=n, visibility_ms=100,
-                             max_attempts=attempts, dead_letter=dlq,
+                             max_attempts=attempts, dead_letter=dlq, ordered=kind == "fifo",
                              **later_settings(backoff, lifetime, window)) == {"queue": name, "created": True}
 
     @rule(
@@ -314,8 +315,12 @@ class ReplayMachine(RuleBasedStateMachine):
             # Messages that were ready keep their order; returned ones come back by id.
             returned = {m[0] for m in back}
             prio = {m[0]: m[3] for m in back}
+            # In an ordered queue a message whose key's earlier one was dead-lettered
+            # takes its turn: it leaves the parked ones for the end of its ready set.
+            unparked = set(q["parked"]) - set(new["parked"])
             for shard, (old, cur) in enumerate(zip(q["ready"], new["ready"])):
-                cur = [i for i in cur if i < q["next_id"]]  # leave out dead-letter arrivals
+                # leave out dead-letter arrivals and the ones that took their turn
+                cur = [i for i in cur if i < q["next_id"] and i not in unparked]
                 assert [i for i in cur if i not in returned] == old
                 mine = sorted(m[0] for m in back if m[4] == shard)
                 got = [i for i in cur if i in returned]
