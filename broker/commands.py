@@ -538,10 +538,10 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
     dedup = queue.settings.dedup_window_ms > 0
     next_id = queue.next_id
     for index, entry in enumerate(entries):
-        if type(entry) is not list or not 1 <= len(entry) <= 6:
+        if type(entry) is not list or not 1 <= len(entry) <= 7:
             raise invalid(f"messages[{index}]",
-                          "a message is an array [body, key, priority, delay_ms, ttl_ms, dedup_id]")
-        body, key, priority, delay, ttl, dedup_id = (entry + [None, None, None, None, None])[:6]
+                          "a message is an array [body, key, priority, delay_ms, ttl_ms, dedup_id, deliver_at]")
+        body, key, priority, delay, ttl, dedup_id, deliver_at = (entry + [None] * 6)[:7]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
@@ -563,6 +563,12 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
         if dedup_id is not None and (type(dedup_id) is not bytes or not 1 <= len(dedup_id) <= MAX_DEDUP_ID):
             raise invalid(f"messages[{index}].dedup_id",
                           f"dedup_id must be binary (msgpack bin) of 1 to {MAX_DEDUP_ID} bytes, or nil")
+        if deliver_at is not None:
+            if type(deliver_at) is not int or not 0 <= deliver_at <= now + MAX_DELAY_MS or delay:
+                raise invalid(f"messages[{index}].deliver_at",
+                              f"deliver_at must be a time in ms at most {MAX_DELAY_MS} ms from now, "
+                              "or nil, and not given with delay_ms")
+            delay = max(deliver_at - now, 0)
         sizes.append(body)
         if dedup and dedup_id is not None:
             earlier = batch.get(dedup_id)
@@ -599,13 +605,13 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
 
 def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool:
     """Whether the queue has room for the entries that are not duplicates (SPEC §5.7 check
-    4), counting as duplicates only well-formed dedup ids of entries of 6 elements."""
+    4), counting as duplicates only well-formed dedup ids of entries of 6 or 7 elements."""
     if not queue.settings.dedup_window_ms:
         return False
     seen: set[bytes] = set()
     duplicates = 0
     for entry in entries:
-        dedup_id = entry[5] if type(entry) is list and len(entry) == 6 else None
+        dedup_id = entry[5] if type(entry) is list and 6 <= len(entry) <= 7 else None
         if type(dedup_id) is bytes and 1 <= len(dedup_id) <= MAX_DEDUP_ID:
             if dedup_id in seen or queue.duplicate_of(dedup_id, now) is not None:
                 duplicates += 1

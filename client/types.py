@@ -36,7 +36,9 @@ class Message:
     ``ttl_ms`` (1..2,592,000,000) removes it that long after it is published if it is
     still there (default: the queue's ``ttl_ms``); ``dedup_id`` (1..128 bytes) makes the
     publish idempotent: within the queue's dedup window a message with a dedup id already
-    published is not stored again (see :class:`PublishResult`).
+    published is not stored again (see :class:`PublishResult`); ``deliver_at`` (wall-clock
+    ms since the epoch, at most 7 days ahead) keeps it invisible until then, instead of
+    ``delay_ms``.
     """
 
     body: Bytes
@@ -45,6 +47,7 @@ class Message:
     delay_ms: int | None = None
     ttl_ms: int | None = None
     dedup_id: Bytes | None = None
+    deliver_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,10 +408,13 @@ def as_bytes(value: Bytes) -> bytes | bytearray | memoryview:
 
 def message_entry(
     body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None,
-    ttl_ms: int | None = None, dedup_id: Bytes | None = None,
+    ttl_ms: int | None = None, dedup_id: Bytes | None = None, deliver_at: int | None = None,
 ) -> list[Any]:
-    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?, dedup_id?]`` with
-    trailing ``None`` dropped."""
+    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?, dedup_id?, deliver_at?]``
+    with trailing ``None`` dropped."""
+    if deliver_at is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms,
+                None if dedup_id is None else as_bytes(dedup_id), deliver_at]
     if dedup_id is not None:
         return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms,
                 as_bytes(dedup_id)]
@@ -426,7 +432,8 @@ def message_entry(
 def message_entries(messages: Iterable[Bytes | Message]) -> list[list[Any]]:
     """Wire entries for ``publish``: each item is a body or a :class:`Message`."""
     return [
-        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms, m.dedup_id) if isinstance(m, Message)
+        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms, m.dedup_id, m.deliver_at)
+        if isinstance(m, Message)
         else [as_bytes(m)]
         for m in messages
     ]
