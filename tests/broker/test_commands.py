@@ -352,7 +352,7 @@ def test_queue_count_limit(state: BrokerState) -> None:
         ({"body": b"x"}, "messages"),
         ([b"x"], "messages[0]"),
         ([[]], "messages[0]"),
-        ([[b"x", None, None, None, None, None, None]], "messages[0]"),
+        ([[b"x", None, None, None, None, None, None, None]], "messages[0]"),
         ([[b"ok"], 5], "messages[1]"),
         ([[b"ok"], (b"tuple",)], "messages[1]"),
         ([["text"]], "messages[0].body"),
