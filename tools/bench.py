@@ -121,17 +121,31 @@ def _pipeline(wire: Wire, frames: list[bytes], per_frame: int, window: int) -> t
     return time.perf_counter() - start, latencies
 
 
+#: ``--dedup-ids``: every published message carries its own dedup id (SPEC §8.9).
+DEDUP_IDS = False
+
+
+def _entry(body: bytes, n: int) -> list[Any]:
+    """A publish entry; with ``DEDUP_IDS`` the ``n``-th message's own dedup id."""
+    return [body, None, None, None, None, b"bench-%d" % n] if DEDUP_IDS else [body]
+
+
 def batch_publish(wire: Wire, queue: str, messages: int, batch: int = 1000, window: int = 4) -> tuple[int, float, list[float]]:
     body = os.urandom(BODY_SIZE)
-    frame = wire.enc.request(1, "publish", {"queue": queue, "messages": [[body]] * batch})
     n = max(1, messages // batch)
-    seconds, lat = _pipeline(wire, [frame] * n, batch, window)
+    if DEDUP_IDS:
+        frames = [wire.enc.request(1, "publish", {"queue": queue, "messages": [
+            _entry(body, f * batch + i) for i in range(batch)]}) for f in range(n)]
+    else:
+        frames = [wire.enc.request(1, "publish", {"queue": queue, "messages": [[body]] * batch})] * n
+    seconds, lat = _pipeline(wire, frames, batch, window)
     return n * batch, seconds, lat
 
 
 def pipelined_publish(wire: Wire, queue: str, messages: int, window: int = 256) -> tuple[int, float, list[float]]:
     body = os.urandom(BODY_SIZE)
-    frames = [wire.enc.request(i, "publish", {"queue": queue, "messages": [[body]]}) for i in range(messages)]
+    frames = [wire.enc.request(i, "publish", {"queue": queue, "messages": [_entry(body, i)]})
+              for i in range(messages)]
     seconds, lat = _pipeline(wire, frames, 1, window)
     return messages, seconds, lat
 
@@ -484,10 +498,14 @@ def machine() -> str:
 @click.option("--parked", "parked_waiters", type=click.IntRange(1), default=None,
               help="Instead: hold this many long-poll consumes on one queue; report the broker's "
               "idle CPU and how soon a publish wakes one of them.")
+@click.option("--dedup-ids", is_flag=True,
+              help="Every message published by the publish scenarios carries its own dedup id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
-         instructions: bool, parked_waiters: int | None, as_json: bool) -> None:
+         instructions: bool, parked_waiters: int | None, dedup_ids: bool, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
+    global DEDUP_IDS
+    DEDUP_IDS = dedup_ids
     if parked_waiters:
         with tempfile.TemporaryDirectory(prefix="lockgate-parked-") as tmp:
             figures = parked(Path(tmp), parked_waiters)
