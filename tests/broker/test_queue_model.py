@@ -178,6 +178,10 @@ class ModelQueue:
             else:
                 msg.state, msg.deadline = READY, 0
                 self.ready[msg.shard].append(mid)
+        self._dead_letter(dead)
+
+    def _dead_letter(self, dead: list[MMsg]) -> None:
+        """Leave the queue for the dead-letter queue, in this order, or be dropped."""
         for msg in dead:
             del self.msgs[msg.id]
         if self.dead_letter is None:
@@ -201,14 +205,7 @@ class ModelQueue:
     def reject(self, ids: list[int]) -> list[int]:
         """Leased ones among ``ids`` go to the dead-letter queue (or are dropped) at once."""
         dead = [self.msgs[i] for i in ids if i in self.msgs and self.msgs[i].state == LEASED]
-        for msg in dead:
-            del self.msgs[msg.id]
-        if self.dead_letter is None:
-            self.counters["dropped"] += len(dead)
-        else:
-            for msg in dead:
-                self.dead_letter.add(msg.body, msg.key, msg.priority, 0)
-            self.counters["dead_lettered"] += len(dead)
+        self._dead_letter(dead)
         return [m.id for m in dead]
 
     def fire(self, now: int) -> tuple[list[int], list[int]]:
