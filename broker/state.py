@@ -206,14 +206,17 @@ class BrokerState:
         dedup_ids: list[bytes | None] | None = None,
     ) -> None:
         queue = self.queues[name]
+        parked = len(queue.parked)
         queue.add(first_id, bodies, keys, priorities, ready_at_ms, expires_at_ms)
         if dedup_ids is not None:
             queue.remember(first_id, dedup_ids, now_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
-        if ready_at_ms is None:
-            self._wake(name, len(bodies))
-        elif not all(ready_at_ms):
-            self._wake(name, ready_at_ms.count(0))
+        # Wake as many as became deliverable: not the delayed, nor those an ordered
+        # queue holds back for their key's turn.
+        ready = len(bodies) if ready_at_ms is None else ready_at_ms.count(0)
+        ready -= len(queue.parked) - parked
+        if ready:
+            self._wake(name, ready)
         if queue.delayed or expires_at_ms is not None:
             nxt = queue.next_deadline()
             if nxt is not None:

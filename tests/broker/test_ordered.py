@@ -130,3 +130,9 @@ def test_many_keys_never_two_in_flight(shards: int) -> None:
         assert first_delivered[key] == sent[key][:len(first_delivered[key])]
     assert w.replayed().snapshot() == w.state.snapshot()
     assert w.restored().snapshot() == w.state.snapshot()
+
+
+def test_a_publish_wakes_only_for_what_can_be_delivered(world: World) -> None:
+    world.state.take_woken()
+    world.call("publish", queue="q", messages=[[b"a4", b"a"], [b"c1", b"c"], [b"c2", b"c"]])
+    assert world.state.take_woken() == {"q": 1}  # c1; a4 and c2 wait for their turn
