@@ -7,8 +7,6 @@ The contract is SPEC.md §5.10 and §5.12-5.16 and §8.4.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -31,21 +29,7 @@ from client import (
 )
 
 from ..broker_process import BrokerProcess
-from .test_purge_peek_status import HOUR_MS, Threaded, ids_of, near, qname
-
-
-@pytest.fixture(params=["async", "sync"])
-async def api(request: pytest.FixtureRequest, broker_addr: tuple[str, int]) -> AsyncIterator[Any]:
-    """The async client, or the blocking one behind :class:`Threaded`: same calls, awaited."""
-    if request.param == "async":
-        async with Client.connect(broker_addr) as client:
-            yield client
-    else:
-        sync = await trio.to_thread.run_sync(partial(SyncClient, broker_addr))
-        try:
-            yield Threaded(sync)
-        finally:
-            sync.close()
+from .test_purge_peek_status import HOUR_MS, api, ids_of, near, qname  # noqa: F401  (api: the fixture)
 
 
 def dead_letter_of(info: DeadLetterInfo | None) -> tuple[Any, ...]:
