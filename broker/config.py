@@ -1,7 +1,7 @@
 """Broker settings, with the documented defaults."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
@@ -47,6 +47,8 @@ class BrokerConfig:
     #: an error naming the file and offset; ``truncate`` keeps everything before the
     #: damage and moves the damaged files aside (``broker/recovery.py``).
     recover: RecoverMode = RecoverMode.REFUSE
+    metrics_addr: str | None = field(default=None, metadata={
+        "help": "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics; port 0 picks a free one)."})
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).
