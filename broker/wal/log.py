@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .fileio import NO_SPACE_ERRNOS, OPEN_APPEND, FileIO, read_all, write_all
@@ -98,7 +99,7 @@ class SegmentedLog:
         "_buf", "_appended", "_written", "_synced", "_stop", "_failure",
         "_io", "_dir", "_segment_bytes", "_fd", "_base", "_seg_size",
         "_alloc_end", "_prealloc", "_roll_retry_at", "_restarts", "reserved_lsn",
-        "reserve_hint",
+        "reserve_hint", "on_sync",
     )
 
     def __init__(self, directory: str, io: FileIO, segment_bytes: int,
@@ -129,6 +130,10 @@ class SegmentedLog:
         #: Bytes the owner wants reserved beyond the appended records; a new segment is
         #: created with at least this much.
         self.reserve_hint = 0
+        #: Told (seconds, bytes) after each fdatasync of the log that advanced
+        #: ``synced_lsn``: how long it took and how many record bytes it made durable.
+        #: For a sync made elsewhere (``end_sync``) the time runs from ``begin_sync``.
+        self.on_sync: Callable[[float, int], None] | None = None
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *,
@@ -272,10 +277,14 @@ class SegmentedLog:
             raise LogFailedError(self._stop)
         self.write()
         if self._synced < self._written:
+            observe = self.on_sync
+            started = time.monotonic() if observe is not None else 0.0
             try:
                 self._io.fdatasync(self._fd)
             except OSError as exc:
                 raise self._fail("fdatasync", exc) from exc
+            if observe is not None:
+                observe(time.monotonic() - started, self._written - self._synced)
             self._synced = self._written
 
     def begin_sync(self) -> SyncTicket | None:
@@ -304,6 +313,8 @@ class SegmentedLog:
         if self._failure is not None:
             return
         if ticket.lsn > self._synced:
+            if self.on_sync is not None:
+                self.on_sync(time.monotonic() - ticket.started, ticket.lsn - self._synced)
             self._synced = ticket.lsn
         if ticket.base == self._base and ticket.restarts == self._restarts and self._fd >= 0:
             self._io.synced_elsewhere(ticket.fd, ticket.size, ticket.started)
@@ -364,6 +375,20 @@ class SegmentedLog:
     @property
     def failed(self) -> bool:
         return self._failure is not None
+
+    def disk_usage(self) -> tuple[int, int, int]:
+        """(segment files, their bytes, bytes the file system allocated to them: the
+        reserved room too) in the log's directory now; a listing and a ``stat`` each."""
+        segments = size = allocated = 0
+        for _, name in list_segments(self._io, self._dir):
+            try:
+                st = os.stat(os.path.join(self._dir, name))
+            except FileNotFoundError:
+                continue  # deleted meanwhile by a checkpoint
+            segments += 1
+            size += st.st_size
+            allocated += st.st_blocks * 512
+        return segments, size, allocated
 
     @property
     def failure(self) -> LogFailedError | None:
@@ -453,10 +478,14 @@ class SegmentedLog:
         had. False (still in the active segment, its reservation restored) if the new
         one could not be created."""
         io = self._io
+        observe = self.on_sync
+        started = time.monotonic() if observe is not None else 0.0
         try:
             io.fdatasync(self._fd)
         except OSError as exc:
             raise self._fail("fdatasync", exc) from exc
+        if observe is not None and self._written > self._synced:
+            observe(time.monotonic() - started, self._written - self._synced)
         self._synced = self._written
         unused = self._alloc_end - self._seg_size
         if unused > 0:  # give it back first: on a full disk the new segment needs it

@@ -533,3 +533,44 @@ def test_a_power_cut_keeps_every_synced_record(tmp_path: Path, seed: int,
     with SegmentedLog.open(tmp_path) as log:  # and the log goes on from there
         log.append(rec(999))
     assert len(read_back(tmp_path)) == len(got) + 1
+
+
+def test_on_sync_is_told_each_fdatasync_with_its_time_and_bytes(tmp_path: Path) -> None:
+    seen: list[tuple[float, int]] = []
+    log = SegmentedLog.open(tmp_path, segment_bytes=200)
+    log.on_sync = lambda seconds, nbytes: seen.append((seconds, nbytes))
+    r = rec(0, 40)
+    log.append(r)
+    log.append(r)
+    log.sync()
+    log.sync()  # nothing new: no fdatasync, nothing told
+    assert [n for _, n in seen] == [2 * len(r)]
+    for _ in range(4):  # 4 more records: the segment (200 bytes) rolls once, sealed by an fdatasync
+        log.append(r)
+    log.sync()
+    assert sum(n for _, n in seen) == 6 * len(r) and len(seen) == 3
+    log.append(r)
+    ticket = log.begin_sync()  # a sync made elsewhere: told at end_sync
+    assert ticket is not None
+    os.fdatasync(ticket.fd)
+    log.end_sync(ticket, None)
+    assert seen[-1][1] == len(r) and len(seen) == 4
+    assert all(seconds >= 0 for seconds, _ in seen)
+    log.close()
+
+
+def test_disk_usage_counts_segment_files_and_their_bytes(tmp_path: Path) -> None:
+    log = SegmentedLog.open(tmp_path, segment_bytes=200)
+    assert log.disk_usage()[:2] == (1, SEGMENT_HEADER_SIZE)
+    for i in range(10):
+        log.append(rec(i, 40))
+    log.sync()
+    segments, size, allocated = log.disk_usage()
+    files = seg_files(tmp_path)
+    assert segments == len(files) > 1
+    assert size == sum((tmp_path / f).stat().st_size for f in files)
+    assert size == 10 * len(rec(0, 40)) + segments * SEGMENT_HEADER_SIZE
+    assert allocated >= 0
+    (tmp_path / "not-a-segment.txt").write_bytes(b"x" * 1000)
+    assert log.disk_usage()[:2] == (segments, size)
+    log.close()
