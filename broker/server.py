@@ -16,7 +16,7 @@ import trio
 
 from protocol import NEED_DATA, Connection, ProtocolError, Request
 
-from . import gcpolicy, recovery
+from . import datadir, gcpolicy, recovery
 from .admission import Admission
 from .checkpointer import Checkpointer
 from .clock import Clock
@@ -71,6 +71,7 @@ class Broker:
 
     def recover(self) -> None:
         """Rebuild the state from the data directory and open the log for appending."""
+        datadir.make_private(self.config.data_dir, self.wal_dir)
         recovered = recovery.recover(self.wal_dir, self._io, mode=self.config.recover)
         self.state = recovered.state
         self.replay_report = recovered.replay

@@ -4,6 +4,11 @@ The default implementation is the plain ``os`` call. Tests subclass it to count 
 or to make one of them fail (``EIO`` from ``fdatasync``, ``ENOSPC`` from ``write``)
 while the data still goes to real files. ``JournalingFileIO`` (test only) records
 what every fsync made durable, so a harness can simulate a power cut afterwards.
+
+Everything the broker creates is private to its user, whatever the umask: a file
+``open`` creates is ``FILE_MODE`` (0600) and a directory ``makedirs`` creates is
+``DIR_MODE`` (0700). The files hold message bodies in clear; encryption at rest is the
+file system's job (docs/wal.md, "Private data").
 """
 from __future__ import annotations
 
@@ -18,9 +23,14 @@ from typing import Any, TypeAlias
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
-    "BytesLike", "FileIO", "JournalingFileIO", "NO_SPACE_ERRNOS", "OPEN_APPEND", "OPEN_CREATE",
-    "OPEN_READ", "OPEN_WRITE", "read_all", "write_all",
+    "BytesLike", "DIR_MODE", "FILE_MODE", "FileIO", "JournalingFileIO", "NO_SPACE_ERRNOS", "OPEN_APPEND",
+    "OPEN_CREATE", "OPEN_READ", "OPEN_WRITE", "read_all", "write_all",
 ]
+
+#: Permission bits of every file the broker creates: read and write for its user only.
+FILE_MODE = 0o600
+#: Permission bits of every directory the broker creates.
+DIR_MODE = 0o700
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: Flags for reading a segment.
@@ -73,8 +83,17 @@ class FileIO:
     #: sees every sync. The broker uses the helper with its own FileIO regardless.
     reports_outside_syncs: bool = False
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        return os.open(path, flags, mode)
+    def open(self, path: str, flags: int, mode: int = FILE_MODE) -> int:
+        """``os.open``; with ``O_CREAT`` the file ends up with exactly ``mode``, whatever
+        the umask, also when it already existed (a temp file left by a crash)."""
+        fd = os.open(path, flags, mode)
+        if flags & os.O_CREAT:
+            try:
+                os.fchmod(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
 
     def close(self, fd: int) -> None:
         os.close(fd)
@@ -135,10 +154,21 @@ class FileIO:
         return os.listdir(path)
 
     def makedirs(self, path: str) -> bool:
-        """Create ``path`` and missing parents; return whether it was created."""
+        """Create ``path`` and missing parents, each ``DIR_MODE`` whatever the umask;
+        return whether ``path`` was created. Existing directories keep their mode."""
+        path = os.path.abspath(path)
         if os.path.isdir(path):
             return False
-        os.makedirs(path, exist_ok=True)
+        parent = os.path.dirname(path)
+        if parent != path:
+            self.makedirs(parent)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            if os.path.isdir(path):
+                return False  # made meanwhile by someone else
+            raise
+        os.chmod(path, DIR_MODE)
         return True
 
     def fsync_dir(self, path: str) -> None:
@@ -205,7 +235,7 @@ class JournalingFileIO(FileIO):
     def _pend(self, path: str, what: str) -> None:
         self._pending.setdefault(os.path.dirname(path), []).append(what)
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = FILE_MODE) -> int:
         path = os.path.abspath(path)
         existed = bool(flags & os.O_CREAT) and os.path.lexists(path)
         fd = super().open(path, flags, mode)
