@@ -342,6 +342,7 @@ class BrokerState:
         taken = [mid for mid in ids if (m := msgs.get(mid)) is not None and m.state == READY]
         removed = queue.remove(taken)
         queue.acked += removed
+        queue.delivered += removed
         self.ack_reserve -= removed * ack_cost(name)
 
     @applies(Extend)
@@ -476,6 +477,7 @@ class BrokerState:
                 "settings": q.settings,
                 "next_id": q.next_id,
                 "stats": q.stats(),
+                "delivered": q.delivered,
                 "ready": [[m.id for m in r.iter_ready()] for r in q.ready_sets],
                 "messages": sorted(
                     (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline)

@@ -77,7 +77,7 @@ class QueueSettings:
 #: The header's fields after the counters (``export_header``): the settings and the
 #: counter added since, with the defaults an older header that lacks them gets.
 _HEADER_LATER = 15
-_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000, False]
+_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000, False, 0]
 
 
 class Queue:
@@ -101,6 +101,8 @@ class Queue:
         self.dropped = 0
         #: Messages that left because their time to live passed (dropped or dead-lettered).
         self.ttl_expired = 0
+        #: Deliveries: messages leased (each attempt counts), or taken at once (auto-ack).
+        self.delivered = 0
         #: The queue's default time to live (``settings.ttl_ms``), for the publish paths.
         self.default_ttl = settings.ttl_ms
         #: ``max_messages`` for the batch fast path of plain publishes, or -1 when a
@@ -378,6 +380,7 @@ class Queue:
             msg.lease = seq
             taken.append(mid)
         self.leased += len(taken)
+        self.delivered += len(taken)
         if taken:
             heapq.heappush(self._lease_heap, (deadline_ms, seq, taken))
             if len(self._lease_heap) > 2 * self.leased + 1024:
@@ -562,7 +565,8 @@ class Queue:
                 s.max_messages, self.next_id, self._lease_seq, self.published, self.acked,
                 self.nacked, self.expired, self.dead_lettered, self.dropped,
                 s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
-                s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms, s.ordered]
+                s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms, s.ordered,
+                self.delivered]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
@@ -570,12 +574,13 @@ class Queue:
         later = fields[_HEADER_LATER:]
         later = later + _LATER_DEFAULTS[len(later):]
         (retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-         ttl_expired, dedup_window, ordered) = later[:len(_LATER_DEFAULTS)]
+         ttl_expired, dedup_window, ordered, delivered) = later[:len(_LATER_DEFAULTS)]
         name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages = fields[:7]
         queue = cls(QueueSettings(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
                                   retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
                                   dedup_window, ordered))
         queue.ttl_expired = ttl_expired
+        queue.delivered = delivered
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
         return queue
