@@ -36,11 +36,13 @@ __all__ = ["Replies", "Round"]
 @dataclass(frozen=True, slots=True)
 class Round:
     """The replies of one round: ``out`` in request order; ``answered`` holds (index in
-    ``out``, request id) of each reply that may only go out once ``lsn`` is durable."""
+    ``out``, request id) of each reply that may only go out once ``lsn`` is durable.
+    ``sent``, if any, is called once they are written (the request latency metric)."""
 
     out: list[bytes]
     answered: list[tuple[int, int]]
     lsn: int
+    sent: Callable[[], None] | None = None
 
 
 class Replies:
@@ -92,6 +94,8 @@ class Replies:
                 self.fail(out, round_.answered, exc)
         if out:
             await self.write(b"".join(out))
+        if round_.sent is not None:
+            round_.sent()
 
     def fail(self, out: list[bytes], answered: list[tuple[int, int]], exc: LogFailedError) -> None:
         """Rule 4: each reply in ``answered`` becomes STORAGE_ERROR; recovery is asked for."""

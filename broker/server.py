@@ -10,7 +10,8 @@ round. A consume that must wait is held by a task of its connection (``waiting.H
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +31,9 @@ from .waiting import Holds
 from .state import BrokerState
 from .wal import FileIO, FsyncPolicy, GroupCommitter, LogFailedError, SegmentedLog
 from .wal.synchelper import SyncHelper
+
+if TYPE_CHECKING:
+    from .metrics import BrokerMetrics
 
 logger = logging.getLogger("lockgate.server")
 
@@ -60,12 +64,27 @@ class Broker:
         self._draining = False
         #: Cancel scopes of connections waiting for their next read (cancelled to drain).
         self._idle: set[trio.CancelScope] = set()
-        #: Open client connections.
+        #: Open client connections, and those accepted since start.
         self._connections = 0
+        self._accepted = 0
+        #: The metrics (``config.metrics_addr``), and "host:port" of their endpoint once
+        #: it serves.
+        self.metrics: BrokerMetrics | None = None
+        self.metrics_addr = ""
 
     @property
     def wal_dir(self) -> Any:
         return self.config.data_dir / "wal"
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return self._connections
+
+    @property
+    def connections_accepted(self) -> int:
+        """Client connections accepted since start."""
+        return self._accepted
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -123,6 +142,9 @@ class Broker:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(committer.run)
+                if self.config.metrics_addr is not None:
+                    self.metrics_addr = await nursery.start(self._serve_metrics, self.config.metrics_addr)
+                    logger.info("metrics at http://%s/metrics", self.metrics_addr)
                 if any(q.leased for q in self.state.queues.values()):
                     live.commit([Recover(live.context().now_ms)])
                     await committer.wait_durable(live.durable_lsn())
@@ -159,6 +181,16 @@ class Broker:
                         helper.close()
             logger.info("stopped%s", " cleanly" if clean else "")
 
+    async def _serve_metrics(self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve ``/metrics`` at ``addr`` until cancelled (``broker/metrics.py``)."""
+        from .metrics import CONTENT_TYPE_LATEST, BrokerMetrics  # prometheus_client only when asked for
+        from .metrics_http import MetricsEndpoint, parse_addr
+
+        assert self._log is not None
+        self.metrics = BrokerMetrics(self, self._log)
+        host, port = parse_addr(addr)
+        await MetricsEndpoint(self.metrics.render, CONTENT_TYPE_LATEST).serve(host, port, task_status=task_status)
+
     async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,
                       *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
@@ -184,6 +216,7 @@ class Broker:
     # -- connections ------------------------------------------------------------------
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self._accepted += 1
         self._count_connections(+1)
         try:
             await self._serve_connection(stream)
@@ -231,6 +264,8 @@ class Broker:
         each round's replies go to ``replies``."""
         live = self._live
         assert live is not None
+        timer = self.metrics.rounds if self.metrics is not None else None
+        read_at = 0.0  # when the data of this round's requests was read (with metrics)
         buffered = False  # requests left from the last round: run them first
         while buffered or not self._draining:
             if not buffered:
@@ -240,9 +275,14 @@ class Broker:
                 self._idle.discard(idle)
                 if idle.cancelled_caught or not data:
                     return
+                if timer is not None:
+                    read_at = time.monotonic()
                 conn.receive_data(data)
             out = RoundOut(conn.encoder)
+            if timer is not None:
+                timer.begin()
             buffered, closing = self._run_round(session, conn, out, replies, holding)
+            sent = timer.ran(read_at) if timer is not None else None
             # No reply may reveal state the log could still lose: every reply, whether
             # or not its request logged anything, waits until the log covers all that
             # has been applied so far.
@@ -251,7 +291,7 @@ class Broker:
             except LogFailedError as exc:
                 replies.fail(out.out, out.answered, exc)
                 lsn, out.answered = 0, []
-            await replies.send(Round(out.out, out.answered, lsn))
+            await replies.send(Round(out.out, out.answered, lsn, sent))
             if closing:
                 return
 

@@ -1,0 +1,251 @@
+"""What the broker tells Prometheus (``metrics_addr``), kept cheap for the publish path.
+
+Most series are read when a scrape comes, by one collector, from what the broker keeps
+anyway: each queue's depths and lifetime counters from ``BrokerState``, connections from
+the server, the log's files from its directory. Only two things are observed as they
+happen, into histograms kept as plain counts (``Buckets``: a bisect and two additions,
+no lock, as everything runs in the event loop's thread):
+
+- each fdatasync of the log (``SegmentedLog.on_sync``): its duration and the record
+  bytes it made durable (the group commit's batch);
+- each round of requests (``RoundTimer``): which ops it ran, counted by the registry's
+  ``Command.calls`` just before and after the round (a round runs without awaiting, so
+  the difference is exactly its own), and the time from the read that brought them to
+  the write of their replies, which all requests of a round share. Per round, not per
+  request: a round of 128 publishes costs two reads of 18 counters and one
+  observation.
+
+The docs/operations.md "Metrics" section lists every series; keep the two in step.
+"""
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .commands import COMMANDS, Command
+from .config import BrokerConfig
+from .state import BrokerState
+from .wal import SegmentedLog
+
+__all__ = ["BrokerMetrics", "Buckets", "RoundTimer", "CONTENT_TYPE_LATEST"]
+
+#: Request latency buckets, seconds: from a round of pipelined requests with no fsync
+#: to one stuck behind a slow disk.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: fdatasync duration buckets, seconds.
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Bytes one fdatasync made durable: 256 B to 64 MiB, by fours.
+SYNC_BYTES_BUCKETS = tuple(float(256 * 4**i) for i in range(10))
+
+#: The per-queue counters: (series name without ``_total``, ``Queue`` attribute, help).
+QUEUE_COUNTERS = (
+    ("lockgate_queue_published", "published",
+     "Messages added to the queue: publishes, and dead letters moved in."),
+    ("lockgate_queue_delivered", "delivered",
+     "Deliveries: messages leased by a consume or a push (each attempt counts), or taken with auto-ack."),
+    ("lockgate_queue_acked", "acked", "Messages acked (or taken with auto-ack)."),
+    ("lockgate_queue_nacked", "nacked", "Leased messages nacked."),
+    ("lockgate_queue_lease_expired", "expired", "Leases that ran out before an ack (the message is released)."),
+    ("lockgate_queue_dead_lettered", "dead_lettered", "Messages moved to the queue's dead-letter queue."),
+    ("lockgate_queue_dropped", "dropped",
+     "Messages past max attempts or rejected, dropped because the queue has no dead-letter queue."),
+    ("lockgate_queue_ttl_expired", "ttl_expired",
+     "Messages whose time to live passed (dropped or dead-lettered)."),
+)
+
+
+class Buckets:
+    """A histogram as plain counts: ``observe(value, n)`` counts ``n`` observations of
+    ``value`` at once. Not thread-safe; the broker has one thread."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.total += value * n
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, observations <= le)`` for each bound, then ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            out.append((floatToGoString(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+class RoundTimer:
+    """Request latency by op, one round at a time (see the module docs): ``begin()``
+    right before a round runs, ``ran(read_at)`` right after, with no await between."""
+
+    def __init__(self, commands: Iterable[Command]) -> None:
+        self._commands = tuple(commands)
+        self._calls = attrgetter("calls")
+        self._before: list[int] = []
+        #: Latency buckets by op, for the ops seen so far.
+        self.by_op: dict[str, Buckets] = {}
+
+    def begin(self) -> None:
+        self._before = list(map(self._calls, self._commands))
+
+    def ran(self, read_at: float) -> Callable[[], None] | None:
+        """The callback to call once the round's replies are written, which counts each
+        of its requests as taking the time since ``read_at`` (``time.monotonic()``);
+        None if the round ran no request of a known op."""
+        ran = [(c.op, c.calls - b) for c, b in zip(self._commands, self._before) if c.calls != b]
+        if not ran:
+            return None
+        by_op = self.by_op
+
+        def sent() -> None:
+            seconds = time.monotonic() - read_at
+            for op, n in ran:
+                buckets = by_op.get(op)
+                if buckets is None:
+                    buckets = by_op[op] = Buckets(LATENCY_BUCKETS)
+                buckets.observe(seconds, n)
+
+        return sent
+
+
+class Observed(Protocol):
+    """What the collector reads from the broker at scrape time."""
+
+    config: BrokerConfig
+    state: BrokerState
+
+    @property
+    def connections(self) -> int: ...
+
+    @property
+    def connections_accepted(self) -> int: ...
+
+
+class BrokerMetrics:
+    """The registry of one broker (not the process-wide default one, so that several
+    brokers can run in one process) and the histograms fed as the broker runs."""
+
+    def __init__(self, broker: Observed, log: SegmentedLog) -> None:
+        self.registry = CollectorRegistry()
+        self.rounds = RoundTimer(COMMANDS.values())
+        self.fsync_seconds = Buckets(FSYNC_BUCKETS)
+        self.fsync_bytes = Buckets(SYNC_BYTES_BUCKETS)
+        #: The memory budget, once the broker has one: a callable returning (bytes in
+        #: use, limit). While it is None the two ``lockgate_memory_budget_*`` series are
+        #: left out.
+        self.memory_budget: Callable[[], tuple[int, int]] | None = None
+        self._broker = broker
+        self._log = log
+        log.on_sync = self._on_sync
+        self.registry.register(_Collector(self))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+    def _on_sync(self, seconds: float, nbytes: int) -> None:
+        self.fsync_seconds.observe(seconds)
+        self.fsync_bytes.observe(nbytes)
+
+    def render(self) -> bytes:
+        """Every series in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """The broker's own series, read now."""
+        broker, state, log = self._broker, self._broker.state, self._log
+        info = GaugeMetricFamily("lockgate_broker_info", "The broker's node id and fsync policy (always 1).",
+                                 labels=["node_id", "fsync"])
+        info.add_metric([broker.config.node_id, broker.config.fsync.value], 1)
+        yield info
+
+        queues = state.queues
+        yield GaugeMetricFamily("lockgate_queues", "Queues, dead-letter queues included.", len(queues))
+        messages = GaugeMetricFamily("lockgate_queue_messages", "Messages in the queue by state.",
+                                     labels=["queue", "state"])
+        depth = GaugeMetricFamily("lockgate_queue_depth",
+                                  "Messages in the queue, every state (the sum of lockgate_queue_messages).",
+                                  labels=["queue"])
+        body_bytes = GaugeMetricFamily("lockgate_queue_bytes", "Bytes of message bodies in the queue.",
+                                       labels=["queue"])
+        counters = [(CounterMetricFamily(name, text, labels=["queue"]), attrgetter(attr))
+                    for name, attr, text in QUEUE_COUNTERS]
+        for name, q in queues.items():
+            label = [name]
+            messages.add_metric([name, "ready"], q.ready)
+            messages.add_metric([name, "leased"], q.leased)
+            messages.add_metric([name, "delayed"], q.delayed)
+            depth.add_metric(label, len(q.messages))
+            body_bytes.add_metric(label, q.bytes)
+            for family, get in counters:
+                family.add_metric(label, get(q))
+        yield messages
+        yield depth
+        yield body_bytes
+        for family, _ in counters:
+            yield family
+
+        yield GaugeMetricFamily("lockgate_connections", "Client connections open now.", broker.connections)
+        yield CounterMetricFamily("lockgate_connections_accepted", "Client connections accepted since start.",
+                                  broker.connections_accepted)
+        latency = HistogramMetricFamily(
+            "lockgate_request_duration_seconds",
+            "Time from reading a request to writing its reply, by op (a held consume: until it is held).",
+            labels=["op"])
+        for op, buckets in sorted(self.rounds.by_op.items()):
+            latency.add_metric([op], buckets.cumulative(), buckets.total)
+        yield latency
+
+        segments, size, allocated = log.disk_usage()
+        yield GaugeMetricFamily("lockgate_wal_segments", "WAL segment files.", segments)
+        yield GaugeMetricFamily("lockgate_wal_bytes", "Bytes in WAL segment files.", size)
+        yield GaugeMetricFamily("lockgate_wal_allocated_bytes",
+                                "Bytes the file system allocated to WAL segments (the reserved room included).",
+                                allocated)
+        yield CounterMetricFamily("lockgate_wal_appended_bytes",
+                                  "Record bytes appended to the WAL over its life (the log's end LSN).",
+                                  log.appended_lsn)
+        fsync = HistogramMetricFamily("lockgate_wal_fsync_duration_seconds",
+                                      "Duration of each fdatasync of the WAL.")
+        fsync.add_metric([], self.fsync_seconds.cumulative(), self.fsync_seconds.total)
+        yield fsync
+        batch = HistogramMetricFamily("lockgate_wal_fsync_batch_bytes",
+                                      "Record bytes each fdatasync of the WAL made durable (group commit).")
+        batch.add_metric([], self.fsync_bytes.cumulative(), self.fsync_bytes.total)
+        yield batch
+
+        if self.memory_budget is not None:
+            used, limit = self.memory_budget()
+            yield GaugeMetricFamily("lockgate_memory_budget_used_bytes",
+                                    "Bytes counted against the broker's memory budget.", used)
+            yield GaugeMetricFamily("lockgate_memory_budget_bytes", "The broker's memory budget.", limit)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.collect()
