@@ -6,6 +6,7 @@ from pathlib import Path
 
 from protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 
+from .metrics_http import parse_addr
 from .recovery import RecoverMode
 from .wal import DEFAULT_SEGMENT_BYTES, FsyncPolicy
 
@@ -48,7 +49,9 @@ class BrokerConfig:
     #: damage and moves the damaged files aside (``broker/recovery.py``).
     recover: RecoverMode = RecoverMode.REFUSE
     metrics_addr: str | None = field(default=None, metadata={
-        "help": "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics; port 0 picks a free one)."})
+        "help": "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics; port 0 picks a free "
+                "one; an empty HOST: every interface; [::1]:PORT for IPv6). Off unless set.",
+        "check": parse_addr})
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).

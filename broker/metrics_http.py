@@ -54,13 +54,13 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
     (``:9100``) is None, every interface. Raises ``ValueError`` saying what is wrong."""
     host, sep, port_text = addr.rpartition(":")
     if not sep:
-        raise ValueError(f"{addr!r} is not HOST:PORT")
+        raise ValueError("must be HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"{addr!r}: write an IPv6 address in brackets, [::1]:9100")
+        raise ValueError("an IPv6 address goes in brackets, as in [::1]:9100")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{addr!r}: the port must be a number from 0 to 65535")
+        raise ValueError("the port must be a number from 0 to 65535")
     return (host or None), int(port_text)
 
 

@@ -187,8 +187,11 @@ class Broker:
         from .metrics_http import MetricsEndpoint, parse_addr
 
         assert self._log is not None
+        try:
+            host, port = parse_addr(addr)
+        except ValueError as exc:
+            raise ValueError(f"metrics_addr {addr!r}: {exc}") from None
         self.metrics = BrokerMetrics(self, self._log)
-        host, port = parse_addr(addr)
         await MetricsEndpoint(self.metrics.render, CONTENT_TYPE_LATEST).serve(host, port, task_status=task_status)
 
     async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,

@@ -227,3 +227,10 @@ def test_parse_addr(addr: str, parsed: tuple[str | None, int]) -> None:
 def test_parse_addr_refuses(addr: str) -> None:
     with pytest.raises(ValueError):
         parse_addr(addr)
+
+
+async def test_a_bad_metrics_addr_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
+    instance = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "data", metrics_addr="9100"))
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="metrics_addr '9100': must be HOST:PORT"),
+                            flatten_subgroups=True):
+        await instance.serve()
