@@ -74,7 +74,7 @@ from .mutations import (
     Release,
     plain_publish,
 )
-from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
+from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
 from .state import BrokerState
 
 SERVER_NAME = "lockgate/0.1.0"
@@ -620,6 +620,11 @@ def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool
     return len(queue.messages) + len(entries) - duplicates <= queue.settings.max_messages
 
 
+def delivery_row(m: Message) -> list[Any]:
+    """A message as a delivery (SPEC §5.8), as it is about to be leased."""
+    return [m.id, m.body, m.attempts + 1, m.key, m.priority, m.published_at]
+
+
 def consume(session: Session, args: Args, ctx: Context) -> Outcome:
     queue: Queue = args["queue"]
     visibility = args["visibility_ms"]
@@ -631,7 +636,7 @@ def consume(session: Session, args: Args, ctx: Context) -> Outcome:
             return Outcome(wait=Wait(queue.name, args["wait_ms"]))
         return Outcome({"messages": []})
     deadline = ctx.now_ms + visibility
-    deliveries = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
+    deliveries = [delivery_row(m) for m in chosen]
     return Outcome({"messages": deliveries}, (Lease(queue.name, deadline, [m.id for m in chosen]),))
 
 
@@ -752,15 +757,15 @@ def peek(session: Session, args: Args, ctx: Context) -> Outcome:
     state = None if args["state"] is None else _STATES[args["state"]]
     names, sources = STATE_NAMES, queue.sources
 
-    def record_size(msg: Message) -> int:
+    def row_extra(msg: Message) -> int:
         record = sources.get(msg.id)
-        return 0 if record is None else record.wire_size()
+        return PEEK_EXTRA if record is None else PEEK_EXTRA + record.wire_size()
 
     chosen = take_fitting(queue.peek(state), args["max"], session.client_max_frame - REPLY_OVERHEAD,
-                          record_size if sources else None)
+                          row_extra)
     return Outcome({"queue": queue.name, "messages": [
         [m.id, m.body, m.attempts, m.key, m.priority, names[m.state], m.deadline,
-         _dead_letter_info(sources.get(m.id))] for m in chosen]})
+         _dead_letter_info(sources.get(m.id)), m.published_at] for m in chosen]})
 
 
 def _dead_letter_info(record: DeadLetter | None) -> dict[str, Any] | None:
@@ -793,7 +798,7 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
     if msg is not None:
         return {"id": mid, "state": STATE_NAMES[msg.state], "queue": queue.name,
                 "attempts": msg.attempts, "until_ms": msg.deadline,
-                "expires_at_ms": queue.expires.get(mid, 0)}
+                "expires_at_ms": queue.expires.get(mid, 0), "published_at": msg.published_at}
     if dlq is not None:
         dead_id = dlq.dead_letter_of(queue.name, mid)
         if dead_id is not None:
@@ -803,9 +808,10 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
                     "attempts": dead.attempts, "until_ms": 0,
                     "expires_at_ms": dlq.expires.get(dead_id, 0), "dead_letter_id": dead_id,
                     "reason": record.reason, "error": record.error,
-                    "dead_lettered_at_ms": record.at_ms}
+                    "dead_lettered_at_ms": record.at_ms, "published_at": dead.published_at}
     state = "gone" if 0 < mid < queue.next_id else "unknown"
-    return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0, "expires_at_ms": 0}
+    return {"id": mid, "state": state, "queue": queue.name, "attempts": 0, "until_ms": 0,
+            "expires_at_ms": 0, "published_at": 0}
 
 
 # -- the registry -----------------------------------------------------------------------

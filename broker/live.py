@@ -29,7 +29,9 @@ from protocol import Encoder, ErrorCode, ProtocolError, Request
 from .admission import Admission, AdmissionClass
 from .checkpointer import Checkpointer
 from .clock import Clock
-from .commands import COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, lookup, run
+from .commands import (
+    COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, lookup,
+    run)
 from .config import BrokerConfig
 from .mutations import Lease, Mutation, Publish, Release, Take
 from .records import PublishFold, encode
@@ -207,7 +209,7 @@ class Live:
         else:
             visibility = held.settings.visibility_ms if visibility_ms is None else visibility_ms
             deliver = Lease(queue, now + visibility, ids)
-        rows = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
+        rows = [delivery_row(m) for m in chosen]
         self._admit_and_commit(AdmissionClass.LOG, "push", None, (deliver,))
         return rows, ids
 

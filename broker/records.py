@@ -8,11 +8,12 @@ Rules:
 1. A record is ``encode_record(m.TYPE, msgpack(m.record_fields()))``: the declared
    fields of ``broker.mutations``, in order (optional trailing ones left out at their
    defaults). Fields are read by name; positions come from ``Cls.FIELDS``.
-2. Folding: applying ``Publish(q, n, [a])`` then ``Publish(q, n + 1, [b])`` gives the
-   same state as ``Publish(q, n, [a, b])`` when both are plain (no keys, priorities,
-   delays or expiries: every column None; ``now_ms`` is not used by the applier). The
-   live path logs such runs as one record (``PublishFold``); replay applies such runs as
-   one item (``fold_records``). A publish record's optional columns (those after
+2. Folding: applying ``Publish(q, n, t, [a])`` then ``Publish(q, n + 1, t, [b])`` gives
+   the same state as ``Publish(q, n, t, [a, b])`` when both are plain (no keys,
+   priorities, delays, expiries or dedup ids: every column None) and have the same
+   ``now_ms`` ``t`` (each message's ``published_at``). The live path logs such runs as
+   one record (``PublishFold``); replay applies such runs as one item
+   (``fold_records``). A publish record's optional columns (those after
    ``ready_at_ms``) are left out when None, so a plain record has 7 fields, as before
    they existed.
 3. The size bounds are upper bounds: admission reserves at least what the records
@@ -75,7 +76,8 @@ class PublishFold:
         (to append before anything else), or None if it joined the pending one."""
         pending = self._fields
         if pending is not None and pending[_QUEUE] == m.queue \
-                and pending[_FIRST_ID] + len(pending[_BODIES]) == m.first_id:
+                and pending[_FIRST_ID] + len(pending[_BODIES]) == m.first_id \
+                and pending[_NOW] == m.now_ms:
             pending[_BODIES] += m.bodies
             return None
         self._fields = [m.queue, m.first_id, m.now_ms, list(m.bodies), None, None, None]
@@ -99,21 +101,22 @@ def fold_records(types: bytes, payloads: list[bytes]) -> list[list[Any]]:
     add = items.append
     queue: str | None = None
     nxt = 0
+    now = -1
     bodies: list[bytes] = []
     # Field positions as locals: the cheapest loads, which pays for the length check.
-    publish, at_queue, at_first, at_bodies, at_keys, at_prio, at_ready, base = (
-        _PUBLISH, _QUEUE, _FIRST_ID, _BODIES, _KEYS, _PRIORITIES, _READY_AT, _PUBLISH_BASE)
+    publish, at_queue, at_first, at_now, at_bodies, at_keys, at_prio, at_ready, base = (
+        _PUBLISH, _QUEUE, _FIRST_ID, _NOW, _BODIES, _KEYS, _PRIORITIES, _READY_AT, _PUBLISH_BASE)
     for rtype, fields in zip(types, map(_unpackb, payloads)):
         # Plain: the three columns None and no optional ones (a record that spells out
         # optional columns as None is applied alone: correct, only not folded).
         if rtype == publish and fields[at_keys] is None and fields[at_prio] is None \
                 and fields[at_ready] is None and len(fields) == base:
-            if fields[at_first] == nxt and fields[at_queue] == queue:
+            if fields[at_first] == nxt and fields[at_now] == now and fields[at_queue] == queue:
                 more = fields[at_bodies]
                 bodies += more  # the run's item holds this very list
                 nxt += len(more)
                 continue
-            queue, bodies = fields[at_queue], fields[at_bodies]
+            queue, bodies, now = fields[at_queue], fields[at_bodies], fields[at_now]
             nxt = fields[at_first] + len(bodies)
         else:
             queue = None

@@ -207,7 +207,7 @@ class BrokerState:
     ) -> None:
         queue = self.queues[name]
         parked = len(queue.parked)
-        queue.add(first_id, bodies, keys, priorities, ready_at_ms, expires_at_ms)
+        queue.add(first_id, now_ms, bodies, keys, priorities, ready_at_ms, expires_at_ms)
         if dedup_ids is not None:
             queue.remember(first_id, dedup_ids, now_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
@@ -322,12 +322,9 @@ class BrokerState:
                 queue.dropped += len(msgs)
             return
         first_id = target.next_id
-        target.add(
-            first_id,
-            [m.body for m in msgs],
-            [m.key for m in msgs],
-            [m.priority for m in msgs],
-        )
+        target.add(first_id, 0, [m.body for m in msgs], [m.key for m in msgs],
+                   [m.priority for m in msgs])
+        target.keep_published_at(first_id, msgs)
         target.note_dead_letters(first_id, records)
         self._wake(target.name, len(msgs))
         self.ack_reserve += len(msgs) * ack_cost(target.name)
@@ -364,8 +361,9 @@ class BrokerState:
             self.ack_reserve -= len(msgs) * ack_cost(name)
             target = self.queues[target_name]
             first_id = target.next_id
-            target.add(first_id, [m.body for m in msgs], [m.key for m in msgs],
+            target.add(first_id, 0, [m.body for m in msgs], [m.key for m in msgs],
                        [m.priority for m in msgs])
+            target.keep_published_at(first_id, msgs)
             self.ack_reserve += len(msgs) * ack_cost(target_name)
             self._wake(target_name, len(msgs))
             if self.observer is not None:
@@ -480,7 +478,8 @@ class BrokerState:
                 "delivered": q.delivered,
                 "ready": [[m.id for m in r.iter_ready()] for r in q.ready_sets],
                 "messages": sorted(
-                    (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline)
+                    (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline,
+                     m.published_at)
                     for m in q.messages.values()
                 ),
                 "sources": sorted(q.sources.items()),

@@ -28,7 +28,7 @@ class PushTarget(Protocol):
     """A subscription, as the router sees it."""
 
     def _on_deliver(self, rows: list[Any]) -> None:
-        """Deliveries (5-element arrays, SPEC.md §5.8) pushed to it, in order."""
+        """Deliveries (arrays, SPEC.md §5.8) pushed to it, in order."""
 
     def _on_end(self, reason: str) -> None:
         """The server ended it (``subscription_end``); no push for it follows."""
@@ -97,12 +97,12 @@ class IncomingBase:
     """A message pushed to a subscription (one ``deliver`` entry), leased to this
     consumer unless the subscription is ``auto_ack``.
 
-    ``id``, ``body``, ``attempt`` (1 on the first delivery), ``key`` and ``priority`` are
-    as in ``consume``; ``queue`` is the subscription's queue. ``settled`` says how it was
+    ``id``, ``body``, ``attempt`` (1 on the first delivery), ``key``, ``priority`` and
+    ``published_at`` are as in ``consume``; ``queue`` is the subscription's queue. ``settled`` says how it was
     settled through this object (``None`` while it is not).
     """
 
-    __slots__ = ("attempt", "body", "id", "key", "priority", "queue", "settled")
+    __slots__ = ("attempt", "body", "id", "key", "priority", "published_at", "queue", "settled")
 
     def __init__(self, queue: str, row: list[Any], auto_ack: bool) -> None:
         self.id: int = row[0]
@@ -110,13 +110,14 @@ class IncomingBase:
         self.attempt: int = row[2]
         self.key: bytes | None = row[3]
         self.priority: int = row[4]
+        self.published_at: int = row[5] if len(row) > 5 else 0
         self.queue = queue
         self.settled: Settled | None = "auto_acked" if auto_ack else None
 
     @property
     def delivery(self) -> Delivery:
         """The same fields as a ``consume`` result."""
-        return Delivery(self.id, self.body, self.attempt, self.key, self.priority)
+        return Delivery(self.id, self.body, self.attempt, self.key, self.priority, self.published_at)
 
     def __repr__(self) -> str:
         return (

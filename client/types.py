@@ -52,13 +52,23 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A leased message returned by ``consume``; ack or nack it by ``id``."""
+    """A leased message returned by ``consume``; ack or nack it by ``id``.
+
+    ``published_at`` is when it was first published (server wall clock, ms since the
+    epoch; kept through dead-lettering and redrive), 0 if the server does not know.
+    """
 
     id: int
     body: bytes
     attempt: int
     key: bytes | None
     priority: int
+    published_at: int = 0
+
+    @classmethod
+    def from_wire(cls, m: list[Any]) -> Delivery:
+        """From the wire array (elements after those known here are ignored)."""
+        return cls(m[0], m[1], m[2], m[3], m[4], m[5] if len(m) > 5 else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +300,7 @@ class PeekedMessage:
     ``until_ms`` is the lease deadline of a leased message, the ready time of a delayed
     one and 0 for a ready one (server wall clock, ms since the epoch). ``dead_letter``
     says where a message that was dead-lettered into this queue came from and why;
-    ``None`` for any other message.
+    ``None`` for any other message. ``published_at`` is as in ``Delivery``.
     """
 
     id: int
@@ -301,13 +311,15 @@ class PeekedMessage:
     state: str
     until_ms: int
     dead_letter: DeadLetterInfo | None = None
+    published_at: int = 0
 
     @classmethod
     def from_wire(cls, p: list[Any]) -> PeekedMessage:
-        """From the wire array; a missing or nil ``dead_letter`` (index 7) is ``None``,
-        and elements after it are ignored."""
+        """From the wire array; a missing or nil ``dead_letter`` (index 7) is ``None``, a
+        missing ``published_at`` (index 8) 0, and elements after it are ignored."""
         dead = p[7] if len(p) > 7 else None
-        return cls(p[0], p[1], p[2], p[3], p[4], p[5], p[6], None if dead is None else DeadLetterInfo.from_wire(dead))
+        return cls(p[0], p[1], p[2], p[3], p[4], p[5], p[6], None if dead is None else DeadLetterInfo.from_wire(dead),
+                   p[8] if len(p) > 8 else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +355,8 @@ class MessageStatus:
     queue). ``dead_letter_id``, ``reason``, ``error`` and ``dead_lettered_at_ms`` are
     ``None`` unless the state is ``"dead_lettered"``. ``expires_at_ms`` is when a held
     message's time to live ends (server wall clock), 0 when it has none.
+    ``published_at`` is when it was first published (as in ``Delivery``), 0 for
+    ``"gone"`` and ``"unknown"``.
     """
 
     id: int
@@ -355,6 +369,7 @@ class MessageStatus:
     error: str | None = None
     dead_lettered_at_ms: int | None = None
     expires_at_ms: int = 0
+    published_at: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> MessageStatus:
@@ -362,7 +377,7 @@ class MessageStatus:
             id=m["id"], state=m["state"], queue=m["queue"], attempts=m["attempts"],
             until_ms=m["until_ms"], dead_letter_id=m.get("dead_letter_id"),
             reason=m.get("reason"), error=m.get("error"), dead_lettered_at_ms=m.get("dead_lettered_at_ms"),
-            expires_at_ms=m.get("expires_at_ms", 0),
+            expires_at_ms=m.get("expires_at_ms", 0), published_at=m.get("published_at", 0),
         )
 
 
@@ -466,7 +481,7 @@ def __getattr__(name: str) -> Any:
 
 def deliveries(result: dict[str, Any]) -> list[Delivery]:
     """The messages of a ``consume`` reply."""
-    return [Delivery(m[0], m[1], m[2], m[3], m[4]) for m in result["messages"]]
+    return [Delivery.from_wire(m) for m in result["messages"]]
 
 
 def ack_result(result: dict[str, Any]) -> AckResult:

@@ -133,7 +133,7 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
     body, body_encoding = _bytes_json(d.body)
     key, key_encoding = _bytes_json(d.key)
     return {
-        "id": d.id, "attempt": d.attempt, "priority": d.priority,
+        "id": d.id, "attempt": d.attempt, "priority": d.priority, "published_at": d.published_at,
         "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
     }
 
@@ -168,6 +168,7 @@ def _peeked_json(m: PeekedMessage) -> dict[str, Any]:
         "id": m.id, "state": m.state, "attempts": m.attempts, "priority": m.priority, "until_ms": m.until_ms,
         "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
         "dead_letter": None if m.dead_letter is None else asdict(m.dead_letter),
+        "published_at": m.published_at,
     }
 
 
@@ -191,6 +192,8 @@ def _status_text(s: MessageStatus) -> str:
         details.append(f"until={_time_text(s.until_ms)}")
     if s.expires_at_ms:
         details.append(f"expires={_time_text(s.expires_at_ms)}")
+    if s.published_at:
+        details.append(f"published={_time_text(s.published_at)}")
     if s.reason is not None:
         details.append(f"reason={s.reason}")
     if s.dead_lettered_at_ms is not None:
@@ -673,6 +676,7 @@ def peek(queue: str, max_: int, state: str | None, dead_letter: bool, addr: str,
     for m in result:
         key = "" if m.key is None else f" key={_bytes_text(m.key)}"
         until = f" until={_time_text(m.until_ms)}" if m.until_ms else ""
+        until += f" published={_time_text(m.published_at)}" if m.published_at else ""
         dead = "" if m.dead_letter is None else f" {_dead_letter_text(m.dead_letter)}"
         click.echo(
             f"{m.id}\t{m.state} attempts={m.attempts} priority={m.priority}{key}{until}{dead}"

@@ -1,9 +1,9 @@
 """In-memory queues: messages, per-kind ready sets, queues with leases and timers."""
 from .message import DELAYED, DELETED, LEASED, READY, Message
-from .queue import DELIVERY_OVERHEAD, DeadLetter, Queue, QueueSettings, take_fitting
+from .queue import DELIVERY_OVERHEAD, PEEK_EXTRA, DeadLetter, Queue, QueueSettings, take_fitting
 from .ready import READY_SETS, FifoReady, LifoReady, PriorityReady
 
 __all__ = [
     "DELAYED", "DELETED", "DELIVERY_OVERHEAD", "DeadLetter", "LEASED", "READY", "READY_SETS", "FifoReady",
-    "LifoReady", "Message", "PriorityReady", "Queue", "QueueSettings", "take_fitting",
+    "LifoReady", "Message", "PEEK_EXTRA", "PriorityReady", "Queue", "QueueSettings", "take_fitting",
 ]

@@ -11,16 +11,21 @@ DELETED = 3
 class Message:
     """A message and where it stands. Mutable, internal to the broker's state."""
 
-    __slots__ = ("id", "body", "key", "priority", "shard", "attempts", "state", "deadline", "lease")
+    __slots__ = ("id", "body", "key", "priority", "shard", "published_at", "attempts", "state",
+                 "deadline", "lease")
 
     def __init__(
-        self, id: int, body: bytes, key: bytes | None, priority: int, shard: int
+        self, id: int, body: bytes, key: bytes | None, priority: int, shard: int,
+        published_at: int = 0,
     ) -> None:
         self.id = id
         self.body = body
         self.key = key
         self.priority = priority
         self.shard = shard
+        #: When it was first published (wall-clock ms; kept through dead-lettering and
+        #: redrive); 0 when unknown (restored from a snapshot that predates it).
+        self.published_at = published_at
         #: Deliveries so far (1 while the first lease is held).
         self.attempts = 0
         self.state = READY
@@ -36,8 +41,8 @@ class Message:
 _new = object.__new__
 
 
-def plain_messages(first_id: int, bodies: list[bytes]) -> list[Message]:
-    """``Message(first_id + i, bodies[i], None, 0, 0)`` for each body, without a Python
+def plain_messages(first_id: int, bodies: list[bytes], published_at: int) -> list[Message]:
+    """``Message(first_id + i, bodies[i], None, 0, 0, published_at)`` for each body, without a Python
     ``__init__`` call per message: publish and replay build them by the thousand. It
     sets every slot as ``__init__`` does (a test compares the two)."""
     out: list[Message] = []
@@ -50,6 +55,7 @@ def plain_messages(first_id: int, bodies: list[bytes]) -> list[Message]:
         m.key = None
         m.priority = 0
         m.shard = 0
+        m.published_at = published_at
         m.attempts = 0
         m.state = READY
         m.deadline = 0

@@ -18,8 +18,13 @@ from protocol import DEDUP_MAX_IDS, retry_delay, shard_for_key
 from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
 from .ready import READY_SETS, ReadySet
 
-#: Bytes a delivery adds to a consume reply beyond its body and key (msgpack overhead).
-DELIVERY_OVERHEAD = 32
+#: Bytes a delivery adds to a consume reply beyond its body and key, at least its
+#: msgpack overhead (34 at most: array 1, id 9, body header 5, attempt 5, key header 3,
+#: priority 2, published_at 9).
+DELIVERY_OVERHEAD = 40
+#: Bytes a peeked message adds beyond ``DELIVERY_OVERHEAD`` (a peeked row takes 52 at
+#: most beyond its body and key: it adds the state 8, until_ms 9 and a nil 1).
+PEEK_EXTRA = 24
 #: Bytes a peeked dead letter's record adds beyond its source queue's name and error text.
 DEAD_LETTER_OVERHEAD = 96
 
@@ -275,6 +280,7 @@ class Queue:
     def add(
         self,
         first_id: int,
+        published_at: int,
         bodies: list[bytes],
         keys: list[bytes | None] | None = None,
         priorities: list[int] | None = None,
@@ -288,10 +294,10 @@ class Queue:
         if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
             # The common cases: plain messages into a single shard.
             if n == 1:
-                msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0)
+                msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0, published_at)
                 sets[0].push(msg)
             else:
-                new = plain_messages(first_id, bodies)
+                new = plain_messages(first_id, bodies, published_at)
                 msgs.update(zip(range(first_id, first_id + n), new))
                 sets[0].push_many(new)
         else:
@@ -300,7 +306,7 @@ class Queue:
                 key = keys[i] if keys is not None else None
                 msg = msgs[mid] = Message(
                     mid, body, key, priorities[i] if priorities is not None else 0,
-                    self.shard_of(mid, key))
+                    self.shard_of(mid, key), published_at)
                 ready_at = ready_at_ms[i] if ready_at_ms is not None else 0
                 if ordered and key is not None:
                     self.groups.setdefault(key, deque()).append(mid)
@@ -313,6 +319,13 @@ class Queue:
         self.bytes += sum(map(len, bodies))
         if expires_at_ms is not None:
             self.set_expiries(first_id, expires_at_ms)
+
+    def keep_published_at(self, first_id: int, originals: list[Message]) -> None:
+        """Messages ``first_id, ...`` just added as moved copies of ``originals``
+        (dead-lettered or redriven) keep the originals' publish times."""
+        msgs = self.messages
+        for mid, original in zip(range(first_id, first_id + len(originals)), originals):
+            msgs[mid].published_at = original.published_at
 
     def duplicate_of(self, dedup_id: bytes, now_ms: int) -> int | None:
         """The id of the message first published with ``dedup_id`` within the dedup
@@ -590,14 +603,14 @@ class Queue:
         leased ones by lease batch, then delayed ones."""
         for ready in self.ready_sets:
             for m in ready.in_push_order():
-                yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+                yield _snapshot_row(m)
         for mid in sorted(self.parked):  # ready, waiting for their key's turn
             m = self.messages[mid]
-            yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+            yield _snapshot_row(m)
         delayed = sorted((m for m in self.messages.values() if m.state == DELAYED),
                          key=lambda m: (m.deadline, m.id))
         for m in self.leased_in_order() + delayed:
-            yield [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease]
+            yield _snapshot_row(m)
 
     def import_messages(self, rows: list[list[Any]]) -> None:
         """Add exported rows back, in export order; call ``finish_import`` after the last."""
@@ -606,8 +619,9 @@ class Queue:
         if self.settings.ordered and self._importing is None:
             self._importing = []
         importing = self._importing
-        for mid, body, key, priority, shard, attempts, state, deadline, lease in rows:
-            msg = msgs[mid] = Message(mid, body, key, priority, shard)
+        for mid, body, key, priority, shard, attempts, state, deadline, lease, *later in rows:
+            # Rows from before ``published_at`` lack it: unknown (0).
+            msg = msgs[mid] = Message(mid, body, key, priority, shard, later[0] if later else 0)
             self.bytes += len(body)
             msg.attempts = attempts
             if state == READY:
@@ -694,3 +708,9 @@ def take_fitting(source: "Iterator[Message]", max_count: int, budget: int,
         budget -= cost
         kept.append(msg)
     return kept
+
+
+def _snapshot_row(m: Message) -> list[Any]:
+    """A message as a snapshot row (docs/wal.md, snapshot rule 2)."""
+    return [m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline, m.lease,
+            m.published_at]

@@ -463,7 +463,7 @@ def test_consume_arguments(state: BrokerState, changes: dict[str, Any], field: s
 def test_consume_limits_are_inclusive(state: BrokerState) -> None:
     outcome = run(state, "consume", {"queue": "q", "max": 4, "visibility_ms": MAX_VISIBILITY_MS,
                                      "wait_ms": MAX_WAIT_MS})
-    assert outcome.result == {"messages": [[1, b"hello", 1, None, 0]]}
+    assert outcome.result == {"messages": [[1, b"hello", 1, None, 0, NOW]]}
     assert state.queues["q"].messages[1].deadline == NOW + MAX_VISIBILITY_MS
     outcome = run(state, "consume", {"queue": "q", "max": None, "visibility_ms": None, "wait_ms": None})
     assert outcome.result == {"messages": []}

@@ -151,7 +151,7 @@ def test_peek_lists_every_state_in_order_without_leasing(world: World) -> None:
     # ready in delivery order (3 was published before 1 came back), leased, delayed
     assert [(r[0], r[5]) for r in rows] == [(3, "ready"), (1, "ready"), (2, "leased"), (4, "delayed")]
     by_id = {r[0]: r for r in rows}
-    assert by_id[1] == [1, b"a", 1, None, 0, "ready", 0, None]  # attempts so far, not the next one
+    assert by_id[1] == [1, b"a", 1, None, 0, "ready", 0, None, T0]  # attempts so far, not the next one
     assert by_id[2][2] == 1 and by_id[2][6] == world.now + 1000  # leased until
     assert by_id[4][2] == 0 and by_id[4][6] == T0 + 5000  # delayed until
     # the next consume still takes what peek showed first
@@ -199,12 +199,18 @@ def test_status_of_each_state(world: World) -> None:
     world.call("ack", queue="jobs", ids=[3])
     statuses = world.call("message_status", queue="jobs", ids=[2, 4, 3, 0, 99, 2])["statuses"]
     assert statuses == [
-        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0},
-        {"id": 4, "state": "delayed", "queue": "jobs", "attempts": 0, "until_ms": T0 + 5000, "expires_at_ms": 0},
-        {"id": 3, "state": "gone", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
-        {"id": 0, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
-        {"id": 99, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0},
-        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0},
+        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0,
+         "published_at": T0},
+        {"id": 4, "state": "delayed", "queue": "jobs", "attempts": 0, "until_ms": T0 + 5000, "expires_at_ms": 0,
+         "published_at": T0},
+        {"id": 3, "state": "gone", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0,
+         "published_at": 0},
+        {"id": 0, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0,
+         "published_at": 0},
+        {"id": 99, "state": "unknown", "queue": "jobs", "attempts": 0, "until_ms": 0, "expires_at_ms": 0,
+         "published_at": 0},
+        {"id": 2, "state": "leased", "queue": "jobs", "attempts": 1, "until_ms": T0 + 1000, "expires_at_ms": 0,
+         "published_at": T0},
     ]
 
 
@@ -220,7 +226,8 @@ def test_status_follows_a_dead_letter(world: World) -> None:
     statuses = world.call("message_status", queue="jobs", ids=[1, 2, 3])["statuses"]
     assert statuses[0] == {"id": 1, "state": "dead_lettered", "queue": "dlq", "attempts": 0,
                            "until_ms": 0, "expires_at_ms": 0, "dead_letter_id": 2, "reason": "max_attempts",
-                           "error": None, "dead_lettered_at_ms": world.now}
+                           "error": None, "dead_lettered_at_ms": world.now, "published_at": T0}
+    assert world.now > T0  # dead-lettered later: it keeps its first publish time
     assert statuses[1]["dead_letter_id"] == 1 and statuses[1]["queue"] == "dlq"
     assert statuses[2]["state"] == "leased"
     # delivered from the dead-letter queue: its attempts there

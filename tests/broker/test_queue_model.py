@@ -75,6 +75,7 @@ class MMsg:
     key: bytes | None
     priority: int
     shard: int
+    published_at: int
     attempts: int = 0
     state: int = READY
     #: Lease deadline (LEASED) or ready time (DELAYED); else 0.
@@ -107,10 +108,10 @@ class ModelQueue:
             return crc32c.crc32c(key) % self.shards
         return mid % self.shards
 
-    def add(self, body: bytes, key: bytes | None, priority: int, ready_at: int) -> int:
+    def add(self, body: bytes, key: bytes | None, priority: int, ready_at: int, published_at: int) -> int:
         mid = self.next_id
         self.next_id += 1
-        msg = MMsg(mid, body, key, priority, self.shard_of(mid, key))
+        msg = MMsg(mid, body, key, priority, self.shard_of(mid, key), published_at)
         self.msgs[mid] = msg
         self.issued.append(mid)
         self.counters["published"] += 1
@@ -188,7 +189,7 @@ class ModelQueue:
             self.counters["dropped"] += len(dead)
         else:
             for msg in dead:
-                self.dead_letter.add(msg.body, msg.key, msg.priority, 0)
+                self.dead_letter.add(msg.body, msg.key, msg.priority, 0, msg.published_at)
             self.counters["dead_lettered"] += len(dead)
 
     def extend(self, ids: list[int], deadline: int) -> list[int]:
@@ -325,7 +326,7 @@ class QueueMachine(RuleBasedStateMachine):
         for entry in batch:
             body, key, priority, delay = (entry + [None, None, None])[:4]
             ready_at = self.now + delay if delay else 0
-            self.model.add(body, key, 0 if priority is None else priority, ready_at)
+            self.model.add(body, key, 0 if priority is None else priority, ready_at, self.now)
 
     @rule(entry=entries())
     def publish_one(self, entry: list[Any]) -> None:
@@ -342,7 +343,7 @@ class QueueMachine(RuleBasedStateMachine):
             args["visibility_ms"] = visibility
         reply = self.call("consume", **args)
         chosen = self.model.select(max_count)
-        expected = [[m.id, m.body, m.attempts + 1, m.key, m.priority] for m in chosen]
+        expected = [[m.id, m.body, m.attempts + 1, m.key, m.priority, m.published_at] for m in chosen]
         assert reply == {"messages": expected}
         delivered = [d[0] for d in reply["messages"]]
         assert len(set(delivered)) == len(delivered)
@@ -447,7 +448,8 @@ class QueueMachine(RuleBasedStateMachine):
         snap = self.state.snapshot()
         for name, q in self.queues():
             expected = sorted(
-                (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline)
+                (m.id, m.body, m.key, m.priority, m.shard, m.attempts, m.state, m.deadline,
+                 m.published_at)
                 for m in q.msgs.values()
             )
             assert snap[name]["messages"] == expected, name

@@ -291,20 +291,20 @@ class ReplayMachine(RuleBasedStateMachine):
             tally(f"restart: leased messages {'yes' if leased else 'no'}, dead {'yes' if dead else 'no'}")
             back = [m for m in leased if m not in dead]
             now = self.now
-            for mid, body, key, prio, shard, attempts, _, _ in back:
+            for mid, body, key, prio, shard, attempts, _, _, published_at in back:
                 # Ready at once, or after the queue's retry backoff (SPEC 8.5).
                 delay = retry_delay(s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
                                     mid, attempts)
                 expected = (READY, 0) if not delay else (DELAYED, now + delay)
                 tally(f"restart: released after a backoff {'yes' if delay else 'no'}")
-                assert now_present[mid] == (mid, body, key, prio, shard, attempts, *expected)
+                assert now_present[mid] == (mid, body, key, prio, shard, attempts, *expected, published_at)
             back = [m for m in back if now_present[m[0]][6] == READY]
             for m in dead:
                 assert m[0] not in now_present
             if dead:
                 target = s.dead_letter if s.dead_letter in before else None
                 if target is not None:
-                    arrivals.setdefault(target, []).extend((m[1], m[2], m[3]) for m in dead)
+                    arrivals.setdefault(target, []).extend((m[1], m[2], m[3], m[8]) for m in dead)
             nstats = new["stats"]
             assert nstats["leased"] == 0
             assert nstats["expired"] == stats["expired"] + len(leased)
@@ -333,7 +333,7 @@ class ReplayMachine(RuleBasedStateMachine):
         for name, q in before.items():
             new_rows = [m for m in after[name]["messages"] if m[0] >= q["next_id"]]
             assert all(m[5] == 0 and m[6] == READY for m in new_rows)
-            assert [(m[1], m[2], m[3]) for m in new_rows] == arrivals.get(name, []), name
+            assert [(m[1], m[2], m[3], m[8]) for m in new_rows] == arrivals.get(name, []), name
 
     # invariants
 

@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.mutations import Ack, Lease, Publish, QueueCreate, Release
-from broker.records import fold_records
+from broker.records import PublishFold, decode, fold_records
 from broker.state import BrokerState
+from broker.wal import RECORD_HEADER_SIZE
 
 pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -27,7 +28,8 @@ def _records(ops: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
         q = "a" if n % 2 else "b"
         queue = live.queues[q]
         if op == "pub":
-            do(Publish(q, queue.next_id, 0, [bytes([n % 256])] * (1 + n % 3)))
+            # A few distinct publish times: runs at one time fold, across times they must not.
+            do(Publish(q, queue.next_id, n // 250, [bytes([n % 256])] * (1 + n % 3)))
         elif op == "keyed":
             do(Publish(q, queue.next_id, 0, [b"k"], [b"key"], [n % 5], None))
         elif op == "lease":
@@ -115,3 +117,21 @@ def test_only_records_of_exactly_the_plain_fields_fold() -> None:
         state = BrokerState()
         state.apply_items(_fold(records))
         assert state.snapshot() == one_by_one.snapshot()
+
+
+def test_the_live_fold_joins_only_publishes_of_one_time() -> None:
+    """``PublishFold`` (the live path's) folds consecutive plain publishes of one queue and
+    one ``now_ms``; a new time starts a new record, so each message keeps its own."""
+    fold = PublishFold()
+    assert fold.add(Publish("q", 1, 7, [b"a"])) is None
+    assert fold.add(Publish("q", 2, 7, [b"b", b"c"])) is None  # joined
+    ended = fold.add(Publish("q", 4, 8, [b"d"]))  # a later time: the run of 7 ends
+    assert ended is not None
+    assert decode(Publish.TYPE, ended[RECORD_HEADER_SIZE:]) == Publish("q", 1, 7, [b"a", b"b", b"c"])
+    last = fold.flush()
+    assert last is not None and decode(Publish.TYPE, last[RECORD_HEADER_SIZE:]) == Publish("q", 4, 8, [b"d"])
+    state = BrokerState()
+    state.apply(QueueCreate("q", "fifo", 1, 1000, 0, None, 100))
+    for record in (ended, last):
+        state.apply_record(Publish.TYPE, record[RECORD_HEADER_SIZE:])
+    assert [m.published_at for m in state.queues["q"].messages.values()] == [7, 7, 7, 8]

@@ -86,7 +86,7 @@ def test_exponential_backoff_after_nacks_and_expiries() -> None:
     w.call("consume", queue="q")
     w.advance(1000)
     assert status(w, "q", 1) == {"id": 1, "state": "delayed", "queue": "q", "attempts": 3,
-                                 "until_ms": w.now + 350, "expires_at_ms": 0}
+                                 "until_ms": w.now + 350, "expires_at_ms": 0, "published_at": T0}
     assert w.call("queue_stats", queue="q")["expired"] == 1
     same_after_restart(w)
     w.advance(350)

@@ -1,6 +1,8 @@
 """brokerctl through click's CliRunner against a real broker (``sync_broker_addr``)."""
 from __future__ import annotations
 
+import re
+
 import base64
 import itertools
 import json
@@ -23,6 +25,14 @@ COMMANDS = [
 ]
 #: Every command that talks to a broker, as its words on the command line.
 BROKER_COMMANDS = [[c] for c in COMMANDS if c != "dlq"] + [["dlq", "redrive"]]
+
+
+#: The publish time that ``peek`` and ``status`` text lines carry (checked where it matters).
+PUBLISHED = re.compile(r" published=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def without_published(lines: list[str]) -> list[str]:
+    return [PUBLISHED.sub("", line) for line in lines]
 
 
 def qname() -> str:
@@ -239,13 +249,18 @@ def test_peek_text_and_json(ctl: Ctl, queue: str) -> None:
     ctl.run("publish", queue, "-", input=b"\xff\x00")
     ctl.run("publish", queue, "later", "--delay-ms", "3600000", "--priority", "4")
     lines = ctl.run("peek", queue).stdout.splitlines()
+    assert all(PUBLISHED.search(line) for line in lines)
+    lines = without_published(lines)
     assert lines[:2] == ["1\tready attempts=0 priority=0 key=k1\thello", "2\tready attempts=0 priority=0\thex:ff00"]
     assert lines[2].startswith("3\tdelayed attempts=0 priority=4 until=") and lines[2].endswith("Z\tlater")
     doc = ctl.json("peek", queue, "--max", "2")
     assert doc["queue"] == queue and [m["id"] for m in doc["messages"]] == [1, 2]
+    published = doc["messages"][0]["published_at"]
+    assert published > 0
     assert doc["messages"][0] == {
         "id": 1, "state": "ready", "attempts": 0, "priority": 0, "until_ms": 0,
         "key": "k1", "key_encoding": "utf-8", "body": "hello", "body_encoding": "utf-8", "dead_letter": None,
+        "published_at": published,
     }
     assert doc["messages"][1]["body_encoding"] == "base64"
     delayed = ctl.json("peek", queue, "--state", "delayed")["messages"]
@@ -266,7 +281,7 @@ def test_peek_dead_letter_names_the_queue(ctl: Ctl) -> None:
     ctl.run("nack", name, str(m["id"]))
     result = ctl.run("peek", name, "--dead-letter")
     assert result.stderr == f"dead-letter queue {dlq}\n"
-    line = result.stdout
+    line = without_published([result.stdout])[0]
     prefix = f"1\tready attempts=0 priority=0 source={name}#1 source_attempts=1 reason=max_attempts dead_lettered_at="
     assert line.startswith(prefix) and line.endswith("Z\tpoison\n") and "error=" not in line
     doc = ctl.json("peek", name, "--dead-letter")
@@ -282,14 +297,18 @@ def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
     ctl.run("publish", queue, "m", "--count", "3")
     ctl.json("consume", queue)                                 # id 1 leased
     ctl.run("ack", queue, "2")
-    lines = ctl.run("status", queue, "1", "2", "3", "9").stdout.splitlines()
+    raw = ctl.run("status", queue, "1", "2", "3", "9").stdout.splitlines()
+    assert [bool(PUBLISHED.search(line)) for line in raw[1:]] == [False, True, False]  # held ones only
+    lines = without_published(raw)
     assert lines[0].startswith("1\tleased\tattempts=1 until=") and lines[0].endswith("Z")
     assert lines[1:] == ["2\tgone", "3\tready\tattempts=0", "9\tunknown"]
     doc = ctl.json("status", queue, "3", "3")
     assert doc == {"queue": queue, "statuses": [
         {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None,
-         "reason": None, "error": None, "dead_lettered_at_ms": None, "expires_at_ms": 0},
+         "reason": None, "error": None, "dead_lettered_at_ms": None, "expires_at_ms": 0,
+         "published_at": doc["statuses"][0]["published_at"]},
     ] * 2}
+    assert doc["statuses"][0]["published_at"] > 0
     ctl.run("status", queue, expect=2)                         # ids are required
     result = ctl.run("status", qname(), "1", expect=1)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
@@ -324,7 +343,7 @@ def test_reject_and_nack_error_reach_the_dead_letter(ctl: Ctl) -> None:
     assert ctl.json("reject", name, ids[2]) == {"queue": name, "rejected": 1, "missing": []}
     assert ctl.json("reject", name, ids[2]) == {"queue": name, "rejected": 0, "missing": [int(ids[2])]}
 
-    lines = ctl.run("peek", name, "--dead-letter").stdout.splitlines()
+    lines = without_published(ctl.run("peek", name, "--dead-letter").stdout.splitlines())
     assert len(lines) == 3
     assert f"source={name}#1 source_attempts=1 reason=rejected dead_lettered_at=" in lines[0]
     assert lines[0].endswith('Z error="bad \\"json\\"\\tline"\tm')         # one line, quoted and escaped
@@ -336,7 +355,7 @@ def test_reject_and_nack_error_reach_the_dead_letter(ctl: Ctl) -> None:
         (1, "rejected", 'bad "json"\tline'), (2, "max_attempts", "timeout"), (3, "rejected", None),
     ]
 
-    lines = ctl.run("status", name, *ids).stdout.splitlines()
+    lines = without_published(ctl.run("status", name, *ids).stdout.splitlines())
     assert lines[0].startswith(f"1\tdead_lettered\tqueue={dlq} id=1 attempts=0 reason=rejected dead_lettered_at=")
     assert lines[0].endswith('Z error="bad \\"json\\"\\tline"')
     assert lines[1].endswith('error="timeout"') and "reason=max_attempts" in lines[1]
@@ -391,7 +410,8 @@ def test_subscribe_count_with_ack_pushes_no_more_than_the_count(ctl: Ctl, queue:
     lines = json_lines(result.stdout)
     assert [m["id"] for m in lines] == [1, 2, 3, 4]
     assert lines[0] == {"queue": queue, "id": 1, "attempt": 1, "priority": 0, "key": "k", "key_encoding": "utf-8",
-                        "body": "m", "body_encoding": "utf-8"}
+                        "body": "m", "body_encoding": "utf-8", "published_at": lines[0]["published_at"]}
+    assert lines[0]["published_at"] > 0
     assert result.stderr == "received 4 messages, acked 4\n"
     stats = ctl.json("stats", queue)
     # The last acks waited for the end, so nothing past the count was pushed (and nacked).

@@ -483,14 +483,19 @@ async def test_delete_queue_reports_dropped_messages(client: Client) -> None:
 async def test_publish_consume_ack_round_trip(client: Client) -> None:
     name = qname()
     await client.create_queue(name)
+    before = int(time.time() * 1000)
     first = await client.publish(name, b"\x00binary\xff", key=b"k1")
     second = await client.publish(name, "text é", key="k2")
+    after = int(time.time() * 1000)
     assert second > first
     got = await client.consume(name, max=10)
+    published = [d.published_at for d in got]
     assert got == [
-        Delivery(first, b"\x00binary\xff", 1, b"k1", 0),
-        Delivery(second, "text é".encode(), 1, b"k2", 0),
+        Delivery(first, b"\x00binary\xff", 1, b"k1", 0, published[0]),
+        Delivery(second, "text é".encode(), 1, b"k2", 0, published[1]),
     ]
+    # the broker's wall clock when each was published (the broker runs beside us)
+    assert before - 1000 <= published[0] <= published[1] <= after + 1000
     stats = await client.queue_stats(name)
     assert (stats.ready, stats.leased, stats.published) == (0, 2, 2)
     assert await client.ack(name, [first, second, second + 1000]) == AckResult(2, (second + 1000,))

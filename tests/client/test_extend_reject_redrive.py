@@ -158,11 +158,13 @@ async def test_reject_dead_letters_at_once_with_its_record(api: Any) -> None:
     assert all(near(t, now) for t in at)
 
     statuses = await api.message_status(q, [1, 2, 3, 4])
+    published = statuses[0].published_at
+    assert published == statuses[1].published_at == dead.messages[0].published_at and near(published, now)
     assert statuses == [
-        MessageStatus(1, "dead_lettered", dlq, 0, 0, 1, "rejected", "bad json", at[0]),
-        MessageStatus(2, "dead_lettered", dlq, 0, 0, 2, "rejected", "timeout", at[1]),
-        MessageStatus(3, "leased", q, 1, statuses[2].until_ms),
-        MessageStatus(4, "ready", q, 0, 0),
+        MessageStatus(1, "dead_lettered", dlq, 0, 0, 1, "rejected", "bad json", at[0], published_at=published),
+        MessageStatus(2, "dead_lettered", dlq, 0, 0, 2, "rejected", "timeout", at[1], published_at=published),
+        MessageStatus(3, "leased", q, 1, statuses[2].until_ms, published_at=published),
+        MessageStatus(4, "ready", q, 0, 0, published_at=statuses[3].published_at),
     ]
     stats, dlq_stats = await api.queue_stats(q), await api.queue_stats(dlq)
     assert (stats.dead_lettered, stats.nacked, stats.dropped, stats.messages) == (2, 1, 0, 2)

@@ -330,9 +330,13 @@ def test_op_names_are_the_protocol_ops() -> None:
 
 def test_new_results_ignore_unknown_fields_and_extra_elements() -> None:
     assert PurgeResult.from_wire({"queue": "q", "ready": 1, "delayed": 2, "leased": 0, "new": 1}).total == 3
-    peeked = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "delayed", 99, None, "later"]],
+    peeked = PeekResult.from_wire({"queue": "q", "messages": [[1, b"b", 0, None, 0, "delayed", 99, None, 5, "later"]],
                                    "more": True})
-    assert peeked == PeekResult("q", (PeekedMessage(1, b"b", 0, None, 0, "delayed", 99),))
+    assert peeked == PeekResult("q", (PeekedMessage(1, b"b", 0, None, 0, "delayed", 99, None, 5),))
+    # a server from before published_at sends 8 elements; a later one may send more
+    assert PeekedMessage.from_wire([1, b"b", 0, None, 0, "ready", 0, None]).published_at == 0
+    assert Delivery.from_wire([1, b"b", 2, None, 0]) == Delivery(1, b"b", 2, None, 0, 0)
+    assert Delivery.from_wire([1, b"b", 2, None, 0, 77, "later"]) == Delivery(1, b"b", 2, None, 0, 77)
     assert len(peeked) == 1 and list(peeked) == list(peeked.messages)
     assert not PeekResult("q", ())
     # A 7-element peeked message (a server before dead-letter info) has no dead_letter.

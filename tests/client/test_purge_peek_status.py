@@ -280,9 +280,13 @@ async def test_message_status_follows_one_hop_to_the_dead_letter_queue(api: Any)
     statuses = await api.message_status(q, [1, 2])
     at = statuses[0].dead_lettered_at_ms
     assert at is not None and statuses[1].dead_lettered_at_ms == at      # one nack
+    published = statuses[0].published_at
+    assert 0 < published <= at                                  # kept from the first publish
     assert statuses == [
-        MessageStatus(1, "dead_lettered", dlq, 0, 0, dead_letter_id=2, reason="max_attempts", dead_lettered_at_ms=at),
-        MessageStatus(2, "dead_lettered", dlq, 0, 0, dead_letter_id=3, reason="max_attempts", dead_lettered_at_ms=at),
+        MessageStatus(1, "dead_lettered", dlq, 0, 0, dead_letter_id=2, reason="max_attempts", dead_lettered_at_ms=at,
+                      published_at=published),
+        MessageStatus(2, "dead_lettered", dlq, 0, 0, dead_letter_id=3, reason="max_attempts", dead_lettered_at_ms=at,
+                      published_at=published),
     ]
     await api.consume(dlq, 2)                                   # dlq ids 1 and 2 leased there
     (first, second) = await api.message_status(q, [1, 2])

@@ -95,7 +95,8 @@ def test_every_operation(client: SyncClient) -> None:
     assert batch.first_id > first and batch.count == 2
 
     got = client.consume(name, max=3)
-    assert got[0] == Delivery(first, b"hello", 1, b"k", 0)
+    assert got[0] == Delivery(first, b"hello", 1, b"k", 0, got[0].published_at)
+    assert got[0].published_at == client.message_status(name, [first])[0].published_at > 0
     assert [d.id for d in got[1:]] == list(batch.ids)
     assert client.ack(name, [got[0].id, 10**12]) == AckResult(1, (10**12,))
     assert client.nack(name, [got[1].id]) == NackResult(1, ())
