@@ -1,8 +1,9 @@
 """What the broker tells Prometheus (``metrics_addr``), kept cheap for the publish path.
 
-Most series are read when a scrape comes, by one collector, from what the broker keeps
-anyway: each queue's depths and lifetime counters from ``BrokerState``, connections from
-the server, the log's files from its directory. Only two things are observed as they
+Most series are read when a scrape comes, from what the broker keeps anyway: each
+queue's depths and lifetime counters from ``BrokerState``, connections from the server,
+the log's files from its directory. A scrape copies those numbers in the event loop
+(``Reading``) and makes the text in a worker thread, which touches nothing else. Only two things are observed as they
 happen, into histograms kept as plain counts (``Buckets``: a bisect and two additions,
 no lock, as everything runs in the event loop's thread):
 
@@ -23,7 +24,9 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
-from typing import Protocol
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -38,7 +41,7 @@ from .config import BrokerConfig
 from .state import BrokerState
 from .wal import SegmentedLog
 
-__all__ = ["BrokerMetrics", "Buckets", "RoundTimer", "CONTENT_TYPE_LATEST"]
+__all__ = ["BrokerMetrics", "Buckets", "Reading", "RoundTimer", "CONTENT_TYPE_LATEST", "families"]
 
 #: Request latency buckets, seconds: from a round of pipelined requests with no fsync
 #: to one stuck behind a slow disk.
@@ -132,7 +135,7 @@ class RoundTimer:
 
 
 class Observed(Protocol):
-    """What the collector reads from the broker at scrape time."""
+    """What a reading takes from the broker."""
 
     config: BrokerConfig
     state: BrokerState
@@ -144,9 +147,37 @@ class Observed(Protocol):
     def connections_accepted(self) -> int: ...
 
 
+Histogram = tuple[list[tuple[str, float]], float]
+"""A histogram's cumulative buckets and sum, as ``HistogramMetricFamily`` takes them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The broker's numbers for one scrape, copied in the event loop (``BrokerMetrics.read``)
+    so that the text can be made in a worker thread that touches no broker state."""
+
+    node_id: str
+    fsync: str
+    #: Per queue: name, ready, leased, delayed, messages, bytes, then ``QUEUE_COUNTERS``.
+    queues: list[tuple[Any, ...]]
+    connections: int
+    accepted: int
+    latency: list[tuple[str, Histogram]]
+    wal: tuple[int, int, int, int]  # segments, bytes, allocated bytes, appended bytes
+    fsync_seconds: Histogram
+    fsync_bytes: Histogram
+    memory_budget: tuple[int, int] | None
+
+
 class BrokerMetrics:
-    """The registry of one broker (not the process-wide default one, so that several
-    brokers can run in one process) and the histograms fed as the broker runs."""
+    """The series of one broker (on a registry of its own, not the process-wide default
+    one, so that several brokers can run in one process) and the histograms fed as the
+    broker runs.
+
+    A scrape is ``scrape()`` in the event loop, which copies the numbers (``read``: a few
+    attribute reads per queue and a ``stat`` per WAL segment), then the callable it
+    returns, in a worker thread, which makes the text: the longer part, about a
+    millisecond per ten queues."""
 
     def __init__(self, broker: Observed, log: SegmentedLog) -> None:
         self.registry = CollectorRegistry()
@@ -160,7 +191,6 @@ class BrokerMetrics:
         self._broker = broker
         self._log = log
         log.on_sync = self._on_sync
-        self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -169,83 +199,103 @@ class BrokerMetrics:
         self.fsync_seconds.observe(seconds)
         self.fsync_bytes.observe(nbytes)
 
+    def scrape(self) -> Callable[[], bytes]:
+        """Read the numbers now; the callable returned makes every series of them in the
+        Prometheus text format, in any thread."""
+        return partial(generate_latest, _Scrape(self.read(), self.registry))
+
     def render(self) -> bytes:
-        """Every series in the Prometheus text format."""
-        return generate_latest(self.registry)
+        """``scrape()()``: all at once, in this thread."""
+        return self.scrape()()
 
-    def collect(self) -> Iterator[Metric]:
-        """The broker's own series, read now."""
-        broker, state, log = self._broker, self._broker.state, self._log
-        info = GaugeMetricFamily("lockgate_broker_info", "The broker's node id and fsync policy (always 1).",
-                                 labels=["node_id", "fsync"])
-        info.add_metric([broker.config.node_id, broker.config.fsync.value], 1)
-        yield info
-
-        queues = state.queues
-        yield GaugeMetricFamily("lockgate_queues", "Queues, dead-letter queues included.", len(queues))
-        messages = GaugeMetricFamily("lockgate_queue_messages", "Messages in the queue by state.",
-                                     labels=["queue", "state"])
-        depth = GaugeMetricFamily("lockgate_queue_depth",
-                                  "Messages in the queue, every state (the sum of lockgate_queue_messages).",
-                                  labels=["queue"])
-        body_bytes = GaugeMetricFamily("lockgate_queue_bytes", "Bytes of message bodies in the queue.",
-                                       labels=["queue"])
-        counters = [(CounterMetricFamily(name, text, labels=["queue"]), attrgetter(attr))
-                    for name, attr, text in QUEUE_COUNTERS]
-        for name, q in queues.items():
-            label = [name]
-            messages.add_metric([name, "ready"], q.ready)
-            messages.add_metric([name, "leased"], q.leased)
-            messages.add_metric([name, "delayed"], q.delayed)
-            depth.add_metric(label, len(q.messages))
-            body_bytes.add_metric(label, q.bytes)
-            for family, get in counters:
-                family.add_metric(label, get(q))
-        yield messages
-        yield depth
-        yield body_bytes
-        for family, _ in counters:
-            yield family
-
-        yield GaugeMetricFamily("lockgate_connections", "Client connections open now.", broker.connections)
-        yield CounterMetricFamily("lockgate_connections_accepted", "Client connections accepted since start.",
-                                  broker.connections_accepted)
-        latency = HistogramMetricFamily(
-            "lockgate_request_duration_seconds",
-            "Time from reading a request to writing its reply, by op (a held consume: until it is held).",
-            labels=["op"])
-        for op, buckets in sorted(self.rounds.by_op.items()):
-            latency.add_metric([op], buckets.cumulative(), buckets.total)
-        yield latency
-
-        segments, size, allocated = log.disk_usage()
-        yield GaugeMetricFamily("lockgate_wal_segments", "WAL segment files.", segments)
-        yield GaugeMetricFamily("lockgate_wal_bytes", "Bytes in WAL segment files.", size)
-        yield GaugeMetricFamily("lockgate_wal_allocated_bytes",
-                                "Bytes the file system allocated to WAL segments (the reserved room included).",
-                                allocated)
-        yield CounterMetricFamily("lockgate_wal_appended_bytes",
-                                  "Record bytes appended to the WAL over its life (the log's end LSN).",
-                                  log.appended_lsn)
-        fsync = HistogramMetricFamily("lockgate_wal_fsync_duration_seconds",
-                                      "Duration of each fdatasync of the WAL.")
-        fsync.add_metric([], self.fsync_seconds.cumulative(), self.fsync_seconds.total)
-        yield fsync
-        batch = HistogramMetricFamily("lockgate_wal_fsync_batch_bytes",
-                                      "Record bytes each fdatasync of the WAL made durable (group commit).")
-        batch.add_metric([], self.fsync_bytes.cumulative(), self.fsync_bytes.total)
-        yield batch
-
-        if self.memory_budget is not None:
-            used, limit = self.memory_budget()
-            yield GaugeMetricFamily("lockgate_memory_budget_used_bytes",
-                                    "Bytes counted against the broker's memory budget.", used)
-            yield GaugeMetricFamily("lockgate_memory_budget_bytes", "The broker's memory budget.", limit)
+    def read(self) -> Reading:
+        """Copy the numbers of every series (in the event loop)."""
+        broker = self._broker
+        counters = attrgetter(*(attr for _, attr, _ in QUEUE_COUNTERS))
+        queues = [(name, q.ready, q.leased, q.delayed, len(q.messages), q.bytes, *counters(q))
+                  for name, q in broker.state.queues.items()]
+        log = self._log
+        budget = self.memory_budget
+        return Reading(
+            broker.config.node_id, broker.config.fsync.value, queues, broker.connections,
+            broker.connections_accepted,
+            [(op, (b.cumulative(), b.total)) for op, b in sorted(self.rounds.by_op.items())],
+            (*log.disk_usage(), log.appended_lsn),
+            (self.fsync_seconds.cumulative(), self.fsync_seconds.total),
+            (self.fsync_bytes.cumulative(), self.fsync_bytes.total),
+            budget() if budget is not None else None)
 
 
-class _Collector(Collector):
-    def __init__(self, metrics: BrokerMetrics) -> None:
-        self._metrics = metrics
+def families(r: Reading) -> Iterator[Metric]:
+    """The broker's own series from a reading (docs/operations.md, "Metrics")."""
+    info = GaugeMetricFamily("lockgate_broker_info", "The broker's node id and fsync policy (always 1).",
+                             labels=["node_id", "fsync"])
+    info.add_metric([r.node_id, r.fsync], 1)
+    yield info
+
+    yield GaugeMetricFamily("lockgate_queues", "Queues, dead-letter queues included.", len(r.queues))
+    messages = GaugeMetricFamily("lockgate_queue_messages", "Messages in the queue by state.",
+                                 labels=["queue", "state"])
+    depth = GaugeMetricFamily("lockgate_queue_depth",
+                              "Messages in the queue, every state (the sum of lockgate_queue_messages).",
+                              labels=["queue"])
+    body_bytes = GaugeMetricFamily("lockgate_queue_bytes", "Bytes of message bodies in the queue.",
+                                   labels=["queue"])
+    counters = [CounterMetricFamily(name, text, labels=["queue"]) for name, _, text in QUEUE_COUNTERS]
+    for name, ready, leased, delayed, held, nbytes, *counts in r.queues:
+        label = [name]
+        messages.add_metric([name, "ready"], ready)
+        messages.add_metric([name, "leased"], leased)
+        messages.add_metric([name, "delayed"], delayed)
+        depth.add_metric(label, held)
+        body_bytes.add_metric(label, nbytes)
+        for family, n in zip(counters, counts):
+            family.add_metric(label, n)
+    yield messages
+    yield depth
+    yield body_bytes
+    yield from counters
+
+    yield GaugeMetricFamily("lockgate_connections", "Client connections open now.", r.connections)
+    yield CounterMetricFamily("lockgate_connections_accepted", "Client connections accepted since start.",
+                              r.accepted)
+    latency = HistogramMetricFamily(
+        "lockgate_request_duration_seconds",
+        "Time from reading a request to writing its reply, by op (a held consume: until it is held).",
+        labels=["op"])
+    for op, (buckets, total) in r.latency:
+        latency.add_metric([op], buckets, total)
+    yield latency
+
+    segments, size, allocated, appended = r.wal
+    yield GaugeMetricFamily("lockgate_wal_segments", "WAL segment files.", segments)
+    yield GaugeMetricFamily("lockgate_wal_bytes", "Bytes in WAL segment files.", size)
+    yield GaugeMetricFamily("lockgate_wal_allocated_bytes",
+                            "Bytes the file system allocated to WAL segments (the reserved room included).",
+                            allocated)
+    yield CounterMetricFamily("lockgate_wal_appended_bytes",
+                              "Record bytes appended to the WAL over its life (the log's end LSN).", appended)
+    yield HistogramMetricFamily("lockgate_wal_fsync_duration_seconds", "Duration of each fdatasync of the WAL.",
+                                *r.fsync_seconds)
+    yield HistogramMetricFamily("lockgate_wal_fsync_batch_bytes",
+                                "Record bytes each fdatasync of the WAL made durable (group commit).",
+                                *r.fsync_bytes)
+
+    if r.memory_budget is not None:
+        used, limit = r.memory_budget
+        yield GaugeMetricFamily("lockgate_memory_budget_used_bytes",
+                                "Bytes counted against the broker's memory budget.", used)
+        yield GaugeMetricFamily("lockgate_memory_budget_bytes", "The broker's memory budget.", limit)
+
+
+class _Scrape(Collector):
+    """One scrape: the series of a reading, then those of the registry's collectors
+    (the process, platform and garbage collector ones, which read nothing of ours)."""
+
+    def __init__(self, reading: Reading, registry: CollectorRegistry) -> None:
+        self._reading = reading
+        self._registry = registry
 
     def collect(self) -> Iterable[Metric]:
-        return self._metrics.collect()
+        yield from families(self._reading)
+        yield from self._registry.collect()

@@ -1,23 +1,25 @@
 """The metrics endpoint: a small HTTP/1.x server in the broker's own trio loop.
 
-It answers ``GET /metrics`` with the bytes of a ``render`` callable (the Prometheus
-text format, ``broker.metrics``). Serving from the event loop means a scrape reads the
-broker's state between two rounds: no thread, no lock, and nothing to keep consistent.
-A scrape holds the loop for as long as ``render`` takes (docs/operations.md, "Metrics").
+It answers ``GET /metrics`` with the Prometheus text format (``broker.metrics``) in
+two steps: ``scrape()`` runs in the event loop, between two rounds, and copies the
+numbers it needs, so nothing has to be locked or kept consistent; the callable it
+returns makes the text from that copy in a worker thread, so a big broker's long text
+does not hold up the loop (docs/operations.md, "Metrics").
 
 Rules:
 
 1. One request per connection. The server reads the request head (at most
-   ``MAX_HEAD`` bytes, within ``REQUEST_TIMEOUT_S``), answers, ends its side and
-   closes once the client has (reading and dropping at most ``LINGER_BYTES`` more,
-   for at most ``LINGER_S``); a request body is never used.
+   ``MAX_HEAD`` bytes, within ``REQUEST_TIMEOUT_S``), answers (the answer, too, must
+   be taken within ``REQUEST_TIMEOUT_S``), ends its side and closes once the client
+   has (reading and dropping at most ``LINGER_BYTES`` more, for at most ``LINGER_S``);
+   a request body is never used.
 2. ``GET`` or ``HEAD`` of ``/metrics`` (a query string is ignored): 200 with the
    rendered bytes. Any other path: 404. Any other method: 405. A head that is not an
    HTTP/1.x request line: 400. A head longer than ``MAX_HEAD``: 431. A client that
    sends no whole head in time, or goes away, is closed without an answer.
 3. At most ``MAX_CONNECTIONS`` at once; one more is closed at once, unanswered (a
    scraper records a failed scrape).
-4. Nothing a client sends can stop the endpoint or the broker: a failing ``render``
+4. Nothing a client sends can stop the endpoint or the broker: a failing scrape
    answers 500 and is logged.
 """
 from __future__ import annotations
@@ -74,8 +76,8 @@ def _response(status: int, body: bytes = b"", content_type: str = "text/plain; c
 class MetricsEndpoint:
     """Serves ``render()`` at ``/metrics`` (see the module docs)."""
 
-    def __init__(self, render: Callable[[], bytes], content_type: str) -> None:
-        self._render = render
+    def __init__(self, scrape: Callable[[], Callable[[], bytes]], content_type: str) -> None:
+        self._scrape = scrape
         self._content_type = content_type
         self._open = 0
         #: Requests answered, by status, and connections closed unanswered for the limit.
@@ -98,19 +100,21 @@ class MetricsEndpoint:
             if self._open > MAX_CONNECTIONS:
                 self.refused += 1
                 return
+            head = None
             with trio.move_on_after(REQUEST_TIMEOUT_S):
                 head = await _read_head(stream)
-                if head is None:
-                    return
-                status, reply = self._answer(head)
+            if head is None:
+                return
+            status, reply = await self._answer(head)
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
                 await self._send(stream, reply, status)
-            # Closing with unread input would reset the connection, and the client could
-            # lose the answer: end our side, then read what it still sends (bounded).
-            await stream.send_eof()
-            with trio.move_on_after(LINGER_S):
-                drained = 0
-                while drained < LINGER_BYTES and (data := await stream.receive_some(65536)):
-                    drained += len(data)
+                # Closing with unread input would reset the connection, and the client
+                # could lose the answer: end our side, then read what it still sends.
+                await stream.send_eof()
+                with trio.move_on_after(LINGER_S):
+                    drained = 0
+                    while drained < LINGER_BYTES and (data := await stream.receive_some(65536)):
+                        drained += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
@@ -121,7 +125,7 @@ class MetricsEndpoint:
         self.answered[status] = self.answered.get(status, 0) + 1
         await stream.send_all(data)
 
-    def _answer(self, head: bytes) -> tuple[int, bytes]:
+    async def _answer(self, head: bytes) -> tuple[int, bytes]:
         """The status and whole response for a request head (``b""``: too long)."""
         if not head:
             return 431, _response(431, b"request head too long\n")
@@ -134,7 +138,7 @@ class MetricsEndpoint:
         if target != METRICS_PATH.encode():
             return 404, _response(404, b"not found; metrics are at /metrics\n")
         try:
-            body = self._render()
+            body = await trio.to_thread.run_sync(self._scrape())
         except Exception:
             logger.exception("could not render the metrics")
             return 500, _response(500, b"could not render the metrics; see the broker's log\n")

@@ -192,7 +192,7 @@ class Broker:
         except ValueError as exc:
             raise ValueError(f"metrics_addr {addr!r}: {exc}") from None
         self.metrics = BrokerMetrics(self, self._log)
-        await MetricsEndpoint(self.metrics.render, CONTENT_TYPE_LATEST).serve(host, port, task_status=task_status)
+        await MetricsEndpoint(self.metrics.scrape, CONTENT_TYPE_LATEST).serve(host, port, task_status=task_status)
 
     async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,
                       *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -203,6 +203,14 @@ async def test_the_memory_budget_series_appear_once_there_is_a_budget(mbroker: B
     assert one(samples, "lockgate_memory_budget_used_bytes") == 1234
     assert one(samples, "lockgate_memory_budget_bytes") == 1 << 30
 
+    def broken() -> tuple[int, int]:
+        raise RuntimeError("no budget today")
+
+    mbroker.metrics.memory_budget = broken  # a failing scrape answers 500; the next one works
+    assert status_of(await http(mbroker.metrics_addr, b"GET /metrics HTTP/1.1\r\n\r\n")) == 500
+    mbroker.metrics.memory_budget = None
+    assert await scrape(mbroker)
+
 
 def test_buckets_count_many_observations_at_once() -> None:
     b = Buckets((0.001, 0.01))
