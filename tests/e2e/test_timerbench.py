@@ -1,0 +1,66 @@
+"""The timer benchmark (tools.timerbench) at a small count: real brokers, a report whose
+figures agree with what was done to them.
+
+Nothing here asserts how late messages may be (the machine decides that), only what
+must hold on any machine: every message arrives, none before its time (beyond the
+clock's half-millisecond reading error), and the memory figure is the growth it claims."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tools.timerbench import BODY_SIZE, Lateness, body, due_times, index_of, main, run, table
+
+COUNT = 2_000
+
+
+def test_lateness_percentiles() -> None:
+    late = Lateness.of([float(x) for x in range(100, 0, -1)])
+    assert (late.count, late.p50_ms, late.p99_ms, late.max_ms, late.min_ms) == (100, 51.0, 100.0, 100.0, 1.0)
+    assert late.over_target == 90  # 11..100 ms
+    assert Lateness.of([]).count == 0
+
+
+def test_due_times_spread_over_the_window() -> None:
+    times = list(due_times(1_000, 1_000_000.0, 2.0))
+    assert times[0] == 1_000_000 and times[-1] == 1_000_000 + 1_998
+    assert times == sorted(times)
+    assert index_of(body(123_456)) == 123_456 and len(body(7)) == BODY_SIZE
+
+
+def test_report_at_a_small_count(tmp_path: Path) -> None:
+    report = run(tmp_path, COUNT, "always", lead_s=2.0, window_s=1.0)
+    assert [p.name for p in report.phases] == ["plain", "ttl", "delayed"]
+    assert report.count == COUNT and report.fsync == "always"
+    for p in report.phases:
+        assert p.messages == COUNT and p.load_s > 0
+        # The bodies alone grow the heap: at least that much, whatever the rest costs.
+        assert p.rss_after - p.rss_before >= COUNT * BODY_SIZE
+        assert p.bytes_per_message == (p.rss_after - p.rss_before) / COUNT
+    assert report.phase("plain").lateness is None
+    for name in ("ttl", "delayed"):
+        p = report.phase(name)
+        late = p.lateness
+        assert late is not None
+        assert p.missing == 0 and p.due_before_ready == 0
+        assert late.count == COUNT  # every message, each once
+        assert -1.5 < late.min_ms <= late.p50_ms <= late.p99_ms <= late.max_ms
+        assert 0 <= late.over_target <= COUNT
+        assert p.due_per_s == COUNT / report.window_s
+        assert abs(p.clock_offset_ms[0] - p.clock_offset_ms[1]) < 5
+    broker_side = report.phase("ttl").broker_lateness
+    assert broker_side is not None and broker_side.count >= 10
+    assert broker_side.min_ms >= 0  # never dead-lettered before its expiry, on the server's own clock
+    text = table(report)
+    assert "| ttl |" in text and "| delayed |" in text and "broker side" in text
+
+
+def test_cli_json(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--count", "200", "--phases", "delayed", "--fsync", "never",
+                                       "--lead-s", "1", "--window-s", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    [phase] = report["phases"]
+    assert phase["name"] == "delayed" and phase["lateness"]["count"] == 200 and phase["missing"] == 0
