@@ -1,8 +1,11 @@
 """``brokerd`` / ``python -m broker``: run a Lockgate broker."""
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,18 +13,18 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
-
-from .config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SEGMENT_BYTES, BrokerConfig
+from .config import BrokerConfig
 from .server import Broker
-from .recovery import RecoverMode
-from .wal import FsyncPolicy, WalCorruption, WalVersionError
+from .settings import CONFIG_ENV, ConfigError, click_options, load_environment
+from .wal import WalCorruption, WalVersionError
 from .wal.fileio import JournalingFileIO
 
 #: Exit status when start-up finds damage it may not repair (``--recover refuse``).
 EXIT_DAMAGED = 2
 #: Exit status when start-up fails on the file system or network (no room, port in use).
 EXIT_OS_ERROR = 3
+#: Exit status for invalid configuration, from any source (EX_CONFIG of sysexits.h).
+EXIT_CONFIG = 78
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -53,50 +56,49 @@ async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
                     nursery.cancel_scope.cancel()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int,
-              help="TCP port; 0 picks a free one (printed on start).")
-@click.option("--data", "data_dir", default=DEFAULT_DATA_DIR, show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Data directory (the WAL lives in DATA/wal).")
-@click.option("--fsync", type=click.Choice([p.value for p in FsyncPolicy]), default="always",
-              show_default=True, help="When a confirm is sent: after fdatasync (always), or after the write "
-              "to the OS with fdatasync every --fsync-interval-ms (interval) or never.")
-@click.option("--fsync-interval-ms", default=100, show_default=True, type=click.IntRange(1),
-              help="fdatasync period for --fsync interval.")
-@click.option("--segment-bytes", default=DEFAULT_SEGMENT_BYTES, show_default=True,
-              type=click.IntRange(1024 * 1024), help="Roll WAL segments at this size.")
-@click.option("--checkpoint-bytes", default=DEFAULT_SEGMENT_BYTES, show_default=True,
-              type=click.IntRange(1024 * 1024),
-              help="Checkpoint once the WAL grows this much (or by the live data, if more) "
-              "since the last snapshot; obsolete segments are then deleted.")
-@click.option("--max-frame", default=DEFAULT_MAX_FRAME, show_default=True, type=click.IntRange(64 * 1024, 2**32 - 1),
-              help="Largest frame body accepted; a larger length prefix gets FRAME_TOO_LARGE and a close.")
-@click.option("--max-message", default=DEFAULT_MAX_MESSAGE, show_default=True, type=click.IntRange(1),
-              help="Largest message body accepted (MESSAGE_TOO_LARGE beyond).")
-@click.option("--recover", type=click.Choice([m.value for m in RecoverMode]), default="refuse",
-              show_default=True,
-              help="On damage in the WAL or a snapshot: stop with an error naming the file and "
-              "offset (refuse), or keep everything before the damage, move the damaged files "
-              "aside as *.damaged and report what was lost (truncate).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+class _Command(click.Command):
+    """``brokerd``'s command: a bad command line is a configuration error (``EXIT_CONFIG``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            setattr(exc, "exit_code", EXIT_CONFIG)  # a class attribute in click's stubs
+            raise
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Each setting is also read from LOCKGATE_<SETTING> and from the TOML file given by "
+               "--config (or LOCKGATE_CONFIG); a flag wins over the environment, which wins over the file. "
+               f"Exit status: 0 after a clean shutdown, {EXIT_DAMAGED} damage in the data it may not repair, "
+               f"{EXIT_OS_ERROR} a file system or network failure at start (no room, address in use), "
+               f"{EXIT_CONFIG} invalid configuration.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Read settings from this TOML file (keys as in --print-config) [env: {CONFIG_ENV}].")
+@click.option("--print-config", is_flag=True,
+              help="Print the effective configuration and where each value came from, as TOML; then exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --print-config: print it as JSON.")
+@click_options()
 @click.option("--test-power-journal", type=click.Path(dir_okay=False, path_type=Path), default=None,
               hidden=True, help="Test only: journal what every fsync made durable (tools/powercut.py).")
-def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: int, segment_bytes: int,
-         checkpoint_bytes: int, max_frame: int, max_message: int, recover: str, log_level: str,
-         test_power_journal: Path | None) -> None:
+def main(config_path: Path | None, print_config: bool, as_json: bool, test_power_journal: Path | None,
+         **flags: Any) -> None:
     """Run a Lockgate broker."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if as_json and not print_config:
+        usage = click.UsageError("--json goes with --print-config")
+        setattr(usage, "exit_code", EXIT_CONFIG)
+        raise usage
     try:
-        config = BrokerConfig(host=host, port=port, data_dir=data_dir, fsync=FsyncPolicy(fsync),
-                              fsync_interval_ms=fsync_interval_ms, segment_bytes=segment_bytes,
-                              checkpoint_bytes=checkpoint_bytes,
-                              max_frame=max_frame, max_message=max_message,
-                              recover=RecoverMode(recover))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        loaded = load_environment(flags, config_path)
+    except ConfigError as exc:
+        click.echo(f"brokerd: invalid configuration: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if print_config:
+        click.echo(json.dumps(loaded.as_json(), indent=2) if as_json else loaded.toml(), nl=as_json)
+        return
+    config: BrokerConfig = loaded.config
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     damage: WalCorruption | None = None
     failure: OSError | None = None
     try:
@@ -106,7 +108,7 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
     except* OSError as group:  # e.g. no room for the first segment, port in use
         failure = _first(group, OSError)
     if failure is not None:
-        click.echo(f"brokerd: cannot start with data in {config.data_dir}: {failure}", err=True)
+        click.echo(f"brokerd: {_start_failure(config, failure)}", err=True)
         sys.exit(EXIT_OS_ERROR)
     if damage is not None:
         if isinstance(damage, WalVersionError):
@@ -116,6 +118,19 @@ def main(host: str, port: int, data_dir: Path, fsync: str, fsync_interval_ms: in
         click.echo(f"brokerd: cannot start: {damage.path}: offset {damage.offset}: "
                    f"{damage.reason}; {hint}", err=True)
         sys.exit(EXIT_DAMAGED)
+
+
+def _start_failure(config: BrokerConfig, exc: OSError) -> str:
+    """The one-line reason start-up failed: the address for listening failures, the data
+    directory for everything else (disk errors)."""
+    where = f"{config.host}:{config.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: cannot resolve {config.host!r} ({exc.strerror or exc})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the address is in use (another process listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: the address is not available on this machine"
+    return f"cannot start with data in {config.data_dir}: {exc}"
 
 
 def _first(group: BaseExceptionGroup[Any], kind: type[_E]) -> _E:

@@ -1,10 +1,38 @@
-"""Broker settings, with the documented defaults."""
+"""Broker settings, with the documented defaults: each declared once, here.
+
+Every field of ``BrokerConfig`` is a setting an operator can give in four ways, the
+first found wins: a ``brokerd`` flag, an environment variable ``LOCKGATE_<NAME>``, a key
+of the TOML file named by ``--config``, or the default below. ``broker/settings.py``
+builds the flags, reads the environment and the file, and checks every value from the
+field's declaration alone; ``brokerd --print-config`` shows where each value came from.
+
+Adding a setting:
+
+1. Add a field to ``BrokerConfig`` with its default and ``metadata=setting(HELP, ...)``
+   (or a plain dict with the same keys). The field's type is one of ``str``, ``int``,
+   ``float``, ``bool``, ``Path`` or a ``StrEnum``, or one of these ``| None`` (then the
+   empty string, as a flag or in the environment, means None; a file leaves the key out).
+2. Metadata keys: ``help`` (required: one sentence for ``--help`` and the docs), ``min``
+   and ``max`` (inclusive bounds of a number), ``choices`` (the values a ``str`` may
+   take; a ``StrEnum`` brings its own), ``flag`` (the flag, if not ``--name-with-dashes``),
+   ``check`` (a function that raises ``ValueError`` with the reason a value is bad).
+   The bounds bind operators only: code (tests) may build a ``BrokerConfig`` with
+   smaller values. Checks between settings go in ``__post_init__`` (a ``ValueError``
+   naming the settings).
+3. Regenerate the table in docs/operations.md with ``python -m broker.settings``
+   (``tests/broker/test_config.py`` fails until the docs match).
+
+Nothing else: the flag ``--name``, ``LOCKGATE_NAME``, the TOML key ``name``,
+``--print-config`` and the error messages all follow from the field.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
+from protocol import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, MIN_MAX_FRAME
 
 from .metrics_http import parse_addr
 from .recovery import RecoverMode
@@ -22,36 +50,86 @@ RECV_BYTES = 1024 * 1024
 #: Requests one connection runs per round (one group commit and one reply write);
 #: the rest of what it sent wait in its buffer for the next round.
 ROUND_REQUESTS = 128
+#: The smallest WAL segment (and checkpoint distance) an operator may set.
+MIN_SEGMENT_BYTES = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+#: The metadata keys a setting may have (see the module docs).
+SETTING_KEYS = frozenset({"help", "min", "max", "choices", "flag", "check"})
+
+
+def setting(help: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] = (), flag: str = "",
+            check: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """A field's ``metadata``: how operators set it (see the module docs)."""
+    meta: dict[str, Any] = {"help": help}
+    for key, value in (("min", min), ("max", max), ("choices", choices), ("flag", flag), ("check", check)):
+        if value is not None and value != () and value != "":
+            meta[key] = value
+    return meta
+
+
+def _not_empty(value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerConfig:
     """Everything the broker can be told at start-up."""
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    data_dir: Path = Path(DEFAULT_DATA_DIR)
-    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
-    fsync_interval_ms: int = 100
-    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    host: str = field(default=DEFAULT_HOST, metadata=setting(
+        "Address to listen on (a name or an IP address; 0.0.0.0 for every IPv4 interface).",
+        check=_not_empty))
+    port: int = field(default=DEFAULT_PORT, metadata=setting(
+        "TCP port; 0 picks a free one (printed on start).", min=0, max=65535))
+    data_dir: Path = field(default=Path(DEFAULT_DATA_DIR), metadata=setting(
+        "Data directory (the WAL lives in DATA/wal); created if missing.", flag="--data"))
+    fsync: FsyncPolicy = field(default=FsyncPolicy.ALWAYS, metadata=setting(
+        "When a confirm is sent: after fdatasync (always), or after the write to the OS with "
+        "fdatasync every fsync_interval_ms (interval) or never."))
+    fsync_interval_ms: int = field(default=100, metadata=setting(
+        "fdatasync period for fsync interval.", min=1, max=3_600_000))
+    segment_bytes: int = field(default=DEFAULT_SEGMENT_BYTES, metadata=setting(
+        "Roll WAL segments at this size.", min=MIN_SEGMENT_BYTES))
     #: A checkpoint is due when the log has grown this much (or by the live data, if
     #: more) since the last snapshot.
-    checkpoint_bytes: int = DEFAULT_SEGMENT_BYTES
-    max_frame: int = DEFAULT_MAX_FRAME
-    max_message: int = DEFAULT_MAX_MESSAGE
-    max_batch: int = DEFAULT_MAX_BATCH
-    max_queues: int = DEFAULT_MAX_QUEUES
-    max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES
-    max_waiters: int = DEFAULT_MAX_WAITERS
-    node_id: str = "lockgate-1"
+    checkpoint_bytes: int = field(default=DEFAULT_SEGMENT_BYTES, metadata=setting(
+        "Checkpoint once the WAL grows this much (or by the live data, if more) since the "
+        "last snapshot; obsolete segments are then deleted.", min=MIN_SEGMENT_BYTES))
+    max_frame: int = field(default=DEFAULT_MAX_FRAME, metadata=setting(
+        "Largest frame body accepted; a larger length prefix gets FRAME_TOO_LARGE and a close. "
+        "At least max_message + 4096.", min=MIN_MAX_FRAME, max=ABSOLUTE_MAX_FRAME))
+    max_message: int = field(default=DEFAULT_MAX_MESSAGE, metadata=setting(
+        "Largest message body accepted (MESSAGE_TOO_LARGE beyond).", min=1))
+    max_batch: int = field(default=DEFAULT_MAX_BATCH, metadata=setting(
+        "Most messages in one publish and ids in one ack, nack, extend or reject "
+        "(LIMIT_EXCEEDED beyond).", min=1))
+    max_queues: int = field(default=DEFAULT_MAX_QUEUES, metadata=setting(
+        "Most queues, dead-letter queues included (queue_create gets LIMIT_EXCEEDED beyond).", min=1))
+    max_queue_messages: int = field(default=DEFAULT_MAX_QUEUE_MESSAGES, metadata=setting(
+        "A queue's max_messages when its queue_create gives none (QUEUE_FULL beyond).", min=1))
+    max_waiters: int = field(default=DEFAULT_MAX_WAITERS, metadata=setting(
+        "Consumes one connection may have waiting at once (LIMIT_EXCEEDED beyond; 0: none may wait).",
+        min=0))
+    node_id: str = field(default="lockgate-1", metadata=setting(
+        "This broker's name in the hello reply's shard map.", check=_not_empty))
     #: What start-up does about damage in the log or a snapshot: ``refuse`` stops with
     #: an error naming the file and offset; ``truncate`` keeps everything before the
     #: damage and moves the damaged files aside (``broker/recovery.py``).
-    recover: RecoverMode = RecoverMode.REFUSE
+    recover: RecoverMode = field(default=RecoverMode.REFUSE, metadata=setting(
+        "On damage in the WAL or a snapshot: stop with an error naming the file and offset "
+        "(refuse), or keep everything before the damage, move the damaged files aside as "
+        "*.damaged and report what was lost (truncate)."))
     metrics_addr: str | None = field(default=None, metadata={
         "help": "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics; port 0 picks a free "
                 "one; an empty HOST: every interface; [::1]:PORT for IPv6). Off unless set.",
         "check": parse_addr})
+    log_level: str = field(default="info", metadata=setting(
+        "Least severe log lines written to stderr.", choices=LOG_LEVELS))
+    log_format: str = field(default="text", metadata=setting(
+        "Log lines as text, or as one JSON object per line (ts, level, logger, msg, event "
+        "and its fields).", choices=LOG_FORMATS))
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).
