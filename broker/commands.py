@@ -51,6 +51,7 @@ from protocol import (
     ErrorCode,
     OnExpire,
     Op,
+    Overflow,
     ProtocolError,
     QueueKind,
     RetryBackoff,
@@ -62,6 +63,7 @@ from .admission import AdmissionClass
 from .config import BrokerConfig
 from .mutations import (
     Ack,
+    Evict,
     Extend,
     Lease,
     Mutation,
@@ -454,11 +456,17 @@ def publish(session: Session, args: Args, ctx: Context) -> Outcome:
     if count > cfg.max_batch:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {cfg.max_batch} messages per publish",
                             details={"field": "messages", "limit": cfg.max_batch})
-    if len(queue.messages) + count > queue.settings.max_messages \
+    if len(queue.messages) + count > queue.settings.max_messages and queue.arrivals is None \
             and not _room_without_duplicates(queue, entries, ctx.now_ms):
-        raise ProtocolError(ErrorCode.QUEUE_FULL,
-                            f"queue {queue.name!r} is full ({queue.settings.max_messages} messages)",
-                            details={"queue": queue.name, "limit": queue.settings.max_messages})
+        raise _queue_full(queue, "max_messages")
+    if queue.bounds_checked:
+        return _within_bounds(queue, _publish_outcome(queue, entries, count, ctx), ctx.now_ms)
+    return _publish_outcome(queue, entries, count, ctx)
+
+
+def _publish_outcome(queue: Queue, entries: list[Any], count: int, ctx: Context) -> Outcome:
+    """``publish`` past the checks of the request as a whole (SPEC §5.7 checks 1-4)."""
+    cfg = ctx.config
     now = ctx.now_ms
     first = entries[0]
     if queue.default_ttl:  # every message gets an expiry: not plain (records.py rule 2)
@@ -479,6 +487,46 @@ def publish(session: Session, args: Args, ctx: Context) -> Outcome:
     else:
         return _publish_entries(queue, entries, now, cfg.max_message)
     return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
+
+
+def _queue_full(queue: Queue, bound: str) -> ProtocolError:
+    limit = getattr(queue.settings, bound)
+    unit = "messages" if bound == "max_messages" else "bytes"
+    return ProtocolError(ErrorCode.QUEUE_FULL, f"queue {queue.name!r} is full ({limit} {unit})",
+                         details={"queue": queue.name, "limit": limit, "bound": bound})
+
+
+def _within_bounds(queue: Queue, outcome: Outcome, now: int) -> Outcome:
+    """A publish to a queue with a byte bound or an eviction policy (SPEC §8.12): refused
+    with QUEUE_FULL past a bound under ``reject``; otherwise it first evicts the oldest
+    messages that are not leased, in the same request, or is refused if that cannot
+    make room."""
+    added = [m for m in outcome.mutations if type(m) is Publish]
+    if not added:
+        return outcome  # every entry a duplicate: nothing stored
+    bodies = added[0].bodies
+    nbytes = sum(map(len, bodies))
+    settings = queue.settings
+    if queue.arrivals is None:  # reject: the count was checked before the entries
+        if queue.bytes + nbytes > settings.max_bytes:
+            raise _queue_full(queue, "max_bytes")
+        return outcome
+    evict = queue.to_evict(len(bodies), nbytes)
+    if evict is None:
+        raise _queue_full(queue, _bound_missed(queue, len(bodies), nbytes))
+    if not evict:
+        return outcome
+    return Outcome(outcome.result, (Evict(queue.name, evict, now), *outcome.mutations))
+
+
+def _bound_missed(queue: Queue, count: int, nbytes: int) -> str:
+    """Which bound ``count`` messages of ``nbytes`` cannot fit in, evictions or not."""
+    settings = queue.settings
+    if count > settings.max_messages:
+        return "max_messages"
+    if settings.max_bytes and nbytes > settings.max_bytes:
+        return "max_bytes"
+    return "max_messages" if len(queue.messages) + count > settings.max_messages else "max_bytes"
 
 
 class PlainPublishes(Batch):
@@ -843,6 +891,8 @@ COMMANDS: dict[str, Command] = {
             Arg("on_expire", "choice", default=str(OnExpire.DROP), choices=tuple(OnExpire)),
             Arg("dedup_window_ms", "int", default=DEFAULT_DEDUP_WINDOW_MS, lo=0, hi=MAX_DEDUP_WINDOW_MS),
             Arg("ordered", "bool", default=False),
+            Arg("max_bytes", "int", default=0, lo=0, hi=2**63 - 1),
+            Arg("overflow", "choice", default=str(Overflow.REJECT), choices=tuple(Overflow)),
             Arg("dead_letter", "queue_name", default=None),
         ), AdmissionClass.LOG, changes_state=True),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),

@@ -120,6 +120,10 @@ class QueueCreate(Mutation):
     dedup_window_ms: int = 300_000
     #: Key groups processed one at a time (records from before it lack it: not ordered).
     ordered: bool = False
+    #: Bound on the bytes of message bodies held (0: none), and what a publish past a
+    #: bound does (``protocol.Overflow``); older records lack them.
+    max_bytes: int = 0
+    overflow: str = "reject"
 
 
 @mutation(2)
@@ -271,6 +275,18 @@ class Expire(Mutation):
     state: dropped, or dead-lettered (reason ``expired``) when the queue's ``on_expire``
     is ``dead_letter`` and its dead-letter queue exists. Ids that are gone, or whose
     expiry is later than ``now_ms``, are skipped."""
+
+    queue: str
+    ids: list[int]
+    now_ms: int
+
+
+@mutation(14)
+class Evict(Mutation):
+    """A publish to a full queue makes room (``overflow`` ``drop_oldest`` or
+    ``dead_letter_oldest``): these messages leave the queue before it is logged, dropped
+    or dead-lettered (reason ``overflow``) by the queue's policy, dead-lettered only when
+    its dead-letter queue exists. Ids that are gone or leased are skipped."""
 
     queue: str
     ids: list[int]

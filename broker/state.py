@@ -24,9 +24,12 @@ from typing import Any, Protocol, TypeVar
 
 import msgpack
 
+from protocol import Overflow
+
 from .mutations import (
     MUTATIONS,
     Ack,
+    Evict,
     Expire,
     Extend,
     Lease,
@@ -65,6 +68,7 @@ WAKE_ALL = 2**62
 REASON_MAX_ATTEMPTS = "max_attempts"
 REASON_REJECTED = "rejected"
 REASON_EXPIRED = "expired"
+REASON_OVERFLOW = "overflow"
 
 _F = TypeVar("_F", bound=Callable[..., None])
 
@@ -307,9 +311,25 @@ class BrokerState:
             queue.remove([m.id for m in gone])
             self.ack_reserve -= len(gone) * ack_cost(name)
 
+    @applies(Evict)
+    def _evict(self, name: str, ids: list[int], now_ms: int) -> None:
+        queue = self.queues[name]
+        msgs = queue.messages
+        gone = [msg for mid in dict.fromkeys(ids)
+                if (msg := msgs.get(mid)) is not None and msg.state != LEASED]
+        if not gone:
+            return
+        queue.overflowed += len(gone)
+        if queue.settings.overflow == Overflow.DEAD_LETTER_OLDEST:
+            self._dead_letter(queue, gone, now_ms, REASON_OVERFLOW)
+        else:
+            queue.remove([m.id for m in gone])
+            self.ack_reserve -= len(gone) * ack_cost(name)
+
     def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int, reason: str) -> None:
         """Move messages to the dead-letter queue, or drop them (rules in SPEC §8.4;
-        expired ones count only in ``ttl_expired`` when dropped, SPEC §8.8)."""
+        expired and evicted ones count only in ``ttl_expired`` or ``overflowed`` when
+        dropped, SPEC §8.8 and §8.12)."""
         ids = [m.id for m in msgs]
         errors = queue.errors
         records = [DeadLetter(queue.name, m.id, m.attempts, reason, errors.get(m.id), now_ms)
@@ -318,7 +338,7 @@ class BrokerState:
         self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
-            if reason != REASON_EXPIRED:
+            if reason != REASON_EXPIRED and reason != REASON_OVERFLOW:
                 queue.dropped += len(msgs)
             return
         first_id = target.next_id

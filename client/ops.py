@@ -385,6 +385,14 @@ def create_queue(
         bool | None, Arg(doc="Process messages with the same key one at a time, in publish "
                              "order (fifo queues only) [server default: false].")
     ] = None,
+    max_bytes: Annotated[
+        int | None, Arg(doc="Bound on the bytes of message bodies held; 0 = none [server default: 0].")
+    ] = None,
+    overflow: Annotated[
+        str | None, Arg(convert=str, doc="What a publish past max_messages or max_bytes does: reject "
+                                         "(QUEUE_FULL), drop_oldest, or dead_letter_oldest "
+                                         "[server default: reject].")
+    ] = None,
 ) -> None:
     """Declare a queue; ``True`` if created, ``False`` if it already existed with these settings.
 

@@ -226,6 +226,13 @@ class QueueStats:
     dedup_window_ms: int = 300_000
     #: Messages with one key are processed one at a time, in publish order.
     ordered: bool = False
+    #: Bound on the bytes of bodies held (0: none); what a publish past a bound does
+    #: (``"reject"``, ``"drop_oldest"``, ``"dead_letter_oldest"``); the bytes of bodies
+    #: held now; messages evicted so far to make room.
+    max_bytes: int = 0
+    overflow: str = "reject"
+    bytes: int = 0
+    overflowed: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -241,6 +248,8 @@ class QueueStats:
             retry_max_delay_ms=m.get("retry_max_delay_ms", 900_000), retry_jitter=m.get("retry_jitter", 0),
             ttl_ms=m.get("ttl_ms", 0), on_expire=m.get("on_expire", "drop"), ttl_expired=m.get("ttl_expired", 0),
             dedup_window_ms=m.get("dedup_window_ms", 300_000), ordered=m.get("ordered", False),
+            max_bytes=m.get("max_bytes", 0), overflow=m.get("overflow", "reject"), bytes=m.get("bytes", 0),
+            overflowed=m.get("overflowed", 0),
         )
 
 

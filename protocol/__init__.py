@@ -34,6 +34,7 @@ from .ops import (
     PROTOCOL_VERSIONS,
     QUEUE_NAME_MAX,
     OnExpire,
+    Overflow,
     Op,
     PushName,
     QueueKind,
@@ -53,7 +54,7 @@ __all__ = [
     "MAX_SUBSCRIPTIONS", "MAX_TTL_MS", "MAX_VISIBILITY_MS", "MAX_WAIT_MS",
     "MIN_MAX_FRAME", "MIN_PRIORITY", "MIN_SHARDS", "NEED_DATA", "PROTOCOL_VERSION",
     "PROTOCOL_VERSIONS", "QUEUE_NAME_MAX", "Connection", "Encoder", "Error", "ErrorCode", "Frame",
-    "FrameDecoder", "FrameKind", "OnExpire", "Op", "ProtocolError", "Push", "PushName", "QueueKind", "Reply", "RetryBackoff",
+    "FrameDecoder", "FrameKind", "OnExpire", "Op", "Overflow", "ProtocolError", "Push", "PushName", "QueueKind", "Reply", "RetryBackoff",
     "Request", "decode_frame", "encode_frame", "frame_bytes", "frame_to_obj", "parse_request",
     "parse_server_frame", "retry_delay", "shard_for_key", "unpack_body", "valid_queue_name",
 ]

@@ -58,6 +58,18 @@ class OnExpire(StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
+class Overflow(StrEnum):
+    """What a publish to a full queue does (``overflow``, SPEC §8.12)."""
+
+    #: The publish is refused with QUEUE_FULL.
+    REJECT = "reject"
+    #: The oldest messages that are not leased are dropped to make room.
+    DROP_OLDEST = "drop_oldest"
+    #: The oldest messages that are not leased move to the dead-letter queue (reason
+    #: ``overflow``) to make room.
+    DEAD_LETTER_OLDEST = "dead_letter_oldest"
+
+
 class PushName(StrEnum):
     """Names of PUSH frames; clients ignore names they do not know."""
 

@@ -44,6 +44,7 @@ from protocol import (
     MAX_TTL_MS,
     MIN_SHARDS,
     OnExpire,
+    Overflow,
     QueueKind,
     RetryBackoff,
 )
@@ -213,6 +214,7 @@ _SETTING_OPTIONS: dict[str, dict[str, Any]] = {
     "retry_jitter": {"type": click.IntRange(0, MAX_RETRY_JITTER)},
     "ttl_ms": {"type": click.IntRange(0, MAX_TTL_MS)},
     "on_expire": {"type": click.Choice([e.value for e in OnExpire])},
+    "overflow": {"type": click.Choice([o.value for o in Overflow])},
 }
 
 

@@ -13,7 +13,7 @@ from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import DEDUP_MAX_IDS, retry_delay, shard_for_key
+from protocol import DEDUP_MAX_IDS, Overflow, retry_delay, shard_for_key
 
 from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
 from .ready import READY_SETS, ReadySet
@@ -77,12 +77,16 @@ class QueueSettings:
     dedup_window_ms: int = 300_000
     #: Messages with one key are processed one at a time, in publish order (fifo only).
     ordered: bool = False
+    #: Bound on the bytes of message bodies held (0: none), and what a publish past
+    #: ``max_messages`` or ``max_bytes`` does (``protocol.Overflow``, SPEC §8.12).
+    max_bytes: int = 0
+    overflow: str = "reject"
 
 
 #: The header's fields after the counters (``export_header``): the settings and the
 #: counter added since, with the defaults an older header that lacks them gets.
 _HEADER_LATER = 15
-_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000, False, 0]
+_LATER_DEFAULTS = [0, "exponential", 900_000, 0, 0, "drop", 0, 300_000, False, 0, 0, "reject", 0]
 
 
 class Queue:
@@ -106,13 +110,24 @@ class Queue:
         self.dropped = 0
         #: Messages that left because their time to live passed (dropped or dead-lettered).
         self.ttl_expired = 0
+        #: Messages that left to make room for a publish (``overflow``, dropped or
+        #: dead-lettered).
+        self.overflowed = 0
         #: Deliveries: messages leased (each attempt counts), or taken at once (auto-ack).
         self.delivered = 0
         #: The queue's default time to live (``settings.ttl_ms``), for the publish paths.
         self.default_ttl = settings.ttl_ms
-        #: ``max_messages`` for the batch fast path of plain publishes, or -1 when a
-        #: default time to live makes no publish to this queue plain (one load there).
-        self.plain_limit = -1 if settings.ttl_ms else settings.max_messages
+        #: ``max_messages`` for the batch fast path of plain publishes, or -1 when no
+        #: publish to this queue is run there (one load there): a default time to live
+        #: makes none plain, and a byte bound or an eviction policy needs the handler.
+        self.plain_limit = -1 if settings.ttl_ms or settings.max_bytes or settings.overflow != Overflow.REJECT \
+            else settings.max_messages
+        #: Whether a publish must be checked against ``max_bytes`` or may evict
+        #: (``commands.publish``); ``max_messages`` alone is checked up front.
+        self.bounds_checked = bool(settings.max_bytes) or settings.overflow != Overflow.REJECT
+        #: Queues that evict on overflow: ids in the order they arrived, oldest first
+        #: (ids of messages gone are dropped lazily); None in other queues.
+        self.arrivals: deque[int] | None = deque() if settings.overflow != Overflow.REJECT else None
         #: When each message that has a time to live expires (wall-clock ms), and the
         #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
         self.expires: dict[int, int] = {}
@@ -317,8 +332,42 @@ class Queue:
         self.next_id = first_id + n
         self.published += n
         self.bytes += sum(map(len, bodies))
+        arrivals = self.arrivals
+        if arrivals is not None:
+            arrivals.extend(range(first_id, first_id + n))
+            if len(arrivals) > 2 * len(msgs) + 1024:
+                self.arrivals = deque(mid for mid in arrivals if mid in msgs)
         if expires_at_ms is not None:
             self.set_expiries(first_id, expires_at_ms)
+
+    def to_evict(self, count: int, nbytes: int) -> list[int] | None:
+        """The ids to evict, oldest first, so that ``count`` new messages of ``nbytes``
+        body bytes fit within ``max_messages`` and ``max_bytes`` (SPEC §8.12): ready and
+        delayed messages only, leased ones are skipped. ``[]`` when they fit already;
+        None when they cannot fit (too many leased, or more than the bounds alone).
+        Reads only (it forgets ids of messages gone from ``arrivals``, an index)."""
+        s = self.settings
+        msgs = self.messages
+        over_count = len(msgs) + count - s.max_messages
+        over_bytes = self.bytes + nbytes - s.max_bytes if s.max_bytes else 0
+        if over_count <= 0 and over_bytes <= 0:
+            return []
+        arrivals = self.arrivals
+        if arrivals is None or count > s.max_messages or (s.max_bytes and nbytes > s.max_bytes):
+            return None
+        while arrivals and arrivals[0] not in msgs:
+            arrivals.popleft()
+        chosen: list[int] = []
+        for mid in arrivals:
+            msg = msgs.get(mid)
+            if msg is None or msg.state == LEASED:
+                continue
+            chosen.append(mid)
+            over_count -= 1
+            over_bytes -= len(msg.body)
+            if over_count <= 0 and over_bytes <= 0:
+                return chosen
+        return None
 
     def keep_published_at(self, first_id: int, originals: list[Message]) -> None:
         """Messages ``first_id, ...`` just added as moved copies of ``originals``
@@ -579,7 +628,7 @@ class Queue:
                 self.nacked, self.expired, self.dead_lettered, self.dropped,
                 s.retry_delay_ms, s.retry_backoff, s.retry_max_delay_ms, s.retry_jitter,
                 s.ttl_ms, s.on_expire, self.ttl_expired, s.dedup_window_ms, s.ordered,
-                self.delivered]
+                self.delivered, s.max_bytes, s.overflow, self.overflowed]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> "Queue":
@@ -587,13 +636,15 @@ class Queue:
         later = fields[_HEADER_LATER:]
         later = later + _LATER_DEFAULTS[len(later):]
         (retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-         ttl_expired, dedup_window, ordered, delivered) = later[:len(_LATER_DEFAULTS)]
+         ttl_expired, dedup_window, ordered, delivered, max_bytes, overflow,
+         overflowed) = later[:len(_LATER_DEFAULTS)]
         name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages = fields[:7]
         queue = cls(QueueSettings(name, kind, shards, visibility_ms, max_attempts, dead_letter, max_messages,
                                   retry_delay, retry_backoff, retry_max_delay, retry_jitter, ttl_ms, on_expire,
-                                  dedup_window, ordered))
+                                  dedup_window, ordered, max_bytes, overflow))
         queue.ttl_expired = ttl_expired
         queue.delivered = delivered
+        queue.overflowed = overflowed
         (queue.next_id, queue._lease_seq, queue.published, queue.acked, queue.nacked,
          queue.expired, queue.dead_lettered, queue.dropped) = fields[7:15]
         return queue
@@ -652,7 +703,10 @@ class Queue:
     def finish_import(self) -> None:
         """Rebuild the lease timers from the imported leased messages, and an ordered
         queue's key groups (ready messages join their ready set in the order imported,
-        or wait for their key's turn)."""
+        or wait for their key's turn), and the arrival order of a queue that evicts
+        (ids only grow, so it is the id order)."""
+        if self.arrivals is not None:
+            self.arrivals = deque(sorted(self.messages))
         if self._importing is not None:
             for mid in sorted(self.messages):
                 key = self.messages[mid].key
@@ -678,12 +732,12 @@ class Queue:
             "retry_delay_ms": s.retry_delay_ms, "retry_backoff": s.retry_backoff,
             "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
             "ttl_ms": s.ttl_ms, "on_expire": s.on_expire, "dedup_window_ms": s.dedup_window_ms,
-            "ordered": s.ordered,
+            "ordered": s.ordered, "max_bytes": s.max_bytes, "overflow": s.overflow,
             "ready": ready, "leased": self.leased, "delayed": self.delayed,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,
             "expired": self.expired, "dead_lettered": self.dead_lettered, "dropped": self.dropped,
-            "ttl_expired": self.ttl_expired,
+            "ttl_expired": self.ttl_expired, "bytes": self.bytes, "overflowed": self.overflowed,
         }
 
 

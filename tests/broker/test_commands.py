@@ -405,7 +405,7 @@ def test_publish_batch_limit(state: BrokerState) -> None:
 
 def test_publish_queue_full(state: BrokerState) -> None:
     err = refused(state, "publish", {"queue": "small", "messages": [[b"c"], [b"d"]]}, ErrorCode.QUEUE_FULL)
-    assert err.details == {"queue": "small", "limit": 3}
+    assert err.details == {"queue": "small", "limit": 3, "bound": "max_messages"}
     # Room is checked before the entries.
     refused(state, "publish", {"queue": "small", "messages": [[5], [6]]}, ErrorCode.QUEUE_FULL)
     # The batch limit comes first.

@@ -117,7 +117,7 @@ def test_queue_full_counts_only_what_would_be_stored() -> None:
     assert result == {"first_id": 3, "count": 0, "duplicates": [[0, 1], [1, 1]]}
     err = w.refused("publish", ErrorCode.QUEUE_FULL, None, queue="q",
                     messages=[entry(b"a", b"d1"), entry(b"c", b"d3")])
-    assert err.details == {"queue": "q", "limit": 2}
+    assert err.details == {"queue": "q", "limit": 2, "bound": "max_messages"}
     w.refused("publish", ErrorCode.QUEUE_FULL, None, queue="q", messages=[entry(b"a", b"d1"), [b"c"]])
 
 

@@ -32,4 +32,4 @@ def test_leases_and_takes_count_as_deliveries_and_survive_a_restart() -> None:
     assert w.replayed().snapshot() == w.state.snapshot()
     assert w.restored().snapshot() == w.state.snapshot()
     assert w.restored().queues["q"].delivered == 8
-    assert Queue.from_header(queue.export_header()[:-1]).delivered == 0  # an older header
+    assert Queue.from_header(queue.export_header()[:24]).delivered == 0  # a header from before it

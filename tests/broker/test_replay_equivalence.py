@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from broker.commands import Context, Session, dispatch
 from broker.config import BrokerConfig
-from broker.mutations import Mutation, Recover
+from broker.mutations import Evict, Mutation, Recover
 from broker.records import decode
 from broker.queues import DELAYED, LEASED, READY
 from broker.records import fold_records
@@ -165,19 +165,23 @@ class ReplayMachine(RuleBasedStateMachine):
         retry=st.lists(retries, min_size=3, max_size=3),
         ttl=st.lists(queue_ttls, min_size=3, max_size=3),
         dedup_window=st.lists(dedup_windows, min_size=3, max_size=3),
+        bounds=st.lists(st.sampled_from([(0, 0, "reject"), (0, 0, "reject"), (4, 0, "reject"), (0, 12, "reject"),
+                                         (4, 0, "drop_oldest"), (6, 20, "drop_oldest"),
+                                         (4, 12, "dead_letter_oldest")]), min_size=3, max_size=3),
     )
     def create_all(self, kinds: list[str], shards: list[int], max_attempts: list[int],
                    dead_letters: tuple[str | None, str | None],
                    retry: list[tuple[int, str, int, int] | None], ttl: list[tuple[int, str] | None],
-                   dedup_window: list[int | None]) -> None:
+                   dedup_window: list[int | None], bounds: list[tuple[int, int, str]]) -> None:
         """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none)."""
-        for name, kind, n, attempts, dlq, backoff, lifetime, window in zip(
+        for name, kind, n, attempts, dlq, backoff, lifetime, window, (most, most_bytes, overflow) in zip(
             ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
-            retry, ttl, dedup_window,
+            retry, ttl, dedup_window, bounds,
         ):
             # fifo queues are ordered (key groups one at a time), the others cannot be
             assert self.call("queue_create", queue=name, kind=kind, shards=n, visibility_ms=100,
                              max_attempts=attempts, dead_letter=dlq, ordered=kind == "fifo",
+                             max_messages=most, max_bytes=most_bytes, overflow=overflow,
                              **later_settings(backoff, lifetime, window)) == {"queue": name, "created": True}
 
     @rule(
@@ -185,14 +189,18 @@ class ReplayMachine(RuleBasedStateMachine):
         visibility=st.integers(1, 300), max_attempts=st.integers(0, 3),
         dead_letter=st.one_of(st.none(), names), max_messages=st.sampled_from([0, 4, 12]),
         retry=retries, ttl=queue_ttls, dedup_window=dedup_windows,
+        max_bytes=st.sampled_from([0, 0, 6, 20]),
+        overflow=st.sampled_from(["reject", "drop_oldest", "dead_letter_oldest"]),
     )
     def create(self, name: str, kind: str, shards: int, visibility: int, max_attempts: int,
                dead_letter: str | None, max_messages: int,
                retry: tuple[int, str, int, int] | None = None, ttl: tuple[int, str] | None = None,
-               dedup_window: int | None = None) -> None:
-        self.call("queue_create", queue=name, kind=kind, shards=shards, visibility_ms=visibility,
-                  max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages,
-                  **later_settings(retry, ttl, dedup_window))
+               dedup_window: int | None = None, max_bytes: int = 0, overflow: str = "reject") -> None:
+        result = self.call("queue_create", queue=name, kind=kind, shards=shards, visibility_ms=visibility,
+                           max_attempts=max_attempts, dead_letter=dead_letter, max_messages=max_messages,
+                           max_bytes=max_bytes, overflow=overflow, **later_settings(retry, ttl, dedup_window))
+        if result is not None and result["created"]:
+            tally(f"create: overflow {overflow}, byte bound {'yes' if max_bytes else 'no'}")
 
     @rule(name=names)
     def delete(self, name: str) -> None:
@@ -200,9 +208,12 @@ class ReplayMachine(RuleBasedStateMachine):
 
     @rule(name=names, batch=st.lists(entries(), min_size=1, max_size=6))
     def publish(self, name: str, batch: list[list[Any]]) -> None:
+        before = len(self.log)
         result = self.call("publish", queue=name, messages=batch)
         if result is not None and "duplicates" in result:
             tally(f"publish: duplicates, all of them {result['count'] == 0}")
+        if any(rtype == Evict.TYPE for rtype, _ in self.log[before:]):
+            tally("publish: evicted the oldest")
 
     @rule(name=names, batch=st.lists(st.tuples(bodies, ttls, dedup_ids), min_size=1, max_size=4))
     def publish_with_dedup_ids(self, name: str, batch: list[tuple[bytes, int | None, bytes | None]]) -> None:

@@ -100,7 +100,8 @@ def test_signatures_keep_the_public_shapes() -> None:
         " max_messages: int | None = None, retry_delay_ms: int | None = None,"
         " retry_backoff: str | None = None, retry_max_delay_ms: int | None = None,"
         " retry_jitter: int | None = None, ttl_ms: int | None = None, on_expire: str | None = None,"
-        " dedup_window_ms: int | None = None, ordered: bool | None = None) -> bool"
+        " dedup_window_ms: int | None = None, ordered: bool | None = None, max_bytes: int | None = None,"
+        " overflow: str | None = None) -> bool"
     )
     assert str(inspect.signature(SyncClient.purge_queue)) == (
         "(self, queue: str, *, leased: bool = False) -> client.types.PurgeResult"
@@ -132,7 +133,7 @@ def test_queue_settings_are_the_create_queue_parameters() -> None:
     assert [s.name for s in QUEUE_SETTINGS] == [
         "kind", "shards", "visibility_ms", "max_attempts", "dead_letter", "max_messages",
         "retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter", "ttl_ms", "on_expire",
-        "dedup_window_ms", "ordered",
+        "dedup_window_ms", "ordered", "max_bytes", "overflow",
     ]
     assert all(s.doc for s in QUEUE_SETTINGS)
     for s in QUEUE_SETTINGS:

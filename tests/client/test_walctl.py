@@ -257,7 +257,8 @@ def test_dump_records(wal_dir: Path) -> None:
         "queue": "q", "kind": "fifo", "shards": 1, "visibility_ms": 30_000,
         "max_attempts": 0, "dead_letter": None, "max_messages": 0, "retry_delay_ms": 0,
         "retry_backoff": "exponential", "retry_max_delay_ms": 900_000, "retry_jitter": 0,
-        "ttl_ms": 0, "on_expire": "drop", "dedup_window_ms": 300_000, "ordered": False}
+        "ttl_ms": 0, "on_expire": "drop", "dedup_window_ms": 300_000, "ordered": False,
+        "max_bytes": 0, "overflow": "reject"}
     assert lines[2]["fields"]["keys"] == [{"utf8": "k1"}, None, {"utf8": "k3"}, None]
     bodies = lines[3]["fields"]["bodies"]
     assert bodies[0] == {"utf8": "body-08"}
