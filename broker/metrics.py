@@ -3,9 +3,10 @@
 Most series are read when a scrape comes, from what the broker keeps anyway: each
 queue's depths and lifetime counters from ``BrokerState``, connections from the server,
 the log's files from its directory. A scrape copies those numbers in the event loop
-(``Reading``) and makes the text in a worker thread, which touches nothing else. Only two things are observed as they
-happen, into histograms kept as plain counts (``Buckets``: a bisect and two additions,
-no lock, as everything runs in the event loop's thread):
+(``Reading``) and makes the text in a worker thread, which touches nothing else.
+
+Only two things are observed as they happen, into histograms kept as plain counts
+(``Buckets``: a bisect and two additions, no lock, in the event loop's thread):
 
 - each fdatasync of the log (``SegmentedLog.on_sync``): its duration and the record
   bytes it made durable (the group commit's batch);
@@ -60,7 +61,8 @@ QUEUE_COUNTERS = (
     ("lockgate_queue_delivered", "delivered",
      "Deliveries: messages leased by a consume or a push (each attempt counts), or taken with auto-ack."),
     ("lockgate_queue_acked", "acked", "Messages acked (or taken with auto-ack)."),
-    ("lockgate_queue_nacked", "nacked", "Leased messages nacked."),
+    ("lockgate_queue_nacked", "nacked",
+     "Leased messages released before their lease ran out: nacked, or their consumer's connection closed."),
     ("lockgate_queue_lease_expired", "expired", "Leases that ran out before an ack (the message is released)."),
     ("lockgate_queue_dead_lettered", "dead_lettered", "Messages moved to the queue's dead-letter queue."),
     ("lockgate_queue_dropped", "dropped",
@@ -72,7 +74,7 @@ QUEUE_COUNTERS = (
 
 class Buckets:
     """A histogram as plain counts: ``observe(value, n)`` counts ``n`` observations of
-    ``value`` at once. Not thread-safe; the broker has one thread."""
+    ``value`` at once. Not thread-safe: observe and read it in the event loop."""
 
     __slots__ = ("bounds", "counts", "total")
 

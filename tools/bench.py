@@ -12,7 +12,9 @@ plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk) an
 
 Each figure is the median of ``--runs`` runs. By default the bench starts a fresh broker
 for each policy and scenario on 127.0.0.1 with a temporary data directory; ``--addr`` measures
-a running broker instead (its policy is whatever it was started with).
+a running broker instead (its policy is whatever it was started with). ``--metrics``
+measures what the metrics endpoint costs: each scenario runs on two brokers, one with
+``--metrics-addr 127.0.0.1:0``, their runs alternating, and the ratio is reported.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ import click
 from protocol import Connection, Encoder, Error, Push, Reply
 
 BODY_SIZE = 128
+#: What ``--metrics`` adds to the command line of the second broker.
+METRICS_ARGS = ("--metrics-addr", "127.0.0.1:0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,16 +321,16 @@ def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
     raise RuntimeError("the broker did not report its replay")
 
 
-def broker_instructions(workdir: Path, scenario: str, messages: int) -> int:
+def broker_instructions(workdir: Path, scenario: str, messages: int, args: tuple[str, ...] = ()) -> int:
     """Instructions a broker process (``--fsync never``) executes from start to a clean
     stop, under ``valgrind --tool=callgrind``, serving ``messages`` of ``scenario``
-    (``replay``: starting on a log of that many records). Deterministic for a given
-    build and machine, whatever else the machine is doing."""
+    (``replay``: starting on a log of that many records), started with ``args`` more.
+    Deterministic for a given build and machine, whatever else the machine is doing."""
     import re
     import signal
     import subprocess
 
-    data = workdir / f"instr-{scenario}-{messages}"
+    data = workdir / f"instr-{scenario}-{messages}{'-x' if args else ''}"
     if scenario == "replay":
         write_replay_wal(data, messages)
     out = data.parent / f"{data.name}.callgrind"
@@ -335,7 +339,7 @@ def broker_instructions(workdir: Path, scenario: str, messages: int) -> int:
     with open(errors, "wb") as stderr:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m", "broker",
-             "--host", "127.0.0.1", "--port", "0", "--data", str(data), "--fsync", "never"],
+             "--host", "127.0.0.1", "--port", "0", "--data", str(data), "--fsync", "never", *args],
             stdout=subprocess.PIPE, stderr=stderr, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     try:
         assert proc.stdout is not None
@@ -421,15 +425,48 @@ INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consu
                      "replay": 30_000}
 
 
-def instructions_per_message(workdir: Path) -> dict[str, float]:
+def instructions_per_message(workdir: Path, args: tuple[str, ...] = ()) -> dict[str, float]:
     """Broker instructions per message of each figure: the difference between a run of
     N and of 3N messages over 2N, so start-up and shutdown cancel out."""
     out: dict[str, float] = {}
     for scenario, n in INSTRUCTION_SIZES.items():
-        small = broker_instructions(workdir, scenario, n)
-        large = broker_instructions(workdir, scenario, 3 * n)
+        small = broker_instructions(workdir, scenario, n, args)
+        large = broker_instructions(workdir, scenario, 3 * n, args)
         out[scenario] = (large - small) / (2 * n)
     return out
+
+
+def compare_metrics(workdir: Path, policies: list[str], sizes: dict[str, int], runs: int,
+                    only: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """Each scenario on two fresh brokers, one with ``METRICS_ARGS``, their runs
+    alternating (which goes first swaps every run): the medians and their ratio."""
+    from tools.procs import BrokerProcess
+
+    rows: list[dict[str, Any]] = []
+    for policy in policies:
+        for name in SCENARIOS:
+            if only is not None and name not in only:
+                continue
+            procs = {label: BrokerProcess(workdir / f"data-{policy}-{name}-{label}", fsync=policy,
+                                          args=args).start()
+                     for label, args in (("off", ()), ("on", METRICS_ARGS))}
+            figures: dict[str, list[Result]] = {"off": [], "on": []}
+            try:
+                for r in range(runs):
+                    for label in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                        proc = procs[label]
+                        figures[label] += run_scenarios(proc.host, proc.port, policy, sizes, 1,
+                                                        f"{policy}-{label}-{r}", (name,))
+            finally:
+                for proc in procs.values():
+                    proc.stop()
+            off = statistics.median(f.msg_per_s for f in figures["off"])
+            on = statistics.median(f.msg_per_s for f in figures["on"])
+            rows.append({"scenario": name, "policy": policy, "runs": runs, "off_msg_per_s": off,
+                         "on_msg_per_s": on, "ratio": on / off,
+                         "off_p50_us": statistics.median(f.p50_us for f in figures["off"]),
+                         "on_p50_us": statistics.median(f.p50_us for f in figures["on"])})
+    return rows
 
 
 SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]] = {
@@ -500,17 +537,37 @@ def machine() -> str:
               "idle CPU and how soon a publish wakes one of them.")
 @click.option("--dedup-ids", is_flag=True,
               help="Every message published by the publish scenarios carries its own dedup id.")
+@click.option("--metrics", is_flag=True,
+              help="Instead: the cost of the metrics endpoint. Each scenario on two brokers, one "
+              "with --metrics-addr, runs alternating; with --instructions, both counted.")
+@click.option("--only", default=None, help="Comma-separated scenarios to run (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
-         instructions: bool, parked_waiters: int | None, dedup_ids: bool, as_json: bool) -> None:
+         instructions: bool, parked_waiters: int | None, dedup_ids: bool, metrics: bool,
+         only: str | None, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
     global DEDUP_IDS
     DEDUP_IDS = dedup_ids
+    chosen = tuple(only.split(",")) if only else None
+    if chosen is not None and set(chosen) - set(SCENARIOS):
+        raise click.BadParameter(f"unknown scenarios {sorted(set(chosen) - set(SCENARIOS))}; "
+                                 f"they are {', '.join(SCENARIOS)}", param_hint="--only")
     if parked_waiters:
         with tempfile.TemporaryDirectory(prefix="lockgate-parked-") as tmp:
             figures = parked(Path(tmp), parked_waiters)
         print(json.dumps({"machine": machine(), **figures}, indent=2) if as_json else
               "\n".join(f"{k}: {v:,.1f}" for k, v in figures.items()))
+        return
+    if instructions and metrics:
+        with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
+            off = instructions_per_message(Path(tmp))
+            on = instructions_per_message(Path(tmp), METRICS_ARGS)
+        if as_json:
+            print(json.dumps({"machine": machine(), "instructions_per_message": {"off": off, "on": on}}, indent=2))
+        else:
+            for scenario in off:
+                print(f"{scenario}: {off[scenario]:,.0f} broker instructions per message without metrics, "
+                      f"{on[scenario]:,.0f} with (x{on[scenario] / off[scenario]:.4f})")
         return
     if instructions:
         with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
@@ -525,6 +582,21 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         "batch-publish": 500_000, "pipelined-publish": 100_000,
         "consume-ack": 300_000, "push-ack": 300_000, "push-ack-4": 300_000,
         "sequential-publish": 3_000}.items()}
+    if metrics:
+        with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
+            rows = compare_metrics(Path(tmp), policies.split(","), sizes, runs, chosen)
+        if as_json:
+            print(json.dumps({"machine": machine(), "metrics": rows}, indent=2))
+            return
+        print(f"machine: {machine()}")
+        print(f"command: {' '.join(['python -m tools.bench'] + sys.argv[1:])}")
+        print()
+        print("| scenario | policy | msg/s without metrics | with metrics | ratio | p50 µs without | with |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for row in rows:
+            print(f"| {row['scenario']} | {row['policy']} | {row['off_msg_per_s']:,.0f} | {row['on_msg_per_s']:,.0f} "
+                  f"| {row['ratio']:.3f} | {row['off_p50_us']:,.0f} | {row['on_p50_us']:,.0f} |")
+        return
     results: list[Result] = []
     extras: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
@@ -532,12 +604,14 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         extras["fdatasync_p50_us"] = measure_fdatasync(workdir)
         if addr:
             host, port = addr.rsplit(":", 1)
-            results += run_scenarios(host, int(port), "as-running", sizes, runs, "x")
+            results += run_scenarios(host, int(port), "as-running", sizes, runs, "x", chosen)
         else:
             from tools.procs import BrokerProcess
 
             for policy in policies.split(","):
                 for name in SCENARIOS:  # a fresh broker per scenario: no carry-over between them
+                    if chosen is not None and name not in chosen:
+                        continue
                     proc = BrokerProcess(workdir / f"data-{policy}-{name}", fsync=policy).start()
                     try:
                         results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,))
