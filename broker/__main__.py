@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
+from . import logs
 from .config import BrokerConfig
 from .server import Broker
 from .settings import CONFIG_ENV, ConfigError, click_options, load_environment
@@ -44,15 +45,19 @@ async def run(config: BrokerConfig, power_journal: Path | None = None) -> None:
                 nursery.cancel_scope.cancel()  # stopped: end the signal watcher too
 
             addr = await nursery.start(serve)
+            logger.info("listening on %s (data in %s, fsync %s)", addr, config.data_dir, config.fsync,
+                        extra={"event": "listening", "addr": addr, "data_dir": str(config.data_dir),
+                               "fsync": str(config.fsync)})
             print(f"lockgate listening on {addr}", flush=True)
             signalled = 0
             async for signum in signals:
                 signalled += 1
+                name = signal.Signals(signum).name
                 if signalled == 1:
-                    logger.info("signal %s: shutting down gracefully", signum)
+                    logger.info("%s: shutting down gracefully", name, extra={"event": "shutdown", "signal": name})
                     broker.shutdown()
                 else:
-                    logger.warning("signal %s again: stopping now", signum)
+                    logger.warning("%s again: stopping now", name, extra={"event": "shutdown_forced", "signal": name})
                     nursery.cancel_scope.cancel()
 
 
@@ -97,8 +102,7 @@ def main(config_path: Path | None, print_config: bool, as_json: bool, test_power
         click.echo(json.dumps(loaded.as_json(), indent=2) if as_json else loaded.toml(), nl=as_json)
         return
     config: BrokerConfig = loaded.config
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format)
     damage: WalCorruption | None = None
     failure: OSError | None = None
     try:

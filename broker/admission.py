@@ -113,7 +113,7 @@ class Admission:
                 self._to(DiskState.FULL)
                 logger.warning("disk full: no room in %s for new work; refusing it with "
                                "DISK_FULL (the acks of live messages keep their reserved room)",
-                               self._where)
+                               self._where, extra={"event": "disk_full", "needed": total, "room": wal.room})
                 self._ask_reclaim()
             why = ("a checkpoint must reclaim the log first"
                    if held else f"{need} bytes of log plus {reserve} reserved for acks")
@@ -123,7 +123,8 @@ class Admission:
                 "space is freed", details={"needed": need, "reserved": reserve})
         if publish and self.state is DiskState.FULL:
             self._to(DiskState.NORMAL)
-            logger.warning("the disk has room again in %s: accepting publishes", self._where)
+            logger.info("the disk has room again in %s: accepting publishes", self._where,
+                        extra={"event": "disk_room"})
         self._unflushed += need
 
     def flushed(self) -> None:

@@ -137,7 +137,9 @@ class Checkpointer:
                         logger.error("%s failed (%s); trying again within %.0f s",
                                   "recovery of the failed log" if healing else "checkpoint",
                                   exc, retry_s,
-                                  exc_info=not isinstance(exc, (OSError, CheckpointError, LogFailedError)))
+                                  exc_info=not isinstance(exc, (OSError, CheckpointError, LogFailedError)),
+                                  extra={"event": "log_recovery_failed" if healing else "checkpoint_failed",
+                                         "error": str(exc), "retry_s": retry_s})
                         if not healing:
                             self.check_at = self._wal.appended_lsn + self._min_bytes
                     finally:
@@ -253,8 +255,10 @@ class Checkpointer:
         self.snapshot_lsn = lsn
         self.check_at = lsn + self._min_bytes
         self.checkpoints += 1
-        logger.log(level, "%s at LSN %d in %.3f s; removed %d files", what, lsn,
-                time.perf_counter() - started, len(removed))
+        seconds = time.perf_counter() - started
+        logger.log(level, "%s at LSN %d in %.3f s; removed %d files", what, lsn, seconds, len(removed),
+                   extra={"event": "checkpoint" if what == "checkpoint" else "log_recovered", "lsn": lsn,
+                          "seconds": round(seconds, 6), "removed": len(removed)})
 
 
 def _kill_child(pid: int) -> None:

@@ -109,6 +109,8 @@ class Session:
     #: Running subscriptions by id, and the id the next one gets.
     subscriptions: dict[int, Pushing] = field(default_factory=dict)
     next_subscription: int = 1
+    #: Why the broker ends this connection, once it has decided to (for the log line).
+    closing: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from protocol import Encoder, ErrorCode, ProtocolError, Request
+from protocol import Encoder, ErrorCode, Op, ProtocolError, Request
 
 from .admission import Admission, AdmissionClass
 from .checkpointer import Checkpointer
@@ -33,7 +33,7 @@ from .commands import (
     COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, lookup,
     run)
 from .config import BrokerConfig
-from .mutations import Lease, Mutation, Publish, Release, Take
+from .mutations import Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take
 from .records import PublishFold, encode
 from .state import BrokerState
 from .wal import LogFailedError, SegmentedLog
@@ -41,6 +41,8 @@ from .wal import LogFailedError, SegmentedLog
 logger = logging.getLogger("lockgate.live")
 
 _PUBLISH = Publish.TYPE
+#: Ops whose changes are logged, one line each (``_log_queue_change``); no other request is.
+_LOGGED_OPS = frozenset({str(Op.QUEUE_CREATE), str(Op.QUEUE_DELETE)})
 
 
 def log_failed(exc: LogFailedError | str, request_id: int | None) -> ProtocolError:
@@ -49,6 +51,21 @@ def log_failed(exc: LogFailedError | str, request_id: int | None) -> ProtocolErr
     if isinstance(exc, str):
         return ProtocolError(ErrorCode.STORAGE_ERROR, exc, request_id=request_id)
     return ProtocolError(ErrorCode.STORAGE_ERROR, f"not confirmed: {exc}", request_id=request_id)
+
+
+def _log_queue_change(session: Session, mutation: Mutation, result: dict[str, Any]) -> None:
+    """One line for a queue created or deleted, and by which connection."""
+    who = {"peer": session.peer, "client": session.client}
+    if type(mutation) is QueueCreate:
+        logger.info("queue %s created (%s, shards %d) by %s %r", mutation.queue, mutation.kind,
+                    mutation.shards, session.peer, session.client,
+                    extra={"event": "queue_create", "queue": mutation.queue, "kind": str(mutation.kind),
+                           "shards": mutation.shards, "dead_letter": mutation.dead_letter, **who})
+    elif type(mutation) is QueueDelete:
+        logger.info("queue %s deleted (messages dropped: %d) by %s %r", mutation.queue, result.get("messages", 0),
+                    session.peer, session.client,
+                    extra={"event": "queue_delete", "queue": mutation.queue,
+                           "messages": result.get("messages", 0), **who})
 
 
 class RoundOut:
@@ -158,6 +175,8 @@ class Live:
                         details={"limit": self.config.max_waiters})
                 return outcome.wait
             self._change(command, req, outcome.mutations)
+            if command.op in _LOGGED_OPS and outcome.mutations:
+                _log_queue_change(session, outcome.mutations[0], outcome.result or {})
         except ProtocolError as exc:
             exc.request_id = req.id
             out.error(exc)

@@ -171,16 +171,22 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = RecoverMode.
     seconds = time.perf_counter() - started
     state, report = result.state, result.replay
     rate = report.records / seconds if seconds > 0 else 0.0
+    messages = sum(len(q) for q in state.queues.values())
     logger.info("recovered: %d records, %d bytes, %d segments in %.3f s (%.0f records/s) "
              "after a snapshot at LSN %d; %d queues, %d messages",
              report.records, report.bytes, report.segments, seconds, rate, result.snapshot_lsn,
-             len(state.queues), sum(len(q) for q in state.queues.values()))
+             len(state.queues), messages,
+             extra={"event": "recovered", "records": report.records, "bytes": report.bytes,
+                    "segments": report.segments, "seconds": round(seconds, 6),
+                    "snapshot_lsn": result.snapshot_lsn, "queues": len(state.queues), "messages": messages})
     if result.discarded or result.lost_before_lsn:
+        skipped = sum(d.records for d in result.discarded if d.kind == "segment")
         logger.error("recovered with --recover=truncate: %d file(s) moved aside, %d valid log "
-                  "records in them not applied%s; see the errors above", len(result.discarded),
-                  sum(d.records for d in result.discarded if d.kind == "segment"),
+                  "records in them not applied%s; see the errors above", len(result.discarded), skipped,
                   f", the state before LSN {result.lost_before_lsn} lost"
-                  if result.lost_before_lsn else "")
+                  if result.lost_before_lsn else "",
+                  extra={"event": "recovered_with_loss", "moved_aside": len(result.discarded),
+                         "records_not_applied": skipped, "lost_before_lsn": result.lost_before_lsn})
     return Recovered(state, result.snapshot_lsn, report, seconds, result.discarded,
                      result.lost_before_lsn, result.skipped_records)
 

@@ -166,9 +166,11 @@ class Broker:
                     checkpointer.checkpoint_inline()
                     clean = True
                 except LogFailedError:
-                    logger.exception("the log has failed: no final checkpoint; the next start replays it")
+                    logger.exception("the log has failed: no final checkpoint; the next start replays it",
+                                     extra={"event": "checkpoint_failed"})
                 except OSError as exc:  # e.g. no room for the snapshot: the log is whole
-                    logger.error("no final checkpoint (%s); the next start replays the log", exc)
+                    logger.error("no final checkpoint (%s); the next start replays the log", exc,
+                                 extra={"event": "checkpoint_failed", "error": str(exc)})
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -240,6 +242,8 @@ class Broker:
             session.peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
             pass
+        opened = trio.current_time()
+        logger.info("connection from %s", session.peer, extra={"event": "connection_open", "peer": session.peer})
         conn = Connection("server", max_frame=self.config.max_frame)
         replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
         try:
@@ -254,12 +258,25 @@ class Broker:
                     holding.cancel_scope.cancel()  # gone or broken: drop its held consumes
                 # While draining, held consumes answer at once and the nursery waits for them.
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away (its reply task, then its reader, see that)
+            # The client went away (its reply task, then its reader, see that).
+            session.closing = session.closing or "connection lost"
         except* Exception:
             # A fault in one connection must not take down the broker or other clients.
-            logger.exception("connection %s failed", session.peer)
+            logger.exception("connection %s failed", session.peer,
+                             extra={"event": "connection_failed", "peer": session.peer})
+            session.closing = "internal error"
         finally:
             await trio.aclose_forcefully(stream)
+            self._log_close(session, opened)
+
+    def _log_close(self, session: Session, opened: float) -> None:
+        """One line for a connection's end, with its client's name and why it ended."""
+        reason = session.closing or ("broker shutting down" if self._draining else "closed by the client")
+        level = logging.WARNING if reason.startswith(("protocol error", "internal error")) else logging.INFO
+        client = repr(session.client) if session.client else "no hello"
+        logger.log(level, "connection from %s closed (%s): %s", session.peer, client, reason,
+                   extra={"event": "connection_close", "peer": session.peer, "client": session.client,
+                          "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
                           replies: Replies, holding: trio.Nursery) -> None:
@@ -318,6 +335,7 @@ class Broker:
                 live.execute_run(run, session, ctx, out)
                 out.error(exc)
                 if exc.fatal:
+                    session.closing = f"protocol error {exc.code.name}"
                     return False, True
                 continue
             if frame is NEED_DATA:
@@ -368,7 +386,8 @@ class Broker:
             except LogFailedError:
                 if self._stopping is not None and self._stopping.is_set():
                     return  # the committer closed for shutdown
-                logger.error("could not log lease expiries and delays; recovering the log")
+                logger.error("could not log lease expiries and delays; recovering the log",
+                             extra={"event": "storage_error", "op": "timers"})
                 live.heal_soon()
                 await trio.sleep(1)  # the WAL has failed; do not spin
 

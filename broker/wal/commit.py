@@ -252,7 +252,8 @@ class GroupCommitter:
             flight.landed.set()
 
     def _helper_gone(self, exc: OSError) -> None:
-        logger.warning("%s; the log is synced in the event loop from now on", exc)
+        logger.warning("%s; the log is synced in the event loop from now on", exc,
+                       extra={"event": "sync_helper_gone", "error": str(exc)})
         try:
             self._log.sync()
             self._syncs += 1

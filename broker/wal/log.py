@@ -464,7 +464,8 @@ class SegmentedLog:
         self._written = self._synced = lsn
         self._switch_to(fd, want)
         logger.warning("the log goes on in a new segment %s after the failure: %s",
-                       segment_name(lsn), self._failure)
+                       segment_name(lsn), self._failure,
+                       extra={"event": "log_restarted", "segment": segment_name(lsn), "lsn": lsn})
         self._failure = None
         self._stop = None
         self._restarts += 1
@@ -556,6 +557,7 @@ class SegmentedLog:
         if self._failure is None:
             self._failure = err
             self._stop = str(err)
-            logger.error("%s", err)
+            logger.error("%s", err, extra={"event": "storage_error", "op": op, "error": str(exc),
+                                           "durable_lsn": self._synced})
         return err
 
