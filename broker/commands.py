@@ -486,9 +486,39 @@ def _publish_outcome(queue: Queue, entries: list[Any], count: int, ctx: Context)
         if max(map(len, bodies)) > cfg.max_message:
             _too_large(bodies, cfg.max_message)
         mutation = plain_publish(queue.name, queue.next_id, now, bodies)
+    elif set(map(type, entries)) == _LIST and set(map(len, entries)) == _SIX and queue.settings.dedup_window_ms:
+        found = _deduplicated_columns(queue, entries, now, cfg.max_message)
+        return found if found is not None else _publish_entries(queue, entries, now, cfg.max_message)
     else:
         return _publish_entries(queue, entries, now, cfg.max_message)
     return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
+
+
+_SIX, _NONE = {6}, {None}
+
+
+def _deduplicated_columns(queue: Queue, entries: list[list[Any]], now: int, max_message: int) -> Outcome | None:
+    """Entries ``[body, nil, nil, nil, nil, dedup_id]`` checked by column with builtins
+    (no Python call per entry), when every dedup id is new: well-formed, distinct, and
+    none held by the window. None when any entry is otherwise: ``_publish_entries`` then
+    checks them one by one and says which (or finds the duplicates)."""
+    bodies, keys, priorities, delays, ttls, dedup_ids = map(list, zip(*entries))
+    if not (_NONE.issuperset(keys) and _NONE.issuperset(priorities) and _NONE.issuperset(delays)
+            and _NONE.issuperset(ttls)):
+        return None
+    if set(map(type, bodies)) != _BYTES or set(map(type, dedup_ids)) != _BYTES \
+            or max(map(len, bodies)) > max_message:
+        return None
+    lengths = set(map(len, dedup_ids))
+    if min(lengths) < 1 or max(lengths) > MAX_DEDUP_ID or len(set(dedup_ids)) != len(dedup_ids):
+        return None
+    held = queue.dedup
+    if not held.keys().isdisjoint(dedup_ids) and any(
+            queue.duplicate_of(d, now) is not None for d in dedup_ids if d in held):
+        return None
+    first_id = queue.next_id
+    return _outcome({"first_id": first_id, "count": len(bodies)}, (Publish(
+        queue.name, first_id, now, bodies, None, None, None, None, dedup_ids),))
 
 
 def _queue_full(queue: Queue, bound: str) -> ProtocolError:
@@ -532,14 +562,16 @@ def _bound_missed(queue: Queue, count: int, nbytes: int) -> str:
 
 
 class PlainPublishes(Batch):
-    """``publish``'s batch fast path: requests of exactly one plain message (no key,
-    priority or delay) to one queue, run as one plain publish with consecutive ids;
-    each request's result is as if it had run alone."""
+    """``publish``'s batch fast path: requests of exactly one message, plain (no key,
+    priority, delay or time to live) or with only a dedup id, to one queue, run as one
+    publish with consecutive ids (duplicates of the window or of earlier requests of the
+    run store nothing, SPEC §8.9); each request's result is as if it had run alone."""
 
     def take(self, session: Session, args: dict[str, Any], ctx: Context,
-             ahead: int) -> tuple[Queue, bytes] | None:
-        """The queue and body, when ``publish`` would accept the request as one plain
-        message with ``ahead`` more messages already bound for the queue."""
+             ahead: int) -> tuple[Queue, bytes | tuple[bytes, bytes]] | None:
+        """The queue and the body (or (body, dedup id)), when ``publish`` would accept the
+        request as one such message with ``ahead`` more messages already bound for the
+        queue (duplicates among them counted as stored: a bound never passes)."""
         if not session.ready or len(args) != 2:
             return None
         messages = args.get("messages")
@@ -547,7 +579,16 @@ class PlainPublishes(Batch):
         if type(messages) is not list or len(messages) != 1 or type(name) is not str:
             return None
         entry = messages[0]
-        if type(entry) is not list or len(entry) != 1:
+        if type(entry) is not list:
+            return None
+        size = len(entry)
+        if size == 1:
+            dedup_id = None
+        elif size == 6 and entry[1] is None and entry[2] is None and entry[3] is None and entry[4] is None:
+            dedup_id = entry[5]
+            if type(dedup_id) is not bytes or not 1 <= len(dedup_id) <= MAX_DEDUP_ID:
+                return None
+        else:
             return None
         body = entry[0]
         if type(body) is not bytes or len(body) > ctx.config.max_message:
@@ -555,13 +596,48 @@ class PlainPublishes(Batch):
         queue = ctx.state.queues.get(name)
         if queue is None or len(queue.messages) + ahead + 1 > queue.plain_limit:  # -1 with a default ttl
             return None
-        return queue, body
+        if dedup_id is None or not queue.settings.dedup_window_ms:  # without a window it is ignored
+            return queue, body
+        return queue, (body, dedup_id)
 
-    def build(self, key: Queue, items: list[bytes],
+    def build(self, key: Queue, items: list[bytes | tuple[bytes, bytes]],
               ctx: Context) -> tuple[tuple[Mutation, ...], list[dict[str, Any]]]:
-        mutation = plain_publish(key.name, key.next_id, ctx.now_ms, items)
-        first = mutation.first_id
-        return (mutation,), [{"first_id": first + i, "count": 1} for i in range(len(items))]
+        if _BYTES.issuperset(map(type, items)):  # all plain
+            bodies: list[bytes] = items  # type: ignore[assignment]
+            mutation = plain_publish(key.name, key.next_id, ctx.now_ms, bodies)
+            first = mutation.first_id
+            return (mutation,), [{"first_id": first + i, "count": 1} for i in range(len(bodies))]
+        return _deduplicated_run(key, items, ctx.now_ms)
+
+
+def _deduplicated_run(queue: Queue, items: list[bytes | tuple[bytes, bytes]],
+                      now: int) -> tuple[tuple[Mutation, ...], list[dict[str, Any]]]:
+    """A run of single-message publishes, some with a dedup id, as ``_publish_entries``
+    would store them one request after another: one publish of those not duplicates."""
+    next_id = queue.next_id
+    bodies: list[bytes] = []
+    dedup_ids: list[bytes | None] = []
+    results: list[dict[str, Any]] = []
+    #: Dedup ids stored by earlier requests of the run -> the ids they got.
+    stored: dict[bytes, int] = {}
+    for item in items:
+        if type(item) is tuple:
+            body, dedup_id = item
+            earlier = stored.get(dedup_id)
+            if earlier is None:
+                earlier = queue.duplicate_of(dedup_id, now)
+            if earlier is not None:
+                results.append({"first_id": next_id + len(bodies), "count": 0, "duplicates": [[0, earlier]]})
+                continue
+            stored[dedup_id] = next_id + len(bodies)
+        else:
+            body, dedup_id = item, None  # type: ignore[assignment]
+        results.append({"first_id": next_id + len(bodies), "count": 1})
+        bodies.append(body)
+        dedup_ids.append(dedup_id)
+    if not bodies:
+        return (), results
+    return (Publish(queue.name, next_id, now, bodies, None, None, None, None, dedup_ids),), results
 
 
 def _too_large(bodies: list[bytes], limit: int) -> None:

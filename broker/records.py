@@ -155,8 +155,11 @@ def publish_need(m: Publish) -> int:
         need += 9 * n
     if m.expires_at_ms is not None:
         need += 9 * n
-    if m.dedup_ids is not None:
-        need += sum(len(d) + PER_BODY for d in m.dedup_ids if d is not None) + n
+    dedup_ids = m.dedup_ids
+    if dedup_ids is not None:
+        if None in dedup_ids:
+            dedup_ids = [d for d in dedup_ids if d is not None]
+        need += sum(map(len, dedup_ids)) + (PER_BODY + 1) * n  # type: ignore[arg-type]
     return need
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import islice, repeat
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from protocol import DEDUP_MAX_IDS, Overflow, retry_delay, shard_for_key
 
@@ -135,6 +135,10 @@ class Queue:
         #: Dedup ids remembered (SPEC §8.9): id -> (ms of the first publish with it, the
         #: message id it got), oldest first. Kept after the message is gone.
         self.dedup: dict[bytes, tuple[int, int]] = {}
+        #: The dedup ids of ``dedup`` in the order they were remembered, so the oldest
+        #: is found in O(1): a dict's first key is not (it skips the slots its deleted
+        #: keys leave behind). An id remembered again is here twice; the first is stale.
+        self._dedup_order: deque[bytes] = deque()
         # Timers: (deadline_ms, seq, ids) per lease batch; (ready_at_ms, id) per delayed message.
         self._lease_heap: list[tuple[int, int, list[int]]] = []
         self._delay_heap: list[tuple[int, int]] = []
@@ -388,21 +392,30 @@ class Queue:
         """Messages ``first_id, first_id + 1, ...`` were published at ``now_ms`` with these
         dedup ids (None: none). Entries whose window has passed by ``now_ms`` are
         forgotten from the oldest on; beyond ``DEDUP_MAX_IDS`` the oldest go."""
-        dedup = self.dedup
+        dedup, order = self.dedup, self._dedup_order
         window = self.settings.dedup_window_ms
         if not window:
             return
-        while dedup:
-            oldest = next(iter(dedup))
-            if dedup[oldest][0] + window > now_ms:
+        while order:
+            entry = dedup.get(order[0])
+            if entry is not None and entry[0] + window > now_ms:
                 break
-            del dedup[oldest]
-        for mid, dedup_id in zip(range(first_id, first_id + len(dedup_ids)), dedup_ids):
-            if dedup_id is not None:
-                dedup.pop(dedup_id, None)  # a new first publish goes to the back
-                dedup[dedup_id] = (now_ms, mid)
+            del_id = order.popleft()
+            if entry is not None:
+                del dedup[del_id]
+        ids = range(first_id, first_id + len(dedup_ids))
+        if None not in dedup_ids and dedup.keys().isdisjoint(dedup_ids):  # the common case, in C
+            every = cast("list[bytes]", dedup_ids)
+            dedup.update(zip(every, zip(repeat(now_ms), ids)))
+            order.extend(every)
+        else:
+            for mid, dedup_id in zip(ids, dedup_ids):
+                if dedup_id is not None:
+                    dedup.pop(dedup_id, None)  # a new first publish goes to the back
+                    dedup[dedup_id] = (now_ms, mid)
+                    order.append(dedup_id)
         while len(dedup) > DEDUP_MAX_IDS:
-            del dedup[next(iter(dedup))]
+            dedup.pop(order.popleft(), None)
 
     def export_dedup(self) -> Iterator[list[Any]]:
         """``dedup`` as snapshot rows ``[dedup id, first publish ms, message id]``, oldest first."""
@@ -413,6 +426,7 @@ class Queue:
         """Rows of ``export_dedup``, in order."""
         for dedup_id, at_ms, mid in rows:
             self.dedup[dedup_id] = (at_ms, mid)
+            self._dedup_order.append(dedup_id)
 
     def set_expiries(self, first_id: int, expires_at_ms: list[int]) -> None:
         """Messages ``first_id, first_id + 1, ...`` expire at these times (0: never)."""

@@ -168,3 +168,52 @@ def test_records_snapshots_and_old_headers(world: World) -> None:
     state = world.replayed()
     world.state = state
     assert world.call("publish", queue="q", messages=[entry(b"a", b"d1")])["duplicates"] == [[0, 1]]
+
+
+def test_forgetting_the_oldest_ids_stays_in_step_with_the_window() -> None:
+    """Ids are forgotten from the oldest on as the window passes (the order index and the
+    dict agree, and hold only the ids within the window), across many windows."""
+    w = World()
+    w.call("queue_create", queue="q", dedup_window_ms=1000)
+    queue = w.state.queues["q"]
+    for i in range(3000):
+        w.call("publish", queue="q", messages=[entry(b"x", b"id-%d" % i)])
+        w.advance(10)  # 100 publishes a window
+        assert len(queue.dedup) <= 101
+    assert list(queue._dedup_order) == list(queue.dedup)
+    assert next(iter(queue.dedup)) == b"id-2900"
+    # an id whose window passed is stored again, and remembered anew at the back
+    w.call("publish", queue="q", messages=[entry(b"again", b"id-0")])
+    assert list(queue.dedup)[-1] == b"id-0" and list(queue._dedup_order) == list(queue.dedup)
+    same_after_restart(w)
+    assert list(w.restored().queues["q"]._dedup_order) == list(queue.dedup)
+
+
+@pytest.mark.parametrize("batch", [
+    [entry(b"a", b"1"), entry(b"b", b"2"), entry(b"c", b"3")],             # all new: checked by column
+    [entry(b"a", b"1"), entry(b"b", b"1"), entry(b"c", b"3")],             # a duplicate within the batch
+    [entry(b"a", b"old"), entry(b"b", b"2")],                              # a duplicate of the window
+    [entry(b"a", b"1"), [b"b", b"k", None, None, None, b"2"]],             # one with a key
+    [entry(b"a", b"1"), entry(b"b", None)],                                # one without an id
+])
+def test_a_batch_stores_what_one_by_one_publishes_store(batch: list[list[Any]]) -> None:
+    together, alone = World(), World()
+    for w in (together, alone):
+        w.call("queue_create", queue="q")
+        w.call("publish", queue="q", messages=[entry(b"first", b"old")])
+    result = together.call("publish", queue="q", messages=batch)
+    singles = [alone.call("publish", queue="q", messages=[e]) for e in batch]
+    assert result["count"] == sum(r["count"] for r in singles)
+    assert result.get("duplicates", []) == [
+        [i, r["duplicates"][0][1]] for i, r in enumerate(singles) if r["count"] == 0]
+    assert together.state.snapshot() == alone.state.snapshot()
+    same_after_restart(together)
+
+
+def test_a_bad_entry_among_deduplicated_ones_is_named() -> None:
+    w = World()
+    w.call("queue_create", queue="q")
+    w.refused("publish", ErrorCode.INVALID_ARGUMENT, "messages[1].dedup_id", queue="q",
+              messages=[entry(b"a", b"1"), entry(b"b", b"")])
+    w.refused("publish", ErrorCode.INVALID_ARGUMENT, "messages[1].body", queue="q",
+              messages=[entry(b"a", b"1"), entry("text", b"2")])

@@ -29,6 +29,11 @@ MAX_MESSAGE = 16
 
 plain = st.tuples(st.just("publish"), st.sampled_from(["a", "a", "a", "a", "b", "missing"]),
                   st.binary(max_size=MAX_MESSAGE + 2).map(lambda b: {"messages": [[b]]}))
+#: One message with a dedup id (a few ids, so duplicates within a run and across runs).
+deduplicated = st.tuples(
+    st.just("publish"), st.sampled_from(["a", "a", "b"]),
+    st.tuples(st.binary(max_size=MAX_MESSAGE + 2), st.sampled_from([b"d1", b"d2", b"d3", b"", b"x" * 129])).map(
+        lambda e: {"messages": [[e[0], None, None, None, None, e[1]]]}))
 other = st.one_of(
     st.tuples(st.just("publish"), st.sampled_from(["a", "b"]),
               st.just({"messages": [[b"k", b"key"]]})),
@@ -40,7 +45,7 @@ other = st.one_of(
     st.tuples(st.just("ack"), st.sampled_from(["a", "b"]), st.just({"ids": [1, 2]})),
 )
 #: Blocks of one request repeated, so that runs of publishes to one queue are common.
-requests = st.lists(st.tuples(st.one_of(plain, plain, other), st.integers(1, 8)),
+requests = st.lists(st.tuples(st.one_of(plain, plain, deduplicated, other), st.integers(1, 8)),
                     min_size=1, max_size=12).map(lambda blocks: [r for r, n in blocks for _ in range(n)])
 
 
