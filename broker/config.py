@@ -19,8 +19,9 @@ Adding a setting:
    The bounds bind operators only: code (tests) may build a ``BrokerConfig`` with
    smaller values. Checks between settings go in ``__post_init__`` (a ``ValueError``
    naming the settings).
-3. Regenerate the table in docs/operations.md with ``python -m broker.settings``
-   (``tests/broker/test_config.py`` fails until the docs match).
+3. Regenerate the table in docs/operations.md with
+   ``python -m broker.settings docs/operations.md`` (``tests/broker/test_config.py``
+   fails until the docs match).
 
 Nothing else: the flag ``--name``, ``LOCKGATE_NAME``, the TOML key ``name``,
 ``--print-config`` and the error messages all follow from the field.

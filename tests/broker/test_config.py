@@ -21,7 +21,9 @@ from click.testing import CliRunner, Result
 
 from broker.__main__ import EXIT_CONFIG, main
 from broker.config import BrokerConfig, setting
-from broker.settings import CONFIG_ENV, ConfigError, Source, Spec, click_options, load, specs
+from broker.settings import (
+    CONFIG_ENV, TABLE_END, TABLE_START, ConfigError, Source, Spec, click_options, load, markdown_table, replace_table,
+    specs)
 from broker.wal import FsyncPolicy
 
 
@@ -288,6 +290,15 @@ def test_a_field_without_a_declaration_is_refused() -> None:
         specs(Typo)
     with pytest.raises(TypeError, match=r"Listy.peers: a setting must be"):
         specs(Listy)
+
+
+def test_the_docs_table_is_the_declarations() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    start = text.index(TABLE_START) + len(TABLE_START)
+    assert text[start:text.index(TABLE_END, start)] == markdown_table(), (
+        "docs/operations.md's settings table differs from BrokerConfig: "
+        "run python -m broker.settings docs/operations.md")
+    assert replace_table(text) == text
 
 
 def test_code_may_still_build_small_configs() -> None:
