@@ -46,6 +46,9 @@ DEFAULT_MAX_QUEUE_MESSAGES = 10_000_000
 DEFAULT_MAX_QUEUES = 10_000
 #: Consume requests one connection may have waiting at once.
 DEFAULT_MAX_WAITERS = 1024
+#: Connections served at once. 10,000 idle connections take about 100 MB (SPEC.md §10);
+#: the broker raises its open-file limit to fit them, or lowers this to what fits.
+DEFAULT_MAX_CONNECTIONS = 10_000
 #: Largest read from a socket at once; bounds a connection's input buffer with max_frame.
 RECV_BYTES = 1024 * 1024
 #: Requests one connection runs per round (one group commit and one reply write);
@@ -131,6 +134,18 @@ class BrokerConfig:
     log_format: str = field(default="text", metadata=setting(
         "Log lines as text, or as one JSON object per line (ts, level, logger, msg, event "
         "and its fields).", choices=LOG_FORMATS))
+    max_connections: int = field(default=DEFAULT_MAX_CONNECTIONS, metadata=setting(
+        "Most client connections served at once; one more gets TOO_MANY_CONNECTIONS and is closed. "
+        "Lowered, with a warning, to what the open-file limit allows.", min=1))
+    handshake_timeout_ms: int = field(default=10_000, metadata=setting(
+        "A connection without a successful hello this long after it was accepted gets "
+        "CONNECTION_TIMEOUT and is closed.", min=1))
+    idle_timeout_ms: int = field(default=300_000, metadata=setting(
+        "A connection that sends no request for this long and holds no consume or subscription "
+        "gets CONNECTION_TIMEOUT and is closed (0: never). A ping keeps it open.", min=0))
+    frame_timeout_ms: int = field(default=30_000, metadata=setting(
+        "A frame must arrive whole within this long of its first bytes; a slower one gets "
+        "CONNECTION_TIMEOUT and the connection is closed.", min=1))
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).

@@ -17,7 +17,7 @@ import trio
 
 from protocol import NEED_DATA, Connection, ProtocolError, Request
 
-from . import datadir, gcpolicy, recovery
+from . import connlimits, datadir, gcpolicy, recovery
 from .admission import Admission
 from .checkpointer import Checkpointer
 from .clock import Clock
@@ -67,6 +67,14 @@ class Broker:
         #: Open client connections, and those accepted since start.
         self._connections = 0
         self._accepted = 0
+        #: How many connections may be open (``connlimits``, rule 1), the frame that
+        #: refuses one more, and refusals closing cleanly now.
+        self._max_connections = config.max_connections
+        self._refusal = connlimits.refusal(config.max_connections)
+        self._lingering = 0
+        self._timeouts = connlimits.Timeouts(config.handshake_timeout_ms, config.idle_timeout_ms,
+                                             config.frame_timeout_ms)
+        self._limit_log = connlimits.RateLimitedLog(logger)
         #: The metrics (``config.metrics_addr``), and "host:port" of their endpoint once
         #: it serves.
         self.metrics: BrokerMetrics | None = None
@@ -106,6 +114,8 @@ class Broker:
     def _start(self) -> SyncHelper | None:
         """Recover, then build the log's committer, admission, checkpointer and live path."""
         gcpolicy.tune()
+        self._max_connections = connlimits.fit_fd_limit(self.config.max_connections)
+        self._refusal = connlimits.refusal(self._max_connections)
         self.recover()
         wal = self._log
         assert wal is not None
@@ -221,12 +231,28 @@ class Broker:
     # -- connections ------------------------------------------------------------------
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        if self._connections >= self._max_connections:
+            await self._refuse(stream)
+            return
         self._accepted += 1
         self._count_connections(+1)
         try:
             await self._serve_connection(stream)
         finally:
             self._count_connections(-1)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """One connection over the limit: TOO_MANY_CONNECTIONS, then a close (``connlimits``)."""
+        peer = connlimits.peer_of(stream)
+        self._limit_log.log(logging.WARNING, "max_connections", "refused a connection from %s: "
+                            "%d connections open, the limit", peer, self._connections,
+                            extra={"event": "connection_refused", "peer": peer, "limit": self._max_connections})
+        linger = self._lingering < connlimits.MAX_LINGERING_REFUSALS
+        self._lingering += linger
+        try:
+            await connlimits.refuse(stream, self._refusal, linger)
+        finally:
+            self._lingering -= linger
 
     def _count_connections(self, change: int) -> None:
         """Keep the count of open connections; a lone connection's rounds sync without
@@ -246,17 +272,22 @@ class Broker:
         logger.info("connection from %s", session.peer, extra={"event": "connection_open", "peer": session.peer})
         conn = Connection("server", max_frame=self.config.max_frame)
         replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
+        timed_out = False
         try:
             async with trio.open_nursery() as holding:
                 async with trio.open_nursery() as replying:
                     replying.start_soon(replies.run)
                     try:
-                        await self._run_rounds(session, conn, stream, replies, holding)
+                        timed_out = await self._run_rounds(session, conn, stream, replies, holding)
                     finally:
                         replies.close()  # the reply task sends what it holds, then ends
+                    if timed_out:  # within the linger time, or not at all
+                        replying.cancel_scope.deadline = trio.current_time() + connlimits.LINGER_S
                 if not self._draining:
                     holding.cancel_scope.cancel()  # gone or broken: drop its held consumes
                 # While draining, held consumes answer at once and the nursery waits for them.
+            if timed_out:
+                await connlimits.close_cleanly(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client went away (its reply task, then its reader, see that).
             session.closing = session.closing or "connection lost"
@@ -279,22 +310,33 @@ class Broker:
                           "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
-                          replies: Replies, holding: trio.Nursery) -> None:
+                          replies: Replies, holding: trio.Nursery) -> bool:
         """Read and run one connection's requests in rounds until it closes or drains;
-        each round's replies go to ``replies``."""
+        each round's replies go to ``replies``. True when it ends the connection for a
+        timeout (``connlimits``, rules 2-3), after sending CONNECTION_TIMEOUT."""
         live = self._live
         assert live is not None
+        reads = connlimits.ReadTimer(self._timeouts, trio.current_time())
         timer = self.metrics.rounds if self.metrics is not None else None
         read_at = 0.0  # when the data of this round's requests was read (with metrics)
         buffered = False  # requests left from the last round: run them first
         while buffered or not self._draining:
             if not buffered:
-                with trio.CancelScope() as idle:
+                with trio.CancelScope(deadline=reads.deadline(session.ready, conn.buffered)) as idle:
                     self._idle.add(idle)
                     data = await stream.receive_some(RECV_BYTES)
                 self._idle.discard(idle)
-                if idle.cancelled_caught or not data:
-                    return
+                if idle.cancelled_caught:
+                    if self._draining:
+                        return False
+                    error = reads.expired(bool(session.waiters or session.subscriptions))
+                    if error is None:
+                        continue  # it holds consumes or subscriptions: not idle
+                    await self._time_out(session, conn, replies, error)
+                    return True
+                if not data:
+                    return False
+                reads.received(len(data))
                 if timer is not None:
                     read_at = time.monotonic()
                 conn.receive_data(data)
@@ -313,7 +355,20 @@ class Broker:
                 lsn, out.answered = 0, []
             await replies.send(Round(out.out, out.answered, lsn, sent))
             if closing:
-                return
+                return False
+        return False
+
+    async def _time_out(self, session: Session, conn: Connection, replies: Replies,
+                        error: ProtocolError) -> None:
+        """Log a connection's timeout and send it ``error`` after its earlier replies."""
+        kind = error.details["timeout"]
+        session.closing = f"{kind} timeout"
+        if kind != "idle":  # the normal end of a quiet client is its connection_close line
+            self._limit_log.log(logging.WARNING, kind, "connection %s: %s", session.peer, error.message,
+                                extra={"event": "connection_timeout", "peer": session.peer, **error.details})
+        frame = conn.encoder.error(None, error.code, error.message, error.details)
+        with trio.move_on_after(connlimits.LINGER_S):  # a peer that reads nothing gets no more
+            await replies.send(Round([frame], [], 0))
 
     def _run_round(self, session: Session, conn: Connection, out: RoundOut, replies: Replies,
                    holding: trio.Nursery) -> tuple[bool, bool]:

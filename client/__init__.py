@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConnectionClosed,
+    ConnectionTimeout,
     DiskFull,
     FrameTooLarge,
     HandshakeRequired,
@@ -32,6 +33,7 @@ from .errors import (
     QueueNotFound,
     ShuttingDown,
     StorageError,
+    TooManyConnections,
     UnknownOp,
     UnsupportedVersion,
     WrongNode,
@@ -79,12 +81,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "Connection", "ConnectionClosed", "DeadLetterInfo", "Delivery",
+    "AckResult", "Client", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
     "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
     "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
     "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
-    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "UnknownOp",
+    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "UnknownOp",
     "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
 ]

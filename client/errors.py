@@ -187,6 +187,29 @@ class DiskFull(LockgateError):
     code = ErrorCode.DISK_FULL
 
 
+class TooManyConnections(LockgateError):
+    """The broker serves its limit of connections (``limit``) and closed this one; try
+    again later. Arrives as the cause of the :class:`ConnectionClosed` that follows."""
+
+    code = ErrorCode.TOO_MANY_CONNECTIONS
+
+    @property
+    def limit(self) -> int | None:
+        return self.details.get("limit")
+
+
+class ConnectionTimeout(LockgateError):
+    """The broker closed the connection: no ``hello``, no request or an unfinished frame for
+    too long (``timeout``: ``"handshake"``, ``"idle"`` or ``"frame"``; ``limit_ms``).
+    Arrives as the cause of the :class:`ConnectionClosed` that follows."""
+
+    code = ErrorCode.CONNECTION_TIMEOUT
+
+    @property
+    def timeout(self) -> str | None:
+        return self.details.get("timeout")
+
+
 class ShuttingDown(LockgateError):
     """The server is shutting down and accepts no new work."""
 
@@ -200,8 +223,8 @@ class InternalError(LockgateError):
 
 
 __all__ = [
-    "ConnectionClosed", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError", "InvalidArgument",
-    "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
-    "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "UnknownOp",
-    "UnsupportedVersion", "WrongNode", "error_from_frame",
+    "ConnectionClosed", "ConnectionTimeout", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError",
+    "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
+    "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections",
+    "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
 ]

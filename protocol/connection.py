@@ -48,6 +48,12 @@ class Connection:
     def receive_data(self, data: bytes | bytearray) -> None:
         self._decoder.feed(data)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as a frame (part of the next frame, or
+        whole frames not yet taken)."""
+        return self._decoder.buffered
+
     def next_frame(self) -> Request | Reply | Error | Push | Any:
         """The next whole frame, or ``NEED_DATA``."""
         if self._broken is not None:

@@ -47,10 +47,18 @@ class ErrorCode(IntEnum):
     #: The disk has no room for the change (and the acks live messages may still
     #: need); it was refused and had no effect. Retry later.
     DISK_FULL = 17
+    #: The broker serves its limit of connections; this one is closed. Id nil;
+    #: ``details.limit``. Try again later.
+    TOO_MANY_CONNECTIONS = 18
+    #: The connection did not handshake, send a request or finish a frame in time and is
+    #: closed. Id nil; ``details.timeout`` says which, ``details.limit_ms`` the limit.
+    CONNECTION_TIMEOUT = 19
 
 
-#: Codes after which the sender closes the connection (framing is lost).
-FATAL_CODES = frozenset({ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE})
+#: Codes after which the sender closes the connection: framing is lost, or a connection
+#: limit was reached.
+FATAL_CODES = frozenset({ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE,
+                         ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.CONNECTION_TIMEOUT})
 
 
 class ProtocolError(Exception):

@@ -63,8 +63,9 @@ class SmallDisk(FileIO):
 
 
 def config(data: Path) -> BrokerConfig:
+    # No idle timeout: trio's clock jumps while a snapshot child works (see reclaimed).
     return BrokerConfig(host="127.0.0.1", port=0, data_dir=data, segment_bytes=256 * 1024,
-                        checkpoint_bytes=256 * 1024)
+                        checkpoint_bytes=256 * 1024, idle_timeout_ms=0)
 
 
 async def start(nursery: trio.Nursery, data: Path, io: FileIO | None) -> tuple[Broker, RawClient]:
