@@ -57,7 +57,7 @@ from protocol import (
     RetryBackoff,
     valid_queue_name,
 )
-from protocol.ops import DEFAULT_VISIBILITY_MS
+from protocol.ops import DEFAULT_VISIBILITY_MS, GROUP_SEPARATOR
 
 from .admission import AdmissionClass
 from .config import BrokerConfig
@@ -77,6 +77,7 @@ from .mutations import (
     plain_publish,
 )
 from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
+from .topics import Topic, TopicCopy
 from .state import BrokerState
 
 SERVER_NAME = "lockgate/0.1.0"
@@ -203,6 +204,17 @@ def existing_queue(args: dict[str, Any], ctx: Context) -> Queue:
                         details={"field": "queue", "queue": name})
 
 
+def existing_topic(args: dict[str, Any], ctx: Context) -> Topic:
+    name = args.get("topic")
+    if type(name) is str:
+        held = ctx.state.topics.get(name)
+        if held is not None:
+            return held
+    name = queue_name_arg(args, "topic")
+    raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, f"topic {name!r} does not exist",
+                        details={"field": "topic", "topic": name})
+
+
 def id_list_arg(args: dict[str, Any], ctx: Context, name: str = "ids") -> list[int]:
     ids = args.get(name)
     if type(ids) is not list or not ids:
@@ -268,6 +280,8 @@ class Arg:
         kind = self.kind
         if kind == "queue":
             return existing_queue(args, ctx)
+        if kind == "topic":
+            return existing_topic(args, ctx)
         if kind == "int":
             hi = self.hi if type(self.hi) is int else self.hi(ctx)  # type: ignore[operator]
             return int_arg(args, self.name, self.default, self.lo, hi)
@@ -416,7 +430,7 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
                                 details={"queue": name})
         return Outcome({"queue": name, "created": False})
     mutation = QueueCreate(*astuple(settings))
-    if len(ctx.state.queues) >= ctx.config.max_queues:
+    if len(ctx.state.queues) - len(ctx.state.group_queues) >= ctx.config.max_queues:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {ctx.config.max_queues} queues",
                             details={"limit": ctx.config.max_queues})
     return Outcome({"queue": name, "created": True}, (mutation,))
@@ -424,11 +438,13 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
 
 def queue_delete(session: Session, args: Args, ctx: Context) -> Outcome:
     queue: Queue = args["queue"]
+    not_a_group(queue, "delete it with group_delete")
     return Outcome({"queue": queue.name, "messages": len(queue)}, (QueueDelete(queue.name),))
 
 
 def queue_list(session: Session, args: Args, ctx: Context) -> Outcome:
-    return Outcome({"queues": [q.stats() for _, q in sorted(ctx.state.queues.items())]})
+    return Outcome({"queues": [q.stats() for name, q in sorted(ctx.state.queues.items())
+                               if GROUP_SEPARATOR not in name]})
 
 
 def queue_stats(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -437,6 +453,7 @@ def queue_stats(session: Session, args: Args, ctx: Context) -> Outcome:
 
 def queue_purge(session: Session, args: Args, ctx: Context) -> Outcome:
     queue: Queue = args["queue"]
+    not_a_group(queue, "move it on with group_seek")
     leased: bool = args["leased"]
     result = {"queue": queue.name, "ready": queue.ready, "delayed": queue.delayed,
               "leased": queue.leased if leased else 0}
@@ -451,6 +468,7 @@ _LIST, _BYTES, _ONE = {list}, {bytes}, {1}
 def publish(session: Session, args: Args, ctx: Context) -> Outcome:
     queue: Queue = args["queue"]
     entries = args["messages"]
+    not_a_group(queue, "publish to its topic with topic_publish")
     if type(entries) is not list or not entries:
         raise invalid("messages", "messages must be a non-empty array")
     cfg = ctx.config
@@ -747,8 +765,17 @@ def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool
 
 
 def delivery_row(m: Message) -> list[Any]:
-    """A message as a delivery (SPEC §5.8), as it is about to be leased."""
+    """A message as a delivery (SPEC §5.8), as it is about to be leased; a consumer
+    group's (SPEC §8.13) adds its shard, offset and headers."""
+    if type(m) is TopicCopy:
+        return [m.id, m.body, m.attempts + 1, m.key, m.priority, m.published_at, m.shard, m.offset, m.headers]
     return [m.id, m.body, m.attempts + 1, m.key, m.priority, m.published_at]
+
+
+def not_a_group(queue: Queue, why: str) -> None:
+    """Refuse an op that does not apply to a consumer group's delivery queue."""
+    if GROUP_SEPARATOR in queue.name:
+        raise invalid("queue", f"{queue.name!r} is a consumer group: {why}")
 
 
 def consume(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -1047,3 +1074,9 @@ def run(command: Command, session: Session, args: dict[str, Any], ctx: Context) 
     except ProtocolError:
         command.errors += 1
         raise
+
+
+# The topic and group ops build on this module's schema, so they are added last.
+from .topic_commands import TOPIC_COMMANDS  # noqa: E402
+
+COMMANDS.update((str(c.op), c) for c in TOPIC_COMMANDS)

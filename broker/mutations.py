@@ -293,6 +293,85 @@ class Evict(Mutation):
     now_ms: int
 
 
+@mutation(15)
+class TopicCreate(Mutation):
+    """A topic comes into being (``broker.topics.TopicSettings``)."""
+
+    topic: str
+    shards: int
+    retention: str
+    max_age_ms: int
+    max_bytes: int
+    max_messages: int
+
+
+@mutation(16)
+class TopicDelete(Mutation):
+    """A topic, its messages, its groups and their delivery queues go away."""
+
+    topic: str
+
+
+@mutation(17)
+class TopicPublish(Mutation):
+    """Messages join a topic with consecutive ids ``first_id, ...``, each in the shard its
+    key (or else its id) picks, at the next offset there, published at ``now_ms``. The
+    groups that run low take them (``broker.topics`` rule 2); the limits then apply.
+    ``keys`` and ``headers`` are None when no message has one."""
+
+    topic: str
+    first_id: int
+    now_ms: int
+    bodies: list[bytes]
+    keys: list[bytes | None] | None = None
+    headers: list[dict[str, str] | None] | None = None
+
+
+@mutation(18)
+class GroupCreate(Mutation):
+    """A consumer group attaches to a topic at these per-shard cursors, with a filter
+    and its delivery settings (those of a queue: SPEC §5.3)."""
+
+    topic: str
+    group: str
+    cursors: list[int]
+    filter: dict[str, str] | None
+    visibility_ms: int
+    max_attempts: int
+    dead_letter: str | None
+    retry_delay_ms: int
+    retry_backoff: str
+    retry_max_delay_ms: int
+    retry_jitter: int
+    ordered: bool
+
+
+@mutation(19)
+class GroupDelete(Mutation):
+    """A group and its delivery queue go away (what only it held may then be reclaimed)."""
+
+    topic: str
+    group: str
+
+
+@mutation(21)
+class GroupSeek(Mutation):
+    """A group's cursors move; the messages it had taken and not delivered (ready or
+    delayed) are put back, leased ones stay until acked or released."""
+
+    topic: str
+    group: str
+    cursors: list[int]
+
+
+@mutation(22)
+class TopicTrim(Mutation):
+    """Messages older than the topic's ``max_age_ms`` at ``now_ms`` are dropped."""
+
+    topic: str
+    now_ms: int
+
+
 @mutation(20)
 class Take(Mutation):
     """Ready messages are delivered at most once (a subscription with ``auto_ack``): they

@@ -47,6 +47,8 @@ from .mutations import (
 )
 from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings
 from .records import ack_cost, decode_fields
+from .topic_state import TOPIC_TIMER, TopicAppliers
+from .topics import Group, Topic, copy_maker, group_queue_name
 
 #: Snapshot record types (a snapshot file's records; never in the log).
 SNAPSHOT_QUEUE = 101
@@ -60,6 +62,10 @@ SNAPSHOT_EXPIRIES = 105
 #: ``[queue, [[dedup id, first publish ms, message id], ...]]``: remembered dedup ids,
 #: oldest first (a queue's rows may span several records, in order).
 SNAPSHOT_DEDUP = 106
+#: A topic's header, up to 1000 of its messages, and a group's header (cursors, filter).
+SNAPSHOT_TOPIC = 107
+SNAPSHOT_TOPIC_MESSAGES = 108
+SNAPSHOT_GROUP = 109
 
 #: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
 WAKE_ALL = 2**62
@@ -92,11 +98,12 @@ class StateObserver(Protocol):
         (dead-lettered, or redriven back)."""
 
 
-class BrokerState:
-    """All queues, and timers across them."""
+class BrokerState(TopicAppliers):
+    """All queues and topics, and timers across them."""
 
     def __init__(self) -> None:
         self.queues: dict[str, Queue] = {}
+        self._init_topics()
         #: (deadline_ms, queue name): when some queue next needs ``due``.
         self._timers: list[tuple[int, str]] = []
         self._timer_at: dict[str, int] = {}
@@ -113,21 +120,25 @@ class BrokerState:
     # -- the one way in -------------------------------------------------------------
 
     def apply(self, mutation: Mutation) -> None:
-        self._appliers[mutation.TYPE](*mutation.fields())
+        self.apply_fields(mutation.TYPE, mutation.fields())
 
     def apply_fields(self, rtype: int, fields: list[Any]) -> None:
         """Apply a mutation given as its record type and ``fields()``."""
         self._appliers[rtype](*fields)
+        if self.group_queues and rtype in _QUEUE_CHANGES:
+            self.group_changed(fields[0])
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
         """Apply a WAL record (type byte and msgpack payload)."""
-        self._appliers[rtype](*decode_fields(payload))
+        self.apply_fields(rtype, decode_fields(payload))
 
     def apply_items(self, items: list[list[Any]]) -> None:
         """Apply ``[type, fields]`` items, in order (``fold_records`` makes them)."""
         appliers = self._appliers
         for rtype, fields in items:
             appliers[rtype](*fields)
+            if self.group_queues and rtype in _QUEUE_CHANGES:
+                self.group_changed(fields[0])
 
     def take_woken(self) -> dict[str, int]:
         """Queues that gained ready messages since the last call, with how many (an upper
@@ -157,6 +168,9 @@ class BrokerState:
             if self._timer_at.get(name) != at:
                 continue
             del self._timer_at[name]
+            if name.startswith(TOPIC_TIMER):
+                out.extend(self.topic_due(name, now_ms))
+                continue
             queue = self.queues[name]
             expired, promoted, gone = queue.due(now_ms)
             if gone:
@@ -394,7 +408,8 @@ class BrokerState:
         is a dead letter, ready or delayed, and its source queue exists. Reads only."""
         msg = dlq.messages.get(mid)
         record = dlq.sources.get(mid)
-        if msg is None or record is None or msg.state not in (READY, DELAYED):
+        if msg is None or record is None or msg.state not in (READY, DELAYED) \
+                or record.source in self.group_queues:  # a group takes only its topic's messages
             return None
         return self.queues.get(record.source)
 
@@ -412,6 +427,8 @@ class BrokerState:
             if queue.leased:
                 leased = sorted(m.id for m in queue.messages.values() if m.state == LEASED)
                 self._release(name, leased, 0, True, now_ms)
+        if self.group_queues:
+            self.groups_changed()
 
     @applies(Purge)
     def _purge(self, name: str, leased: bool) -> None:
@@ -424,6 +441,19 @@ class BrokerState:
     def export_records(self, chunk: int = 1000) -> Iterator[tuple[int, bytes]]:
         """The whole state as snapshot records ``(type, payload)``."""
         pack = msgpack.Packer(use_bin_type=True).pack
+        for topic_name in sorted(self.topics):
+            held = self.topics[topic_name]
+            yield SNAPSHOT_TOPIC, pack(held.export_header())
+            retained: list[list[Any]] = []
+            for row in held.export_messages():
+                retained.append(row)
+                if len(retained) >= chunk:
+                    yield SNAPSHOT_TOPIC_MESSAGES, pack([topic_name, retained])
+                    retained = []
+            if retained:
+                yield SNAPSHOT_TOPIC_MESSAGES, pack([topic_name, retained])
+            for group_name in sorted(held.groups):
+                yield SNAPSHOT_GROUP, pack(held.groups[group_name].export_header())
         for name in sorted(self.queues):
             queue = self.queues[name]
             yield SNAPSHOT_QUEUE, pack(queue.export_header())
@@ -455,14 +485,34 @@ class BrokerState:
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
         """Rebuild a state from ``export_records`` output."""
         state = cls()
+        #: Group headers by their delivery queue's name, until that queue's header comes.
+        groups: dict[str, list[Any]] = {}
         for rtype, payload in records:
             fields = msgpack.unpackb(payload, raw=False)
             if rtype == SNAPSHOT_QUEUE:
                 queue = Queue.from_header(fields)
-                queue.on_ready = state._wake
-                state.queues[queue.name] = queue
+                group = groups.pop(queue.name, None)
+                if group is not None:
+                    topic_name, group_name, cursors, filter, missed, filtered = group
+                    restored = Group(topic_name, group_name, queue, cursors, filter)
+                    restored.missed, restored.filtered = missed, filtered
+                    state._attach(state.topics[topic_name], restored)
+                else:
+                    queue.on_ready = state._wake
+                    state.queues[queue.name] = queue
             elif rtype == SNAPSHOT_MESSAGES:
-                state.queues[fields[0]].import_messages(fields[1])
+                of_group = state.group_queues.get(fields[0])
+                if of_group is not None:
+                    state.queues[fields[0]].import_messages(fields[1], copy_maker(state.topics[of_group.topic]))
+                else:
+                    state.queues[fields[0]].import_messages(fields[1])
+            elif rtype == SNAPSHOT_TOPIC:
+                held = Topic.from_header(fields)
+                state.topics[held.name] = held
+            elif rtype == SNAPSHOT_TOPIC_MESSAGES:
+                state.topics[fields[0]].import_messages(fields[1])
+            elif rtype == SNAPSHOT_GROUP:
+                groups[group_queue_name(fields[0], fields[1])] = fields
             elif rtype == SNAPSHOT_DEAD_LETTERS:
                 state.queues[fields[0]].import_sources(fields[1])
             elif rtype == SNAPSHOT_ERRORS:
@@ -479,6 +529,8 @@ class BrokerState:
             nxt = queue.next_deadline()
             if nxt is not None:
                 state._schedule(name, nxt)
+        for held in state.topics.values():
+            state._schedule_age(held)
         return state
 
     # -- reading --------------------------------------------------------------------
@@ -486,6 +538,17 @@ class BrokerState:
     def count_ack_reserve(self) -> int:
         """``ack_reserve`` counted from scratch (it is kept up to date incrementally)."""
         return sum(len(q) * ack_cost(name) for name, q in self.queues.items())
+
+    def topics_snapshot(self) -> dict[str, Any]:
+        """A plain, comparable picture of every topic and its groups (tests and tools)."""
+        return {
+            name: {
+                "stats": t.stats(),
+                "messages": list(t.export_messages()),
+                "groups": {g: [*grp.export_header(), t.lag(grp)] for g, grp in sorted(t.groups.items())},
+            }
+            for name, t in sorted(self.topics.items())
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """A plain, comparable picture of all queue contents (for tests and tools)."""
@@ -515,7 +578,8 @@ class BrokerState:
 def _find_appliers() -> dict[int, str]:
     """Rule 1: the ``@applies`` methods by record type; every mutation must have one."""
     found: dict[int, str] = {}
-    for name, member in vars(BrokerState).items():
+    members = {name: member for klass in reversed(BrokerState.__mro__) for name, member in vars(klass).items()}
+    for name, member in members.items():
         cls = getattr(member, "applies", None)
         if cls is not None:
             if cls.TYPE in found:
@@ -528,6 +592,9 @@ def _find_appliers() -> dict[int, str]:
 
 
 _APPLIERS = _find_appliers()
+#: Mutations of a queue's messages (their first field the queue's name): one to a
+#: consumer group's delivery queue calls for its upkeep (``TopicAppliers.group_changed``).
+_QUEUE_CHANGES = frozenset(cls.TYPE for cls in (Lease, Ack, Release, Reject, Expire, Take, Promote, Purge))
 # A queue's settings are declared once (QueueSettings); its creation record mirrors them.
 assert QueueCreate.FIELDS[1:] == tuple(f.name for f in dataclass_fields(QueueSettings))[1:], \
     "QueueCreate's fields must be QueueSettings' fields, in order"

@@ -34,6 +34,15 @@ class Op(StrEnum):
     REDRIVE = "redrive"
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
+    TOPIC_CREATE = "topic_create"
+    TOPIC_DELETE = "topic_delete"
+    TOPIC_LIST = "topic_list"
+    TOPIC_STATS = "topic_stats"
+    TOPIC_PUBLISH = "topic_publish"
+    GROUP_CREATE = "group_create"
+    GROUP_DELETE = "group_delete"
+    GROUP_STATS = "group_stats"
+    GROUP_SEEK = "group_seek"
 
 
 class QueueKind(StrEnum):
@@ -68,6 +77,35 @@ class Overflow(StrEnum):
     #: The oldest messages that are not leased move to the dead-letter queue (reason
     #: ``overflow``) to make room.
     DEAD_LETTER_OLDEST = "dead_letter_oldest"
+
+
+class Retention(StrEnum):
+    """How long a topic keeps a message (``retention``, SPEC §8.13)."""
+
+    #: Until every consumer group has acked it (or skipped it by its filter).
+    INTEREST = "interest"
+    #: Up to the topic's age, byte and message limits, acked or not.
+    LIMITS = "limits"
+    #: Until the first of the two lets it go.
+    BOTH = "both"
+
+
+class StartFrom(StrEnum):
+    """Where a new consumer group starts reading its topic (or where ``group_seek`` moves it)."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+#: A consumer group is addressed in the queue ops as ``TOPIC/GROUP`` ("/" is not a
+#: queue name character, so the two never collide).
+GROUP_SEPARATOR = "/"
+#: Ready messages a consumer group holds taken from its topic, at most; it takes more
+#: as they are delivered (SPEC §8.13).
+GROUP_WINDOW = 1000
+#: Headers of a topic message: at most this many, keys and values strings.
+MAX_HEADERS = 32
+MAX_HEADER_BYTES = 4096
 
 
 class PushName(StrEnum):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import Any, cast
@@ -158,6 +158,9 @@ class Queue:
         self.parked: set[int] = set()
         #: Told (queue name, count) when held-back messages become ready (``BrokerState``).
         self.on_ready: Callable[[str, int], None] | None = None
+        #: Bytes a delivery of a message adds beyond ``DELIVERY_OVERHEAD`` (a consumer
+        #: group's: shard, offset, headers), or None.
+        self.row_extra: Callable[[Message], int] | None = None
         #: Ready rows of a snapshot being imported into an ordered queue (``finish_import``).
         self._importing: list[Message] | None = None
 
@@ -193,7 +196,7 @@ class Queue:
             ready = sets[0].iter_ready()
             if now_ms is not None and self.expires:
                 ready = self._unexpired(ready, now_ms)
-            return take_fitting(ready, max_count, byte_budget)
+            return take_fitting(ready, max_count, byte_budget, self.row_extra)
         else:
             start = self._cursor
             self._cursor = (start + 1) % n
@@ -210,6 +213,8 @@ class Queue:
                     sources.remove(source)
                     continue
                 cost = len(msg.body) + (len(msg.key) if msg.key else 0) + DELIVERY_OVERHEAD
+                if self.row_extra is not None:
+                    cost += self.row_extra(msg)
                 if cost > budget and chosen:
                     return chosen
                 budget -= cost
@@ -343,6 +348,21 @@ class Queue:
                 self.arrivals = deque(mid for mid in arrivals if mid in msgs)
         if expires_at_ms is not None:
             self.set_expiries(first_id, expires_at_ms)
+
+    def add_messages(self, new: Sequence[Message]) -> None:
+        """Messages built elsewhere (a consumer group's copies of its topic's messages,
+        ``broker.topics``) join as ready, in order; ids grow but need not be consecutive."""
+        msgs = self.messages
+        ordered = self.settings.ordered
+        for msg in new:
+            msgs[msg.id] = msg
+            if ordered and msg.key is not None:
+                self.groups.setdefault(msg.key, deque()).append(msg.id)
+            self._make_ready(msg)
+        if new:
+            self.next_id = max(self.next_id, new[-1].id + 1)
+        self.published += len(new)
+        self.bytes += sum(len(m.body) for m in new)
 
     def to_evict(self, count: int, nbytes: int) -> list[int] | None:
         """The ids to evict, oldest first, so that ``count`` new messages of ``nbytes``
@@ -677,8 +697,9 @@ class Queue:
         for m in self.leased_in_order() + delayed:
             yield _snapshot_row(m)
 
-    def import_messages(self, rows: list[list[Any]]) -> None:
-        """Add exported rows back, in export order; call ``finish_import`` after the last."""
+    def import_messages(self, rows: list[list[Any]], make: Callable[..., Message] = Message) -> None:
+        """Add exported rows back, in export order; call ``finish_import`` after the last.
+        ``make(id, body, key, priority, shard, published_at)`` builds each message."""
         msgs = self.messages
         sets = self.ready_sets
         if self.settings.ordered and self._importing is None:
@@ -686,7 +707,7 @@ class Queue:
         importing = self._importing
         for mid, body, key, priority, shard, attempts, state, deadline, lease, *later in rows:
             # Rows from before ``published_at`` lack it: unknown (0).
-            msg = msgs[mid] = Message(mid, body, key, priority, shard, later[0] if later else 0)
+            msg = msgs[mid] = make(mid, body, key, priority, shard, later[0] if later else 0)
             self.bytes += len(body)
             msg.attempts = attempts
             if state == READY:

@@ -65,6 +65,8 @@ def state() -> BrokerState:
     run(s, "publish", {"queue": "q", "messages": [[b"hello"]]})
     run(s, "queue_create", {"queue": "small", "max_messages": 3})
     run(s, "publish", {"queue": "small", "messages": [[b"a"], [b"b"]]})
+    run(s, "topic_create", {"topic": "t"})
+    run(s, "group_create", {"topic": "t", "group": "g"})
     return s
 
 
@@ -87,6 +89,15 @@ BASE: dict[str, dict[str, Any]] = {
     "redrive": {"queue": "q"},
     "subscribe": {"queue": "q"},
     "unsubscribe": {"subscription": 1},
+    "topic_create": {"topic": "new"},
+    "topic_delete": {"topic": "t"},
+    "topic_list": {},
+    "topic_stats": {"topic": "t"},
+    "topic_publish": {"topic": "t", "messages": [[b"x"]]},
+    "group_create": {"topic": "t", "group": "new"},
+    "group_delete": {"topic": "t", "group": "g"},
+    "group_stats": {"topic": "t", "group": "g"},
+    "group_seek": {"topic": "t", "group": "g", "to": "earliest"},
 }
 
 
