@@ -45,6 +45,7 @@ from .types import (
     AckResult,
     DeadLetterInfo,
     Delivery,
+    GroupStats,
     ExtendResult,
     Message,
     MessageStatus,
@@ -58,6 +59,9 @@ from .types import (
     RejectResult,
     ServerInfo,
     ShardRoute,
+    TopicMessage,
+    TopicStats,
+    group_queue,
     parse_addr,
 )
 
@@ -81,7 +85,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
+    "AckResult", "Client", "GroupStats", "TopicMessage", "TopicStats", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
     "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",

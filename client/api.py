@@ -111,6 +111,15 @@ class Client:
     extend = ops.extend.async_method()
     reject = ops.reject.async_method()
     redrive = ops.redrive.async_method()
+    create_topic = ops.create_topic.async_method()
+    delete_topic = ops.delete_topic.async_method()
+    list_topics = ops.list_topics.async_method()
+    topic_stats = ops.topic_stats.async_method()
+    publish_topic = ops.publish_topic.async_method()
+    create_group = ops.create_group.async_method()
+    delete_group = ops.delete_group.async_method()
+    group_stats = ops.group_stats.async_method()
+    seek_group = ops.seek_group.async_method()
 
     def subscribe(
         self,

@@ -594,6 +594,89 @@ def unsubscribe(subscription: int) -> None:
     (they stay leased). Sent when a subscription object is left."""
 
 
+# --- topics and consumer groups (SPEC §8.13) ----------------------------------------------
+
+
+@op(Op.TOPIC_CREATE, field("created", bool))
+def create_topic(
+    name: Annotated[str, Arg(wire="topic")],
+    shards: int = 1,
+    *,
+    retention: Annotated[str | None, Arg(convert=str, doc="interest, limits or both [server default: interest].")] = None,
+    max_age_ms: Annotated[int | None, Arg(doc="Age limit (limits/both); 0 = none.")] = None,
+    max_bytes: Annotated[int | None, Arg(doc="Bytes of bodies retained, at most (limits/both); 0 = none.")] = None,
+    max_messages: Annotated[int | None, Arg(doc="Messages retained, at most (limits/both); 0 = none.")] = None,
+) -> None:
+    """Declare a topic; ``True`` if created, ``False`` if it existed with these settings.
+
+    Each message published to it is stored once and read by every consumer group.
+    """
+
+
+@op(Op.TOPIC_DELETE, field("messages", int))
+def delete_topic(name: Annotated[str, Arg(wire="topic")]) -> None:
+    """Delete a topic with its messages and groups; returns how many messages it held."""
+
+
+@op(Op.TOPIC_LIST, t.topic_list)
+def list_topics() -> None:
+    """Statistics of every topic, sorted by name."""
+
+
+@op(Op.TOPIC_STATS, t.TopicStats.from_wire)
+def topic_stats(name: Annotated[str, Arg(wire="topic")]) -> None:
+    """Statistics of one topic."""
+
+
+@op(Op.TOPIC_PUBLISH, t.publish_result)
+def publish_topic(
+    topic: str, messages: Annotated[Iterable[Bytes | t.TopicMessage], Arg(convert=t.topic_entries)]
+) -> None:
+    """Publish messages to a topic atomically (stored once, read by every group); each
+    item is a body or a :class:`~client.types.TopicMessage` (key, headers)."""
+
+
+@op(Op.GROUP_CREATE, field("created", bool))
+def create_group(
+    topic: str,
+    group: str,
+    *,
+    start: Annotated[
+        str | int | list[int] | None,
+        Arg(doc='"earliest", "latest", a time in ms, or one offset per shard [server default: latest].'),
+    ] = None,
+    filter: Annotated[dict[str, str] | None, Arg(doc="Only messages whose headers hold all these pairs.")] = None,
+    visibility_ms: int | None = None,
+    max_attempts: int | None = None,
+    dead_letter: str | None = None,
+    retry_delay_ms: int | None = None,
+    retry_backoff: str | None = None,
+    retry_max_delay_ms: int | None = None,
+    retry_jitter: int | None = None,
+    ordered: bool | None = None,
+) -> None:
+    """Attach a consumer group to ``topic``; ``True`` if created. Read it with the queue
+    methods (``consume``, ``subscribe``, ``ack``, ...) under the name ``"TOPIC/GROUP"``
+    (:func:`client.types.group_queue`). The delivery settings are those of
+    ``create_queue``."""
+
+
+@op(Op.GROUP_DELETE, field("messages", int))
+def delete_group(topic: str, group: str) -> None:
+    """Detach a consumer group; returns how many messages its delivery queue held."""
+
+
+@op(Op.GROUP_STATS, t.GroupStats.from_wire)
+def group_stats(topic: str, group: str) -> None:
+    """A group's cursors, lag, filter and delivery statistics."""
+
+
+@op(Op.GROUP_SEEK, field("cursors", list))
+def seek_group(topic: str, group: str, to: str | int | list[int]) -> None:
+    """Move a group's cursors (``"earliest"``, ``"latest"``, a time in ms, or one offset
+    per shard); returns the new cursors."""
+
+
 #: The settings of ``create_queue`` (every parameter after the name), for tools that
 #: offer them, such as ``brokerctl create-queue``.
 QUEUE_SETTINGS: tuple[Param, ...] = create_queue.params[1:]

@@ -102,7 +102,8 @@ class IncomingBase:
     settled through this object (``None`` while it is not).
     """
 
-    __slots__ = ("attempt", "body", "id", "key", "priority", "published_at", "queue", "settled")
+    __slots__ = ("attempt", "body", "headers", "id", "key", "offset", "priority", "published_at", "queue",
+                 "settled", "shard")
 
     def __init__(self, queue: str, row: list[Any], auto_ack: bool) -> None:
         self.id: int = row[0]
@@ -111,13 +112,18 @@ class IncomingBase:
         self.key: bytes | None = row[3]
         self.priority: int = row[4]
         self.published_at: int = row[5] if len(row) > 5 else 0
+        #: From a consumer group (SPEC §8.13): topic shard, offset there, headers.
+        self.shard: int | None = row[6] if len(row) > 8 else None
+        self.offset: int | None = row[7] if len(row) > 8 else None
+        self.headers: dict[str, str] | None = row[8] if len(row) > 8 else None
         self.queue = queue
         self.settled: Settled | None = "auto_acked" if auto_ack else None
 
     @property
     def delivery(self) -> Delivery:
         """The same fields as a ``consume`` result."""
-        return Delivery(self.id, self.body, self.attempt, self.key, self.priority, self.published_at)
+        return Delivery(self.id, self.body, self.attempt, self.key, self.priority, self.published_at,
+                        self.shard, self.offset, self.headers)
 
     def __repr__(self) -> str:
         return (

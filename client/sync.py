@@ -325,6 +325,15 @@ class SyncClient:
     extend = ops.extend.sync_method()
     reject = ops.reject.sync_method()
     redrive = ops.redrive.sync_method()
+    create_topic = ops.create_topic.sync_method()
+    delete_topic = ops.delete_topic.sync_method()
+    list_topics = ops.list_topics.sync_method()
+    topic_stats = ops.topic_stats.sync_method()
+    publish_topic = ops.publish_topic.sync_method()
+    create_group = ops.create_group.sync_method()
+    delete_group = ops.delete_group.sync_method()
+    group_stats = ops.group_stats.sync_method()
+    seek_group = ops.seek_group.sync_method()
 
     def subscribe(
         self,

@@ -64,10 +64,16 @@ class Delivery:
     key: bytes | None
     priority: int
     published_at: int = 0
+    #: From a consumer group (SPEC §8.13): the topic shard, the offset there, the headers.
+    shard: int | None = None
+    offset: int | None = None
+    headers: dict[str, str] | None = None
 
     @classmethod
     def from_wire(cls, m: list[Any]) -> Delivery:
         """From the wire array (elements after those known here are ignored)."""
+        if len(m) > 8:
+            return cls(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8])
         return cls(m[0], m[1], m[2], m[3], m[4], m[5] if len(m) > 5 else 0)
 
 
@@ -549,3 +555,86 @@ def checked_request(encoder: Encoder, rid: int, op: str, args: dict[str, Any],
             {"limit": server_max_frame, "length": length},
         )
     return data
+
+
+# --- topics and consumer groups (SPEC §8.13) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMessage:
+    """A message for ``publish_topic``: body, optional key (picks the shard) and headers
+    (str to str; groups may filter on them)."""
+
+    body: Bytes
+    key: Bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+def topic_entries(messages: Iterable[Bytes | TopicMessage]) -> list[list[Any]]:
+    """The wire entries ``[body, key?, headers?]`` of ``publish_topic``."""
+    out: list[list[Any]] = []
+    for m in messages:
+        if isinstance(m, TopicMessage):
+            key = None if m.key is None else as_bytes(m.key)
+            out.append([as_bytes(m.body), key, m.headers] if m.headers else [as_bytes(m.body), key])
+        else:
+            out.append([as_bytes(m)])
+    return out
+
+
+def group_queue(topic: str, group: str) -> str:
+    """The name under which the queue methods read a consumer group: ``"TOPIC/GROUP"``."""
+    return f"{topic}/{group}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicStats:
+    """A topic's settings and counters (``topic_stats``)."""
+
+    name: str
+    shards: int
+    retention: str
+    max_age_ms: int
+    max_bytes: int
+    max_messages: int
+    messages: int
+    bytes: int
+    first_offsets: tuple[int, ...]
+    next_offsets: tuple[int, ...]
+    published: int
+    reclaimed: int
+    expired: int
+    groups: tuple[str, ...]
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> TopicStats:
+        return cls(m["topic"], m["shards"], m["retention"], m["max_age_ms"], m["max_bytes"], m["max_messages"],
+                   m["messages"], m["bytes"], tuple(m["first_offsets"]), tuple(m["next_offsets"]),
+                   m["published"], m["reclaimed"], m["expired"], tuple(m["groups"]))
+
+
+def topic_list(result: dict[str, Any]) -> list[TopicStats]:
+    return [TopicStats.from_wire(m) for m in result["topics"]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    """A consumer group's place in its topic and its delivery statistics (``group_stats``):
+    ``cursors`` per shard, ``lag`` (retained messages not yet taken), ``missed`` (dropped
+    by the topic's limits first), ``filtered``; ``delivery`` is its delivery queue's
+    :class:`QueueStats` (ready, leased, acked, dead_lettered, ...)."""
+
+    topic: str
+    group: str
+    cursors: tuple[int, ...]
+    lag: int
+    missed: int
+    filtered: int
+    filter: dict[str, str] | None
+    delivery: QueueStats
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> GroupStats:
+        return cls(m["topic"], m["group"], tuple(m["cursors"]), m["lag"], m["missed"], m["filtered"],
+                   m["filter"], QueueStats.from_wire({**m, "queue": m["queue"]}))
+
