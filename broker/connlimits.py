@@ -14,8 +14,9 @@ Rules:
    - part of a frame buffered: ``frame_timeout_ms`` after the read that brought its
      first bytes (a slow sender);
    - nothing buffered: ``idle_timeout_ms`` after the wait for the next request began
-     (0: none). A connection that holds consumes or subscriptions is not idle: at its
-     idle deadline the timer starts over.
+     (0: none). A connection that holds consumes or subscriptions, or whose replies
+     are not all written yet (a round waiting for its fsync), is not idle: at its idle
+     deadline the timer starts over.
 3. A connection past a deadline gets the replies to everything it sent before, then
    ``CONNECTION_TIMEOUT`` (id nil, ``details.timeout`` ``"handshake"``, ``"idle"`` or
    ``"frame"``, ``details.limit_ms``), and is closed cleanly (rule 4). Its held consumes
@@ -115,7 +116,7 @@ class ReadTimer:
 
     def expired(self, busy: bool) -> ProtocolError | None:
         """The error for the deadline that passed; None for an idle connection that is
-        ``busy`` (holds consumes or subscriptions): it waits on."""
+        ``busy`` (holds consumes, subscriptions or unsent replies): it waits on."""
         kind = self._kind
         if kind == IDLE and busy:
             return None

@@ -10,12 +10,11 @@ Only two things are observed as they happen, into histograms kept as plain count
 
 - each fdatasync of the log (``SegmentedLog.on_sync``): its duration and the record
   bytes it made durable (the group commit's batch);
-- each round of requests (``RoundTimer``): which ops it ran, counted by the registry's
-  ``Command.calls`` just before and after the round (a round runs without awaiting, so
-  the difference is exactly its own), and the time from the read that brought them to
-  the write of their replies, which all requests of a round share. Per round, not per
-  request: a round of 128 publishes costs two reads of 18 counters and one
-  observation.
+- each round of requests (``RoundTimer``): the ops it ran (the server lists them as it
+  takes each request) and the time from the read that brought them to the write of
+  their replies, which all requests of a round share. Per round, not per request: a
+  round of 128 publishes costs one clock read and one observation (of 128), plus an
+  append per request.
 
 The docs/operations.md "Metrics" section lists every series; keep the two in step.
 """
@@ -37,7 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .commands import COMMANDS, Command
+from .commands import COMMANDS
 from .config import BrokerConfig
 from .state import BrokerState
 from .wal import SegmentedLog
@@ -103,37 +102,37 @@ class Buckets:
 
 
 class RoundTimer:
-    """Request latency by op, one round at a time (see the module docs): ``begin()``
-    right before a round runs, ``ran(read_at)`` right after, with no await between."""
+    """Request latency by op, one round at a time (see the module docs)."""
 
-    def __init__(self, commands: Iterable[Command]) -> None:
-        self._commands = tuple(commands)
-        self._calls = attrgetter("calls")
-        self._before: list[int] = []
+    def __init__(self, ops: Iterable[str]) -> None:
+        #: The ops timed; a request of another op (an unknown name) is not.
+        self._known = frozenset(ops)
         #: Latency buckets by op, for the ops seen so far.
         self.by_op: dict[str, Buckets] = {}
 
-    def begin(self) -> None:
-        self._before = list(map(self._calls, self._commands))
-
-    def ran(self, read_at: float) -> Callable[[], None] | None:
-        """The callback to call once the round's replies are written, which counts each
-        of its requests as taking the time since ``read_at`` (``time.monotonic()``);
-        None if the round ran no request of a known op."""
-        ran = [(c.op, c.calls - b) for c, b in zip(self._commands, self._before) if c.calls != b]
-        if not ran:
-            return None
-        by_op = self.by_op
-
+    def ran(self, ops: list[str], read_at: float) -> Callable[[], None]:
+        """The callback to call once the replies of a round that ran requests of ``ops``
+        (one entry each) are written: it counts each as taking the time since
+        ``read_at`` (``time.monotonic()``)."""
         def sent() -> None:
             seconds = time.monotonic() - read_at
-            for op, n in ran:
-                buckets = by_op.get(op)
-                if buckets is None:
-                    buckets = by_op[op] = Buckets(LATENCY_BUCKETS)
-                buckets.observe(seconds, n)
+            first = ops[0]
+            n = ops.count(first)
+            if n == len(ops):  # the usual round: one op
+                self._observe(first, seconds, n)
+            else:
+                for op in set(ops):
+                    self._observe(op, seconds, ops.count(op))
 
         return sent
+
+    def _observe(self, op: str, seconds: float, n: int) -> None:
+        buckets = self.by_op.get(op)
+        if buckets is None:
+            if op not in self._known:
+                return
+            buckets = self.by_op[op] = Buckets(LATENCY_BUCKETS)
+        buckets.observe(seconds, n)
 
 
 class Observed(Protocol):
@@ -183,7 +182,7 @@ class BrokerMetrics:
 
     def __init__(self, broker: Observed, log: SegmentedLog) -> None:
         self.registry = CollectorRegistry()
-        self.rounds = RoundTimer(COMMANDS.values())
+        self.rounds = RoundTimer(COMMANDS)
         self.fsync_seconds = Buckets(FSYNC_BUCKETS)
         self.fsync_bytes = Buckets(SYNC_BYTES_BUCKETS)
         #: The memory budget, once the broker has one: a callable returning (bytes in

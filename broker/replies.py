@@ -74,6 +74,11 @@ class Replies:
             await self.deliver(round_)
             self._count_sent()
 
+    @property
+    def unsent(self) -> bool:
+        """Whether a round given to ``send`` has not been written yet."""
+        return self._sent < self.rounds
+
     async def sent_through(self, rounds: int) -> None:
         """Wait until the first ``rounds`` rounds given to ``send`` have been written."""
         while self._sent < rounds:

@@ -329,9 +329,9 @@ class Broker:
                 if idle.cancelled_caught:
                     if self._draining:
                         return False
-                    error = reads.expired(bool(session.waiters or session.subscriptions))
+                    error = reads.expired(bool(session.waiters or session.subscriptions) or replies.unsent)
                     if error is None:
-                        continue  # it holds consumes or subscriptions: not idle
+                        continue  # it holds consumes, subscriptions or replies: not idle
                     await self._time_out(session, conn, replies, error)
                     return True
                 if not data:

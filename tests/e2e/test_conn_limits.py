@@ -29,8 +29,8 @@ FRAME_S = 30.0
 
 
 async def start(nursery: trio.Nursery, tmp_path: Path, **settings: Any) -> tuple[Broker, tuple[str, int]]:
-    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "data", fsync="never",
-                                 **settings))
+    settings.setdefault("fsync", "never")
+    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "data", **settings))
     await nursery.start(broker.serve)
     host, port = broker.addr.rsplit(":", 1)
     return broker, (host, int(port))
@@ -154,6 +154,18 @@ async def test_a_subscription_is_not_idle(
     await other.call("publish", {"queue": "q", "messages": [[b"late"]]})
     push = await next_frame(c)
     assert push.name == "deliver" and push.payload["messages"][0][1] == b"late"
+
+
+async def test_a_request_waiting_for_its_fsync_is_not_idle(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A big round is fdatasynced by the sync helper, a real process, while the connection
+    waits to read on: trio's clock jumps meanwhile, past the idle deadline."""
+    _, addr = await start(nursery, tmp_path, fsync="always", idle_timeout_ms=1_000)
+    c = await RawClient.open(addr)
+    await c.call("queue_create", {"queue": "q"})
+    for _ in range(3):
+        reply = await c.call("publish", {"queue": "q", "messages": [[b"x" * 100_000]] * 20})
+        assert isinstance(reply, Reply), reply
 
 
 # -- the slow-sender timeout -----------------------------------------------------------------

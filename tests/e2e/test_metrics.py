@@ -3,6 +3,7 @@ through the SDK, scraped over HTTP and parsed with Prometheus' own text parser; 
 endpoint's answers to other paths, other methods and garbage."""
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.config import BrokerConfig
-from broker.metrics import Buckets
+from broker.metrics import Buckets, RoundTimer
 from broker.metrics_http import MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT_S, parse_addr
 from broker.server import Broker
 from client import Client
@@ -219,6 +220,18 @@ def test_buckets_count_many_observations_at_once() -> None:
     b.observe(5.0, 2)
     assert b.cumulative() == [("0.001", 3), ("0.01", 4), ("+Inf", 6)]
     assert b.count == 6 and b.total == pytest.approx(0.003 + 0.005 + 10.0)
+
+
+def test_a_round_counts_each_op_of_its_requests_with_the_round_time() -> None:
+    timer = RoundTimer(["publish", "ack"])
+    timer.ran(["publish"] * 3, time.monotonic())()  # one op
+    timer.ran(["ack", "publish", "nonsense", "ack"], time.monotonic() - 1.0)()  # mixed, one unknown
+    assert sorted(timer.by_op) == ["ack", "publish"]
+    assert timer.by_op["publish"].count == 4 and timer.by_op["ack"].count == 2
+    assert timer.by_op["ack"].cumulative()[-2:] == [("10.0", 2), ("+Inf", 2)]
+    assert timer.by_op["ack"].total == pytest.approx(2.0, abs=0.5)
+    publish = dict(timer.by_op["publish"].cumulative())
+    assert (publish["1.0"], publish["2.5"]) == (3, 4)  # the mixed round's one took a second
 
 
 @pytest.mark.parametrize("addr, parsed", [
