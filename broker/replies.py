@@ -15,6 +15,8 @@ Rules:
    where there is nothing to overlap.
 3. At most one round waits for ``run`` beside the one it is delivering: ``send``
    blocks until ``run`` takes it. That bounds what a connection holds in replies.
+   ``run`` starts in ``nursery`` when the first round is handed over (a connection that
+   never hands one over, an idle one, costs no task and no channel).
 4. A log that fails turns each reply of the round that waited on it into a
    STORAGE_ERROR (the request's outcome is unknown) and asks for the log's recovery.
 """
@@ -55,13 +57,18 @@ class Replies:
         self._committer = committer
         self._enc = enc
         self._on_log_failure = on_log_failure
-        self._send, self._receive = trio.open_memory_channel[Round](0)
+        #: Where ``run`` starts when first needed (rule 3); without one the owner runs it.
+        self.nursery: trio.Nursery | None = None
+        self._send: trio.MemorySendChannel[Round] | None = None
+        self._receive: trio.MemoryReceiveChannel[Round] | None = None
+        self._closed = False
         #: Rounds handed over and not yet sent.
         self._pending = 0
         #: Rounds given to ``send`` so far, and rounds written so far (rule 1: in order).
         self.rounds = 0
         self._sent = 0
-        self._sent_event = trio.Event()
+        #: Set when a round is written; made only while someone waits (``sent_through``).
+        self._sent_event: trio.Event | None = None
 
     async def send(self, round_: Round) -> None:
         """Send ``round_`` after every earlier one, once the log covers it (rules 1-2)."""
@@ -69,7 +76,9 @@ class Replies:
         if self._pending or (round_.answered and self._committer.syncs_elsewhere(round_.lsn)):
             self._committer.take_off()  # the sync starts before this connection reads on
             self._pending += 1
-            await self._send.send(round_)
+            if self._send is None and self.nursery is not None:
+                self.nursery.start_soon(self.run)
+            await self._channel().send(round_)
         else:
             await self.deliver(round_)
             self._count_sent()
@@ -82,12 +91,15 @@ class Replies:
     async def sent_through(self, rounds: int) -> None:
         """Wait until the first ``rounds`` rounds given to ``send`` have been written."""
         while self._sent < rounds:
+            if self._sent_event is None:
+                self._sent_event = trio.Event()
             await self._sent_event.wait()
 
     def _count_sent(self) -> None:
         self._sent += 1
-        self._sent_event.set()
-        self._sent_event = trio.Event()
+        if self._sent_event is not None:
+            self._sent_event.set()
+            self._sent_event = None
 
     async def deliver(self, round_: Round) -> None:
         """Wait until the log covers ``round_``, then write its replies."""
@@ -123,8 +135,18 @@ class Replies:
         finally:
             lock.release()
 
+    def _channel(self) -> trio.MemorySendChannel[Round]:
+        """The channel to ``run``, made when first needed."""
+        if self._send is None:
+            self._send, self._receive = trio.open_memory_channel[Round](0)
+            if self._closed:
+                self._send.close()
+        return self._send
+
     async def run(self) -> None:
         """The connection's reply task: deliver handed-over rounds until ``close``."""
+        self._channel()
+        assert self._receive is not None
         async with self._receive:
             async for round_ in self._receive:
                 await self.deliver(round_)
@@ -133,4 +155,6 @@ class Replies:
 
     def close(self) -> None:
         """No more rounds: ``run`` returns once it has sent those handed over."""
-        self._send.close()
+        self._closed = True
+        if self._send is not None:
+            self._send.close()

@@ -10,12 +10,13 @@ round. A consume that must wait is held by a task of its connection (``waiting.H
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from protocol import NEED_DATA, Connection, ProtocolError, Request
+from protocol import NEED_DATA, Connection, Encoder, ProtocolError, Request
 
 from . import connlimits, datadir, gcpolicy, recovery
 from .admission import Admission
@@ -75,6 +76,8 @@ class Broker:
         self._timeouts = connlimits.Timeouts(config.handshake_timeout_ms, config.idle_timeout_ms,
                                              config.frame_timeout_ms)
         self._limit_log = connlimits.RateLimitedLog(logger)
+        #: One encoder for every connection: frames are encoded in this one thread, whole.
+        self._encoder = Encoder()
         #: The metrics (``config.metrics_addr``), and "host:port" of their endpoint once
         #: it serves.
         self.metrics: BrokerMetrics | None = None
@@ -270,19 +273,19 @@ class Broker:
             pass
         opened = trio.current_time()
         logger.info("connection from %s", session.peer, extra={"event": "connection_open", "peer": session.peer})
-        conn = Connection("server", max_frame=self.config.max_frame)
+        conn = Connection("server", max_frame=self.config.max_frame, encoder=self._encoder)
         replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
         timed_out = False
         try:
             async with trio.open_nursery() as holding:
-                async with trio.open_nursery() as replying:
-                    replying.start_soon(replies.run)
-                    try:
-                        timed_out = await self._run_rounds(session, conn, stream, replies, holding)
-                    finally:
-                        replies.close()  # the reply task sends what it holds, then ends
-                    if timed_out:  # within the linger time, or not at all
-                        replying.cancel_scope.deadline = trio.current_time() + connlimits.LINGER_S
+                replies.nursery = holding  # its reply task starts there when first needed
+                try:
+                    timed_out = await self._run_rounds(session, conn, stream, replies, holding)
+                finally:
+                    replies.close()  # the reply task sends what it holds, then ends
+                # What it holds goes out first; after a timeout, within the linger time or not at all.
+                with trio.move_on_after(connlimits.LINGER_S if timed_out else math.inf):
+                    await replies.sent_through(replies.rounds)
                 if not self._draining:
                     holding.cancel_scope.cancel()  # gone or broken: drop its held consumes
                 # While draining, held consumes answer at once and the nursery waits for them.

@@ -28,12 +28,15 @@ NEED_DATA: Any = _NeedData()
 class Connection:
     """Buffers bytes and yields frames for one side of a connection."""
 
-    def __init__(self, role: Literal["client", "server"], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, role: Literal["client", "server"], max_frame: int = DEFAULT_MAX_FRAME,
+                 encoder: Encoder | None = None) -> None:
         self.role = role
         self._decoder = FrameDecoder(max_frame)
         self._next_body = self._decoder.next_body
         self._parse = parse_request if role == "server" else parse_server_frame
-        self._encoder = Encoder()
+        # An encoder holds a packer buffer (256 KiB reserved, more after a big frame): a
+        # server with many connections in one thread shares one.
+        self._encoder = encoder if encoder is not None else Encoder()
         self._broken: ProtocolError | None = None
 
     @property
