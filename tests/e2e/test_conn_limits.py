@@ -18,9 +18,10 @@ import trio.testing
 from broker import connlimits
 from broker.config import BrokerConfig
 from broker.server import Broker
-from client import Client, ConnectionClosed, ConnectionTimeout, TooManyConnections
+from client import Client, ConnectionClosed, ConnectionTimeout, SyncClient, TooManyConnections
 from protocol import Encoder, Error, ErrorCode, Reply
 
+from ..broker_process import BrokerProcess
 from .rawclient import RawClient
 
 HANDSHAKE_S = 10.0
@@ -118,6 +119,18 @@ async def test_an_idle_connection_is_closed_and_a_pinging_one_is_kept(
         assert trio.current_time() - t0 == pytest.approx(IDLE_S)
     assert trio.current_time() - t0 == pytest.approx(5 * (IDLE_S - 1))
     assert isinstance(await pinging.call("ping", {}), Reply)  # kept alive throughout
+
+
+async def test_the_sdk_sees_connection_timeout_as_the_cause_of_its_close(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, addr = await start(nursery, tmp_path)
+    async with Client.connect(addr) as client:
+        await trio.sleep(IDLE_S + 1)
+        with pytest.raises(ConnectionClosed) as info:
+            await client.ping()
+    cause = info.value.__cause__
+    assert isinstance(cause, ConnectionTimeout) and cause.timeout == "idle"
+    assert cause.details["limit_ms"] == 300_000
 
 
 async def test_idle_timeout_zero_keeps_connections_forever(
@@ -252,6 +265,16 @@ async def test_the_sdk_sees_too_many_connections_as_the_cause_of_its_close(
             assert info.value.__cause__.limit == 1
             assert "TOO_MANY_CONNECTIONS" in str(info.value)
             await first.ping()
+
+
+def test_brokerd_takes_the_limits_as_flags_and_the_sync_client_sees_the_refusal(tmp_path: Path) -> None:
+    with BrokerProcess(tmp_path / "data", args=("--max-connections", "1", "--idle-timeout-ms", "0")) as proc:
+        with SyncClient(proc.addr) as first:
+            with pytest.raises(ConnectionClosed) as info:
+                SyncClient(proc.addr).ping()
+            assert isinstance(info.value.__cause__, TooManyConnections)
+            assert info.value.__cause__.details == {"limit": 1}
+            first.ping()
 
 
 async def test_refusals_are_logged_at_most_once_a_second(
