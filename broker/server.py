@@ -344,10 +344,9 @@ class Broker:
                     read_at = time.monotonic()
                 conn.receive_data(data)
             out = RoundOut(conn.encoder)
-            if timer is not None:
-                timer.begin()
-            buffered, closing = self._run_round(session, conn, out, replies, holding)
-            sent = timer.ran(read_at) if timer is not None else None
+            ops: list[str] | None = [] if timer is not None else None
+            buffered, closing = self._run_round(session, conn, out, replies, holding, ops)
+            sent = timer.ran(ops, read_at) if timer is not None and ops else None
             # No reply may reveal state the log could still lose: every reply, whether
             # or not its request logged anything, waits until the log covers all that
             # has been applied so far.
@@ -374,10 +373,10 @@ class Broker:
             await replies.send(Round([frame], [], 0))
 
     def _run_round(self, session: Session, conn: Connection, out: RoundOut, replies: Replies,
-                   holding: trio.Nursery) -> tuple[bool, bool]:
+                   holding: trio.Nursery, ops: list[str] | None = None) -> tuple[bool, bool]:
         """Run the requests buffered in ``conn``, at most ``ROUND_REQUESTS``; consecutive
-        requests of a batch fast path run together. Returns (more are buffered, the
-        connection must close)."""
+        requests of a batch fast path run together; each one's op goes to ``ops`` (for
+        the metrics). Returns (more are buffered, the connection must close)."""
         live = self._live
         assert live is not None
         try:
@@ -399,6 +398,8 @@ class Broker:
             if frame is NEED_DATA:
                 break
             assert type(frame) is Request
+            if ops is not None:
+                ops.append(frame.op)
             if run.take(session, frame, ctx):
                 continue
             if run.frames:
