@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice, repeat
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +25,10 @@ DELIVERY_OVERHEAD = 40
 #: Bytes a peeked message adds beyond ``DELIVERY_OVERHEAD`` (a peeked row takes 52 at
 #: most beyond its body and key: it adds the state 8, until_ms 9 and a nil 1).
 PEEK_EXTRA = 24
+#: A remembered dedup id's entry packs the first publish's time and the message id:
+#: ``at_ms << _ID_BITS | id`` (ids are below 2**63).
+_ID_BITS = 64
+_ID_MASK = (1 << _ID_BITS) - 1
 #: Bytes a peeked dead letter's record adds beyond its source queue's name and error text.
 DEAD_LETTER_OVERHEAD = 96
 
@@ -132,9 +136,10 @@ class Queue:
         #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
         self.expires: dict[int, int] = {}
         self._expiry_heap: list[tuple[int, int]] = []
-        #: Dedup ids remembered (SPEC §8.9): id -> (ms of the first publish with it, the
-        #: message id it got), oldest first. Kept after the message is gone.
-        self.dedup: dict[bytes, tuple[int, int]] = {}
+        #: Dedup ids remembered (SPEC §8.9): id -> the ms of the first publish with it and
+        #: the message id it got (packed, see ``_ID_BITS``), oldest first. Kept after the
+        #: message is gone.
+        self.dedup: dict[bytes, int] = {}
         #: The dedup ids of ``dedup`` in the order they were remembered, so the oldest
         #: is found in O(1): a dict's first key is not (it skips the slots its deleted
         #: keys leave behind). An id remembered again is here twice; the first is stale.
@@ -404,9 +409,9 @@ class Queue:
         """The id of the message first published with ``dedup_id`` within the dedup
         window before ``now_ms``, if remembered. Reads only."""
         entry = self.dedup.get(dedup_id)
-        if entry is None or entry[0] + self.settings.dedup_window_ms <= now_ms:
+        if entry is None or (entry >> _ID_BITS) + self.settings.dedup_window_ms <= now_ms:
             return None
-        return entry[1]
+        return entry & _ID_MASK
 
     def remember(self, first_id: int, dedup_ids: list[bytes | None], now_ms: int) -> None:
         """Messages ``first_id, first_id + 1, ...`` were published at ``now_ms`` with these
@@ -418,34 +423,39 @@ class Queue:
             return
         while order:
             entry = dedup.get(order[0])
-            if entry is not None and entry[0] + window > now_ms:
+            if entry is not None and (entry >> _ID_BITS) + window > now_ms:
                 break
             del_id = order.popleft()
             if entry is not None:
                 del dedup[del_id]
-        ids = range(first_id, first_id + len(dedup_ids))
-        if None not in dedup_ids and dedup.keys().isdisjoint(dedup_ids):  # the common case, in C
+        # Each entry is one int, ``now_ms << _ID_BITS | id``: no tuple (nor a container
+        # for the collector to scan) per remembered id.
+        base = now_ms << _ID_BITS
+        ids = range(base + first_id, base + first_id + len(dedup_ids))
+        if None not in dedup_ids:  # the common case, in C
             every = cast("list[bytes]", dedup_ids)
-            dedup.update(zip(every, zip(repeat(now_ms), ids)))
+            # The handler stored no id the window still holds, and the ids whose window
+            # has passed were forgotten just above (times only grow), so these are new.
+            dedup.update(zip(every, ids))
             order.extend(every)
         else:
-            for mid, dedup_id in zip(ids, dedup_ids):
+            for entry, dedup_id in zip(ids, dedup_ids):
                 if dedup_id is not None:
                     dedup.pop(dedup_id, None)  # a new first publish goes to the back
-                    dedup[dedup_id] = (now_ms, mid)
+                    dedup[dedup_id] = entry
                     order.append(dedup_id)
         while len(dedup) > DEDUP_MAX_IDS:
             dedup.pop(order.popleft(), None)
 
     def export_dedup(self) -> Iterator[list[Any]]:
         """``dedup`` as snapshot rows ``[dedup id, first publish ms, message id]``, oldest first."""
-        for dedup_id, (at_ms, mid) in self.dedup.items():
-            yield [dedup_id, at_ms, mid]
+        for dedup_id, entry in self.dedup.items():
+            yield [dedup_id, entry >> _ID_BITS, entry & _ID_MASK]
 
     def import_dedup(self, rows: list[list[Any]]) -> None:
         """Rows of ``export_dedup``, in order."""
         for dedup_id, at_ms, mid in rows:
-            self.dedup[dedup_id] = (at_ms, mid)
+            self.dedup[dedup_id] = at_ms << _ID_BITS | mid
             self._dedup_order.append(dedup_id)
 
     def set_expiries(self, first_id: int, expires_at_ms: list[int]) -> None:

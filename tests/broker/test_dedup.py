@@ -159,7 +159,7 @@ def test_records_snapshots_and_old_headers(world: World) -> None:
     assert not recs[1].plain
     # snapshots keep the order (chunk=2 splits the rows over two records)
     restored = world.restored()
-    assert list(restored.queues["q"].dedup.items()) == [(b"d1", (T0, 1)), (b"d2", (T0, 2)), (b"d3", (T0, 3))]
+    assert list(restored.queues["q"].export_dedup()) == [[b"d1", T0, 1], [b"d2", T0, 2], [b"d3", T0, 3]]
     header = world.state.queues["q"].export_header()
     assert Queue.from_header(header[:15]).settings.dedup_window_ms == WINDOW
     other = BrokerState.from_records([(SNAPSHOT_QUEUE, msgpack.packb(header))])
