@@ -33,6 +33,7 @@ This tool talks to the broker only through the SDK (``client``); it never import
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -203,30 +204,40 @@ def collect(client: SyncClient, queue: str, due: array[int], last_due_ms: int, p
     """Subscribe to ``queue`` and take messages until each index of ``due`` came or
     ``GRACE_S`` passed after the last was due. Returns (lateness ms of each message due
     after the subscription began, messages missing, messages due before it began, the
-    broker's CPU percent meanwhile, clock offsets before and after)."""
+    broker's CPU percent meanwhile, clock offsets before and after).
+
+    The arrival times go into flat arrays and this process's cyclic garbage collector
+    is paused meanwhile, so that its own pauses are not counted as the broker's."""
     count = len(due)
     before = clock_offset_ms(client)
     say(f"subscribed to {queue}; the last message is due in {(last_due_ms - time.time() * 1000 - before) / 1000:.1f} s")
-    seen = bytearray(count)
-    received: list[tuple[float, int]] = []  # (wall s, index)
+    walls = array("d")
+    indexes = array("q")
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    with client.subscribe(queue, credit=client.server_info.max_batch, auto_ack=True) as sub:
-        ready_ms = time.time() * 1000 + before
-        deadline = time.monotonic() + max(0.0, (last_due_ms - ready_ms) / 1000) + GRACE_S
-        clock = time.time
-        add = received.append
-        while len(received) < count:
-            left = deadline - time.monotonic()
-            msg = sub.get(left) if left > 0 else None
-            if msg is None:
-                break
-            add((clock(), index_of(msg.body)))
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with client.subscribe(queue, credit=client.server_info.max_batch, auto_ack=True) as sub:
+            ready_ms = time.time() * 1000 + before
+            deadline = time.monotonic() + max(0.0, (last_due_ms - ready_ms) / 1000) + GRACE_S
+            clock, add_wall, add_index = time.time, walls.append, indexes.append
+            while len(walls) < count:
+                left = deadline - time.monotonic()
+                msg = sub.get(left) if left > 0 else None
+                if msg is None:
+                    break
+                add_wall(clock())
+                add_index(index_of(msg.body))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
     after = clock_offset_ms(client)
     offset = (before + after) / 2
     early = sum(1 for d in due if d < ready_ms)
+    seen = bytearray(count)
     lateness: list[float] = []
-    for wall, i in received:
+    for wall, i in zip(walls, indexes):
         seen[i] = 1
         d = due[i]
         if d >= ready_ms:
