@@ -13,17 +13,17 @@ import json
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, fields, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from client.errors import ConnectionClosed, LockgateError
-from client.ops import QUEUE_SETTINGS
+from client.errors import ConnectionClosed, LockgateError, QueueNotFound
+from client.ops import OPS, QUEUE_SETTINGS, Param
 from client.sync import SyncClient
 from client.sync_subscription import SyncIncomingMessage
 from client.types import (
@@ -31,10 +31,15 @@ from client.types import (
     DEFAULT_ADDR,
     DeadLetterInfo,
     Delivery,
+    GroupStats,
     Message,
     MessageStatus,
     PeekedMessage,
+    PublishResult,
     QueueStats,
+    TopicMessage,
+    TopicStats,
+    group_queue,
     parse_addr,
 )
 from protocol import (
@@ -46,6 +51,7 @@ from protocol import (
     OnExpire,
     Overflow,
     QueueKind,
+    Retention,
     RetryBackoff,
 )
 
@@ -131,12 +137,33 @@ def _bytes_text(value: bytes) -> str:
 
 
 def _delivery_json(d: Delivery) -> dict[str, Any]:
+    """A delivery as JSON; one from a consumer group also has ``shard``, ``offset`` and
+    ``headers``."""
     body, body_encoding = _bytes_json(d.body)
     key, key_encoding = _bytes_json(d.key)
-    return {
+    out: dict[str, Any] = {
         "id": d.id, "attempt": d.attempt, "priority": d.priority, "published_at": d.published_at,
         "key": key, "key_encoding": key_encoding, "body": body, "body_encoding": body_encoding,
     }
+    if d.shard is not None:
+        out |= {"shard": d.shard, "offset": d.offset, "headers": d.headers}
+    return out
+
+
+def _delivery_text(d: Delivery) -> str:
+    """``ID<TAB>attempt=N priority=P [key=K] [shard=S offset=O [headers={...}]]<TAB>BODY``
+    (shard, offset and headers for a delivery from a consumer group)."""
+    extra = "" if d.key is None else f" key={_bytes_text(d.key)}"
+    if d.shard is not None:
+        extra += f" shard={d.shard} offset={d.offset}"
+        if d.headers:
+            extra += f" headers={_compact_json(d.headers)}"
+    return f"{d.id}\tattempt={d.attempt} priority={d.priority}{extra}\t{_bytes_text(d.body)}"
+
+
+def _compact_json(value: Any) -> str:
+    """One line of JSON without spaces (a header map in a text line)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _read_stdin() -> bytes:
@@ -218,18 +245,29 @@ _SETTING_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def queue_setting_options(f: F) -> F:
-    """Add one option per ``create_queue`` setting of the client's op table."""
-    for setting in reversed(QUEUE_SETTINGS):
-        hint = setting.annotation
-        if isinstance(hint, types.UnionType):
-            hint = next(a for a in hint.__args__ if a is not type(None))
-        options: dict[str, Any] = {"type": hint, "help": setting.doc}
-        if setting.default is not None:
-            options |= {"default": setting.default, "show_default": True}
-        options |= _SETTING_OPTIONS.get(setting.name, {})
-        f = click.option(f"--{setting.name.replace('_', '-')}", setting.name, **options)(f)
-    return f
+def setting_options(
+    settings: Iterable[Param], overrides: dict[str, dict[str, Any]] = _SETTING_OPTIONS
+) -> Callable[[F], F]:
+    """A decorator adding one option per setting (a parameter of the client's op table):
+    its name, type hint, default and help, with ``overrides`` by name."""
+
+    def add(f: F) -> F:
+        for setting in reversed(tuple(settings)):
+            hint = setting.annotation
+            if isinstance(hint, types.UnionType):
+                hint = next(a for a in hint.__args__ if a is not type(None))
+            options: dict[str, Any] = {"type": hint, "help": setting.doc}
+            if setting.default is not None:
+                options |= {"default": setting.default, "show_default": True}
+            options |= overrides.get(setting.name, {})
+            f = click.option(f"--{setting.name.replace('_', '-')}", setting.name, **options)(f)
+        return f
+
+    return add
+
+
+#: One option per ``create_queue`` setting.
+queue_setting_options = setting_options(QUEUE_SETTINGS)
 
 
 # --- commands ----------------------------------------------------------------------
@@ -238,6 +276,12 @@ def queue_setting_options(f: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Inspect and drive a Lockgate broker.
+
+    Queues: create-queue, publish, consume, subscribe, ack, stats, ... Topics and
+    consumer groups: `brokerctl topic ...` (create, list, stats, publish, delete) and
+    `brokerctl group ...` (create, list, stats, seek, delete); a group's messages are
+    read with the queue commands under the name TOPIC/GROUP (`brokerctl consume
+    orders/billing`).
 
     Commands that talk to a broker accept --addr HOST:PORT (default: $LOCKGATE_ADDR,
     else 127.0.0.1:7878); all accept --json. `brokerctl wal ...` reads a data directory
@@ -314,16 +358,21 @@ def queues(addr: str, as_json: bool) -> None:
         click.echo("no queues")
         return
     rows = [[_queue_cell(s, c) for c in _TABLE_COLUMNS] for s in stats]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_TABLE_COLUMNS)]
-    left = {"name", "kind", "dead_letter", "settings"}
+    _print_table(_TABLE_COLUMNS, rows, left={"name", "kind", "dead_letter", "settings"})
 
-    def line(cells: list[str] | tuple[str, ...]) -> str:
+
+def _print_table(columns: tuple[str, ...], rows: list[list[str]], left: set[str]) -> None:
+    """Columns headed by their names in capitals; those in ``left`` flush left, the
+    others (numbers) flush right."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
         return "  ".join(
             cell.ljust(w) if col in left else cell.rjust(w)
-            for cell, w, col in zip(cells, widths, _TABLE_COLUMNS, strict=True)
+            for cell, w, col in zip(cells, widths, columns, strict=True)
         ).rstrip()
 
-    click.echo(line([c.upper() for c in _TABLE_COLUMNS]))
+    click.echo(line([c.upper() for c in columns]))
     for row in rows:
         click.echo(line(row))
 
@@ -447,7 +496,8 @@ def consume(
 ) -> None:
     """Lease messages from QUEUE and print them.
 
-    Each line shows id, attempt, priority, key and body.
+    Each line shows id, attempt, priority, key and body; a consumer group's messages
+    (QUEUE is TOPIC/GROUP) also show their shard, offset and headers.
     Bodies print as text when they are UTF-8, else as hex (text) or base64 (JSON).
     Without --ack the messages stay leased until their lease expires or they are
     acked or nacked by id.
@@ -464,8 +514,7 @@ def consume(
     if not deliveries:
         click.echo("no messages", err=True)
     for d in deliveries:
-        key = "" if d.key is None else f" key={_bytes_text(d.key)}"
-        click.echo(f"{d.id}\tattempt={d.attempt} priority={d.priority}{key}\t{_bytes_text(d.body)}")
+        click.echo(_delivery_text(d))
     if ack and deliveries:
         click.echo(f"acked {acked} of {len(deliveries)}", err=True)
 
@@ -476,8 +525,7 @@ def _print_pushed(msg: SyncIncomingMessage, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queue": msg.queue, **_delivery_json(d)}))
         return
-    key = "" if d.key is None else f" key={_bytes_text(d.key)}"
-    click.echo(f"{d.id}\tattempt={d.attempt} priority={d.priority}{key}\t{_bytes_text(d.body)}")
+    click.echo(_delivery_text(d))
 
 
 @main.command("subscribe")
@@ -748,6 +796,362 @@ def redrive_cmd(
     if result.skipped:
         why = "leased, not dead letters of it, source queue gone" + (", or not found" if id_list else "")
         click.echo(f"skipped {result.skipped} ({why})", err=True)
+
+
+# --- topics and consumer groups (SPEC §8.13) --------------------------------------------
+
+
+def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
+    """Repeated ``KEY=VALUE`` options as a map (``None`` when none is given)."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        if key in pairs:
+            raise click.BadParameter(f"{key!r} is given twice")
+        pairs[key] = value
+    return pairs or None
+
+
+POSITION_HELP = (
+    "earliest (the oldest message retained), latest (only messages published from now on), "
+    "a time in ms since the epoch (per shard, the first message published then or later), or "
+    "one offset per shard as o1,o2,... (one shard: 'o1,')."
+)
+
+
+def _position(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | list[int] | None:
+    """A group position: ``earliest``, ``latest``, a time in ms, or offsets ``o1,o2,...``."""
+    if value is None or value in ("earliest", "latest"):
+        return value
+    if "," in value:
+        parts = value.split(",")
+        if parts[-1] == "":
+            parts.pop()  # "7,": the offset of a topic's one shard
+        if parts and all(p.isdigit() for p in parts):
+            return [int(p) for p in parts]
+    elif value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"expected earliest, latest, a time in ms or offsets o1,o2,...; got {value!r}")
+
+
+def _value_text(value: Any) -> str:
+    """A stats value on a text line: lists comma-separated, maps as compact JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        return _compact_json(value)
+    return str(value)
+
+
+def _print_fields(values: dict[str, Any]) -> None:
+    """One ``name  value`` line per field, as `stats` prints a queue."""
+    width = max(map(len, values))
+    for name, value in values.items():
+        click.echo(f"{name.ljust(width)}  {_value_text(value)}")
+
+
+def _spans(results: list[PublishResult]) -> str:
+    """The ids of publish results as ``1-1000, 1001-1500``."""
+    return ", ".join(
+        str(r.first_id) if r.count == 1 else f"{r.first_id}-{r.first_id + r.count - 1}" for r in results if r.count
+    )
+
+
+def _group_json(g: GroupStats) -> dict[str, Any]:
+    """A group's stats as SPEC §5.26 lays them out: its place in the topic, then its
+    delivery queue's stats (``queue`` is the name to read it by, TOPIC/GROUP)."""
+    delivery = asdict(g.delivery)
+    queue = delivery.pop("name")
+    return {"topic": g.topic, "group": g.group, "queue": queue, "cursors": list(g.cursors), "lag": g.lag,
+            "missed": g.missed, "filtered": g.filtered, "filter": g.filter, **delivery}
+
+
+#: How ``topic create``'s options differ from what the op table says of them.
+_TOPIC_OPTIONS: dict[str, dict[str, Any]] = {
+    "shards": {"type": click.IntRange(MIN_SHARDS, MAX_SHARDS),
+               "help": "Number of shards: a message's key picks its shard; order holds per shard."},
+    "retention": {"type": click.Choice([r.value for r in Retention]),
+                  "help": "How long messages are kept: until every group is done with them (interest), "
+                          "by the limits below (limits), or the first of the two (both) "
+                          "[server default: interest]."},
+    "max_age_ms": {"type": click.IntRange(0)},
+    "max_bytes": {"type": click.IntRange(0)},
+    "max_messages": {"type": click.IntRange(0)},
+}
+_QUEUE_SETTINGS_BY_NAME = {p.name: p for p in QUEUE_SETTINGS}
+#: The delivery settings of ``create_group``: those it shares with ``create_queue``, with
+#: the queue setting's help where the group's declaration has none.
+GROUP_SETTINGS: tuple[Param, ...] = tuple(
+    replace(p, doc=p.doc or _QUEUE_SETTINGS_BY_NAME[p.name].doc)
+    for p in OPS["create_group"].params if p.name in _QUEUE_SETTINGS_BY_NAME
+)
+_GROUP_OPTIONS = _SETTING_OPTIONS | {
+    "ordered": {"help": "Process the group's messages with the same key one at a time, in publish "
+                        "order [server default: false]."},
+}
+_TOPIC_COLUMNS = ("name", "shards", "retention", "messages", "bytes", "published", "reclaimed", "expired",
+                  "groups", "limits")
+_GROUP_COLUMNS = ("group", "lag", "ready", "leased", "delayed", "acked", "dead_lettered", "missed", "filtered",
+                  "cursors")
+
+
+def _topic_cell(t: TopicStats, column: str) -> str:
+    if column == "groups":
+        return ",".join(t.groups) or "-"
+    if column == "limits":
+        limits = [f"{name}={getattr(t, name)}" for name in ("max_age_ms", "max_bytes", "max_messages")
+                  if getattr(t, name)]
+        return " ".join(limits) or "-"
+    return str(getattr(t, column))
+
+
+@main.group()
+def topic() -> None:
+    """Topics: each message stored once, read by every consumer group.
+
+    A topic keeps each message in the shard its key picks, at that shard's next offset,
+    until its groups are done with it (retention interest), until its age, byte or
+    message limit lets go of it (limits), or the first of the two (both). Groups:
+    `brokerctl group ...`.
+    """
+
+
+@topic.command("create")
+@click.argument("name")
+@setting_options(OPS["create_topic"].params[1:], _TOPIC_OPTIONS)
+@common_options
+def topic_create(name: str, addr: str, as_json: bool, **settings: Any) -> None:
+    """Create topic NAME (idempotent when the settings match)."""
+    with connect(addr) as client:
+        created = client.create_topic(name, **settings)
+    if as_json:
+        _emit_json({"topic": name, "created": created})
+    elif created:
+        click.echo(f"created topic {name}")
+    else:
+        click.echo(f"topic {name} already exists with these settings")
+
+
+@topic.command("list")
+@common_options
+def topic_list(addr: str, as_json: bool) -> None:
+    """List every topic with its counts, groups and limits.
+
+    MESSAGES and BYTES are what it retains now; RECLAIMED counts the messages dropped
+    once every group was done with them, EXPIRED those dropped by a limit. LIMITS shows
+    the limits that are set.
+    """
+    with connect(addr) as client:
+        stats = client.list_topics()
+    if as_json:
+        _emit_json([asdict(t) for t in stats])
+        return
+    if not stats:
+        click.echo("no topics")
+        return
+    rows = [[_topic_cell(t, c) for c in _TOPIC_COLUMNS] for t in stats]
+    _print_table(_TOPIC_COLUMNS, rows, left={"name", "retention", "groups", "limits"})
+
+
+@topic.command("stats")
+@click.argument("name")
+@common_options
+def topic_stats_cmd(name: str, addr: str, as_json: bool) -> None:
+    """Show the settings and counters of topic NAME.
+
+    first_offsets and next_offsets are per shard: the oldest offset retained and the
+    offset the next message there gets.
+    """
+    with connect(addr) as client:
+        stats = client.topic_stats(name)
+    if as_json:
+        _emit_json(asdict(stats))
+    else:
+        _print_fields(asdict(stats))
+
+
+@topic.command("publish")
+@click.argument("name", metavar="TOPIC")
+@click.argument("body")
+@click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", callback=_pairs,
+              help="A header (repeatable; at most 32 and 4096 bytes in all); groups may filter on them.")
+@click.option("--count", "-n", type=click.IntRange(1), default=1, show_default=True,
+              help="Publish this many copies (sent in batches, each atomic).")
+@common_options
+def topic_publish(
+    name: str, body: str, key: str | None, headers: dict[str, str] | None, count: int, addr: str, as_json: bool
+) -> None:
+    """Publish BODY to TOPIC, once for all its groups.
+
+    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin.
+    """
+    data = _read_stdin() if body == "-" else body.encode()
+    message = TopicMessage(data, key, headers)
+    results: list[PublishResult] = []
+    with connect(addr) as client:
+        info = client.server_info
+        size = len(data) + len((key or "").encode()) + 32 + sum(
+            10 + len(k.encode()) + len(v.encode()) for k, v in (headers or {}).items())
+        per_batch = max(1, min(info.max_batch, (info.max_frame - 1024) // size))
+        left = count
+        while left:
+            n = min(per_batch, left)
+            results.append(client.publish_topic(name, [message] * n))
+            left -= n
+    if as_json:
+        _emit_json({"topic": name, "count": count,
+                    "batches": [{"first_id": r.first_id, "count": r.count} for r in results]})
+    elif count == 1:
+        click.echo(f"published 1 message to topic {name}: id {results[0].first_id}")
+    else:
+        click.echo(f"published {count} messages to topic {name}: ids {_spans(results)}")
+
+
+@topic.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def topic_delete(name: str, yes: bool, addr: str, as_json: bool) -> None:
+    """Delete topic NAME, every message it retains and all its groups."""
+    if not yes:
+        click.confirm(f"Delete topic {name}, its messages and its groups?", abort=True, err=True)
+    with connect(addr) as client:
+        dropped = client.delete_topic(name)
+    if as_json:
+        _emit_json({"topic": name, "messages": dropped})
+    else:
+        click.echo(f"deleted topic {name} ({dropped} messages dropped)")
+
+
+@main.group()
+def group() -> None:
+    """Consumer groups: each reads every message of its topic, at its own pace.
+
+    The consumers of one group share its messages; read them with the queue commands
+    under the name TOPIC/GROUP: `brokerctl consume orders/billing --ack`, `subscribe`,
+    `ack`, `nack`, `peek`, `stats`. Each group has its own leases, retries and
+    dead-letter queue.
+    """
+
+
+@group.command("create")
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("name", metavar="GROUP")
+@click.option("--start", callback=_position, metavar="POSITION",
+              help=f"Where it starts reading: {POSITION_HELP} [server default: latest]")
+@click.option("--filter", "filter_", multiple=True, metavar="KEY=VALUE", callback=_pairs,
+              help="Deliver only messages with this header (repeatable: all of them); the others are skipped.")
+@setting_options(GROUP_SETTINGS, _GROUP_OPTIONS)
+@common_options
+def group_create(
+    topic_name: str, name: str, start: str | int | list[int] | None, filter_: dict[str, str] | None,
+    addr: str, as_json: bool, **settings: Any,
+) -> None:
+    """Attach consumer group GROUP to TOPIC (idempotent when the settings and filter match).
+
+    Its messages are then read as the queue TOPIC/GROUP. --start is not compared with an
+    existing group's: move one with `brokerctl group seek`.
+    """
+    with connect(addr) as client:
+        created = client.create_group(topic_name, name, start=start, filter=filter_, **settings)
+    queue = group_queue(topic_name, name)
+    if as_json:
+        _emit_json({"topic": topic_name, "group": name, "queue": queue, "created": created})
+    elif created:
+        click.echo(f"created group {name} of topic {topic_name} (read it as {queue})")
+    else:
+        click.echo(f"group {name} of topic {topic_name} already exists with these settings")
+
+
+@group.command("list")
+@click.argument("topic_name", metavar="TOPIC")
+@common_options
+def group_list(topic_name: str, addr: str, as_json: bool) -> None:
+    """List the consumer groups of TOPIC with their progress.
+
+    LAG counts the messages retained that the group has not taken yet; READY, LEASED and
+    DELAYED those it has taken and not acked; MISSED those the topic's limits dropped
+    before the group was done with them; FILTERED those its filter skipped. CURSORS is,
+    per shard, the next offset it has not taken.
+    """
+    spec = OPS["group_stats"]
+    with connect(addr) as client:
+        names = client.topic_stats(topic_name).groups
+        replies = client.request_many((spec.op, spec.args(topic_name, name)) for name in names)
+    stats: list[GroupStats] = []
+    for reply in replies:
+        if isinstance(reply, QueueNotFound):
+            continue  # deleted meanwhile
+        if isinstance(reply, LockgateError):
+            _fail(EXIT_ERROR, f"{reply.code_name}: {reply.message}")
+        stats.append(spec.parse(reply))
+    if as_json:
+        _emit_json([_group_json(g) for g in stats])
+        return
+    if not stats:
+        click.echo(f"no groups of topic {topic_name}")
+        return
+    rows = [[_value_text(_group_json(g)[c]) for c in _GROUP_COLUMNS] for g in stats]
+    _print_table(_GROUP_COLUMNS, rows, left={"group", "cursors"})
+
+
+@group.command("stats")
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("name", metavar="GROUP")
+@common_options
+def group_stats_cmd(topic_name: str, name: str, addr: str, as_json: bool) -> None:
+    """Show where GROUP of TOPIC stands and its delivery queue's settings and counters."""
+    with connect(addr) as client:
+        stats = _group_json(client.group_stats(topic_name, name))
+    if as_json:
+        _emit_json(stats)
+    else:
+        _print_fields(stats)
+
+
+@group.command("seek")
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("name", metavar="GROUP")
+@click.option("--to", "to", required=True, callback=_position, metavar="POSITION", help=POSITION_HELP)
+@common_options
+def group_seek(topic_name: str, name: str, to: str | int | list[int], addr: str, as_json: bool) -> None:
+    """Move the cursors of GROUP of TOPIC.
+
+    Messages the group had taken and not delivered go back, to be read again when the
+    cursors reach them; leased ones stay leased until acked, released or expired.
+    """
+    with connect(addr) as client:
+        cursors = client.seek_group(topic_name, name, to)
+    if as_json:
+        _emit_json({"topic": topic_name, "group": name, "cursors": cursors})
+    else:
+        click.echo(f"moved group {name} of topic {topic_name}: cursors {_value_text(cursors)}")
+
+
+@group.command("delete")
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("name", metavar="GROUP")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def group_delete(topic_name: str, name: str, yes: bool, addr: str, as_json: bool) -> None:
+    """Delete GROUP of TOPIC and what it has taken and not acked.
+
+    Messages only this group was still interested in are then reclaimed.
+    """
+    if not yes:
+        click.confirm(f"Delete group {name} of topic {topic_name} and the messages it holds?",
+                      abort=True, err=True)
+    with connect(addr) as client:
+        dropped = client.delete_group(topic_name, name)
+    if as_json:
+        _emit_json({"topic": topic_name, "group": name, "messages": dropped})
+    else:
+        click.echo(f"deleted group {name} of topic {topic_name} ({dropped} messages dropped)")
 
 
 # --- more commands -----------------------------------------------------------------
