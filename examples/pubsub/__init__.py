@@ -1,0 +1,1 @@
+"""Order events fanned out to consumer groups on Lockgate topics: ``python -m examples.pubsub --help``."""
