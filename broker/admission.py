@@ -36,7 +36,7 @@ from typing import Protocol
 
 from protocol import ErrorCode, ProtocolError
 
-from .mutations import Mutation, Publish
+from .mutations import Mutation, Publish, Txn
 from .records import publish_need, record_need
 from .wal import SegmentedLog
 
@@ -101,6 +101,8 @@ class Admission:
         publish = kind is AdmissionClass.PUBLISH
         if publish:
             need = sum(publish_need(m) if type(m) is Publish else record_need(m) for m in mutations)
+            need += sum(publish_need(part) for m in mutations if type(m) is Txn  # its messages' acks
+                        for part in m.mutations() if type(part) is Publish)
         else:
             need = sum(record_need(m) for m in mutations)
         reserve = self.reserve()

@@ -1078,5 +1078,6 @@ def run(command: Command, session: Session, args: dict[str, Any], ctx: Context) 
 
 # The topic and group ops build on this module's schema, so they are added last.
 from .topic_commands import TOPIC_COMMANDS  # noqa: E402
+from .txn_commands import TXN_COMMANDS  # noqa: E402
 
-COMMANDS.update((str(c.op), c) for c in TOPIC_COMMANDS)
+COMMANDS.update((str(c.op), c) for c in TOPIC_COMMANDS + TXN_COMMANDS)

@@ -33,7 +33,7 @@ from .commands import (
     COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, lookup,
     run)
 from .config import BrokerConfig
-from .mutations import Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take
+from .mutations import Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take, Txn
 from .records import PublishFold, encode
 from .state import BrokerState
 from .wal import LogFailedError, SegmentedLog
@@ -318,8 +318,10 @@ class Live:
                 self._flush_fold()
                 append(encode(m))
             apply(m.TYPE, m.fields())
-            if self.watched and getattr(m, "queue", None) in self.watched and self.watcher:
-                self.watcher(m)
+            if self.watched and self.watcher:
+                for part in (m.mutations() if type(m) is Txn else (m,)):
+                    if getattr(part, "queue", None) in self.watched:
+                        self.watcher(part)
         checkpointer = self._checkpointer
         if checkpointer is not None and self._wal.appended_lsn >= checkpointer.check_at:
             checkpointer.poke()

@@ -372,6 +372,23 @@ class TopicTrim(Mutation):
     now_ms: int
 
 
+@mutation(23)
+class Txn(Mutation):
+    """The changes of one ``txn`` request, applied in order as one record, so that a
+    crash keeps all of them or none: each step is ``[record type, record_fields()]`` of
+    a mutation of another type (never a ``Txn``)."""
+
+    steps: list[list[Any]]
+
+    def mutations(self) -> list[Mutation]:
+        """The steps as mutation objects."""
+        return [MUTATIONS[rtype](*fields) for rtype, fields in self.steps]
+
+    @classmethod
+    def of(cls, mutations: list[Mutation]) -> Txn:
+        return cls([[m.TYPE, m.record_fields()] for m in mutations])
+
+
 @mutation(20)
 class Take(Mutation):
     """Ready messages are delivered at most once (a subscription with ``auto_ack``): they

@@ -44,6 +44,7 @@ from .mutations import (
     Reject,
     Release,
     Take,
+    Txn,
 )
 from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings
 from .records import ack_cost, decode_fields
@@ -417,6 +418,12 @@ class BrokerState(TopicAppliers):
     def _promote(self, name: str, ids: list[int]) -> None:
         self.queues[name].promote(ids)
         self._wake(name, len(ids))
+
+    @applies(Txn)
+    def _txn(self, steps: list[list[Any]]) -> None:
+        apply = self.apply_fields
+        for rtype, fields in steps:
+            apply(rtype, fields)
 
     @applies(Recover)
     def _recover(self, now_ms: int) -> None:

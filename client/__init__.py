@@ -34,6 +34,7 @@ from .errors import (
     ShuttingDown,
     StorageError,
     TooManyConnections,
+    TxnConflict,
     UnknownOp,
     UnsupportedVersion,
     WrongNode,
@@ -61,6 +62,7 @@ from .types import (
     ShardRoute,
     TopicMessage,
     TopicStats,
+    Transaction,
     group_queue,
     parse_addr,
 )
@@ -85,12 +87,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "GroupStats", "TopicMessage", "TopicStats", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
+    "AckResult", "Client", "GroupStats", "TopicMessage", "TopicStats", "Transaction", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
     "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
     "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
     "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
-    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "UnknownOp",
+    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "TxnConflict", "UnknownOp",
     "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
 ]

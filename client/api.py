@@ -35,7 +35,7 @@ from . import types as t
 from .connection import DEFAULT_CLIENT_NAME, Connection, PushHandler, open_connection
 from .pushes import PushRouter
 from .subscription import Subscription
-from .types import ServerInfo
+from .types import ServerInfo, Transaction
 
 
 class Client:
@@ -120,6 +120,12 @@ class Client:
     delete_group = ops.delete_group.async_method()
     group_stats = ops.group_stats.async_method()
     seek_group = ops.seek_group.async_method()
+    txn = ops.txn.async_method()
+
+    def transaction(self) -> Transaction:
+        """Steps to commit as one ``txn``: ``.ack(...)``, ``.publish(...)``,
+        ``.publish_topic(...)``, then ``commit()``."""
+        return Transaction(self)
 
     def subscribe(
         self,

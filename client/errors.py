@@ -210,6 +210,14 @@ class ConnectionTimeout(LockgateError):
         return self.details.get("timeout")
 
 
+class TxnConflict(LockgateError):
+    """A ``txn`` acked messages that are no longer leased (``queue``, ``ids``; ``step``):
+    nothing of the transaction was applied. Their leases ran out and another consumer may
+    have them: drop the work rather than retry it."""
+
+    code = ErrorCode.TXN_CONFLICT
+
+
 class ShuttingDown(LockgateError):
     """The server is shutting down and accepts no new work."""
 
@@ -225,6 +233,6 @@ class InternalError(LockgateError):
 __all__ = [
     "ConnectionClosed", "ConnectionTimeout", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
-    "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections",
+    "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections", "TxnConflict",
     "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
 ]

@@ -677,6 +677,13 @@ def seek_group(topic: str, group: str, to: str | int | list[int]) -> None:
     per shard); returns the new cursors."""
 
 
+@op(Op.TXN, field("results", list))
+def txn(steps: Annotated[Iterable[dict[str, Any]], Arg(convert=list)]) -> None:
+    """Run steps (``{"op": "ack" | "publish" | "topic_publish", ...that op's arguments}``)
+    as one change: all or nothing (SPEC §5.28). Returns each step's result map, in order.
+    :meth:`transaction` builds the steps."""
+
+
 #: The settings of ``create_queue`` (every parameter after the name), for tools that
 #: offer them, such as ``brokerctl create-queue``.
 QUEUE_SETTINGS: tuple[Param, ...] = create_queue.params[1:]

@@ -51,7 +51,7 @@ from . import types as t
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .pushes import PushRouter
 from .sync_subscription import SyncSubscription
-from .types import Bytes, Message, PublishResult, ServerInfo
+from .types import Bytes, Message, PublishResult, ServerInfo, Transaction
 
 #: Default seconds a blocking step may take.
 DEFAULT_TIMEOUT = 30.0
@@ -334,6 +334,12 @@ class SyncClient:
     delete_group = ops.delete_group.sync_method()
     group_stats = ops.group_stats.sync_method()
     seek_group = ops.seek_group.sync_method()
+    txn = ops.txn.sync_method()
+
+    def transaction(self) -> Transaction:
+        """Steps to commit as one ``txn``: ``.ack(...)``, ``.publish(...)``,
+        ``.publish_topic(...)``, then ``commit()``."""
+        return Transaction(self)
 
     def subscribe(
         self,

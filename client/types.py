@@ -638,3 +638,33 @@ class GroupStats:
         return cls(m["topic"], m["group"], tuple(m["cursors"]), m["lag"], m["missed"], m["filtered"],
                    m["filter"], QueueStats.from_wire({**m, "queue": m["queue"]}))
 
+
+class Transaction:
+    """Steps of a ``txn`` (SPEC §5.28), built one call at a time and sent by ``commit``::
+
+        await client.transaction().ack("in", [d.id]).publish("out", [b"result"]).commit()
+
+    (without ``await`` on the blocking client). All of its steps take effect or none; an
+    ``ack`` step commits only while its messages are still leased (else
+    :class:`~client.errors.TxnConflict`, and nothing is applied)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.steps: list[dict[str, Any]] = []
+
+    def ack(self, queue: str, ids: Iterable[int]) -> Transaction:
+        self.steps.append({"op": "ack", "queue": queue, "ids": list(ids)})
+        return self
+
+    def publish(self, queue: str, messages: Iterable[Bytes | Message]) -> Transaction:
+        self.steps.append({"op": "publish", "queue": queue, "messages": message_entries(messages)})
+        return self
+
+    def publish_topic(self, topic: str, messages: Iterable[Bytes | TopicMessage]) -> Transaction:
+        self.steps.append({"op": "topic_publish", "topic": topic, "messages": topic_entries(messages)})
+        return self
+
+    def commit(self) -> Any:
+        """Send the steps; the client's ``txn`` result (awaitable on the async client)."""
+        return self._client.txn(self.steps)
+

@@ -53,6 +53,9 @@ class ErrorCode(IntEnum):
     #: The connection did not handshake, send a request or finish a frame in time and is
     #: closed. Id nil; ``details.timeout`` says which, ``details.limit_ms`` the limit.
     CONNECTION_TIMEOUT = 19
+    #: A ``txn`` acks a message that is not leased any more (its lease ran out, or it
+    #: was acked): nothing of the transaction was applied.
+    TXN_CONFLICT = 20
 
 
 #: Codes after which the sender closes the connection: framing is lost, or a connection

@@ -43,6 +43,7 @@ class Op(StrEnum):
     GROUP_DELETE = "group_delete"
     GROUP_STATS = "group_stats"
     GROUP_SEEK = "group_seek"
+    TXN = "txn"
 
 
 class QueueKind(StrEnum):

@@ -98,6 +98,7 @@ BASE: dict[str, dict[str, Any]] = {
     "group_delete": {"topic": "t", "group": "g"},
     "group_stats": {"topic": "t", "group": "g"},
     "group_seek": {"topic": "t", "group": "g", "to": "earliest"},
+    "txn": {"steps": [{"op": "publish", "queue": "q", "messages": [[b"y"]]}]},
 }
 
 

@@ -36,7 +36,7 @@ from protocol import Op
 ASYNC_PLUMBING = {"connect", "aclose", "request", "info"}
 SYNC_PLUMBING = {"close", "submit", "result", "request", "request_many", "publish_many", "closed"}
 #: Hand-written methods built on ops declared with ``methods=False``.
-HAND_WRITTEN = {"subscribe"}
+HAND_WRITTEN = {"subscribe", "transaction"}
 #: The ops both clients carry a generated method for.
 METHOD_OPS = [name for name, spec in OPS.items() if spec.methods]
 

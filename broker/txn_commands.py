@@ -1,0 +1,74 @@
+"""The ``txn`` op (SPEC §5.28): several acks and publishes as one change, committed as
+one WAL record (``mutations.Txn``), all or nothing. Added to ``broker.commands``'
+registry like the topic ops."""
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import ErrorCode, Op, ProtocolError
+
+from .admission import AdmissionClass
+from .commands import COMMANDS, Arg, Args, Command, Context, Outcome, Session, invalid, run
+from .mutations import Mutation, Txn
+from .queues import LEASED, Queue
+
+#: Most steps of one transaction.
+MAX_TXN_STEPS = 64
+#: The ops a step may be, and the argument naming what it changes.
+TXN_OPS = {"ack": "queue", "publish": "queue", "topic_publish": "topic"}
+
+
+def txn(session: Session, args: Args, ctx: Context) -> Outcome:
+    steps = args["steps"]
+    if type(steps) is not list or not 1 <= len(steps) <= MAX_TXN_STEPS:
+        raise invalid("steps", f"steps must be an array of 1 to {MAX_TXN_STEPS} steps")
+    seen: set[tuple[str, Any]] = set()
+    mutations: list[Mutation] = []
+    results: list[dict[str, Any]] = []
+    for index, step in enumerate(steps):
+        field = f"steps[{index}]"
+        if type(step) is not dict or step.get("op") not in TXN_OPS:
+            raise invalid(f"{field}.op" if type(step) is dict else field,
+                          f"a step is a map with op {', '.join(TXN_OPS)} and that op's arguments")
+        op = step["op"]
+        target = (op, step.get(TXN_OPS[op]))
+        if target in seen:
+            raise invalid(field, f"a transaction may {op} to each {TXN_OPS[op]} at most once")
+        seen.add(target)
+        step_args = {k: v for k, v in step.items() if k != "op"}
+        command = COMMANDS[op]
+        unknown = next((k for k in step_args if k not in command.fields), None)
+        if unknown is not None:
+            raise invalid(f"{field}.{unknown}", f"{op} takes no argument {unknown!r}")
+        try:
+            outcome = run(command, session, step_args, ctx)
+            if op == "ack":
+                _all_leased(ctx.state.queues[step_args["queue"]], step_args["ids"])
+        except ProtocolError as exc:
+            details = dict(exc.details or {})
+            details["step"] = index
+            if "field" in details:
+                details["field"] = f"{field}.{details['field']}"
+            raise ProtocolError(exc.code, f"step {index} ({op}): {exc.message}", details=details) from None
+        mutations.extend(outcome.mutations)
+        results.append(outcome.result or {})
+    result = {"results": results}
+    if not mutations:
+        return Outcome(result)
+    return Outcome(result, (Txn.of(mutations),))
+
+
+def _all_leased(queue: Queue, ids: list[int]) -> None:
+    """An ack step commits only while each of its messages is leased (SPEC §5.28)."""
+    msgs = queue.messages
+    lost = [i for i in dict.fromkeys(ids) if (m := msgs.get(i)) is None or m.state != LEASED]
+    if lost:
+        raise ProtocolError(ErrorCode.TXN_CONFLICT,
+                            f"{len(lost)} of the messages to ack in {queue.name!r} are not leased any more",
+                            details={"queue": queue.name, "ids": lost})
+
+
+TXN_COMMANDS: tuple[Command, ...] = (
+    Command(Op.TXN, txn, (Arg("steps", "any", doc="1..64 steps: ack, publish or topic_publish."),),
+            AdmissionClass.PUBLISH, changes_state=True),
+)
