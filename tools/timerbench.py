@@ -61,6 +61,8 @@ LOAD_WINDOW = 4
 GRACE_S = 30.0
 #: The figure the delivery issue asks for: p99 within this many ms of the due time.
 TARGET_P99_MS = 10.0
+#: fdatasyncs timed on the data directory's disk before each window.
+FSYNC_PROBES = 200
 #: Largest side queue of the broker-only ttl figure (one ``peek`` shows them all).
 PROBES_MAX = 2_000
 
@@ -112,6 +114,9 @@ class Phase:
     broker_cpu_percent: float = 0.0
     #: Server clock minus client wall clock (ms), before and after the window.
     clock_offset_ms: tuple[float, float] = (0.0, 0.0)
+    #: One 4 KiB append + fdatasync on the data directory's disk, just before the
+    #: window (ms, p50 and p99 of ``FSYNC_PROBES``): what ``always`` waits for.
+    fdatasync_ms: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,25 @@ def clock_offset_ms(client: SyncClient, tries: int = 20) -> float:
             best = (t1 - t0, now_ms + 0.5 - (t0 + t1) * 500)
     assert best is not None
     return best[1]
+
+
+def fdatasync_ms(directory: Path, count: int = FSYNC_PROBES) -> tuple[float, float]:
+    """p50 and p99 ms of one 4 KiB append + fdatasync in ``directory``."""
+    path = directory / "fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    block = os.urandom(4096)
+    samples: list[float] = []
+    try:
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            samples.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
 def body(i: int) -> bytes:
@@ -279,13 +303,14 @@ def ttl_phase(workdir: Path, count: int, fsync: str, lead_s: float, window_s: fl
                                       for i, at in enumerate(due_times(probes, start_ms, window_s))])
         due = expiries(client, "ttl", count)
         probe_due = expiries(client, "probe", probes)
+        disk = fdatasync_ms(workdir)
         lateness, missing, early, cpu, offsets = collect(client, "ttl-dlq", due, max(due), proc.pid)
         rows = client.peek("probe-dlq", max=probes).messages
         broker_side = [float(r.dead_letter.at_ms - probe_due[index_of(r.body)]) for r in rows
                        if r.dead_letter is not None]
         proc.stop()
     return Phase("ttl", count, seconds, rss0, rss1, (rss1 - rss0) / count, Lateness.of(lateness),
-                 Lateness.of(broker_side), missing, early, count / window_s, cpu, offsets)
+                 Lateness.of(broker_side), missing, early, count / window_s, cpu, offsets, disk)
 
 
 def delayed_phase(workdir: Path, count: int, fsync: str, lead_s: float, window_s: float) -> Phase:
@@ -299,10 +324,11 @@ def delayed_phase(workdir: Path, count: int, fsync: str, lead_s: float, window_s
         seconds = load(client, "delayed", [Message(body(i), deliver_at=at) for i, at in enumerate(due)])
         rss1 = rss_bytes(proc.pid)
         say(f"loaded in {seconds:.1f} s; the first is due in {(start_ms - time.time() * 1000 - offset) / 1000:.1f} s")
+        disk = fdatasync_ms(workdir)
         lateness, missing, early, cpu, offsets = collect(client, "delayed", due, due[-1], proc.pid)
         proc.stop()
     return Phase("delayed", count, seconds, rss0, rss1, (rss1 - rss0) / count, Lateness.of(lateness),
-                 None, missing, early, count / window_s, cpu, offsets)
+                 None, missing, early, count / window_s, cpu, offsets, disk)
 
 
 def default_lead_s(count: int) -> float:
@@ -359,7 +385,8 @@ def median_report(reports: list[Report]) -> Report:
             int(_median([x.rss_after for x in runs])), _median([x.bytes_per_message for x in runs]),
             late(lambda x: x.lateness), late(lambda x: x.broker_lateness),
             max(x.missing for x in runs), max(x.due_before_ready for x in runs), p.due_per_s,
-            _median([x.broker_cpu_percent for x in runs]), p.clock_offset_ms))
+            _median([x.broker_cpu_percent for x in runs]), p.clock_offset_ms,
+            (_median([x.fdatasync_ms[0] for x in runs]), _median([x.fdatasync_ms[1] for x in runs]))))
     return Report(first.machine, first.fsync, first.count, first.lead_s, first.window_s, tuple(phases))
 
 
@@ -382,13 +409,14 @@ def table(report: Report) -> str:
         f"starting {report.lead_s:g} s after the load began",
         "",
         "| phase | load s | RSS before MiB | RSS after MiB | bytes/msg | lateness p50 ms | p99 ms | max ms "
-        "| > 10 ms | missing | broker CPU % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| > 10 ms | missing | broker CPU % | fdatasync p50/p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in report.phases:
         late = p.lateness
         cols = ([f"{late.p50_ms:.2f}", f"{late.p99_ms:.2f}", f"{late.max_ms:.2f}", f"{late.over_target:,}",
-                 f"{p.missing:,}", f"{p.broker_cpu_percent:.0f}"] if late else ["", "", "", "", "", ""])
+                 f"{p.missing:,}", f"{p.broker_cpu_percent:.0f}",
+                 f"{p.fdatasync_ms[0]:.2f} / {p.fdatasync_ms[1]:.2f}"] if late else [""] * 7)
         lines.append(f"| {p.name} | {p.load_s:.1f} | {p.rss_before / 2**20:.1f} | {p.rss_after / 2**20:.1f} | "
                      f"{p.bytes_per_message:.0f} | " + " | ".join(cols) + " |")
     for p in report.phases:

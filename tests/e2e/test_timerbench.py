@@ -50,6 +50,7 @@ def test_report_at_a_small_count(tmp_path: Path) -> None:
         assert 0 <= late.over_target <= COUNT
         assert p.due_per_s == COUNT / report.window_s
         assert abs(p.clock_offset_ms[0] - p.clock_offset_ms[1]) < 5
+        assert 0 < p.fdatasync_ms[0] <= p.fdatasync_ms[1]
     broker_side = report.phase("ttl").broker_lateness
     assert broker_side is not None and broker_side.count >= 10
     assert broker_side.min_ms >= 0  # never dead-lettered before its expiry, on the server's own clock
