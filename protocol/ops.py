@@ -52,6 +52,7 @@ class QueueKind(StrEnum):
     FIFO = "fifo"
     LIFO = "lifo"
     PRIORITY = "priority"
+    ROUND_ROBIN = "round_robin"
 
 
 class RetryBackoff(StrEnum):

@@ -4,7 +4,8 @@ Each machine drives the real code the way the server does -- ``outcome =
 commands.dispatch(...)`` then ``state.apply(m)`` for every mutation, and
 ``state.due(now)`` when time passes -- against a small, independent model written with
 lists and dicts from the documented semantics (SPEC.md sections 5.7-5.10, 7 and 8):
-per-shard order for fifo / lifo / priority, the shard rule (``crc32c(key) % shards``
+per-shard order for fifo / lifo / priority / round_robin (the rotation of keys kept as a
+list, each key's messages read off the shard's ready list), the shard rule (``crc32c(key) % shards``
 when keyed, else ``id % shards``), leases that have expired once ``now >= deadline``,
 delays, attempts, and dead-lettering (or dropping) once a released message has been
 delivered ``max_attempts`` times, or at once when it is rejected; ``extend`` moves a
@@ -95,6 +96,10 @@ class ModelQueue:
         self.msgs: dict[int, MMsg] = {}
         #: Per shard: ids of ready messages in the order they became ready.
         self.ready: list[list[int]] = [[] for _ in range(shards)]
+        #: Per shard: the keys that have ready messages, in round-robin turn order (kept
+        #: for every kind, read only by round_robin): a key joins at the back when it gets
+        #: its first ready message, goes to the back when served, leaves when it has none.
+        self.rotation: list[list[bytes | None]] = [[] for _ in range(shards)]
         self.consumes = 0
         self.next_id = 1
         self.cursor = 0
@@ -118,8 +123,23 @@ class ModelQueue:
         if ready_at:
             msg.state, msg.deadline = DELAYED, ready_at
         else:
-            self.ready[msg.shard].append(mid)
+            self._make_ready(msg)
         return mid
+
+    def _make_ready(self, msg: MMsg) -> None:
+        msg.state, msg.deadline = READY, 0
+        self.ready[msg.shard].append(msg.id)
+        if msg.key not in self.rotation[msg.shard]:
+            self.rotation[msg.shard].append(msg.key)
+
+    def _unready(self, msg: MMsg, served: bool) -> None:
+        """``msg`` leaves the ready list: leased (``served``) or deleted."""
+        ready, rotation = self.ready[msg.shard], self.rotation[msg.shard]
+        ready.remove(msg.id)
+        if served or not any(self.msgs[i].key == msg.key for i in ready):
+            rotation.remove(msg.key)
+            if any(self.msgs[i].key == msg.key for i in ready):
+                rotation.append(msg.key)
 
     def order(self, shard: int) -> list[int]:
         ids = self.ready[shard]
@@ -127,6 +147,10 @@ class ModelQueue:
             return list(ids)
         if self.kind == "lifo":
             return ids[::-1]
+        if self.kind == "round_robin":
+            # Turn after turn, each key in rotation order gives its next message.
+            groups = [[i for i in ids if self.msgs[i].key == key] for key in self.rotation[shard]]
+            return [g[turn] for turn in range(max(map(len, groups), default=0)) for g in groups if turn < len(g)]
         return sorted(ids, key=lambda i: -self.msgs[i].priority)  # stable: fifo among equals
 
     def select(self, max_count: int) -> list[MMsg]:
@@ -148,7 +172,7 @@ class ModelQueue:
     def lease(self, msgs: list[MMsg], deadline: int) -> None:
         self.consumes += 1
         for index, m in enumerate(msgs):
-            self.ready[m.shard].remove(m.id)
+            self._unready(m, served=True)
             m.state, m.attempts, m.deadline = LEASED, m.attempts + 1, deadline
             m.delivered = (self.consumes, index)
 
@@ -162,7 +186,7 @@ class ModelQueue:
     def _remove(self, mid: int) -> MMsg:
         msg = self.msgs.pop(mid)
         if msg.state == READY:
-            self.ready[msg.shard].remove(mid)
+            self._unready(msg, served=False)
         return msg
 
     def release(self, ids: list[int], ready_at: int, expired: bool) -> None:
@@ -177,8 +201,7 @@ class ModelQueue:
             elif ready_at:
                 msg.state, msg.deadline = DELAYED, ready_at
             else:
-                msg.state, msg.deadline = READY, 0
-                self.ready[msg.shard].append(mid)
+                self._make_ready(msg)
         self._dead_letter(dead)
 
     def _dead_letter(self, dead: list[MMsg]) -> None:
@@ -221,9 +244,7 @@ class ModelQueue:
             (m.deadline, m.id) for m in self.msgs.values() if m.state == DELAYED and m.deadline <= now
         )]
         for mid in promoted:
-            msg = self.msgs[mid]
-            msg.state, msg.deadline = READY, 0
-            self.ready[msg.shard].append(mid)
+            self._make_ready(self.msgs[mid])
         return expired, promoted
 
     def next_event(self) -> int | None:
@@ -303,7 +324,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @initialize(
         max_attempts=st.sampled_from([0, 1, 2, 3]),
-        dlq=st.one_of(st.none(), st.tuples(st.sampled_from(["fifo", "lifo", "priority"]),
+        dlq=st.one_of(st.none(), st.tuples(st.sampled_from(["fifo", "lifo", "priority", "round_robin"]),
                                            st.integers(1, 3))),
     )
     def create(self, max_attempts: int, dlq: tuple[str, int] | None) -> None:
@@ -497,6 +518,8 @@ TestLifoOneShard = _machine("lifo", 1)
 TestLifoThreeShards = _machine("lifo", 3)
 TestPriorityOneShard = _machine("priority", 1)
 TestPriorityThreeShards = _machine("priority", 3)
+TestRoundRobinOneShard = _machine("round_robin", 1)
+TestRoundRobinThreeShards = _machine("round_robin", 3)
 
 
 # -- pinned examples ----------------------------------------------------------------------
@@ -510,7 +533,7 @@ def _run(state: BrokerState, now: int, op: str, **args: Any) -> dict[str, Any]:
     return outcome.result or {}
 
 
-@pytest.mark.parametrize("kind", ["fifo", "lifo", "priority"])
+@pytest.mark.parametrize("kind", ["fifo", "lifo", "priority", "round_robin"])
 @pytest.mark.parametrize("with_dlq", [True, False])
 def test_relapse_at_same_deadline_dead_letters_once(kind: str, with_dlq: bool) -> None:
     """A message nacked and leased again within the same millisecond gets the same
@@ -538,7 +561,7 @@ def test_relapse_at_same_deadline_dead_letters_once(kind: str, with_dlq: bool) -
         assert (dead["published"], dead["messages"]) == (1, 1)
 
 
-@pytest.mark.parametrize("kind", ["fifo", "lifo", "priority"])
+@pytest.mark.parametrize("kind", ["fifo", "lifo", "priority", "round_robin"])
 def test_expired_leases_return_in_the_order_they_were_delivered(kind: str) -> None:
     """SPEC 7.1: leases that expire together come back by deadline, then in the order the
     messages were delivered. Message 1 is delivered, nacked, and delivered again right

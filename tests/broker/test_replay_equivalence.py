@@ -158,7 +158,7 @@ class ReplayMachine(RuleBasedStateMachine):
     # rules
 
     @initialize(
-        kinds=st.lists(st.sampled_from(["fifo", "lifo", "priority"]), min_size=3, max_size=3),
+        kinds=st.lists(st.sampled_from(["fifo", "lifo", "priority", "round_robin"]), min_size=3, max_size=3),
         shards=st.lists(st.integers(1, 4), min_size=3, max_size=3),
         max_attempts=st.lists(st.integers(0, 3), min_size=3, max_size=3),
         dead_letters=st.tuples(st.sampled_from([None, "beta", "gamma"]), st.sampled_from([None, "gamma"])),
@@ -185,7 +185,7 @@ class ReplayMachine(RuleBasedStateMachine):
                              **later_settings(backoff, lifetime, window)) == {"queue": name, "created": True}
 
     @rule(
-        name=names, kind=st.sampled_from(["fifo", "lifo", "priority"]), shards=st.integers(1, 4),
+        name=names, kind=st.sampled_from(["fifo", "lifo", "priority", "round_robin"]), shards=st.integers(1, 4),
         visibility=st.integers(1, 300), max_attempts=st.integers(0, 3),
         dead_letter=st.one_of(st.none(), names), max_messages=st.sampled_from([0, 4, 12]),
         retry=retries, ttl=queue_ttls, dedup_window=dedup_windows,
@@ -326,6 +326,7 @@ class ReplayMachine(RuleBasedStateMachine):
             # Messages that were ready keep their order; returned ones come back by id.
             returned = {m[0] for m in back}
             prio = {m[0]: m[3] for m in back}
+            key_of = {m[0]: m[2] for m in new["messages"]}
             # In an ordered queue a message whose key's earlier one was dead-lettered
             # takes its turn: it leaves the parked ones for the end of its ready set.
             unparked = set(q["parked"]) - set(new["parked"])
@@ -339,6 +340,12 @@ class ReplayMachine(RuleBasedStateMachine):
                     assert cur[len(old):] == mine, (name, shard)
                 elif s.kind == "lifo":
                     assert cur[: len(mine)] == mine[::-1], (name, shard)
+                elif s.kind == "round_robin":
+                    # each key's messages, in delivery order, end with its returned ones by id
+                    for key in {key_of[i] for i in mine}:
+                        of_key = [i for i in cur if key_of[i] == key]
+                        back_of_key = [i for i in mine if key_of[i] == key]
+                        assert of_key[len(of_key) - len(back_of_key):] == back_of_key, (name, shard, key)
                 else:
                     assert got == sorted(mine, key=lambda i: -prio[i]), (name, shard)
         for name, q in before.items():
