@@ -344,7 +344,8 @@ def ping() -> None:
 @op(Op.QUEUE_CREATE, field("created", bool))
 def create_queue(
     name: Annotated[str, Arg(wire="queue")],
-    kind: Annotated[str, Arg(convert=str, doc="Delivery order within a shard (fifo, lifo or priority).")] = "fifo",
+    kind: Annotated[str, Arg(convert=str,
+                             doc="Delivery order within a shard (fifo, lifo, priority or round_robin).")] = "fifo",
     shards: Annotated[int, Arg(doc="Number of shards (1..256).")] = 1,
     visibility_ms: Annotated[int | None, Arg(doc="Lease length of a delivery [server default: 30000].")] = None,
     max_attempts: Annotated[
