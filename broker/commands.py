@@ -10,6 +10,8 @@ A ``Command`` entry carries everything the live path needs to know about an op:
   reply reveals queue state (then it is sent only once the log covers what it saw).
 - ``batch``: its batch fast path, if it has one (a run of plain single-message
   publishes from one read becomes one mutation; ``live.Run``).
+- ``permission``: what the user must hold on the queue or topic an argument names, with
+  ``auth = "required"`` (SPEC §4.3); ``lookup`` checks it for every request (``denial``).
 
 A handler takes the connection's ``Session``, the validated args and a ``Context``
 (read-only state, the time, the limits) and returns an ``Outcome``: the reply, the
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from protocol import (
     DEFAULT_CREDIT,
@@ -58,6 +60,7 @@ from protocol import (
     valid_queue_name,
 )
 from protocol.ops import DEFAULT_VISIBILITY_MS, GROUP_SEPARATOR
+from protocol.users import Permission
 
 from .admission import AdmissionClass
 from .config import BrokerConfig
@@ -79,6 +82,9 @@ from .mutations import (
 from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
 from .topics import Topic, TopicCopy
 from .state import BrokerState
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
 
 SERVER_NAME = "lockgate/0.1.0"
 #: Most messages one ``redrive`` moves (its log record stays under 10 MB); call again for more.
@@ -112,6 +118,13 @@ class Session:
     next_subscription: int = 1
     #: Why the broker ends this connection, once it has decided to (for the log line).
     closing: str = ""
+    #: With ``auth = "required"`` (``broker/auth.py``): the broker's authenticator, the
+    #: user this connection authenticated as, a SCRAM exchange under way, and how long a
+    #: failed authentication's reply waits.
+    auth: Authenticator | None = None
+    user: str = ""
+    pending: Any = None
+    auth_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +329,21 @@ def _max_batch(ctx: Context) -> int:
     return ctx.config.max_batch
 
 
+@dataclass(frozen=True, slots=True)
+class Need:
+    """A permission a request needs on the queue or topic its argument ``arg`` names (a
+    consumer group ``TOPIC/GROUP``: its topic). Without that argument it needs nothing
+    here: the op's own checks refuse the request."""
+
+    permission: Permission
+    arg: str
+
+
+#: A request's needs computed from its arguments (``txn``: those of its steps), as
+#: (permission, the argument's value).
+NeedsOf = Callable[[dict[str, Any]], list[tuple[Permission, Any]]]
+
+
 @dataclass(slots=True)
 class Command:
     """One registry entry (see the module docs), with its counters."""
@@ -328,14 +356,22 @@ class Command:
     reads_state: bool = True
     needs_handshake: bool = True
     batch: Batch | None = None
+    #: What its user must hold (SPEC §4.3); empty: any authenticated user may run it.
+    permission: tuple[Need, ...] | NeedsOf = ()
+    #: False for the one op a connection may send between ``hello`` and authenticating.
+    needs_auth: bool = True
     #: The argument names it accepts (from ``args``).
     fields: frozenset[str] = field(init=False)
+    #: An administrative op (it needs ``admin``): each one is logged with its user.
+    audited: bool = field(init=False)
     calls: int = 0
     errors: int = 0
 
     def __post_init__(self) -> None:
         self.op = str(self.op)
         self.fields = frozenset(a.name for a in self.args)
+        self.audited = not callable(self.permission) and any(
+            n.permission is Permission.ADMIN for n in self.permission)
         if self.changes_state == (self.admission is AdmissionClass.NONE):
             raise ValueError(f"{self.op}: an op that changes state needs an admission class, "
                              "and one that does not must have none")
@@ -380,11 +416,11 @@ def hello(session: Session, args: Args, ctx: Context) -> Outcome:
         client = ""
     if type(client) is not str:
         raise invalid("client", "client must be a string")
-    session.ready = True
+    session.ready = session.auth is None or bool(session.user)
     session.version = max(common)
     session.client = client[:200]
     session.client_max_frame = client_max
-    return Outcome({
+    result = {
         "version": session.version,
         "max_frame": cfg.max_frame,
         "max_message": cfg.max_message,
@@ -392,7 +428,26 @@ def hello(session: Session, args: Args, ctx: Context) -> Outcome:
         "server": SERVER_NAME,
         "node": cfg.node_id,
         "shards": [{"queue": "*", "node": cfg.node_id, "addr": ctx.addr}],
-    })
+    }
+    if session.auth is not None:
+        result["auth"] = session.auth.hello(session, args["auth"])
+    return Outcome(result)
+
+
+def auth(session: Session, args: Args, ctx: Context) -> Outcome:
+    """Start or finish authenticating (``broker/auth.py``)."""
+    if session.auth is None:
+        raise invalid("mechanism", "this broker does not authenticate (auth is off)")
+    return Outcome(session.auth.step(session, args))
+
+
+def visible(session: Session, name: str) -> bool:
+    """Whether ``queue_list`` and ``topic_list`` show ``name``: with auth, only to a user
+    holding some permission on it."""
+    if session.auth is None:
+        return True
+    user = session.auth.user(session.user)
+    return user is not None and user.may_see(name)
 
 
 def ping(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -444,7 +499,7 @@ def queue_delete(session: Session, args: Args, ctx: Context) -> Outcome:
 
 def queue_list(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"queues": [q.stats() for name, q in sorted(ctx.state.queues.items())
-                               if GROUP_SEPARATOR not in name]})
+                               if GROUP_SEPARATOR not in name and visible(session, name)]})
 
 
 def queue_stats(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -972,14 +1027,21 @@ def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
 _QUEUE = Arg("queue", "queue", doc="An existing queue.")
 _IDS = Arg("ids", "ids", doc="1..max_batch message ids.")
 _ERROR = Arg("error", "text", hi=MAX_ERROR_TEXT, doc="The consumer's error text.")
+#: What the queue ops need of their user (SPEC §4.3).
+_PUBLISHES = (Need(Permission.PUBLISH, "queue"),)
+_CONSUMES = (Need(Permission.CONSUME, "queue"),)
+_ADMINISTERS = (Need(Permission.ADMIN, "queue"),)
 
 #: The registry: every op, declared once.
 COMMANDS: dict[str, Command] = {
     c.op: c
     for c in (
         Command(Op.HELLO, hello, (Arg("versions", "any"), Arg("max_frame", "any"),
-                                  Arg("client", "any", default=_MISSING)),
+                                  Arg("client", "any", default=_MISSING), Arg("auth", "any", default=None)),
                 reads_state=False, needs_handshake=False),
+        Command(Op.AUTH, auth, tuple(Arg(name, "any", default=None)
+                                     for name in ("mechanism", "client_first", "token", "client_final")),
+                reads_state=False, needs_auth=False),
         Command(Op.PING, ping, (), reads_state=False),
         Command(Op.QUEUE_CREATE, queue_create, (
             Arg("queue", "queue_name"),
@@ -999,47 +1061,52 @@ COMMANDS: dict[str, Command] = {
             Arg("max_bytes", "int", default=0, lo=0, hi=2**63 - 1),
             Arg("overflow", "choice", default=str(Overflow.REJECT), choices=tuple(Overflow)),
             Arg("dead_letter", "queue_name", default=None),
-        ), AdmissionClass.LOG, changes_state=True),
-        Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True),
+        ), AdmissionClass.LOG, changes_state=True,
+                permission=(Need(Permission.ADMIN, "queue"), Need(Permission.PUBLISH, "dead_letter"))),
+        Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True,
+                permission=_ADMINISTERS),
         Command(Op.QUEUE_LIST, queue_list, ()),
-        Command(Op.QUEUE_STATS, queue_stats, (_QUEUE,)),
+        Command(Op.QUEUE_STATS, queue_stats, (_QUEUE,), permission=_CONSUMES),
         Command(Op.QUEUE_PURGE, queue_purge, (_QUEUE, Arg("leased", "bool", default=False)),
-                AdmissionClass.LOG, changes_state=True),
+                AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
         Command(Op.PUBLISH, publish, (_QUEUE, Arg("messages", "any")), AdmissionClass.PUBLISH,
-                changes_state=True, batch=PlainPublishes()),
+                changes_state=True, batch=PlainPublishes(), permission=_PUBLISHES),
         Command(Op.CONSUME, consume, (
             _QUEUE,
             Arg("max", "int", default=1, lo=1, hi=_max_batch),
             Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
             Arg("wait_ms", "int", default=0, lo=0, hi=MAX_WAIT_MS),
-        ), AdmissionClass.LOG, changes_state=True),
-        Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True),
+        ), AdmissionClass.LOG, changes_state=True, permission=_CONSUMES),
+        Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True,
+                permission=_CONSUMES),
         Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS),
                                 _ERROR, Arg("returned", "bool", default=False)),
-                AdmissionClass.LOG, changes_state=True),
+                AdmissionClass.LOG, changes_state=True, permission=_CONSUMES),
         Command(Op.EXTEND, extend, (
             _QUEUE, _IDS, Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
-        ), AdmissionClass.LOG, changes_state=True),
-        Command(Op.REJECT, reject, (_QUEUE, _IDS, _ERROR), AdmissionClass.LOG, changes_state=True),
+        ), AdmissionClass.LOG, changes_state=True, permission=_CONSUMES),
+        Command(Op.REJECT, reject, (_QUEUE, _IDS, _ERROR), AdmissionClass.LOG, changes_state=True,
+                permission=_CONSUMES),
         Command(Op.REDRIVE, redrive, (
             _QUEUE,
             Arg("max", "int", default=None, lo=1, hi=2**31 - 1),
             Arg("ids", "ids", default=None),
-        ), AdmissionClass.LOG, changes_state=True),
+        ), AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
         Command(Op.SUBSCRIBE, subscribe, (
             _QUEUE,
             Arg("credit", "int", default=DEFAULT_CREDIT, lo=1, hi=_max_batch),
             Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
             Arg("auto_ack", "bool", default=False),
-        )),
+        ), permission=_CONSUMES),
         Command(Op.UNSUBSCRIBE, unsubscribe, (Arg("subscription", "int", lo=1, hi=2**63 - 1),)),
         Command(Op.PEEK, peek, (
             _QUEUE,
             Arg("max", "int", default=10, lo=1, hi=_max_batch),
             Arg("state", "choice", default=None, choices=tuple(_STATES)),
             Arg("dead_letter", "bool", default=False),
-        )),
-        Command(Op.MESSAGE_STATUS, message_status, (_QUEUE, Arg("ids", "ids", keep_duplicates=True))),
+        ), permission=_CONSUMES),
+        Command(Op.MESSAGE_STATUS, message_status, (_QUEUE, Arg("ids", "ids", keep_duplicates=True)),
+                permission=_CONSUMES),
     )
 }
 
@@ -1049,7 +1116,9 @@ def lookup(session: Session, op: str, args: dict[str, Any]) -> Command:
     command = COMMANDS.get(op)
     if command is None:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", details={"op": op})
-    if command.needs_handshake and not session.ready:
+    if command.needs_handshake and not session.ready and (command.needs_auth or not session.version):
+        if session.version:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the broker requires authentication: send auth")
         raise ProtocolError(ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
     command.calls += 1
     if not command.fields.issuperset(args):
@@ -1058,7 +1127,29 @@ def lookup(session: Session, op: str, args: dict[str, Any]) -> Command:
         if type(name) is not str:
             raise invalid("args", "argument names must be strings")
         raise invalid(name, f"{op} takes no argument {name!r}")
+    auth = session.auth
+    if auth is not None and command.permission:
+        lacking = denial(session, command, args)
+        if lacking is not None:
+            command.errors += 1
+            raise auth.denied(session, command.op, *lacking)
     return command
+
+
+def denial(session: Session, command: Command, args: dict[str, Any]) -> tuple[Permission, str] | None:
+    """The first permission a request needs that the session's user lacks, with the
+    queue or topic it is needed on (SPEC §4.3); None when the user holds them all.
+    Only with auth (``session.auth``)."""
+    assert session.auth is not None
+    needs = command.permission
+    wanted = needs(args) if callable(needs) else [(n.permission, args.get(n.arg)) for n in needs]
+    user = session.auth.user(session.user)
+    for permission, name in wanted:
+        if type(name) is str:
+            resource = name.partition(GROUP_SEPARATOR)[0]
+            if user is None or not user.may(permission, resource):
+                return permission, resource
+    return None
 
 
 def dispatch(session: Session, op: str, args: dict[str, Any], ctx: Context) -> Outcome:

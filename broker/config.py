@@ -35,6 +35,9 @@ from typing import Any
 
 from protocol import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, MIN_MAX_FRAME
 
+from protocol.users import UsersFileError
+from protocol.users import parse as parse_users
+
 from .metrics_http import parse_addr
 from .recovery import RecoverMode
 from .wal import DEFAULT_SEGMENT_BYTES, FsyncPolicy
@@ -58,6 +61,9 @@ ROUND_REQUESTS = 128
 MIN_SEGMENT_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+#: The ``auth`` setting: ``off`` (anyone who reaches the port may do anything) or
+#: ``required`` (users from ``users_file``, SPEC.md §4.2).
+AUTH_MODES = ("off", "required")
 #: The metadata keys a setting may have (see the module docs).
 SETTING_KEYS = frozenset({"help", "min", "max", "choices", "flag", "check"})
 
@@ -76,6 +82,16 @@ def setting(help: str, *, min: float | None = None, max: float | None = None,
 def _not_empty(value: str) -> None:
     if not value:
         raise ValueError("must not be empty")
+
+
+def _users_file(path: Path) -> None:
+    """The users file must be readable and valid (``protocol/users.py``)."""
+    try:
+        parse_users(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    except UsersFileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +162,14 @@ class BrokerConfig:
     frame_timeout_ms: int = field(default=30_000, metadata=setting(
         "A frame must arrive whole within this long of its first bytes; a slower one gets "
         "CONNECTION_TIMEOUT and the connection is closed.", min=1))
+    auth: str = field(default="off", metadata=setting(
+        "Authentication: off (anyone who reaches the port may do anything; a warning at start "
+        "unless listening on loopback only), or required (SCRAM-SHA-256 or a bearer token for a "
+        "user of users_file, whose permissions every request is checked against).", choices=AUTH_MODES))
+    users_file: Path | None = field(default=None, metadata=setting(
+        "The users file (TOML; edit it with brokerctl user): users, their SCRAM secrets and token "
+        "hashes, and what each may publish, consume and administer. Read again within a second "
+        "of a change.", check=_users_file))
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).
@@ -159,3 +183,7 @@ class BrokerConfig:
             raise ValueError("max_frame must exceed max_message by at least 4096 bytes")
         if self.fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms must be at least 1")
+        if self.auth not in AUTH_MODES:
+            raise ValueError("auth must be off or required")
+        if self.auth == "required" and self.users_file is None:
+            raise ValueError("auth = required needs users_file")

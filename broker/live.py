@@ -30,8 +30,8 @@ from .admission import Admission, AdmissionClass
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .commands import (
-    COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, lookup,
-    run)
+    COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, denial,
+    lookup, run)
 from .config import BrokerConfig
 from .mutations import Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take, Txn
 from .records import PublishFold, encode
@@ -41,8 +41,11 @@ from .wal import LogFailedError, SegmentedLog
 logger = logging.getLogger("lockgate.live")
 
 _PUBLISH = Publish.TYPE
-#: Ops whose changes are logged, one line each (``_log_queue_change``); no other request is.
+#: Ops whose changes are logged with a line of their own (``_log_queue_change``); every other
+#: administrative op gets an ``admin_op`` line (``_audit``); no other request is logged.
 _LOGGED_OPS = frozenset({str(Op.QUEUE_CREATE), str(Op.QUEUE_DELETE)})
+#: The arguments an ``admin_op`` line names.
+_AUDITED_ARGS = ("queue", "topic", "group", "dead_letter")
 
 
 def log_failed(exc: LogFailedError | str, request_id: int | None) -> ProtocolError:
@@ -54,18 +57,36 @@ def log_failed(exc: LogFailedError | str, request_id: int | None) -> ProtocolErr
 
 
 def _log_queue_change(session: Session, mutation: Mutation, result: dict[str, Any]) -> None:
-    """One line for a queue created or deleted, and by which connection."""
-    who = {"peer": session.peer, "client": session.client}
+    """One line for a queue created or deleted, and by which connection and user."""
+    who = {"peer": session.peer, "client": session.client, "user": session.user or None}
     if type(mutation) is QueueCreate:
-        logger.info("queue %s created (%s, shards %d) by %s %r", mutation.queue, mutation.kind,
-                    mutation.shards, session.peer, session.client,
+        logger.info("queue %s created (%s, shards %d) by %s %r%s", mutation.queue, mutation.kind,
+                    mutation.shards, session.peer, session.client, _as_user(session),
                     extra={"event": "queue_create", "queue": mutation.queue, "kind": str(mutation.kind),
                            "shards": mutation.shards, "dead_letter": mutation.dead_letter, **who})
     elif type(mutation) is QueueDelete:
-        logger.info("queue %s deleted (messages dropped: %d) by %s %r", mutation.queue, result.get("messages", 0),
-                    session.peer, session.client,
+        logger.info("queue %s deleted (messages dropped: %d) by %s %r%s", mutation.queue, result.get("messages", 0),
+                    session.peer, session.client, _as_user(session),
                     extra={"event": "queue_delete", "queue": mutation.queue,
                            "messages": result.get("messages", 0), **who})
+
+
+def _as_user(session: Session) -> str:
+    return f" as user {session.user!r}" if session.user else ""
+
+
+def _audit(session: Session, command: Command, args: dict[str, Any], outcome: Outcome) -> None:
+    """One line for an administrative op that succeeded, naming its user and peer (a queue
+    created or deleted: ``_log_queue_change``; a queue_create that changed nothing: none)."""
+    if command.op in _LOGGED_OPS:
+        if outcome.mutations:
+            _log_queue_change(session, outcome.mutations[0], outcome.result or {})
+        return
+    named = {name: args[name] for name in _AUDITED_ARGS if type(args.get(name)) is str}
+    logger.info("%s %s by %s %r%s", command.op, " ".join(f"{k} {v}" for k, v in named.items()), session.peer,
+                session.client, _as_user(session),
+                extra={"event": "admin_op", "op": command.op, **named, "peer": session.peer,
+                       "client": session.client, "user": session.user or None})
 
 
 class RoundOut:
@@ -107,8 +128,10 @@ class Run:
                 return False  # another op ends the run
             command = COMMANDS.get(frame.op)
         batch: Batch | None = command.batch if command is not None else None
-        if batch is None:
+        if batch is None or command is None:
             return False
+        if session.auth is not None and denial(session, command, frame.args) is not None:
+            return False  # it runs alone, and lookup refuses it
         found = batch.take(session, frame.args, ctx, len(self.items))
         if found is None:
             return False
@@ -175,8 +198,8 @@ class Live:
                         details={"limit": self.config.max_waiters})
                 return outcome.wait
             self._change(command, req, outcome.mutations)
-            if command.op in _LOGGED_OPS and outcome.mutations:
-                _log_queue_change(session, outcome.mutations[0], outcome.result or {})
+            if command.audited:
+                _audit(session, command, req.args, outcome)
         except ProtocolError as exc:
             exc.request_id = req.id
             out.error(exc)

@@ -9,6 +9,7 @@ round. A consume that must wait is held by a task of its connection (``waiting.H
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from protocol import NEED_DATA, Connection, Encoder, ProtocolError, Request
 
 from . import connlimits, datadir, gcpolicy, recovery
 from .admission import Admission
+from .auth import Authenticator
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .commands import Session, Subscribe
@@ -82,6 +84,8 @@ class Broker:
         #: it serves.
         self.metrics: BrokerMetrics | None = None
         self.metrics_addr = ""
+        #: With ``auth = "required"``: the users and the handshake's checks (``broker/auth.py``).
+        self.auth: Authenticator | None = None
 
     @property
     def wal_dir(self) -> Any:
@@ -117,6 +121,10 @@ class Broker:
     def _start(self) -> SyncHelper | None:
         """Recover, then build the log's committer, admission, checkpointer and live path."""
         gcpolicy.tune()
+        if self.config.auth == "required":
+            assert self.config.users_file is not None
+            self.auth = Authenticator(self.config.users_file, trio.current_time)
+            self.auth.load()
         self._max_connections = connlimits.fit_fd_limit(self.config.max_connections)
         self._refusal = connlimits.refusal(self._max_connections)
         self.recover()
@@ -162,12 +170,15 @@ class Broker:
                     live.commit([Recover(live.context().now_ms)])
                     await committer.wait_durable(live.durable_lsn())
                 nursery.start_soon(self._timer_loop)
+                if self.auth is not None:
+                    nursery.start_soon(self.auth.watch)
                 await nursery.start(checkpointer.run)
                 async with trio.open_nursery() as connections:
                     listening = trio.CancelScope()
                     listeners = await connections.start(self._listen, listening, connections)
                     host, port = listeners[0].socket.getsockname()[:2]
                     self.addr = live.addr = f"{host}:{port}"
+                    self._log_auth([listener.socket.getsockname()[0] for listener in listeners])
                     task_status.started(self.addr)
                     await self._stopping.wait()
                     logger.info("shutting down: no new connections; finishing in-flight requests")
@@ -195,6 +206,18 @@ class Broker:
                     if helper is not None:
                         helper.close()
             logger.info("stopped%s", " cleanly" if clean else "")
+
+    def _log_auth(self, hosts: list[str]) -> None:
+        """Say how clients authenticate; loudly when anyone beyond this machine may do anything."""
+        if self.auth is not None:
+            logger.info("authentication required: %d users from %s", len(self.auth.users), self.auth.path,
+                        extra={"event": "auth_required", "users": len(self.auth.users),
+                               "path": str(self.auth.path)})
+        elif not all(ipaddress.ip_address(host.split("%")[0]).is_loopback for host in hosts):
+            logger.warning("AUTHENTICATION IS OFF and the broker listens on %s, beyond this machine: "
+                           "anyone who can reach it can read, change and delete every queue and topic. "
+                           "Set auth = \"required\" and a users_file (docs/operations.md)", ", ".join(hosts),
+                           extra={"event": "auth_off_exposed", "hosts": hosts})
 
     async def _serve_metrics(self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve ``/metrics`` at ``addr`` until cancelled (``broker/metrics.py``)."""
@@ -266,7 +289,7 @@ class Broker:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         assert self._committer is not None and self._live is not None
-        session = Session()
+        session = Session(auth=self.auth)
         try:
             session.peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
@@ -308,15 +331,18 @@ class Broker:
         reason = session.closing or ("broker shutting down" if self._draining else "closed by the client")
         level = logging.WARNING if reason.startswith(("protocol error", "internal error")) else logging.INFO
         client = repr(session.client) if session.client else "no hello"
-        logger.log(level, "connection from %s closed (%s): %s", session.peer, client, reason,
+        user = f" as user {session.user!r}" if session.user else ""
+        logger.log(level, "connection from %s%s closed (%s): %s", session.peer, user, client, reason,
                    extra={"event": "connection_close", "peer": session.peer, "client": session.client,
+                          "user": session.user or None,
                           "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
                           replies: Replies, holding: trio.Nursery) -> bool:
         """Read and run one connection's requests in rounds until it closes or drains;
         each round's replies go to ``replies``. True when it ends the connection for a
-        timeout (``connlimits``, rules 2-3), after sending CONNECTION_TIMEOUT."""
+        timeout (``connlimits``, rules 2-3), after sending CONNECTION_TIMEOUT, or for a
+        failed authentication, whose AUTH_FAILED it sends late (``auth``, rule 4)."""
         live = self._live
         assert live is not None
         reads = connlimits.ReadTimer(self._timeouts, trio.current_time())
@@ -355,9 +381,11 @@ class Broker:
             except LogFailedError as exc:
                 replies.fail(out.out, out.answered, exc)
                 lsn, out.answered = 0, []
+            if closing and session.auth_delay:
+                await trio.sleep(session.auth_delay)  # a failed authentication is answered late
             await replies.send(Round(out.out, out.answered, lsn, sent))
             if closing:
-                return False
+                return bool(session.auth_delay)
         return False
 
     async def _time_out(self, session: Session, conn: Connection, replies: Replies,
@@ -407,6 +435,8 @@ class Broker:
                 if run.take(session, frame, ctx):
                     continue
             wait = live.execute(session, frame, ctx, out)
+            if session.auth_delay:  # authentication failed: nothing after it is read
+                return False, True
             if isinstance(wait, Subscribe):
                 assert self._subscriptions is not None
                 self._subscriptions.start(session, wait, replies, conn.encoder, holding)

@@ -25,6 +25,7 @@ from protocol import (
     RetryBackoff,
     StartFrom,
 )
+from protocol.users import Permission
 
 from .admission import AdmissionClass
 from .commands import (
@@ -32,11 +33,13 @@ from .commands import (
     Args,
     Command,
     Context,
+    Need,
     Outcome,
     Session,
     _too_large,
     invalid,
     queue_name_arg,
+    visible,
 )
 from .mutations import GroupCreate, GroupDelete, GroupSeek, TopicCreate, TopicDelete, TopicPublish
 from .topics import Group, Topic, group_queue_name
@@ -79,7 +82,8 @@ def topic_delete(session: Session, args: Args, ctx: Context) -> Outcome:
 
 
 def topic_list(session: Session, args: Args, ctx: Context) -> Outcome:
-    return Outcome({"topics": [t.stats() for _, t in sorted(ctx.state.topics.items())]})
+    return Outcome({"topics": [t.stats() for name, t in sorted(ctx.state.topics.items())
+                               if visible(session, name)]})
 
 
 def topic_stats(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -214,6 +218,10 @@ def group_seek(session: Session, args: Args, ctx: Context) -> Outcome:
 
 _TOPIC = Arg("topic", "topic", doc="An existing topic.")
 _GROUP = Arg("group", "any", doc="A group of the topic.")
+#: What the topic and group ops need of their user (SPEC §4.3).
+_PUBLISHES = (Need(Permission.PUBLISH, "topic"),)
+_CONSUMES = (Need(Permission.CONSUME, "topic"),)
+_ADMINISTERS = (Need(Permission.ADMIN, "topic"),)
 
 TOPIC_COMMANDS: tuple[Command, ...] = (
     Command(Op.TOPIC_CREATE, topic_create, (
@@ -223,12 +231,13 @@ TOPIC_COMMANDS: tuple[Command, ...] = (
         Arg("max_age_ms", "int", default=0, lo=0, hi=MAX_AGE_MS),
         Arg("max_bytes", "int", default=0, lo=0, hi=2**63 - 1),
         Arg("max_messages", "int", default=0, lo=0, hi=2**63 - 1),
-    ), AdmissionClass.LOG, changes_state=True),
-    Command(Op.TOPIC_DELETE, topic_delete, (_TOPIC,), AdmissionClass.LOG, changes_state=True),
+    ), AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
+    Command(Op.TOPIC_DELETE, topic_delete, (_TOPIC,), AdmissionClass.LOG, changes_state=True,
+            permission=_ADMINISTERS),
     Command(Op.TOPIC_LIST, topic_list, ()),
-    Command(Op.TOPIC_STATS, topic_stats, (_TOPIC,)),
+    Command(Op.TOPIC_STATS, topic_stats, (_TOPIC,), permission=_CONSUMES),
     Command(Op.TOPIC_PUBLISH, topic_publish, (_TOPIC, Arg("messages", "any")), AdmissionClass.PUBLISH,
-            changes_state=True),
+            changes_state=True, permission=_PUBLISHES),
     Command(Op.GROUP_CREATE, group_create, (
         _TOPIC,
         Arg("group", "queue_name"),
@@ -242,9 +251,11 @@ TOPIC_COMMANDS: tuple[Command, ...] = (
         Arg("retry_jitter", "int", default=0, lo=0, hi=MAX_RETRY_JITTER),
         Arg("ordered", "bool", default=False),
         Arg("dead_letter", "queue_name", default=None),
-    ), AdmissionClass.LOG, changes_state=True),
-    Command(Op.GROUP_DELETE, group_delete, (_TOPIC, _GROUP), AdmissionClass.LOG, changes_state=True),
-    Command(Op.GROUP_STATS, group_stats, (_TOPIC, _GROUP)),
+    ), AdmissionClass.LOG, changes_state=True,
+            permission=(Need(Permission.ADMIN, "topic"), Need(Permission.PUBLISH, "dead_letter"))),
+    Command(Op.GROUP_DELETE, group_delete, (_TOPIC, _GROUP), AdmissionClass.LOG, changes_state=True,
+            permission=_ADMINISTERS),
+    Command(Op.GROUP_STATS, group_stats, (_TOPIC, _GROUP), permission=_CONSUMES),
     Command(Op.GROUP_SEEK, group_seek, (_TOPIC, _GROUP, Arg("to", "any", default=None)),
-            AdmissionClass.LOG, changes_state=True),
+            AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
 )

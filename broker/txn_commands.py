@@ -8,6 +8,8 @@ from typing import Any
 from protocol import ErrorCode, Op, ProtocolError
 
 from .admission import AdmissionClass
+from protocol.users import Permission
+
 from .commands import COMMANDS, Arg, Args, Command, Context, Outcome, Session, invalid, run
 from .mutations import Mutation, Txn
 from .queues import LEASED, Queue
@@ -68,7 +70,19 @@ def _all_leased(queue: Queue, ids: list[int]) -> None:
                             details={"queue": queue.name, "ids": lost})
 
 
+def step_permissions(args: dict[str, Any]) -> list[tuple[Permission, Any]]:
+    """A transaction needs what each of its steps needs (SPEC §4.3); a malformed step
+    needs nothing here (the handler refuses it)."""
+    steps = args.get("steps")
+    needs: list[tuple[Permission, Any]] = []
+    for step in steps if type(steps) is list else ():
+        command = COMMANDS[step["op"]] if type(step) is dict and step.get("op") in TXN_OPS else None
+        if command is not None and not callable(command.permission):
+            needs.extend((n.permission, step.get(n.arg)) for n in command.permission)
+    return needs
+
+
 TXN_COMMANDS: tuple[Command, ...] = (
     Command(Op.TXN, txn, (Arg("steps", "any", doc="1..64 steps: ack, publish or topic_publish."),),
-            AdmissionClass.PUBLISH, changes_state=True),
+            AdmissionClass.PUBLISH, changes_state=True, permission=step_permissions),
 )

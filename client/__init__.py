@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    AuthFailed,
     ConnectionClosed,
     ConnectionTimeout,
     DiskFull,
@@ -28,6 +29,7 @@ from .errors import (
     MalformedFrame,
     MalformedRequest,
     MessageTooLarge,
+    PermissionDenied,
     QueueExists,
     QueueFull,
     QueueNotFound,
@@ -35,6 +37,7 @@ from .errors import (
     StorageError,
     TooManyConnections,
     TxnConflict,
+    Unauthenticated,
     UnknownOp,
     UnsupportedVersion,
     WrongNode,
@@ -87,12 +90,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "Client", "GroupStats", "TopicMessage", "TopicStats", "Transaction", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
+    "AckResult", "AuthFailed", "Client", "GroupStats", "TopicMessage", "TopicStats", "Transaction", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
     "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
-    "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
+    "PermissionDenied", "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
     "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
-    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "TxnConflict", "UnknownOp",
-    "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
+    "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "TxnConflict", "Unauthenticated",
+    "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
 ]

@@ -218,6 +218,41 @@ class TxnConflict(LockgateError):
     code = ErrorCode.TXN_CONFLICT
 
 
+class Unauthenticated(LockgateError):
+    """The broker requires authentication and this connection has not authenticated:
+    connect with ``user=``/``password=`` or ``token=``."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class AuthFailed(LockgateError):
+    """Authentication failed: unknown user or token, wrong password, or too many failures
+    from this address (``retry_after_ms``). The broker closes the connection. Also raised
+    by the client itself when the broker's SCRAM signature does not match, or a broker
+    that does not authenticate is given credentials."""
+
+    code = ErrorCode.AUTH_FAILED
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        return self.details.get("retry_after_ms")
+
+
+class PermissionDenied(LockgateError):
+    """The user may not do this: ``permission`` (``publish``, ``consume`` or ``admin``)
+    on ``resource`` (a queue or topic name) is not granted to ``user``."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+    @property
+    def permission(self) -> str | None:
+        return self.details.get("permission")
+
+    @property
+    def resource(self) -> str | None:
+        return self.details.get("resource")
+
+
 class ShuttingDown(LockgateError):
     """The server is shutting down and accepts no new work."""
 
@@ -231,8 +266,8 @@ class InternalError(LockgateError):
 
 
 __all__ = [
-    "ConnectionClosed", "ConnectionTimeout", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError",
+    "AuthFailed", "ConnectionClosed", "ConnectionTimeout", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
-    "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections", "TxnConflict",
-    "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
+    "PermissionDenied", "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections", "TxnConflict",
+    "Unauthenticated", "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
 ]

@@ -56,12 +56,23 @@ class ErrorCode(IntEnum):
     #: A ``txn`` acks a message that is not leased any more (its lease ran out, or it
     #: was acked): nothing of the transaction was applied.
     TXN_CONFLICT = 20
+    #: ``auth = "required"`` and the connection has not authenticated: only ``hello`` and
+    #: ``auth`` are accepted.
+    UNAUTHENTICATED = 21
+    #: Authentication failed (unknown user or token, wrong password, too many failures
+    #: from this address: ``details.retry_after_ms``). Sent late; the connection is closed.
+    AUTH_FAILED = 22
+    #: The user lacks the permission the request needs; ``details.permission``
+    #: (``publish``, ``consume`` or ``admin``), ``details.resource`` (queue or topic) and
+    #: ``details.user``.
+    PERMISSION_DENIED = 23
 
 
-#: Codes after which the sender closes the connection: framing is lost, or a connection
-#: limit was reached.
+#: Codes after which the sender closes the connection: framing is lost, a connection
+#: limit was reached, or authentication failed.
 FATAL_CODES = frozenset({ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE,
-                         ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.CONNECTION_TIMEOUT})
+                         ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.CONNECTION_TIMEOUT,
+                         ErrorCode.AUTH_FAILED})
 
 
 class ProtocolError(Exception):

@@ -17,6 +17,7 @@ class Op(StrEnum):
     """Request operation names."""
 
     HELLO = "hello"
+    AUTH = "auth"
     PING = "ping"
     QUEUE_CREATE = "queue_create"
     QUEUE_DELETE = "queue_delete"

@@ -5,10 +5,12 @@ failure in the documented order, and leaves the state untouched (no mutations).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker.auth import Authenticator
 from broker.commands import COMMANDS, REPLY_OVERHEAD, Context, Outcome, Session, Wait, dispatch
 from broker.config import BrokerConfig
 from broker.mutations import QueueCreate
@@ -22,6 +24,7 @@ from protocol import (
     ErrorCode,
     ProtocolError,
 )
+from protocol.users import User, Users, new_token, token_hash
 
 CFG = BrokerConfig(max_message=64, max_batch=4, max_queues=3)
 NOW = 1_700_000_000_000
@@ -33,6 +36,16 @@ INVALID = ErrorCode.INVALID_ARGUMENT
 
 def ready_session() -> Session:
     return Session(ready=True, client_max_frame=16 * 2**20)
+
+
+TOKEN = new_token()
+
+
+def authenticating() -> Session:
+    """A connection after hello to a broker with auth, which knows one user by ``TOKEN``."""
+    auth = Authenticator(Path("users.toml"), lambda: 0.0)
+    auth.users = Users({"svc": User(name="svc", tokens=(token_hash(TOKEN),))})
+    return Session(version=1, auth=auth, client_max_frame=16 * 2**20)
 
 
 def run(state: BrokerState, op: str, args: dict[str, Any], session: Session | None = None,
@@ -72,6 +85,7 @@ def state() -> BrokerState:
 
 BASE: dict[str, dict[str, Any]] = {
     "hello": {"versions": [1]},
+    "auth": {"mechanism": "TOKEN", "token": TOKEN},
     "ping": {},
     "queue_create": {"queue": "new"},
     "queue_delete": {"queue": "q"},
@@ -126,7 +140,7 @@ def with_args(op: str, **changes: Any) -> dict[str, Any]:
 def test_every_base_request_is_accepted(state: BrokerState, op: str) -> None:
     """The base requests the tables below alter are valid as they stand."""
     assert set(BASE) == set(COMMANDS)
-    session = Session() if op == "hello" else ready_session()
+    session = Session() if op == "hello" else authenticating() if op == "auth" else ready_session()
     running = session.subscriptions[1] = StubSubscription()
     assert run(state, op, dict(BASE[op]), session=session).result is not None
     assert running.stopped == (op == "unsubscribe")

@@ -110,14 +110,21 @@ def other_value(s: Spec) -> tuple[str, Any]:
 def test_each_setting_from_each_source(tmp_path: Path, name: str) -> None:
     s = next(s for s in specs() if s.name == name)
     text, value = other_value(s)
+    # users_file must name a valid users file, and auth = "required" needs one.
+    users = tmp_path / "users.toml"
+    users.write_text("version = 1\n")
+    if name == "users_file":
+        text = value = str(users)
+    base = {"LOCKGATE_USERS_FILE": str(users)} if name == "auth" else {}
     config = tmp_path / "lockgate.toml"
     config.write_text(f"{name} = {json.dumps(value)}\n")
-    assert effective("--config", str(config))[name] == {"value": value, "source": "file", "from": str(config)}
-    assert effective(env={s.env: text})[name] == {"value": value, "source": "env", "from": s.env}
+    assert effective("--config", str(config), env=base)[name] == {
+        "value": value, "source": "file", "from": str(config)}
+    assert effective(env={**base, s.env: text})[name] == {"value": value, "source": "env", "from": s.env}
     flag = [s.flag] if s.kind is bool and value else [s.flag, text]
     if s.kind is bool and not value:
         flag = ["--no-" + s.flag[2:]]
-    assert effective(*flag)[name] == {"value": value, "source": "flag", "from": s.flag}
+    assert effective(*flag, env=base)[name] == {"value": value, "source": "flag", "from": s.flag}
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
