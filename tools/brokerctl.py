@@ -285,7 +285,7 @@ def main() -> None:
 
     Commands that talk to a broker accept --addr HOST:PORT (default: $LOCKGATE_ADDR,
     else 127.0.0.1:7878); all accept --json. `brokerctl wal ...` reads a data directory
-    offline (never modifying it). Exit status: 0 ok, 1 the broker refused the request
+    offline (never modifying it); `brokerctl user ...` edits a users file offline. Exit status: 0 ok, 1 the broker refused the request
     (or, for wal, damage was found), 2 the broker could not be reached (or bad usage).
     """
 
@@ -1159,8 +1159,10 @@ def group_delete(topic_name: str, name: str, yes: bool, addr: str, as_json: bool
 #     from tools.bench import bench; main.add_command(bench)
 # Keep `tools.brokerctl.main` importable: it is the `brokerctl` console script.
 
+from tools.userctl import user  # noqa: E402  (the users file, offline)
 from tools.walctl import wal  # noqa: E402  (offline WAL tools; needs no broker)
 
+main.add_command(user)
 main.add_command(wal)
 
 
