@@ -79,7 +79,7 @@ from .mutations import (
     Release,
     plain_publish,
 )
-from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, DeadLetter, Message, Queue, QueueSettings, take_fitting
+from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, WAITING, DeadLetter, Message, Queue, QueueSettings, take_fitting
 from .topics import Topic, TopicCopy
 from .state import BrokerState
 
@@ -494,7 +494,7 @@ def queue_create(session: Session, args: Args, ctx: Context) -> Outcome:
 def queue_delete(session: Session, args: Args, ctx: Context) -> Outcome:
     queue: Queue = args["queue"]
     not_a_group(queue, "delete it with group_delete")
-    return Outcome({"queue": queue.name, "messages": len(queue)}, (QueueDelete(queue.name),))
+    return Outcome({"queue": queue.name, "messages": len(queue)}, (QueueDelete(queue.name, ctx.now_ms),))
 
 
 def queue_list(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -511,10 +511,10 @@ def queue_purge(session: Session, args: Args, ctx: Context) -> Outcome:
     not_a_group(queue, "move it on with group_seek")
     leased: bool = args["leased"]
     result = {"queue": queue.name, "ready": queue.ready, "delayed": queue.delayed,
-              "leased": queue.leased if leased else 0}
-    if not (result["ready"] or result["delayed"] or result["leased"]):
+              "leased": queue.leased if leased else 0, "waiting": queue.waiting}
+    if not (result["ready"] or result["delayed"] or result["leased"] or result["waiting"]):
         return Outcome(result)
-    return Outcome(result, (Purge(queue.name, leased),))
+    return Outcome(result, (Purge(queue.name, leased, ctx.now_ms),))
 
 
 _LIST, _BYTES, _ONE = {list}, {bytes}, {1}
@@ -545,7 +545,7 @@ def _publish_outcome(queue: Queue, entries: list[Any], count: int, ctx: Context)
     now = ctx.now_ms
     first = entries[0]
     if queue.default_ttl:  # every message gets an expiry: not plain (records.py rule 2)
-        return _publish_entries(queue, entries, now, cfg.max_message)
+        return _publish_entries(queue, entries, now, cfg.max_message, ctx.state.queues)
     elif count == 1 and type(first) is list and len(first) == 1 and type(first[0]) is bytes:
         if len(first[0]) > cfg.max_message:
             _too_large([first[0]], cfg.max_message)
@@ -561,9 +561,9 @@ def _publish_outcome(queue: Queue, entries: list[Any], count: int, ctx: Context)
         mutation = plain_publish(queue.name, queue.next_id, now, bodies)
     elif set(map(type, entries)) == _LIST and set(map(len, entries)) == _SIX and queue.settings.dedup_window_ms:
         found = _deduplicated_columns(queue, entries, now, cfg.max_message)
-        return found if found is not None else _publish_entries(queue, entries, now, cfg.max_message)
+        return found if found is not None else _publish_entries(queue, entries, now, cfg.max_message, ctx.state.queues)
     else:
-        return _publish_entries(queue, entries, now, cfg.max_message)
+        return _publish_entries(queue, entries, now, cfg.max_message, ctx.state.queues)
     return _outcome({"first_id": mutation.first_id, "count": count}, (mutation,))
 
 
@@ -720,15 +720,17 @@ def _too_large(bodies: list[bytes], limit: int) -> None:
                         details={"index": index, "limit": limit})
 
 
-def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: int) -> Outcome:
-    """Validate entries that may carry a key, priority, delay, time to live or dedup id,
-    and publish those that are not duplicates (SPEC §8.9)."""
+def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: int,
+                     queues: dict[str, Queue]) -> Outcome:
+    """Validate entries that may carry a key, priority, delay, time to live, dedup id or
+    dependencies, and publish those that are not duplicates (SPEC §8.9)."""
     bodies: list[bytes] = []
     keys: list[bytes | None] = []
     priorities: list[int] = []
     ready_ats: list[int] = []
     expiries: list[int] = []
     dedup_ids: list[bytes | None] = []
+    depends_on: list[list[list[Any]] | None] = []
     duplicates: list[list[int]] = []
     #: Dedup ids of this request's stored entries -> the ids they get.
     batch: dict[bytes, int] = {}
@@ -737,10 +739,10 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
     dedup = queue.settings.dedup_window_ms > 0
     next_id = queue.next_id
     for index, entry in enumerate(entries):
-        if type(entry) is not list or not 1 <= len(entry) <= 7:
-            raise invalid(f"messages[{index}]",
-                          "a message is an array [body, key, priority, delay_ms, ttl_ms, dedup_id, deliver_at]")
-        body, key, priority, delay, ttl, dedup_id, deliver_at = (entry + [None] * 6)[:7]
+        if type(entry) is not list or not 1 <= len(entry) <= 8:
+            raise invalid(f"messages[{index}]", "a message is an array "
+                          "[body, key, priority, delay_ms, ttl_ms, dedup_id, deliver_at, after]")
+        body, key, priority, delay, ttl, dedup_id, deliver_at, after = (entry + [None] * 7)[:8]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
@@ -768,6 +770,8 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
                               f"deliver_at must be a time in ms at most {MAX_DELAY_MS} ms from now, "
                               "or nil, and not given with delay_ms")
             delay = max(deliver_at - now, 0)
+        if after is not None:
+            after = _dependencies(after, f"messages[{index}].after", queue, next_id + len(bodies), queues)
         sizes.append(body)
         if dedup and dedup_id is not None:
             earlier = batch.get(dedup_id)
@@ -785,6 +789,7 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
         ready_ats.append(now + delay if delay else 0)
         expiries.append(now + ttl if ttl else 0)
         dedup_ids.append(dedup_id)
+        depends_on.append(after or None)
     if max(map(len, sizes)) > max_message:
         _too_large(sizes, max_message)
     result: dict[str, Any] = {"first_id": next_id, "count": len(bodies)}
@@ -799,7 +804,32 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
         ready_ats if any(ready_ats) else None,
         expiries if any(expiries) else None,
         dedup_ids if batch else None,
+        depends_on if any(d is not None for d in depends_on) else None,
     ),))
+
+
+#: Most dependencies of one message (SPEC §8.14).
+MAX_DEPENDENCIES = 64
+
+
+def _dependencies(value: Any, field: str, queue: Queue, next_id: int, queues: dict[str, Queue]) -> list[list[Any]]:
+    """An entry's ``after``: up to ``MAX_DEPENDENCIES`` distinct ``[queue, id]`` pairs,
+    each naming a queue that exists (not a consumer group) and an id it has given out, or
+    in ``queue`` an id given out earlier in this publish (next to get: ``next_id``)."""
+    if type(value) is not list or len(value) > MAX_DEPENDENCIES:
+        raise invalid(field, f"after must be an array of at most {MAX_DEPENDENCIES} [queue, id] pairs, or nil")
+    pairs: list[list[Any]] = []
+    for pair in value:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not int:
+            raise invalid(field, "each dependency is a [queue, id] pair")
+        name, mid = pair
+        held = queues.get(name)
+        limit = next_id if name == queue.name else (held.next_id if held is not None else 0)
+        if held is None or GROUP_SEPARATOR in name or not 1 <= mid < limit:
+            raise invalid(field, f"no message {mid} was published to queue {name!r}")
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs
 
 
 def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool:
@@ -810,7 +840,7 @@ def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool
     seen: set[bytes] = set()
     duplicates = 0
     for entry in entries:
-        dedup_id = entry[5] if type(entry) is list and 6 <= len(entry) <= 7 else None
+        dedup_id = entry[5] if type(entry) is list and 6 <= len(entry) <= 8 else None
         if type(dedup_id) is bytes and 1 <= len(dedup_id) <= MAX_DEDUP_ID:
             if dedup_id in seen or queue.duplicate_of(dedup_id, now) is not None:
                 duplicates += 1
@@ -930,7 +960,7 @@ def redrive(session: Session, args: Args, ctx: Context) -> Outcome:
         chosen.append(mid)
         counts[target.name] = counts.get(target.name, 0) + 1
     result = {"redriven": len(chosen), "queues": counts, "skipped": skipped}
-    return Outcome(result, (Redrive(dlq.name, chosen),) if chosen else ())
+    return Outcome(result, (Redrive(dlq.name, chosen, ctx.now_ms),) if chosen else ())
 
 
 def subscribe(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -954,7 +984,7 @@ def unsubscribe(session: Session, args: Args, ctx: Context) -> Outcome:
 
 
 #: Message states by their wire names (``peek``, ``message_status``).
-STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed"}
+STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed", WAITING: "waiting"}
 _STATES = {name: state for state, name in STATE_NAMES.items()}
 
 
@@ -1004,9 +1034,12 @@ def message_status(session: Session, args: Args, ctx: Context) -> Outcome:
 def _status(queue: Queue, dlq: Queue | None, mid: int) -> dict[str, Any]:
     msg = queue.messages.get(mid)
     if msg is not None:
-        return {"id": mid, "state": STATE_NAMES[msg.state], "queue": queue.name,
-                "attempts": msg.attempts, "until_ms": msg.deadline,
-                "expires_at_ms": queue.expires.get(mid, 0), "published_at": msg.published_at}
+        status = {"id": mid, "state": STATE_NAMES[msg.state], "queue": queue.name,
+                  "attempts": msg.attempts, "until_ms": msg.deadline,
+                  "expires_at_ms": queue.expires.get(mid, 0), "published_at": msg.published_at}
+        if msg.state == WAITING:
+            status["waits_on"] = sorted(map(list, queue.waits_on[mid]))
+        return status
     if dlq is not None:
         dead_id = dlq.dead_letter_of(queue.name, mid)
         if dead_id is not None:

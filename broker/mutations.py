@@ -128,9 +128,12 @@ class QueueCreate(Mutation):
 
 @mutation(2)
 class QueueDelete(Mutation):
-    """A queue and every message in it go away."""
+    """A queue and every message in it go away (at ``now_ms``: messages waiting on them
+    are dead-lettered then, SPEC §8.14; older records lack it)."""
 
+    RECORD_BASE = 1
     queue: str
+    now_ms: int = 0
 
 
 @mutation(3)
@@ -161,13 +164,16 @@ class Publish(Mutation):
     ready_at_ms: list[int] | None = None
     expires_at_ms: list[int] | None = None
     dedup_ids: list[bytes | None] | None = None
+    #: Per message, the ``[queue, id]`` pairs it depends on (None: none); older records
+    #: lack the column (SPEC §8.14).
+    depends_on: list[list[list[Any]] | None] | None = None
 
     @property
     def plain(self) -> bool:
-        """No key, priority, delay, expiry or dedup id on any message: runs of these fold
-        together."""
+        """No key, priority, delay, expiry, dedup id or dependency on any message: runs
+        of these fold together."""
         return self.keys is None and self.priorities is None and self.ready_at_ms is None \
-            and self.expires_at_ms is None and self.dedup_ids is None
+            and self.expires_at_ms is None and self.dedup_ids is None and self.depends_on is None
 
 
 @mutation(4)
@@ -234,10 +240,12 @@ class Recover(Mutation):
 @mutation(9)
 class Purge(Mutation):
     """Every ready and delayed message of a queue is deleted (and, with ``leased``, every
-    leased one): not acked, not dead-lettered."""
+    leased one): not acked, not dead-lettered (at ``now_ms``, as for ``QueueDelete``)."""
 
+    RECORD_BASE = 2
     queue: str
     leased: bool
+    now_ms: int = 0
 
 
 @mutation(10)
@@ -263,10 +271,13 @@ class Reject(Mutation):
 @mutation(12)
 class Redrive(Mutation):
     """Messages of a dead-letter queue go back to the queues they were dead-lettered
-    from, as new messages there (in this order), attempts reset."""
+    from, as new messages there (in this order), attempts reset (at ``now_ms``, as for
+    ``QueueDelete``)."""
 
+    RECORD_BASE = 2
     queue: str
     ids: list[int]
+    now_ms: int = 0
 
 
 @mutation(13)
@@ -415,7 +426,7 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     frozen value at half the cost of the generated ``__init__`` (one per publish request)."""
     obj = _new(Publish)
     (set_queue, set_first, set_now, set_bodies, set_keys, set_prio, set_ready, set_expires,
-     set_dedup) = _PUBLISH_SLOTS
+     set_dedup, set_depends) = _PUBLISH_SLOTS
     set_queue(obj, queue)
     set_first(obj, first_id)
     set_now(obj, now_ms)
@@ -425,4 +436,5 @@ def plain_publish(queue: str, first_id: int, now_ms: int, bodies: list[bytes]) -
     set_ready(obj, None)
     set_expires(obj, None)
     set_dedup(obj, None)
+    set_depends(obj, None)
     return obj

@@ -160,6 +160,8 @@ def publish_need(m: Publish) -> int:
         if None in dedup_ids:
             dedup_ids = [d for d in dedup_ids if d is not None]
         need += sum(map(len, dedup_ids)) + (PER_BODY + 1) * n  # type: ignore[arg-type]
+    if m.depends_on is not None:  # per pair: array 1, name header 2 + name, id 9
+        need += n + sum(12 + len(q) for deps in m.depends_on if deps for q, _ in deps)
     return need
 
 

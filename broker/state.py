@@ -46,7 +46,7 @@ from .mutations import (
     Take,
     Txn,
 )
-from .queues import DELAYED, LEASED, READY, DeadLetter, Message, Queue, QueueSettings
+from .queues import DELAYED, LEASED, READY, WAITING, DeadLetter, Message, Queue, QueueSettings
 from .records import ack_cost, decode_fields
 from .topic_state import TOPIC_TIMER, TopicAppliers
 from .topics import Group, Topic, copy_maker, group_queue_name
@@ -67,6 +67,8 @@ SNAPSHOT_DEDUP = 106
 SNAPSHOT_TOPIC = 107
 SNAPSHOT_TOPIC_MESSAGES = 108
 SNAPSHOT_GROUP = 109
+#: Up to 1000 waiting messages of a queue with what each waits on (SPEC §8.14).
+SNAPSHOT_WAITS = 110
 
 #: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
 WAKE_ALL = 2**62
@@ -76,6 +78,7 @@ REASON_MAX_ATTEMPTS = "max_attempts"
 REASON_REJECTED = "rejected"
 REASON_EXPIRED = "expired"
 REASON_OVERFLOW = "overflow"
+REASON_DEPENDENCY = "dependency"
 
 _F = TypeVar("_F", bound=Callable[..., None])
 
@@ -105,6 +108,8 @@ class BrokerState(TopicAppliers):
     def __init__(self) -> None:
         self.queues: dict[str, Queue] = {}
         self._init_topics()
+        #: (queue, id) -> the (queue, id) of each message waiting on it (SPEC §8.14).
+        self.dependents: dict[tuple[str, int], list[tuple[str, int]]] = {}
         #: (deadline_ms, queue name): when some queue next needs ``due``.
         self._timers: list[tuple[int, str]] = []
         self._timer_at: dict[str, int] = {}
@@ -204,13 +209,15 @@ class BrokerState(TopicAppliers):
                 self.observer.queue_created(name)
 
     @applies(QueueDelete)
-    def _queue_delete(self, name: str) -> None:
+    def _queue_delete(self, name: str, now_ms: int = 0) -> None:
         queue = self.queues.pop(name, None)
         self._timer_at.pop(name, None)
         self._woken[name] = WAKE_ALL
         if queue is not None:
             self.ack_reserve -= len(queue) * ack_cost(name)
-            queue.remove(list(queue.messages))
+            gone = list(queue.messages)
+            queue.remove(gone)
+            self._settle(name, gone, False, now_ms)
             target = self.queues.get(queue.settings.dead_letter or "")
             if target is not None:
                 target.forget_source(name)  # a new queue of this name starts at id 1
@@ -223,17 +230,29 @@ class BrokerState(TopicAppliers):
         keys: list[bytes | None] | None, priorities: list[int] | None,
         ready_at_ms: list[int] | None, expires_at_ms: list[int] | None = None,
         dedup_ids: list[bytes | None] | None = None,
+        depends_on: list[list[list[Any]] | None] | None = None,
     ) -> None:
         queue = self.queues[name]
         parked = len(queue.parked)
-        queue.add(first_id, now_ms, bodies, keys, priorities, ready_at_ms, expires_at_ms)
+        waiting = queue.waiting
+        waits, failed = self._dependencies(name, first_id, depends_on) if depends_on is not None else (None, [])
+        queue.add(first_id, now_ms, bodies, keys, priorities, ready_at_ms, expires_at_ms, waits)
         if dedup_ids is not None:
             queue.remember(first_id, dedup_ids, now_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
         # Wake as many as became deliverable: not the delayed, nor those an ordered
-        # queue holds back for their key's turn.
+        # queue holds back for their key's turn, nor those waiting on dependencies.
         ready = len(bodies) if ready_at_ms is None else ready_at_ms.count(0)
         ready -= len(queue.parked) - parked
+        if waits:
+            ready -= sum(1 for mid in waits if not queue.messages[mid].deadline)
+            for mid, deps in waits.items():
+                for dep in deps:
+                    self.dependents.setdefault(dep, []).append((name, mid))
+        if failed:  # a dependency was dead-lettered already: so is this one (SPEC §8.14)
+            self._dead_letter(queue, [queue.messages[mid] for mid, _ in failed], now_ms, REASON_DEPENDENCY,
+                              [f"dependency {q}#{i} was dead-lettered" for _, (q, i) in failed])
+        del waiting
         if ready:
             self._wake(name, ready)
         if queue.delayed or expires_at_ms is not None:
@@ -254,6 +273,8 @@ class BrokerState(TopicAppliers):
         removed = queue.remove(ids)
         queue.acked += removed
         self.ack_reserve -= removed * ack_cost(name)
+        if self.dependents:
+            self._settle(name, ids, True, 0)
 
     @applies(Release)
     def _release(
@@ -325,6 +346,7 @@ class BrokerState(TopicAppliers):
         else:
             queue.remove([m.id for m in gone])
             self.ack_reserve -= len(gone) * ack_cost(name)
+            self._settle(name, [m.id for m in gone], False, now_ms)
 
     @applies(Evict)
     def _evict(self, name: str, ids: list[int], now_ms: int) -> None:
@@ -340,21 +362,27 @@ class BrokerState(TopicAppliers):
         else:
             queue.remove([m.id for m in gone])
             self.ack_reserve -= len(gone) * ack_cost(name)
+            self._settle(name, [m.id for m in gone], False, now_ms)
 
-    def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int, reason: str) -> None:
+    def _dead_letter(self, queue: Queue, msgs: list[Message], now_ms: int, reason: str,
+                     why: list[str] | None = None, settle: bool = True) -> None:
         """Move messages to the dead-letter queue, or drop them (rules in SPEC §8.4;
         expired and evicted ones count only in ``ttl_expired`` or ``overflowed`` when
-        dropped, SPEC §8.8 and §8.12)."""
+        dropped, SPEC §8.8 and §8.12); ``why`` replaces their error texts. Messages
+        waiting on them are dead-lettered too (SPEC §8.14)."""
         ids = [m.id for m in msgs]
         errors = queue.errors
-        records = [DeadLetter(queue.name, m.id, m.attempts, reason, errors.get(m.id), now_ms)
-                   for m in msgs]
+        records = [DeadLetter(queue.name, m.id, m.attempts, reason,
+                              why[i] if why is not None else errors.get(m.id), now_ms)
+                   for i, m in enumerate(msgs)]
         queue.remove(ids)
         self.ack_reserve -= len(msgs) * ack_cost(queue.name)
         target = self.queues.get(queue.settings.dead_letter) if queue.settings.dead_letter else None
         if target is None:
             if reason != REASON_EXPIRED and reason != REASON_OVERFLOW:
                 queue.dropped += len(msgs)
+            if settle:
+                self._settle(queue.name, ids, False, now_ms)
             return
         first_id = target.next_id
         target.add(first_id, 0, [m.body for m in msgs], [m.key for m in msgs],
@@ -366,6 +394,8 @@ class BrokerState(TopicAppliers):
         queue.dead_lettered += len(msgs)
         if self.observer is not None:
             self.observer.moved(queue.name, ids, target.name, first_id)
+        if settle:
+            self._settle(queue.name, ids, False, now_ms)
 
     @applies(Take)
     def _take(self, name: str, ids: list[int]) -> None:
@@ -376,6 +406,8 @@ class BrokerState(TopicAppliers):
         queue.acked += removed
         queue.delivered += removed
         self.ack_reserve -= removed * ack_cost(name)
+        if self.dependents:
+            self._settle(name, taken, True, 0)
 
     @applies(Extend)
     def _extend(self, name: str, deadline_ms: int, ids: list[int]) -> None:
@@ -383,7 +415,7 @@ class BrokerState(TopicAppliers):
         self._schedule(name, deadline_ms)
 
     @applies(Redrive)
-    def _redrive(self, name: str, ids: list[int]) -> None:
+    def _redrive(self, name: str, ids: list[int], now_ms: int = 0) -> None:
         dlq = self.queues[name]
         moves: dict[str, list[Message]] = {}
         for mid in dict.fromkeys(ids):
@@ -394,6 +426,7 @@ class BrokerState(TopicAppliers):
             moved = [m.id for m in msgs]
             dlq.remove(moved)
             self.ack_reserve -= len(msgs) * ack_cost(name)
+            self._settle(name, moved, False, now_ms)
             target = self.queues[target_name]
             first_id = target.next_id
             target.add(first_id, 0, [m.body for m in msgs], [m.key for m in msgs],
@@ -403,6 +436,73 @@ class BrokerState(TopicAppliers):
             self._wake(target_name, len(msgs))
             if self.observer is not None:
                 self.observer.moved(name, moved, target_name, first_id)
+
+    # -- dependencies (SPEC §8.14) ---------------------------------------------------------
+
+    def dead_lettered(self, queue: str, mid: int) -> bool:
+        """Whether message ``mid`` of ``queue`` is in its dead-letter queue now. Reads only."""
+        source = self.queues.get(queue)
+        dlq = self.queues.get(source.settings.dead_letter or "") if source is not None else None
+        return dlq is not None and dlq.dead_letter_of(queue, mid) is not None
+
+    def _dependencies(self, name: str, first_id: int, depends_on: list[list[list[Any]] | None]
+                      ) -> tuple[dict[int, set[tuple[str, int]]] | None, list[tuple[int, tuple[str, int]]]]:
+        """For messages ``first_id, ...`` of ``name`` and the ``[queue, id]`` pairs each
+        depends on: what each still waits on (pairs still held, or earlier in this
+        publish), and which depend on a dead letter (with the first such pair). Pairs
+        gone otherwise count as acked. Reads only."""
+        waits: dict[int, set[tuple[str, int]]] = {}
+        failed: list[tuple[int, tuple[str, int]]] = []
+        for i, deps in enumerate(depends_on):
+            if not deps:
+                continue
+            mid = first_id + i
+            pending: set[tuple[str, int]] = set()
+            for queue, dep_id in deps:
+                pair = (queue, dep_id)
+                held = self.queues.get(queue)
+                if (queue == name and first_id <= dep_id < mid) or (held is not None and dep_id in held.messages):
+                    pending.add(pair)
+                elif self.dead_lettered(queue, dep_id):
+                    failed.append((mid, pair))
+                    break
+            else:
+                if pending:
+                    waits[mid] = pending
+        return waits or None, failed
+
+    def _settle(self, name: str, ids: Iterable[int], acked: bool, now_ms: int) -> None:
+        """Messages ``ids`` left queue ``name``: acked, or not (dead-lettered, dropped,
+        purged, deleted, redriven). Messages waiting on them lose that dependency: once
+        none is left they are ready (or delayed); one that left unacked dead-letters them,
+        and so on down the chain (a work list, not recursion: chains may be long)."""
+        dependents = self.dependents
+        if not dependents:
+            return
+        work: list[tuple[str, list[int], bool]] = [(name, list(ids), acked)]
+        while work:
+            source, gone, ok = work.pop()
+            for mid in gone:
+                waiting = dependents.pop((source, mid), None)
+                if not waiting:
+                    continue
+                for queue_name, dep_id in sorted(waiting):  # one order, restored or replayed
+                    queue = self.queues.get(queue_name)
+                    msg = queue.messages.get(dep_id) if queue is not None else None
+                    if queue is None or msg is None or msg.state != WAITING:
+                        continue
+                    if ok:
+                        pending = queue.waits_on[dep_id]
+                        pending.discard((source, mid))
+                        if not pending:
+                            if queue.unwait(msg):
+                                self._wake(queue_name, 1)
+                            else:
+                                self._schedule(queue_name, msg.deadline)
+                    else:
+                        self._dead_letter(queue, [msg], now_ms, REASON_DEPENDENCY,
+                                          [f"dependency {source}#{mid} was not acked"], settle=False)
+                        work.append((queue_name, [dep_id], False))
 
     def redrive_target(self, dlq: Queue, mid: int) -> Queue | None:
         """The queue ``redrive`` sends message ``mid`` of ``dlq`` back to: its source, if it
@@ -438,10 +538,12 @@ class BrokerState(TopicAppliers):
             self.groups_changed()
 
     @applies(Purge)
-    def _purge(self, name: str, leased: bool) -> None:
+    def _purge(self, name: str, leased: bool, now_ms: int = 0) -> None:
         queue = self.queues[name]
+        gone = [m.id for m in queue.messages.values() if leased or m.state != LEASED] if self.dependents else []
         removed = queue.purge(leased)
         self.ack_reserve -= removed * ack_cost(name)
+        self._settle(name, gone, False, now_ms)
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -479,6 +581,10 @@ class BrokerState(TopicAppliers):
                 yield SNAPSHOT_ERRORS, pack([name, sorted(map(list, queue.errors.items()))])
             if queue.expires:
                 yield SNAPSHOT_EXPIRIES, pack([name, queue.export_expiries()])
+            waits = sorted(queue.waits_on.items())
+            for start in range(0, len(waits), chunk):
+                yield SNAPSHOT_WAITS, pack([name, [[mid, sorted(map(list, deps))]
+                                                   for mid, deps in waits[start:start + chunk]]])
             rows = []
             for row in queue.export_dedup():
                 rows.append(row)
@@ -513,6 +619,10 @@ class BrokerState(TopicAppliers):
                     state.queues[fields[0]].import_messages(fields[1], copy_maker(state.topics[of_group.topic]))
                 else:
                     state.queues[fields[0]].import_messages(fields[1])
+            elif rtype == SNAPSHOT_WAITS:
+                waits_on = state.queues[fields[0]].waits_on
+                for mid, deps in fields[1]:
+                    waits_on[mid] = {(q, i) for q, i in deps}
             elif rtype == SNAPSHOT_TOPIC:
                 held = Topic.from_header(fields)
                 state.topics[held.name] = held
@@ -538,6 +648,10 @@ class BrokerState(TopicAppliers):
                 state._schedule(name, nxt)
         for held in state.topics.values():
             state._schedule_age(held)
+        for name in sorted(state.queues):
+            for mid, deps in sorted(state.queues[name].waits_on.items()):
+                for dep in sorted(deps):
+                    state.dependents.setdefault(dep, []).append((name, mid))
         return state
 
     # -- reading --------------------------------------------------------------------
@@ -577,6 +691,7 @@ class BrokerState(TopicAppliers):
                 "errors": sorted(q.errors.items()),
                 "expires": sorted(q.expires.items()),
                 "dedup": list(q.dedup.items()),
+                "waits_on": sorted((mid, sorted(deps)) for mid, deps in q.waits_on.items()),
             }
         return out
 

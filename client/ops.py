@@ -325,12 +325,13 @@ def op(
 
 
 def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None,
-                 ttl_ms: int | None, dedup_id: Bytes | None, deliver_at: int | None) -> Wire:
+                 ttl_ms: int | None, dedup_id: Bytes | None, deliver_at: int | None,
+                 after: Iterable[tuple[str, int]] | None) -> Wire:
     if type(body) is bytes and key is None and priority is None and delay_ms is None and ttl_ms is None \
-            and dedup_id is None and deliver_at is None:
+            and dedup_id is None and deliver_at is None and after is None:
         return {"queue": queue, "messages": [[body]]}  # the common case, without two more calls
     return {"queue": queue,
-            "messages": [t.message_entry(body, key, priority, delay_ms, ttl_ms, dedup_id, deliver_at)]}
+            "messages": [t.message_entry(body, key, priority, delay_ms, ttl_ms, dedup_id, deliver_at, after)]}
 
 
 # --- the table ------------------------------------------------------------------------
@@ -428,6 +429,7 @@ def publish(
     ttl_ms: int | None = None,
     dedup_id: Bytes | None = None,
     deliver_at: int | None = None,
+    after: Iterable[tuple[str, int]] | None = None,
 ) -> None:
     """Publish one message; returns its id once the server has confirmed it.
 
@@ -436,7 +438,8 @@ def publish(
     if a message with this dedup id was published to the queue within its dedup window
     (5 minutes unless set), nothing is stored and the id returned is that message's.
     ``deliver_at`` (ms since the epoch, at most 7 days ahead): invisible until then,
-    instead of ``delay_ms``.
+    instead of ``delay_ms``. ``after``: ``(queue, id)`` messages it waits on until they are
+    all acked (SPEC §8.14).
     """
 
 

@@ -38,7 +38,8 @@ class Message:
     publish idempotent: within the queue's dedup window a message with a dedup id already
     published is not stored again (see :class:`PublishResult`); ``deliver_at`` (wall-clock
     ms since the epoch, at most 7 days ahead) keeps it invisible until then, instead of
-    ``delay_ms``.
+    ``delay_ms``; ``after`` names ``(queue, id)`` messages it depends on (at most 64): it
+    waits until all of them are acked, and is dead-lettered if one is not (SPEC §8.14).
     """
 
     body: Bytes
@@ -48,6 +49,7 @@ class Message:
     ttl_ms: int | None = None
     dedup_id: Bytes | None = None
     deliver_at: int | None = None
+    after: tuple[tuple[str, int], ...] | list[tuple[str, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,8 @@ class QueueStats:
     overflow: str = "reject"
     bytes: int = 0
     overflowed: int = 0
+    #: Messages waiting on dependencies (SPEC §8.14).
+    waiting: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -255,7 +259,7 @@ class QueueStats:
             ttl_ms=m.get("ttl_ms", 0), on_expire=m.get("on_expire", "drop"), ttl_expired=m.get("ttl_expired", 0),
             dedup_window_ms=m.get("dedup_window_ms", 300_000), ordered=m.get("ordered", False),
             max_bytes=m.get("max_bytes", 0), overflow=m.get("overflow", "reject"), bytes=m.get("bytes", 0),
-            overflowed=m.get("overflowed", 0),
+            overflowed=m.get("overflowed", 0), waiting=m.get("waiting", 0),
         )
 
 
@@ -270,14 +274,16 @@ class PurgeResult:
     ready: int
     delayed: int
     leased: int
+    waiting: int = 0
 
     @property
     def total(self) -> int:
-        return self.ready + self.delayed + self.leased
+        return self.ready + self.delayed + self.leased + self.waiting
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> PurgeResult:
-        return cls(queue=m["queue"], ready=m["ready"], delayed=m["delayed"], leased=m["leased"])
+        return cls(queue=m["queue"], ready=m["ready"], delayed=m["delayed"], leased=m["leased"],
+                   waiting=m.get("waiting", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +391,8 @@ class MessageStatus:
     dead_lettered_at_ms: int | None = None
     expires_at_ms: int = 0
     published_at: int = 0
+    #: ``"waiting"`` messages: the (queue, id) pairs still not acked (SPEC §8.14).
+    waits_on: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> MessageStatus:
@@ -393,6 +401,7 @@ class MessageStatus:
             until_ms=m["until_ms"], dead_letter_id=m.get("dead_letter_id"),
             reason=m.get("reason"), error=m.get("error"), dead_lettered_at_ms=m.get("dead_lettered_at_ms"),
             expires_at_ms=m.get("expires_at_ms", 0), published_at=m.get("published_at", 0),
+            waits_on=tuple((q, i) for q, i in m.get("waits_on", ())),
         )
 
 
@@ -439,9 +448,13 @@ def as_bytes(value: Bytes) -> bytes | bytearray | memoryview:
 def message_entry(
     body: Bytes, key: Bytes | None = None, priority: int | None = None, delay_ms: int | None = None,
     ttl_ms: int | None = None, dedup_id: Bytes | None = None, deliver_at: int | None = None,
+    after: Iterable[tuple[str, int]] | None = None,
 ) -> list[Any]:
-    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?, dedup_id?, deliver_at?]``
-    with trailing ``None`` dropped."""
+    """The wire entry ``[body, key?, priority?, delay_ms?, ttl_ms?, dedup_id?, deliver_at?,
+    after?]`` with trailing ``None`` dropped."""
+    if after is not None:
+        return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms,
+                None if dedup_id is None else as_bytes(dedup_id), deliver_at, [[q, i] for q, i in after]]
     if deliver_at is not None:
         return [as_bytes(body), None if key is None else as_bytes(key), priority, delay_ms, ttl_ms,
                 None if dedup_id is None else as_bytes(dedup_id), deliver_at]
@@ -462,7 +475,7 @@ def message_entry(
 def message_entries(messages: Iterable[Bytes | Message]) -> list[list[Any]]:
     """Wire entries for ``publish``: each item is a body or a :class:`Message`."""
     return [
-        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms, m.dedup_id, m.deliver_at)
+        message_entry(m.body, m.key, m.priority, m.delay_ms, m.ttl_ms, m.dedup_id, m.deliver_at, m.after)
         if isinstance(m, Message)
         else [as_bytes(m)]
         for m in messages

@@ -700,7 +700,7 @@ def purge(queue: str, leased: bool, yes: bool, addr: str, as_json: bool) -> None
 @click.argument("queue")
 @click.option("--max", "-n", "max_", type=click.IntRange(1), default=10, show_default=True,
               help="Most messages to show.")
-@click.option("--state", type=click.Choice(["ready", "leased", "delayed"]),
+@click.option("--state", type=click.Choice(["ready", "leased", "delayed", "waiting"]),
               help="Only messages in this state [every state].")
 @click.option("--dead-letter", is_flag=True, help="Look at the queue's dead-letter queue instead.")
 @common_options

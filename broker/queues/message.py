@@ -6,6 +6,8 @@ READY = 0
 LEASED = 1
 DELAYED = 2
 DELETED = 3
+#: Published with dependencies not yet acked (SPEC §8.14): neither ready nor delayed.
+WAITING = 4
 
 
 class Message:

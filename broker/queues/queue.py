@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from protocol import DEDUP_MAX_IDS, Overflow, retry_delay, shard_for_key
 
-from .message import DELAYED, DELETED, LEASED, READY, Message, plain_messages
+from .message import DELAYED, DELETED, LEASED, READY, WAITING, Message, plain_messages
 from .ready import READY_SETS, ReadySet
 
 #: Bytes a delivery adds to a consume reply beyond its body and key, at least its
@@ -103,6 +103,10 @@ class Queue:
         self.next_id = 1
         self.leased = 0
         self.delayed = 0
+        #: Messages waiting for their dependencies (SPEC §8.14), and what each still waits
+        #: on: (queue, id) pairs.
+        self.waiting = 0
+        self.waits_on: dict[int, set[tuple[str, int]]] = {}
         #: Bytes of message bodies held.
         self.bytes = 0
         # Lifetime counters.
@@ -242,7 +246,7 @@ class Queue:
     def peek(self, state: int | None) -> Iterator[Message]:
         """Messages (of one ``state``, or all) without leasing them: ready ones in the
         order shards list them from shard 0, then leased ones by deadline, then delayed
-        ones by ready time. Reads only."""
+        ones by ready time, then waiting ones by id. Reads only."""
         if state is None or state == READY:
             for ready in self.ready_sets:
                 yield from ready.iter_ready()
@@ -252,6 +256,8 @@ class Queue:
         if state is None or state == DELAYED:
             yield from sorted((m for m in self.messages.values() if m.state == DELAYED),
                               key=lambda m: (m.deadline, m.id))
+        if (state is None or state == WAITING) and self.waits_on:
+            yield from (self.messages[mid] for mid in sorted(self.waits_on))
 
     def leased_in_order(self) -> list[Message]:
         """Leased messages in the order their leases expire: by deadline, then lease
@@ -315,12 +321,15 @@ class Queue:
         priorities: list[int] | None = None,
         ready_at_ms: list[int] | None = None,
         expires_at_ms: list[int] | None = None,
+        waits: dict[int, set[tuple[str, int]]] | None = None,
     ) -> None:
+        """Messages ``first_id, first_id + 1, ...`` join: ready, delayed until their
+        ``ready_at_ms``, or (ids in ``waits``) waiting on those dependencies first."""
         msgs = self.messages
         sets = self.ready_sets
         n = len(bodies)
         ordered = self.settings.ordered and keys is not None
-        if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1:
+        if keys is None and priorities is None and ready_at_ms is None and len(sets) == 1 and not waits:
             # The common cases: plain messages into a single shard.
             if n == 1:
                 msg = msgs[first_id] = Message(first_id, bodies[0], None, 0, 0, published_at)
@@ -339,7 +348,9 @@ class Queue:
                 ready_at = ready_at_ms[i] if ready_at_ms is not None else 0
                 if ordered and key is not None:
                     self.groups.setdefault(key, deque()).append(mid)
-                if ready_at:
+                if waits and mid in waits:
+                    self.wait(msg, ready_at, waits[mid])
+                elif ready_at:
                     self._delay(msg, ready_at)
                 else:
                     self._make_ready(msg)
@@ -580,6 +591,24 @@ class Queue:
         else:
             self._make_ready(msg)
 
+    def wait(self, msg: Message, ready_at_ms: int, deps: set[tuple[str, int]]) -> None:
+        """``msg`` (new, not in a ready set) waits on ``deps``; then it is ready, or
+        delayed until ``ready_at_ms``."""
+        msg.state = WAITING
+        msg.deadline = ready_at_ms
+        self.waiting += 1
+        self.waits_on[msg.id] = deps
+
+    def unwait(self, msg: Message) -> bool:
+        """``msg``'s dependencies are all acked: ready now (True), or delayed (False)."""
+        self.waiting -= 1
+        del self.waits_on[msg.id]
+        if msg.deadline:
+            self._delay(msg, msg.deadline)
+            return False
+        self._make_ready(msg)
+        return True
+
     def promote(self, ids: list[int]) -> None:
         msgs = self.messages
         for mid in ids:
@@ -647,6 +676,9 @@ class Queue:
             self.leased -= 1
         elif state == DELAYED:
             self.delayed -= 1
+        elif state == WAITING:
+            self.waiting -= 1
+            del self.waits_on[msg.id]
 
     def _delay_entry_live(self, entry: tuple[int, int]) -> bool:
         msg = self.messages.get(entry[1])
@@ -706,6 +738,8 @@ class Queue:
                          key=lambda m: (m.deadline, m.id))
         for m in self.leased_in_order() + delayed:
             yield _snapshot_row(m)
+        for mid in sorted(self.waits_on):
+            yield _snapshot_row(self.messages[mid])
 
     def import_messages(self, rows: list[list[Any]], make: Callable[..., Message] = Message) -> None:
         """Add exported rows back, in export order; call ``finish_import`` after the last.
@@ -727,6 +761,10 @@ class Queue:
                     sets[shard].push(msg)
             elif state == DELAYED:
                 self._delay(msg, deadline)
+            elif state == WAITING:  # what it waits on comes in its own records
+                msg.state = WAITING
+                msg.deadline = deadline
+                self.waiting += 1
             else:
                 msg.state = LEASED
                 msg.deadline = deadline
@@ -778,7 +816,7 @@ class Queue:
             "retry_max_delay_ms": s.retry_max_delay_ms, "retry_jitter": s.retry_jitter,
             "ttl_ms": s.ttl_ms, "on_expire": s.on_expire, "dedup_window_ms": s.dedup_window_ms,
             "ordered": s.ordered, "max_bytes": s.max_bytes, "overflow": s.overflow,
-            "ready": ready, "leased": self.leased, "delayed": self.delayed,
+            "ready": ready, "leased": self.leased, "delayed": self.delayed, "waiting": self.waiting,
             "messages": len(self.messages),
             "published": self.published, "acked": self.acked, "nacked": self.nacked,
             "expired": self.expired, "dead_lettered": self.dead_lettered, "dropped": self.dropped,

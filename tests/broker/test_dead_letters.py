@@ -159,7 +159,7 @@ def test_redrive_all_returns_them_as_new_messages(world: World) -> None:
     world.call("publish", queue="dlq", messages=[[b"straight in"]])  # no source: skipped
     result = world.call("redrive", queue="dlq")
     assert result == {"redriven": 4, "queues": {"jobs": 4}, "skipped": 1}
-    assert world.log[-1] == Redrive("dlq", [1, 2, 3, 4])
+    assert world.log[-1] == Redrive("dlq", [1, 2, 3, 4], world.now)
     rows = world.call("peek", queue="jobs")["messages"]
     # new ids, in the dead-letter queue's order (4, 2, 3, 1 were dead-lettered in that order)
     assert [(r[0], r[1], r[2], r[3], r[4], r[7]) for r in rows] == [

@@ -126,7 +126,7 @@ def test_dedup_ids_are_checked(world: World, dedup_id: Any) -> None:
     world.refused("publish", ErrorCode.INVALID_ARGUMENT, "messages[1].dedup_id", queue="q",
                   messages=[entry(b"ok", b"d"), entry(b"x", dedup_id)])
     world.refused("publish", ErrorCode.INVALID_ARGUMENT, "messages[0]", queue="q",
-                  messages=[[b"x", None, None, None, None, b"d", None, None]])
+                  messages=[[b"x", None, None, None, None, b"d", None, None, None]])
     assert world.call("publish", queue="q", messages=[entry(b"x", b"y" * 128)])["count"] == 1
 
 

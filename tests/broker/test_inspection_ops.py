@@ -94,20 +94,20 @@ def test_fixture_layout(world: World) -> None:
 
 def test_purge_drops_ready_and_delayed_and_keeps_leased(world: World) -> None:
     result = world.call("queue_purge", queue="jobs")
-    assert result == {"queue": "jobs", "ready": 2, "delayed": 1, "leased": 0}
+    assert result == {"queue": "jobs", "ready": 2, "delayed": 1, "leased": 0, "waiting": 0}
     assert states(world) == {1: "gone", 2: "leased", 3: "gone", 4: "gone"}
     stats = world.call("queue_stats", queue="jobs")
     assert (stats["ready"], stats["leased"], stats["delayed"], stats["messages"]) == (0, 1, 0, 1)
     assert stats["acked"] == 0 and stats["dead_lettered"] == 0  # a purge is neither
     assert world.state.ack_reserve == world.state.count_ack_reserve()
-    assert isinstance(world.log[-1], Purge) and world.log[-1] == Purge("jobs", False)
+    assert isinstance(world.log[-1], Purge) and world.log[-1] == Purge("jobs", False, world.now)
     # an ack of a purged id reports it missing
     assert world.call("ack", queue="jobs", ids=[1, 2]) == {"acked": 1, "missing": [1]}
 
 
 def test_purge_with_leased_drops_everything(world: World) -> None:
     result = world.call("queue_purge", queue="jobs", leased=True)
-    assert result == {"queue": "jobs", "ready": 2, "delayed": 1, "leased": 1}
+    assert result == {"queue": "jobs", "ready": 2, "delayed": 1, "leased": 1, "waiting": 0}
     assert world.call("queue_stats", queue="jobs")["messages"] == 0
     assert world.call("consume", queue="jobs", max=5) == {"messages": []}
     # the expired lease of a purged message changes nothing
@@ -117,7 +117,7 @@ def test_purge_with_leased_drops_everything(world: World) -> None:
 
 def test_purge_of_an_empty_queue_logs_nothing(world: World) -> None:
     n = len(world.log)
-    assert world.call("queue_purge", queue="dlq") == {"queue": "dlq", "ready": 0, "delayed": 0, "leased": 0}
+    assert world.call("queue_purge", queue="dlq") == {"queue": "dlq", "ready": 0, "delayed": 0, "leased": 0, "waiting": 0}
     assert len(world.log) == n
 
 

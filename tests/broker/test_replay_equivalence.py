@@ -219,6 +219,16 @@ class ReplayMachine(RuleBasedStateMachine):
     def publish_with_dedup_ids(self, name: str, batch: list[tuple[bytes, int | None, bytes | None]]) -> None:
         self.publish(name, [[body, None, None, None, ttl, dedup_id] for body, ttl, dedup_id in batch])
 
+    @rule(name=names, deps=st.lists(st.tuples(names, st.integers(1, 12)), min_size=1, max_size=3),
+          delay=st.one_of(st.none(), st.integers(1, 300)))
+    def publish_after(self, name: str, deps: list[tuple[str, int]], delay: int | None) -> None:
+        """A message that waits on others (SPEC 8.14); pairs never published are refused."""
+        result = self.call("publish", queue=name, messages=[[b"dep", None, None, delay, None, None, None,
+                                                             [list(d) for d in deps]]])
+        if result is not None:
+            status = self.state.queues[name].messages.get(result["first_id"])
+            tally(f"publish after: {'waiting' if status is not None and status.state == 4 else 'not waiting'}")
+
     @rule(name=names, max_count=st.integers(1, 5),
           visibility=st.one_of(st.none(), st.integers(1, 300)))
     def consume(self, name: str, max_count: int, visibility: int | None) -> None:

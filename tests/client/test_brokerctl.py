@@ -238,7 +238,7 @@ def test_purge_asks_first_and_reports_counts(ctl: Ctl, queue: str) -> None:
     assert ctl.json("stats", queue)["messages"] == 4
     result = ctl.run("purge", queue, input="y\n")
     assert result.stdout == f"purged 3 messages from {queue} (ready 2, delayed 1, leased 0)\n"
-    assert ctl.json("purge", queue, "--leased", "--yes") == {"queue": queue, "ready": 0, "delayed": 0, "leased": 1}
+    assert ctl.json("purge", queue, "--leased", "--yes") == {"queue": queue, "ready": 0, "delayed": 0, "leased": 1, "waiting": 0}
     assert ctl.json("stats", queue)["messages"] == 0
     result = ctl.run("purge", qname(), "--yes", expect=1)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
@@ -306,7 +306,7 @@ def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
     assert doc == {"queue": queue, "statuses": [
         {"id": 3, "state": "ready", "queue": queue, "attempts": 0, "until_ms": 0, "dead_letter_id": None,
          "reason": None, "error": None, "dead_lettered_at_ms": None, "expires_at_ms": 0,
-         "published_at": doc["statuses"][0]["published_at"]},
+         "published_at": doc["statuses"][0]["published_at"], "waits_on": []},
     ] * 2}
     assert doc["statuses"][0]["published_at"] > 0
     ctl.run("status", queue, expect=2)                         # ids are required

@@ -124,7 +124,7 @@ async def test_purge_errors(api: Any) -> None:
         assert invalid.value.details["field"] == "leased"
     # nil is the default
     assert await api.request("queue_purge", {"queue": q, "leased": None}) == {
-        "queue": q, "ready": 0, "delayed": 0, "leased": 0,
+        "queue": q, "ready": 0, "delayed": 0, "leased": 0, "waiting": 0,
     }
 
 

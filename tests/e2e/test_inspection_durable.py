@@ -33,7 +33,7 @@ def test_purge_and_dead_letter_sources_survive_a_restart(tmp_path: Path, restart
             (leased,) = client.consume("jobs", max=1, visibility_ms=600_000)
             assert leased.id == 2
             purged = client.request("queue_purge", {"queue": "jobs"})
-            assert purged == {"queue": "jobs", "ready": 3, "delayed": 0, "leased": 0}
+            assert purged == {"queue": "jobs", "ready": 3, "delayed": 0, "leased": 0, "waiting": 0}
             before = statuses(client, [1, 2, 3, 6])
             assert [s["state"] for s in before] == ["dead_lettered", "leased", "gone", "unknown"]
             assert before[0]["queue"] == "dlq" and before[0]["dead_letter_id"] == 1
