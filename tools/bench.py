@@ -422,7 +422,7 @@ def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
 
 #: Message counts of the two sizes ``--instructions`` runs each figure at.
 INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consume-ack": 20_000,
-                     "replay": 30_000}
+                     "replay": 30_000, "sequential-publish": 1_000}
 
 
 def instructions_per_message(workdir: Path, args: tuple[str, ...] = ()) -> dict[str, float]:
