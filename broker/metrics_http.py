@@ -74,15 +74,13 @@ def _response(status: int, body: bytes = b"", content_type: str = "text/plain; c
 
 
 class MetricsEndpoint:
-    """Serves ``render()`` at ``/metrics`` (see the module docs)."""
+    """Serves at ``/metrics`` the text that ``scrape()`` (in the event loop) returns a
+    maker of (run in a worker thread); see the module docs."""
 
     def __init__(self, scrape: Callable[[], Callable[[], bytes]], content_type: str) -> None:
         self._scrape = scrape
         self._content_type = content_type
         self._open = 0
-        #: Requests answered, by status, and connections closed unanswered for the limit.
-        self.answered: dict[int, int] = {}
-        self.refused = 0
 
     async def serve(self, host: str | None, port: int, *,
                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -98,16 +96,15 @@ class MetricsEndpoint:
         self._open += 1
         try:
             if self._open > MAX_CONNECTIONS:
-                self.refused += 1
                 return
             head = None
             with trio.move_on_after(REQUEST_TIMEOUT_S):
                 head = await _read_head(stream)
             if head is None:
                 return
-            status, reply = await self._answer(head)
+            reply = await self._answer(head)
             with trio.move_on_after(REQUEST_TIMEOUT_S):
-                await self._send(stream, reply, status)
+                await stream.send_all(reply)
                 # Closing with unread input would reset the connection, and the client
                 # could lose the answer: end our side, then read what it still sends.
                 await stream.send_eof()
@@ -121,28 +118,24 @@ class MetricsEndpoint:
             self._open -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _send(self, stream: trio.SocketStream, data: bytes, status: int) -> None:
-        self.answered[status] = self.answered.get(status, 0) + 1
-        await stream.send_all(data)
-
-    async def _answer(self, head: bytes) -> tuple[int, bytes]:
-        """The status and whole response for a request head (``b""``: too long)."""
+    async def _answer(self, head: bytes) -> bytes:
+        """The whole response to a request head (``b""``: too long)."""
         if not head:
-            return 431, _response(431, b"request head too long\n")
+            return _response(431, b"request head too long\n")
         parts = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return 400, _response(400, b"not an HTTP/1.x request\n")
+            return _response(400, b"not an HTTP/1.x request\n")
         method, target = parts[0], parts[1].split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            return 405, _response(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
+            return _response(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
         if target != METRICS_PATH.encode():
-            return 404, _response(404, b"not found; metrics are at /metrics\n")
+            return _response(404, b"not found; metrics are at /metrics\n")
         try:
             body = await trio.to_thread.run_sync(self._scrape())
         except Exception:
             logger.exception("could not render the metrics")
-            return 500, _response(500, b"could not render the metrics; see the broker's log\n")
-        return 200, _response(200, body, self._content_type, head_only=method == b"HEAD")
+            return _response(500, b"could not render the metrics; see the broker's log\n")
+        return _response(200, body, self._content_type, head_only=method == b"HEAD")
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:
