@@ -18,6 +18,8 @@ from broker.metrics_http import MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT_S, pa
 from broker.server import Broker
 from client import Client
 
+from ..broker_process import BrokerProcess
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -255,3 +257,19 @@ async def test_a_bad_metrics_addr_stops_the_start_naming_the_setting(tmp_path: P
     with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="metrics_addr '9100': must be HOST:PORT"),
                             flatten_subgroups=True):
         await instance.serve()
+
+
+def test_brokerd_serves_metrics_at_the_address_it_logs(tmp_path: Path) -> None:
+    """``brokerd --metrics-addr 127.0.0.1:0``: the log names the real address; a plain
+    HTTP client scrapes it."""
+    import re
+    import urllib.request
+
+    with BrokerProcess(tmp_path / "data", args=("--metrics-addr", "127.0.0.1:0"), log_level="info") as proc:
+        found = re.search(r"metrics at (http://127\.0\.0\.1:(\d+)/metrics)", proc.log_path.read_text())
+        assert found is not None and found.group(2) != "0"
+        with urllib.request.urlopen(found.group(1), timeout=30) as response:
+            assert response.status == 200
+            text = response.read().decode()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert {"lockgate_queues", "lockgate_wal_fsync_duration_seconds", "process_resident_memory_bytes"} <= families
