@@ -212,6 +212,12 @@ def existing_queue(args: dict[str, Any], ctx: Context) -> Queue:
         queue = ctx.state.queues.get(name)
         if queue is not None:
             return queue  # its name was validated when it was created
+        topic, slash, group = name.partition(GROUP_SEPARATOR)
+        if slash and valid_queue_name(topic) and valid_queue_name(group):  # a consumer group, SPEC §8.13
+            what = f"topic {topic!r} has no group {group!r}" if topic in ctx.state.topics \
+                else f"topic {topic!r} does not exist"
+            raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, what,
+                                details={"field": "queue", "queue": name, "topic": topic, "group": group})
     name = queue_name_arg(args)
     raise ProtocolError(ErrorCode.QUEUE_NOT_FOUND, f"queue {name!r} does not exist",
                         details={"field": "queue", "queue": name})
