@@ -238,3 +238,12 @@ def test_deleting_a_group_or_the_topic(world: World) -> None:
     assert world.call("topic_delete", topic="orders") == {"topic": "orders", "messages": 0}
     assert "orders/billing" not in world.state.queues and world.state.ack_reserve == 0
     same_after_restart(world)
+
+
+def test_a_group_that_does_not_exist_is_not_found(world: World) -> None:
+    err = world.refused("consume", ErrorCode.QUEUE_NOT_FOUND, "queue", queue="orders/nope")
+    assert err.details == {"field": "queue", "queue": "orders/nope", "topic": "orders", "group": "nope"}
+    assert "has no group" in err.message
+    err = world.refused("queue_stats", ErrorCode.QUEUE_NOT_FOUND, "queue", queue="nope/g")
+    assert "topic 'nope' does not exist" in err.message
+    world.refused("consume", ErrorCode.INVALID_ARGUMENT, "queue", queue="orders/bad name")
