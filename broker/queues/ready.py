@@ -211,7 +211,8 @@ class RoundRobinReady:
             else:
                 turns[key] = _KeyGroup(held, msg)
         else:
-            if not self._has_ready(held):
+            # Without tombstones (the usual case) a group held has a ready message.
+            if self._entries != self.count and not self._has_ready(held):
                 turns.move_to_end(key)
             held.append(msg)
         self._entries += 1
@@ -256,29 +257,33 @@ class RoundRobinReady:
         turns = self._turns
         key = msg.key
         held = turns[key]
+        # Without tombstones (the usual case) every entry from a group's head on is ready.
+        clean = self._entries == self.count
         self._entries -= 1
         self.count -= 1
         if held is msg:
             del turns[key]
         else:
             assert not isinstance(held, Message)
-            self._has_ready(held)
+            if not clean:
+                self._has_ready(held)
             if held[held.head] is msg:
                 self._pop_head(held)
             else:
                 del held[held.index(msg, held.head)]
-            if not self._has_ready(held):
-                del turns[key]
-            else:
+            if held.head < len(held) and (clean or self._has_ready(held)):
                 if len(held) - held.head == 1:
                     turns[key] = held[held.head]  # back to a single entry
                 turns.move_to_end(key)
-        # Keys left with tombstones only are dropped as they reach the front.
-        while turns:
-            first = next(iter(turns))
-            if self._ready_in(turns[first]):
-                break
-            del turns[first]
+            else:
+                del turns[key]
+        if not clean:
+            # Keys left with tombstones only are dropped as they reach the front.
+            while turns:
+                first = next(iter(turns))
+                if self._ready_in(turns[first]):
+                    break
+                del turns[first]
 
     def forget(self) -> None:
         self.count -= 1
