@@ -63,6 +63,10 @@ SNAPSHOT_EXPIRIES = 105
 #: ``[queue, [[dedup id, first publish ms, message id], ...]]``: remembered dedup ids,
 #: oldest first (a queue's rows may span several records, in order).
 SNAPSHOT_DEDUP = 106
+#: Up to 16,000 remembered dedup ids of a queue as three columns, oldest first: the ids,
+#: their first publish times and their message ids (cheaper to write than 106's rows;
+#: snapshots from before it carry 106 instead).
+SNAPSHOT_DEDUP_COLUMNS = 111
 #: A topic's header, up to 1000 of its messages, and a group's header (cursors, filter).
 SNAPSHOT_TOPIC = 107
 SNAPSHOT_TOPIC_MESSAGES = 108
@@ -585,14 +589,8 @@ class BrokerState(TopicAppliers):
             for start in range(0, len(waits), chunk):
                 yield SNAPSHOT_WAITS, pack([name, [[mid, sorted(map(list, deps))]
                                                    for mid, deps in waits[start:start + chunk]]])
-            rows = []
-            for row in queue.export_dedup():
-                rows.append(row)
-                if len(rows) >= chunk:
-                    yield SNAPSHOT_DEDUP, pack([name, rows])
-                    rows = []
-            if rows:
-                yield SNAPSHOT_DEDUP, pack([name, rows])
+            for ids, at_ms, mids in queue.export_dedup_columns(chunk * 16):
+                yield SNAPSHOT_DEDUP_COLUMNS, pack([name, ids, at_ms, mids])
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
@@ -636,6 +634,8 @@ class BrokerState(TopicAppliers):
                 state.queues[fields[0]].errors.update(map(tuple, fields[1]))
             elif rtype == SNAPSHOT_EXPIRIES:
                 state.queues[fields[0]].import_expiries(fields[1])
+            elif rtype == SNAPSHOT_DEDUP_COLUMNS:
+                state.queues[fields[0]].import_dedup_columns(fields[1], fields[2], fields[3])
             elif rtype == SNAPSHOT_DEDUP:
                 state.queues[fields[0]].import_dedup(fields[1])
             else:

@@ -463,6 +463,21 @@ class Queue:
         for dedup_id, entry in self.dedup.items():
             yield [dedup_id, entry >> _ID_BITS, entry & _ID_MASK]
 
+    def export_dedup_columns(self, chunk: int) -> Iterator[tuple[list[bytes], list[int], list[int]]]:
+        """``dedup`` as chunks of three columns, oldest first (snapshot record 111): the
+        dedup ids, their first publish times (ms) and their message ids."""
+        dedup = self.dedup
+        ids, entries = iter(list(dedup)), iter(list(dedup.values()))
+        mask = _ID_MASK
+        for _ in range(0, len(dedup), chunk):
+            packed = list(islice(entries, chunk))
+            yield list(islice(ids, chunk)), [e >> _ID_BITS for e in packed], [e & mask for e in packed]
+
+    def import_dedup_columns(self, ids: list[bytes], at_ms: list[int], mids: list[int]) -> None:
+        """A chunk of ``export_dedup_columns``, in order."""
+        self.dedup.update(zip(ids, (at << _ID_BITS | mid for at, mid in zip(at_ms, mids))))
+        self._dedup_order.extend(ids)
+
     def import_dedup(self, rows: list[list[Any]]) -> None:
         """Rows of ``export_dedup``, in order."""
         for dedup_id, at_ms, mid in rows:

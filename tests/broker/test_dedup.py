@@ -11,7 +11,7 @@ import pytest
 from broker.mutations import Publish
 from broker.queues import Queue
 from broker.records import encode, fold_records
-from broker.state import SNAPSHOT_QUEUE, BrokerState
+from broker.state import SNAPSHOT_DEDUP, SNAPSHOT_DEDUP_COLUMNS, SNAPSHOT_QUEUE, BrokerState
 from broker.wal.record import RECORD_HEADER_SIZE
 from protocol import ErrorCode
 
@@ -217,3 +217,19 @@ def test_a_bad_entry_among_deduplicated_ones_is_named() -> None:
               messages=[entry(b"a", b"1"), entry(b"b", b"")])
     w.refused("publish", ErrorCode.INVALID_ARGUMENT, "messages[1].body", queue="q",
               messages=[entry(b"a", b"1"), entry("text", b"2")])
+
+
+def test_a_snapshot_with_dedup_rows_of_the_older_kind_still_restores(world: World) -> None:
+    """Snapshots written before record 111 carry the remembered ids as rows (record 106)."""
+    world.call("publish", queue="q", messages=[entry(b"a", b"d1"), entry(b"b", b"d2")])
+    records = []
+    for rtype, payload in world.state.export_records():
+        if rtype == SNAPSHOT_DEDUP_COLUMNS:
+            name, ids, at_ms, mids = msgpack.unpackb(payload, raw=False)
+            records.append((SNAPSHOT_DEDUP, msgpack.packb([name, [list(r) for r in zip(ids, at_ms, mids)]])))
+        else:
+            records.append((rtype, payload))
+    assert any(rtype == SNAPSHOT_DEDUP for rtype, _ in records)
+    restored = BrokerState.from_records(records)
+    assert restored.snapshot() == world.state.snapshot()
+    assert restored.queues["q"].duplicate_of(b"d2", T0) == 2
