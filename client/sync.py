@@ -48,6 +48,7 @@ from protocol import Error as ErrorFrame
 
 from . import ops
 from . import types as t
+from .auth import Credentials, Handshake
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .pushes import PushRouter
 from .sync_subscription import SyncSubscription
@@ -79,11 +80,17 @@ class SyncClient:
         max_frame: int | None = None,
         client_name: str = "lockgate-py-sync/0.1.0",
         on_push: Callable[[Push], None] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         """Connect and handshake. ``addr`` is as for :func:`client.types.parse_addr`;
         ``max_frame`` (largest frame this client accepts) defaults to the server's own.
+        ``user`` and ``password`` (SCRAM-SHA-256), or ``token``, authenticate to a broker
+        that requires it (:mod:`client.auth`; ``AuthFailed`` if that fails).
         Raises ``OSError`` when the broker cannot be reached."""
         host, port_ = t.parse_addr(addr, port)
+        handshake = Handshake(Credentials.of(user, password, token))
         self.timeout = timeout
         #: Gets every PUSH frame that is not for a subscription of this client.
         self.on_push = on_push
@@ -105,9 +112,17 @@ class SyncClient:
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._sock, _READ)
             self._events = _READ
-            result = self.request(Op.HELLO.value, t.hello_args(max_frame, client_name))
+            hello = t.hello_args(max_frame, client_name)
+            if handshake.credentials is not None:
+                hello["auth"] = handshake.hello_auth()
+            result = self.request(Op.HELLO.value, hello)
             if result.get("version") != PROTOCOL_VERSION:
                 raise UnsupportedVersion(f"server chose protocol version {result.get('version')!r}")
+            final = handshake.after_hello(result.get("auth"))
+            if final is not None:
+                handshake.after_auth(self.request(Op.AUTH.value, final))
+            #: The user the broker authenticated this connection as (None without auth).
+            self.user = handshake.user
             #: The server's ``hello`` reply.
             self.server_info = ServerInfo.from_wire(result)
         except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import time
 import types
@@ -22,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from client.auth import PASSWORD_ENV, TOKEN_ENV, USER_ENV
 from client.errors import ConnectionClosed, LockgateError, QueueNotFound
 from client.ops import OPS, QUEUE_SETTINGS, Param
 from client.sync import SyncClient
@@ -93,11 +95,31 @@ def _fail(status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
+def credentials() -> dict[str, str]:
+    """``$LOCKGATE_USER`` and ``$LOCKGATE_PASSWORD`` (asked for on a terminal when unset),
+    or ``$LOCKGATE_TOKEN``; none when neither is set."""
+    user, password, token = (os.environ.get(name) or None for name in (USER_ENV, PASSWORD_ENV, TOKEN_ENV))
+    if token is not None:
+        if user is not None:
+            _fail(EXIT_UNREACHABLE, f"set {TOKEN_ENV} or {USER_ENV}, not both")
+        return {"token": token}
+    if user is None:
+        if password is not None:
+            _fail(EXIT_UNREACHABLE, f"{PASSWORD_ENV} is set but {USER_ENV} is not")
+        return {}
+    if password is None:
+        if not sys.stdin.isatty():
+            _fail(EXIT_UNREACHABLE, f"{USER_ENV} is set but {PASSWORD_ENV} is not")
+        password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+    return {"user": user, "password": password}
+
+
 @contextmanager
 def connect(addr: str) -> Iterator[SyncClient]:
-    """A connected client; broker errors and transport trouble become exit statuses."""
+    """A connected client, authenticated with ``credentials()``; broker errors and
+    transport trouble become exit statuses."""
     try:
-        client = SyncClient(addr, client_name="brokerctl")
+        client = SyncClient(addr, client_name="brokerctl", **credentials())
     except LockgateError as exc:
         _fail(EXIT_UNREACHABLE, f"handshake with {addr} failed: {exc.code_name}: {exc.message}")
     except OSError as exc:
@@ -284,7 +306,8 @@ def main() -> None:
     orders/billing`).
 
     Commands that talk to a broker accept --addr HOST:PORT (default: $LOCKGATE_ADDR,
-    else 127.0.0.1:7878); all accept --json. `brokerctl wal ...` reads a data directory
+    else 127.0.0.1:7878) and authenticate as $LOCKGATE_USER with $LOCKGATE_PASSWORD, or
+    with $LOCKGATE_TOKEN, when set; all accept --json. `brokerctl wal ...` reads a data directory
     offline (never modifying it); `brokerctl user ...` edits a users file offline. Exit status: 0 ok, 1 the broker refused the request
     (or, for wal, damage was found), 2 the broker could not be reached (or bad usage).
     """
