@@ -1,6 +1,6 @@
 """Lockgate client SDK.
 
-- :class:`Client` (async, trio): ``async with Client.connect("host:port") as client``.
+- :class:`Client` (async, on trio or asyncio): ``async with Client.connect("host:port") as client``.
 - :class:`SyncClient` (blocking socket): ``with SyncClient("host:port") as client``.
 - :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
 - :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
@@ -9,7 +9,7 @@
   :class:`IncomingMessage` (:mod:`client.subscription`), ``SyncClient.subscribe`` a
   :class:`SyncSubscription` of :class:`SyncIncomingMessage` (:mod:`client.sync_subscription`).
 
-The async names are imported lazily, so blocking users do not pay for importing trio.
+The async names are imported lazily, so blocking users do not pay for importing anyio.
 """
 from __future__ import annotations
 

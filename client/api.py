@@ -12,12 +12,18 @@
                 async with msg:      # ack on success, nack (with the error) on an exception
                     ...
 
+It runs on trio and on asyncio alike (it is written against anyio): the same code works
+under ``trio.run(main)`` and ``asyncio.run(main())``.
+
 ``Client.connect`` is an async context manager (not awaitable): the connection's reader
-task lives in a nursery that the ``async with`` block scopes. One ``Client`` may be used
-by many tasks at once; their requests are pipelined on the single connection. Failed
+task lives in a task group that the ``async with`` block scopes. One ``Client`` may be
+used by many tasks at once; their requests are pipelined on the single connection. Failed
 requests raise the :mod:`client.errors` subclass for their error code; a lost connection
 raises :class:`~client.errors.ConnectionClosed`. Bodies and keys accept ``bytes`` or
-``str`` (sent as UTF-8). There are no built-in timeouts: use ``trio.move_on_after``.
+``str`` (sent as UTF-8). There are no built-in timeouts: use ``anyio.fail_after`` (or
+``trio.fail_after``, ``asyncio.timeout``). An idle connection pings the broker now and
+then (``keepalive_s``, :mod:`client.connection`) so the broker's idle timeout does not
+close it.
 
 The client routes the PUSH frames of its subscriptions itself (:mod:`client.subscription`);
 ``on_push`` gets every other push.
@@ -32,7 +38,7 @@ from protocol import DEFAULT_CREDIT, Push
 
 from . import ops
 from . import types as t
-from .connection import DEFAULT_CLIENT_NAME, Connection, PushHandler, open_connection
+from .connection import DEFAULT_CLIENT_NAME, DEFAULT_KEEPALIVE_S, Connection, PushHandler, open_connection
 from .pushes import PushRouter
 from .subscription import Subscription
 from .types import ServerInfo, Transaction
@@ -66,18 +72,22 @@ class Client:
         max_frame: int | None = None,
         client_name: str = DEFAULT_CLIENT_NAME,
         on_push: PushHandler | None = None,
+        keepalive_s: float | None = DEFAULT_KEEPALIVE_S,
     ) -> AsyncIterator[Client]:
         """Connect and handshake: ``async with Client.connect(addr) as client``.
 
         ``addr`` is ``"host:port"``, ``(host, port)``, or a host with ``port``; when
         omitted, ``$LOCKGATE_ADDR`` or ``127.0.0.1:7878``. ``max_frame`` (largest frame
         this client accepts) defaults to the server's own limit. ``on_push`` gets the
-        PUSH frames that are not for this client's subscriptions. The connection closes
-        when the block exits.
+        PUSH frames that are not for this client's subscriptions. ``keepalive_s``
+        (``None``: off) is how often an idle connection checks in with a ``ping``. The
+        connection closes when the block exits.
         """
         host, port_ = t.parse_addr(addr, port)
+        if keepalive_s is not None and not keepalive_s > 0:
+            raise ValueError(f"keepalive_s must be positive or None, not {keepalive_s!r}")
         async with open_connection(
-            host, port_, max_frame=max_frame, client_name=client_name, on_push=on_push
+            host, port_, max_frame=max_frame, client_name=client_name, on_push=on_push, keepalive_s=keepalive_s
         ) as conn:
             yield cls(conn)
 

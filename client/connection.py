@@ -1,4 +1,4 @@
-"""One pipelined trio connection to a broker.
+"""One pipelined connection to a broker, on trio or asyncio (through anyio).
 
 Why it looks like this:
 
@@ -18,15 +18,32 @@ Why it looks like this:
 - ``pause_reading`` lets a consumer whose buffer is full stop the reader (TCP then holds
   the server back); it reads on meanwhile whenever a request is waiting for its reply,
   so a paused connection never starves its own callers.
+- **Keepalive.** The broker closes a connection that sends no request for its idle
+  timeout (5 minutes by default, SPEC.md §10). With ``keepalive_s`` set (60 s unless
+  told otherwise) a keepalive task wakes every ``keepalive_s``; when no request was sent
+  since its last wake it sends ``ping``, so an idle connection sends a request at least
+  every ``2 * keepalive_s``. The ping's reply is awaited without a deadline (a test clock
+  that jumps, such as trio's ``MockClock``, could not then make a live peer look dead).
+  A dead peer is the kernel's to find: :func:`open_connection` turns on TCP keepalive
+  (first probe after ``keepalive_s`` of silence, then every ``keepalive_s / 4``, 4
+  probes) and, on Linux, a ``TCP_USER_TIMEOUT`` of ``2 * keepalive_s`` for data the
+  peer does not acknowledge; the connection then fails and requests raise
+  ``ConnectionClosed`` (with ``reconnect``, the client reconnects).
+- Only anyio is used (streams, task groups, events, cancel scopes), so the same code runs
+  under ``trio.run`` and ``asyncio.run``. A trio stream (``send_all``/``receive_some``) is
+  accepted too and adapted.
 """
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
-import trio
+import socket
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from protocol import (
     DEFAULT_MAX_FRAME,
@@ -49,10 +66,63 @@ from .types import ServerInfo, hello_args
 RECEIVE_BYTES = 256 * 1024
 #: Name sent in ``hello`` unless the caller picks one.
 DEFAULT_CLIENT_NAME = "lockgate-py/0.1.0"
+#: Seconds between keepalive checks (a ping goes out when nothing was sent meanwhile);
+#: well below the broker's default idle timeout of 300 s, even doubled.
+DEFAULT_KEEPALIVE_S = 60.0
+#: What a broken or closed transport raises.
+TRANSPORT_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 PushHandler = Callable[[Push], None]
 #: Called with a request's result map from the reader task, before later frames are read.
 ReplyHook = Callable[[dict[str, Any]], None]
+
+
+class TrioStream(Protocol):
+    """A trio ``Stream``, as far as this module uses it (adapted by :class:`_TrioStreamAdapter`)."""
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _TrioStreamAdapter(ByteStream):
+    """A trio stream seen as an anyio byte stream; any transport failure is
+    ``BrokenResourceError``, end of data is ``EndOfStream``."""
+
+    def __init__(self, stream: TrioStream) -> None:
+        self._stream = stream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except Exception as exc:
+            raise anyio.BrokenResourceError(str(exc) or type(exc).__name__) from exc
+        if not data:
+            raise anyio.EndOfStream
+        return bytes(data)
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._stream.send_all(item)
+        except Exception as exc:
+            raise anyio.BrokenResourceError(str(exc) or type(exc).__name__) from exc
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError("a lockgate connection never half-closes")
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def as_byte_stream(stream: ByteStream | TrioStream) -> ByteStream:
+    """``stream`` as an anyio byte stream (a trio stream is adapted)."""
+    if isinstance(stream, ByteStream):
+        return stream
+    if hasattr(stream, "receive_some") and hasattr(stream, "send_all"):
+        return _TrioStreamAdapter(stream)
+    raise TypeError(f"not a byte stream: {stream!r}")
 
 
 class _Waiter:
@@ -61,8 +131,8 @@ class _Waiter:
     __slots__ = ("error", "event", "on_reply", "result")
     result: dict[str, Any]
 
-    def __init__(self, on_reply: ReplyHook | None) -> None:
-        self.event = trio.Event()
+    def __init__(self, event: anyio.Event, on_reply: ReplyHook | None) -> None:
+        self.event = event
         self.error: LockgateError | None = None
         self.on_reply = on_reply
 
@@ -70,25 +140,30 @@ class _Waiter:
 class Connection:
     """A handshaken connection; use it as ``async with Connection(stream) as conn``.
 
-    Entering starts the reader task (in a nursery the connection owns) and performs
+    Entering starts the reader task (in a task group the connection owns) and performs
     ``hello``; leaving closes the stream. Usually obtained from :func:`open_connection`.
+    ``stream`` is an anyio byte stream (or a trio stream, adapted).
     ``max_frame`` is the largest frame this side accepts, announced in ``hello``; by
     default none is announced and the server's own limit applies both ways.
     ``on_push`` is called (synchronously, from the reader task: keep it quick and
     non-raising) for every PUSH frame; without it pushes are only counted.
     ``on_close`` is called once, the same way, with the error pending requests get,
-    when the connection closes for any reason.
+    when the connection closes for any reason. ``keepalive_s`` (``None``: never) is the
+    keepalive period (see the module docstring).
     """
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        stream: ByteStream | TrioStream,
         *,
         max_frame: int | None = None,
         client_name: str = DEFAULT_CLIENT_NAME,
         on_push: PushHandler | None = None,
+        keepalive_s: float | None = None,
     ) -> None:
-        self._stream = stream
+        if keepalive_s is not None and not keepalive_s > 0:
+            raise ValueError(f"keepalive_s must be positive or None, not {keepalive_s!r}")
+        self._stream = as_byte_stream(stream)
         self._proto = ProtocolConnection("client", max_frame or DEFAULT_MAX_FRAME)
         self._max_frame = max_frame
         self._client_name = client_name
@@ -99,15 +174,20 @@ class Connection:
         self._closed_reason: str | None = None
         self._server_error: LockgateError | None = None
         self._server_max_frame = DEFAULT_MAX_FRAME
-        self._reader_scope = trio.CancelScope()
-        self._nursery_manager: Any = None
+        self._reader_scope = anyio.CancelScope()
+        self._keepalive_scope = anyio.CancelScope()
+        self._keepalive_s = keepalive_s
+        self._task_group: TaskGroup | None = None
+        # The backend's own event class, made once: ``anyio.Event()`` looks the backend up.
+        self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
+        self._closed_event = self._new_event()
         self.on_push = on_push
         #: PUSH frames received while no ``on_push`` was set.
         self.unhandled_pushes = 0
         self.on_close: Callable[[ConnectionClosed], None] | None = None
         self._server_info: ServerInfo | None = None
         self._read_pauses = 0
-        self._read_gate = trio.Event()
+        self._read_gate = self._new_event()
 
     @property
     def server_info(self) -> ServerInfo:
@@ -119,6 +199,11 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed_reason is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection closed (``None`` while it is open)."""
+        return self._closed_reason
 
     @property
     def in_flight(self) -> int:
@@ -140,7 +225,7 @@ class Connection:
         rid = self._next_id
         self._next_id = rid + 1
         data = t.checked_request(self._proto.encoder, rid, op, args, self._server_max_frame)
-        waiter = _Waiter(on_reply)
+        waiter = _Waiter(self._new_event(), on_reply)
         self._pending[rid] = waiter
         if self._read_pauses:
             self._read_gate.set()  # a paused reader reads on until this reply has come
@@ -160,12 +245,12 @@ class Connection:
             return  # the task that is sending picks it up
         self._sending = True
         try:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 while self._wbuf:
                     buf = self._wbuf
                     self._wbuf = []
-                    await self._stream.send_all(buf[0] if len(buf) == 1 else b"".join(buf))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    await self._stream.send(buf[0] if len(buf) == 1 else b"".join(buf))
+        except TRANSPORT_ERRORS as exc:
             self._wbuf.clear()
             self._fail(f"connection lost while sending: {exc or type(exc).__name__}")
         finally:
@@ -178,21 +263,34 @@ class Connection:
                 stream = self._stream
                 proto = self._proto
                 while True:
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
+                    try:
+                        data = await stream.receive(RECEIVE_BYTES)
+                    except anyio.EndOfStream:
                         break
                     proto.receive_data(data)
                     while (frame := proto.next_frame()) is not NEED_DATA:
                         self._dispatch(frame)
                     while self._read_pauses and not self._pending:
-                        self._read_gate = trio.Event()
+                        self._read_gate = self._new_event()
                         await self._read_gate.wait()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             reason = f"connection lost: {exc or type(exc).__name__}"
         except ProtocolError as exc:
             reason = f"unreadable data from the server: {exc.code.name}: {exc.message}"
         finally:
             self._fail(reason)
+
+    async def _keepalive(self, period: float) -> None:
+        with self._keepalive_scope:
+            sent = self._next_id
+            while True:
+                await anyio.sleep(period)
+                if self._next_id == sent:  # nothing sent for a whole period
+                    try:
+                        await self.request(Op.PING.value, {})
+                    except LockgateError:
+                        return  # closed: the reader says why
+                sent = self._next_id
 
     def _dispatch(self, frame: Any) -> None:
         kind = type(frame)
@@ -243,23 +341,30 @@ class Connection:
             waiter.error = self._closed_error()
             waiter.event.set()
         self._reader_scope.cancel()
-        if first and self.on_close is not None:
-            self.on_close(self._closed_error())
+        self._keepalive_scope.cancel()
+        if first:
+            self._closed_event.set()
+            if self.on_close is not None:
+                self.on_close(self._closed_error())
 
     def _closed_error(self) -> ConnectionClosed:
         exc = ConnectionClosed(self._closed_reason or "connection closed")
         exc.__cause__ = self._server_error
         return exc
 
+    async def wait_closed(self) -> None:
+        """Return once the connection has closed (for any reason)."""
+        await self._closed_event.wait()
+
     async def aclose(self) -> None:
         """Close the connection; pending requests raise :class:`ConnectionClosed`."""
         self._fail("connection closed by the client")
-        await trio.aclose_forcefully(self._stream)
+        await anyio.aclose_forcefully(self._stream)
 
     async def __aenter__(self) -> Connection:
-        self._nursery_manager = trio.open_nursery()
-        nursery = await self._nursery_manager.__aenter__()
-        nursery.start_soon(self._read_loop)
+        self._task_group = anyio.create_task_group()
+        tasks = await self._task_group.__aenter__()
+        tasks.start_soon(self._read_loop)
         try:
             result = await self.request(Op.HELLO.value, hello_args(self._max_frame, self._client_name))
             if result.get("version") != PROTOCOL_VERSION:
@@ -271,21 +376,38 @@ class Connection:
         self._server_max_frame = self._server_info.max_frame
         if self._max_frame is None:
             self._proto.max_frame = self._server_info.max_frame
+        if self._keepalive_s is not None:
+            tasks.start_soon(self._keepalive, self._keepalive_s)
         return self
 
     async def __aexit__(
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self.aclose()
+        assert self._task_group is not None
         try:
-            return bool(await self._nursery_manager.__aexit__(etype, exc, tb))
+            return bool(await self._task_group.__aexit__(etype, exc, tb))
         except BaseExceptionGroup as group:
-            # The reader never raises for transport trouble, so a group holding only the
-            # body's own exception is just that exception: let it propagate unwrapped.
+            # The reader and the keepalive never raise for transport trouble, so a group
+            # holding only the body's own exception is just that exception: let it
+            # propagate unwrapped.
             if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
                 return False
             raise
+
+
+def tcp_keepalive(sock: socket.socket, period: float) -> None:
+    """Let the kernel find a dead peer: keepalive probes after ``period`` s of silence
+    (then every ``period / 4`` s, 4 of them) and, where the platform has it, a
+    ``TCP_USER_TIMEOUT`` of ``2 * period`` for unacknowledged data."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, round(period))
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", max(1, idle // 4)), ("TCP_KEEPCNT", 4),
+                        ("TCP_USER_TIMEOUT", 2000 * idle)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 @asynccontextmanager
@@ -296,12 +418,16 @@ async def open_connection(
     max_frame: int | None = None,
     client_name: str = DEFAULT_CLIENT_NAME,
     on_push: PushHandler | None = None,
+    keepalive_s: float | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect over TCP and handshake: ``async with open_connection(host, port) as conn``.
 
     Arguments are as for :class:`Connection`. Raises ``OSError`` when the connection
     cannot be opened.
     """
-    stream = await trio.open_tcp_stream(host, port)
-    async with Connection(stream, max_frame=max_frame, client_name=client_name, on_push=on_push) as conn:
+    stream = await anyio.connect_tcp(host, port)
+    if keepalive_s is not None:
+        tcp_keepalive(stream.extra(SocketAttribute.raw_socket), keepalive_s)
+    async with Connection(stream, max_frame=max_frame, client_name=client_name, on_push=on_push,
+                          keepalive_s=keepalive_s) as conn:
         yield conn

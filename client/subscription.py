@@ -45,7 +45,7 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import trio
+import anyio
 
 from protocol import Op
 
@@ -158,7 +158,7 @@ class Processing:
         try:
             # A cancellation is not the message's fault: no error text, and shielded so
             # the message is released now rather than when its lease runs out.
-            with trio.CancelScope(shield=not failed):
+            with anyio.CancelScope(shield=not failed):
                 await msg.nack(delay_ms=self.delay_ms, error=error_text(exc) if failed else None)
         except LockgateError as nack_error:
             exc.add_note(f"lockgate: the nack of message {msg.id} failed: {nack_error}")
@@ -183,7 +183,8 @@ class Subscription:
         #: Why the server ended it (``"queue_deleted"``), or ``None``.
         self.end_reason: str | None = None
         self._buffer: deque[IncomingMessage] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
+        #: Set (and replaced) to wake the tasks waiting in ``__anext__``.
+        self._wakeup = anyio.Event()
         self._state = _NEW
         self._lost: ConnectionClosed | None = None
         self._paused = False
@@ -220,7 +221,7 @@ class Subscription:
         try:
             # Shielded: a subscribe abandoned after the server took it would leave a
             # subscription nobody reads. Its reply comes within a round.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await conn.request(str(Op.SUBSCRIBE), args, on_reply=subscribed)
         except BaseException:
             self._state = _CLOSED
@@ -246,7 +247,7 @@ class Subscription:
         self._state = _CLOSING
         client, sid = self.client, self.id
         try:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
                 if sid is not None and self.end_reason is None and not client.connection.closed:
                     try:
                         await client.connection.request(str(Op.UNSUBSCRIBE), ops.unsubscribe.args(sid))
@@ -267,7 +268,7 @@ class Subscription:
             self._buffer.clear()
             self._state = _CLOSED
             self._resume()
-            self._lot.unpark_all()
+            self._wake()
 
     # --- iterating ---------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class Subscription:
     async def __anext__(self) -> IncomingMessage:
         if self._state == _NEW:
             raise RuntimeError("enter the subscription first: async with client.subscribe(...) as sub")
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         while True:
             if self._lost is not None:
                 raise ConnectionClosed(self._lost.message)
@@ -288,7 +289,7 @@ class Subscription:
                 return msg
             if self.ended:
                 raise StopAsyncIteration
-            await self._lot.park()
+            await self._wakeup.wait()
 
     # --- from the connection's reader (quick, never raising) ---------------------------
 
@@ -298,18 +299,22 @@ class Subscription:
         if self.auto_ack and not self._paused and len(buffer) >= self.credit:
             self._paused = True
             self.client.connection.pause_reading()
-        self._lot.unpark_all()
+        self._wake()
 
     def _on_end(self, reason: str) -> None:
         self.end_reason = reason
         self._buffer.clear()
         self._resume()
-        self._lot.unpark_all()
+        self._wake()
 
     def _on_lost(self, error: ConnectionClosed) -> None:
         self._lost = error
         self._buffer.clear()
-        self._lot.unpark_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = anyio.Event()
 
     def _resume(self) -> None:
         if self._paused:

@@ -124,7 +124,7 @@ async def test_an_idle_connection_is_closed_and_a_pinging_one_is_kept(
 async def test_the_sdk_sees_connection_timeout_as_the_cause_of_its_close(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
     _, addr = await start(nursery, tmp_path)
-    async with Client.connect(addr) as client:
+    async with Client.connect(addr, keepalive_s=None) as client:  # no keepalive pings: idle
         await trio.sleep(IDLE_S + 1)
         with pytest.raises(ConnectionClosed) as info:
             await client.ping()
