@@ -28,13 +28,20 @@ How it works and what it promises:
 - **Ends.** A ``subscription_end`` push (its queue was deleted) ends the iteration
   (``StopAsyncIteration``); ``end_reason`` says why, and the buffered messages are
   dropped (their queue is gone). A lost connection makes the iteration raise
-  :class:`~client.errors.ConnectionClosed` (the broker releases the unacked messages).
+  :class:`~client.errors.ConnectionClosed` (the broker releases the unacked messages),
+  unless the client reconnects (``reconnect=``, :mod:`client.reconnect`): then the
+  buffer is dropped, the iteration waits, and the subscription is made again on the new
+  connection with the same settings (a queue deleted meanwhile ends it, ``end_reason``
+  ``"queue_deleted"``); it raises only once the client gives up.
 - **Messages.** ``async with msg`` (or ``msg.process(...)``) settles it the way aio-pika's
   ``message.process()`` does: ack on success; on an exception nack with the exception's
   text (``"TypeName: message"``, cut to the server's 1024 bytes) as the message's last
   error, then re-raise, unless ``process(reraise=False)``. A cancellation (or other
   ``BaseException``) nacks without an error text and always propagates. A message
   settled inside the block is left as it is. With ``auto_ack`` the block does nothing.
+  When the client reconnects (``reconnect=``), an ack lost with its connection does not
+  raise from the block: its outcome is unknown, and if it did not reach the broker the
+  message is delivered again (at least once).
   A message nacked while its subscription is open is ready again and may be pushed
   straight back to it; if the iteration then ends (the exception propagated), it is
   given back from the buffer with ``returned=True``, so that push costs no attempt.
@@ -56,6 +63,7 @@ from .types import AckResult, ExtendResult, NackResult, RejectResult
 
 if TYPE_CHECKING:
     from .api import Client
+    from .connection import Connection
 
 #: Longest a subscription's cleanup (``unsubscribe`` and the nack of its buffer) may take
 #: once it runs shielded from cancellation; past it the subscription is dropped locally.
@@ -152,7 +160,13 @@ class Processing:
         if msg.settled is not None:  # settled in the block, or auto_ack
             return exc is not None and isinstance(exc, Exception) and not self.reraise
         if exc is None:
-            await msg.ack()
+            try:
+                await msg.ack()
+            except ConnectionClosed:
+                if not msg.subscription.client._will_reconnect:
+                    raise
+                # The client reconnects: the ack's outcome is unknown, and a message it did
+                # not reach is released by the broker and delivered again (at least once).
             return False
         failed = isinstance(exc, Exception)
         try:
@@ -208,27 +222,70 @@ class Subscription:
         if self._state != _NEW:
             raise RuntimeError("a subscription can be entered only once")
         self._state = _OPEN
-        conn = self.client.connection
-        router = self.client._pushes
+        client = self.client
+        try:
+            while True:
+                conn = await client._connected()
+                try:
+                    await self._subscribe(conn)
+                    break
+                except ConnectionClosed:
+                    if not client._will_reconnect:
+                        raise  # else: nothing took effect; subscribe on the next connection
+        except BaseException:
+            self._state = _CLOSED
+            raise
+        if conn.closed and self._lost is None and not client._will_reconnect:
+            self._lost = ConnectionClosed("connection closed")  # lost between the reply and now
+        return self
+
+    async def _subscribe(self, conn: Connection) -> None:
+        """Send ``subscribe`` on ``conn``; the pushes after its reply land in the buffer."""
+        client = self.client
 
         def subscribed(result: dict[str, Any]) -> None:
             sid = result.get("subscription")
             if type(sid) is int:
                 self.id = sid
-                router.targets[sid] = self
+                client._pushes.targets[sid] = self
+                client._subscriptions.add(self)
 
         args = ops.subscribe.args(self.queue, self.credit, self.visibility_ms, self.auto_ack)
+        # Shielded: a subscribe abandoned after the server took it would leave a
+        # subscription nobody reads. Its reply comes within a round.
+        with anyio.CancelScope(shield=True):
+            await conn.request(str(Op.SUBSCRIBE), args, on_reply=subscribed)
+
+    def _interrupted(self) -> None:
+        """The connection went and the client reconnects (client/reconnect.py): what it
+        pushed is forgotten (the broker released it); resubscribed on the next one."""
+        self.id = None
+        self._buffer.clear()
+        self._paused = False
+
+    async def _resubscribe(self, conn: Connection) -> None:
+        """Subscribe again on a new connection (``ConnectionClosed`` if it goes too)."""
+        if self._state != _OPEN:
+            return
         try:
-            # Shielded: a subscribe abandoned after the server took it would leave a
-            # subscription nobody reads. Its reply comes within a round.
-            with anyio.CancelScope(shield=True):
-                await conn.request(str(Op.SUBSCRIBE), args, on_reply=subscribed)
-        except BaseException:
-            self._state = _CLOSED
+            await self._subscribe(conn)
+        except ConnectionClosed:
             raise
-        if conn.closed and self._lost is None:  # lost between the reply and now
-            self._lost = ConnectionClosed("connection closed")
-        return self
+        except QueueNotFound:
+            self.client._subscriptions.discard(self)
+            self._on_end("queue_deleted")  # deleted while the client was away
+        except LockgateError as exc:
+            self.client._subscriptions.discard(self)
+            lost = ConnectionClosed(f"subscribing to {self.queue} again after a reconnect failed: {exc}")
+            lost.__cause__ = exc
+            self._on_lost(lost)
+        else:
+            if self._state != _OPEN and self.id is not None:  # left meanwhile
+                sid, self.id = self.id, None
+                self.client._pushes.targets.pop(sid, None)
+                self.client._subscriptions.discard(self)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+                    await conn.request(str(Op.UNSUBSCRIBE), ops.unsubscribe.args(sid))
 
     async def __aexit__(
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -263,8 +320,9 @@ class Subscription:
         except (ConnectionClosed, QueueNotFound):
             pass  # the broker releases them itself / they are gone
         finally:
-            if sid is not None:
-                client._pushes.targets.pop(sid, None)
+            client._subscriptions.discard(self)
+            if self.id is not None:
+                client._pushes.targets.pop(self.id, None)
             self._buffer.clear()
             self._state = _CLOSED
             self._resume()
@@ -281,7 +339,7 @@ class Subscription:
         await anyio.lowlevel.checkpoint()
         while True:
             if self._lost is not None:
-                raise ConnectionClosed(self._lost.message)
+                raise ConnectionClosed(self._lost.message) from self._lost.__cause__
             if self._buffer and self._state == _OPEN:
                 msg = self._buffer.popleft()
                 if self._paused and len(self._buffer) < self.credit:
