@@ -5,6 +5,8 @@
 - :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
 - :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
 - :mod:`client.ops`: the op table both clients' typed methods are made from.
+- :class:`Reconnect` (``client.reconnect``) and :class:`Spill` (``client.spill``): the async
+  client's reconnect policy and its local spill file for publishes while the broker is away.
 - Push subscriptions: ``Client.subscribe`` gives a :class:`Subscription` of
   :class:`IncomingMessage` (:mod:`client.subscription`), ``SyncClient.subscribe`` a
   :class:`SyncSubscription` of :class:`SyncIncomingMessage` (:mod:`client.sync_subscription`).
@@ -43,6 +45,7 @@ from .errors import (
     WrongNode,
     error_from_frame,
 )
+from .spill import Spill, SpillFull
 from .sync import SyncClient
 from .sync_subscription import SyncIncomingMessage, SyncSubscription
 from .types import (
@@ -73,11 +76,12 @@ from .types import (
 if TYPE_CHECKING:
     from .api import Client
     from .connection import Connection, open_connection
+    from .reconnect import Reconnect
     from .subscription import IncomingMessage, Subscription
 
 _LAZY = {
     "Client": ".api", "Connection": ".connection", "open_connection": ".connection",
-    "IncomingMessage": ".subscription", "Subscription": ".subscription",
+    "IncomingMessage": ".subscription", "Subscription": ".subscription", "Reconnect": ".reconnect",
 }
 
 
@@ -95,7 +99,7 @@ __all__ = [
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",
     "PermissionDenied", "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
-    "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "StorageError",
+    "Reconnect", "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "Spill", "SpillFull", "StorageError",
     "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "TxnConflict", "Unauthenticated",
     "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
 ]
