@@ -51,6 +51,7 @@ from protocol import DEFAULT_CREDIT, Op, Push
 
 from . import ops
 from . import types as t
+from .auth import Credentials
 from .connection import DEFAULT_CLIENT_NAME, DEFAULT_KEEPALIVE_S, Connection, PushHandler, open_connection
 from .errors import (
     ConnectionClosed,
@@ -121,6 +122,9 @@ class Client:
         client_name: str = DEFAULT_CLIENT_NAME,
         on_push: PushHandler | None = None,
         keepalive_s: float | None = DEFAULT_KEEPALIVE_S,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
         reconnect: bool | Reconnect = False,
         spill: Spill | None = None,
     ) -> AbstractAsyncContextManager[Client]:
@@ -131,6 +135,10 @@ class Client:
         this client accepts) defaults to the server's own limit. ``on_push`` gets the
         PUSH frames that are not for this client's subscriptions. ``keepalive_s``
         (``None``: off) is how often an idle connection checks in with a ``ping``.
+        ``user`` and ``password`` (SCRAM-SHA-256; the client checks the broker's
+        signature), or ``token``, authenticate to a broker that requires it
+        (:mod:`client.auth`: ``AuthFailed`` if that fails, ``Unauthenticated`` if it is
+        required and none were given); every reconnect authenticates again.
         ``reconnect`` (``True`` or a :class:`~client.reconnect.Reconnect`) reconnects
         after a loss (:mod:`client.reconnect`); ``spill`` (needs ``reconnect``) is the
         file ``publish_or_spill`` keeps messages in while the broker is unreachable
@@ -138,13 +146,14 @@ class Client:
         broker cannot be reached. The connection closes when the block exits.
         """
         host, port_ = t.parse_addr(addr, port)
+        credentials = Credentials.of(user, password, token)
         if keepalive_s is not None and not keepalive_s > 0:
             raise ValueError(f"keepalive_s must be positive or None, not {keepalive_s!r}")
         policy = Reconnect() if reconnect is True else (reconnect or None)
         if spill is not None and policy is None:
             raise ValueError("spill= needs reconnect=: spilled messages are sent once the client reconnects")
         opener = partial(open_connection, host, port_, max_frame=max_frame, client_name=client_name,
-                         keepalive_s=keepalive_s)
+                         keepalive_s=keepalive_s, credentials=credentials)
         if policy is None:
             return _connect_once(cls, opener, on_push)
         return _Connecting(cls, opener, on_push, policy, spill)

@@ -59,6 +59,7 @@ from protocol import Connection as ProtocolConnection
 from protocol import Error as ErrorFrame
 
 from . import types as t
+from .auth import Credentials, Handshake
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .types import ServerInfo, hello_args
 
@@ -149,7 +150,8 @@ class Connection:
     non-raising) for every PUSH frame; without it pushes are only counted.
     ``on_close`` is called once, the same way, with the error pending requests get,
     when the connection closes for any reason. ``keepalive_s`` (``None``: never) is the
-    keepalive period (see the module docstring).
+    keepalive period (see the module docstring). ``credentials`` authenticate the
+    handshake to a broker that requires it (:mod:`client.auth`).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class Connection:
         client_name: str = DEFAULT_CLIENT_NAME,
         on_push: PushHandler | None = None,
         keepalive_s: float | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if keepalive_s is not None and not keepalive_s > 0:
             raise ValueError(f"keepalive_s must be positive or None, not {keepalive_s!r}")
@@ -186,6 +189,9 @@ class Connection:
         self.unhandled_pushes = 0
         self.on_close: Callable[[ConnectionClosed], None] | None = None
         self._server_info: ServerInfo | None = None
+        self._credentials = credentials
+        #: The user the broker authenticated this connection as (None without auth).
+        self.user: str | None = None
         self._read_pauses = 0
         self._read_gate = self._new_event()
 
@@ -366,9 +372,17 @@ class Connection:
         tasks = await self._task_group.__aenter__()
         tasks.start_soon(self._read_loop)
         try:
-            result = await self.request(Op.HELLO.value, hello_args(self._max_frame, self._client_name))
+            handshake = Handshake(self._credentials)
+            hello = hello_args(self._max_frame, self._client_name)
+            if self._credentials is not None:
+                hello["auth"] = handshake.hello_auth()
+            result = await self.request(Op.HELLO.value, hello)
             if result.get("version") != PROTOCOL_VERSION:
                 raise UnsupportedVersion(f"server chose protocol version {result.get('version')!r}")
+            final = handshake.after_hello(result.get("auth"))
+            if final is not None:
+                handshake.after_auth(await self.request(Op.AUTH.value, final))
+            self.user = handshake.user
             self._server_info = ServerInfo.from_wire(result)
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
@@ -419,6 +433,7 @@ async def open_connection(
     client_name: str = DEFAULT_CLIENT_NAME,
     on_push: PushHandler | None = None,
     keepalive_s: float | None = None,
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect over TCP and handshake: ``async with open_connection(host, port) as conn``.
 
@@ -429,5 +444,5 @@ async def open_connection(
     if keepalive_s is not None:
         tcp_keepalive(stream.extra(SocketAttribute.raw_socket), keepalive_s)
     async with Connection(stream, max_frame=max_frame, client_name=client_name, on_push=on_push,
-                          keepalive_s=keepalive_s) as conn:
+                          keepalive_s=keepalive_s, credentials=credentials) as conn:
         yield conn

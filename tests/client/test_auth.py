@@ -12,14 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
-from client import AuthFailed, PermissionDenied, SyncClient, Unauthenticated
+from client import AuthFailed, Client, PermissionDenied, SyncClient, Unauthenticated
+from client.reconnect import Reconnect
 from protocol import Connection, Encoder, Request
 from tools.brokerctl import main
 
 from ..broker_process import BrokerProcess
+from .cutproxy import cut_proxy
 
 PASSWORD = "open sesame 42"
 
@@ -183,3 +186,48 @@ def test_the_client_checks_the_server_signature(server_final: str) -> None:
         with pytest.raises(AuthFailed, match="could not prove it knows this user's secret"):
             SyncClient(server.getsockname(), user="alice", password=PASSWORD, timeout=10)
         thread.join(10)
+
+
+# -- the async client, on both backends ---------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_async_client_with_a_password_and_a_token(backend: str, auth_broker: AuthBroker) -> None:
+    async def main() -> None:
+        async with Client.connect(auth_broker.addr, user="alice", password=PASSWORD) as alice:
+            assert alice.connection.user == "alice"
+            await alice.create_queue("orders.eu")
+            await alice.publish("orders.eu", b"x")
+            with pytest.raises(PermissionDenied) as info:
+                await alice.publish("billing", b"x")
+            assert (info.value.permission, info.value.resource) == ("publish", "billing")
+        async with Client.connect(auth_broker.addr, token=auth_broker.token) as svc:
+            assert svc.connection.user == "svc"
+            with pytest.raises(PermissionDenied):
+                await svc.consume("orders.eu")
+        with pytest.raises(AuthFailed):
+            async with Client.connect(auth_broker.addr, user="alice", password="wrong"):
+                pass
+        with pytest.raises(Unauthenticated):
+            async with Client.connect(auth_broker.addr):
+                pass
+
+    anyio.run(main, backend=backend)
+
+
+def test_a_reconnecting_client_authenticates_again(auth_broker: AuthBroker) -> None:
+    """The connection is cut; the client's reconnect runs SCRAM again."""
+    host, port = auth_broker.addr.rsplit(":", 1)
+
+    async def main() -> None:
+        async with cut_proxy((host, int(port))) as proxy, Client.connect(
+                proxy.addr, user="alice", password=PASSWORD,
+                reconnect=Reconnect(initial_delay_s=0.01, max_delay_s=0.05)) as alice:
+            await alice.create_queue("orders.eu")
+            first = alice.connection
+            proxy.cut_all()
+            with anyio.fail_after(30):
+                assert await alice.publish("orders.eu", b"after") >= 1
+            assert alice.reconnects == 1 and proxy.accepted == 2
+            assert alice.connection is not first and alice.connection.user == "alice"
+
+    anyio.run(main, backend="trio")
