@@ -1,0 +1,1 @@
+"""A partitioned order pipeline with transactions and a broker crash: ``python -m examples.partitioned --help``."""
