@@ -1,0 +1,1 @@
+"""A DAG of tasks over fifo, lifo, priority and round-robin queues: ``python -m examples.taskflow --help``."""
