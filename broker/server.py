@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from protocol import NEED_DATA, Connection, Encoder, ProtocolError, Request
+from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, PushName, Request
 
 from . import connlimits, datadir, gcpolicy, recovery
 from .admission import Admission
@@ -42,6 +42,15 @@ logger = logging.getLogger("lockgate.server")
 
 #: How long a graceful shutdown lets connections finish what they have read.
 SHUTDOWN_GRACE_S = 10.0
+
+#: How ``Broker._run_rounds`` ended a connection's reading.
+EOF_ = "eof"  # the client closed its side
+DRAINED = "drained"  # the broker shuts down: replies, then the notice and a clean close
+TIMED_OUT = "timed out"  # a timeout or a failed authentication: its error, then a clean close
+CLOSING = "closing"  # a fatal protocol error: its error, then a close
+
+#: The ``notice`` push every connection gets last when the broker shuts down (SPEC §3.2).
+SHUTDOWN_NOTICE = {"reason": "shutdown"}
 
 
 class Broker:
@@ -113,8 +122,10 @@ class Broker:
         self._log = SegmentedLog.open(self.wal_dir, segment_bytes=self.config.segment_bytes, io=self._io)
 
     def shutdown(self) -> None:
-        """Begin a graceful shutdown: stop accepting, finish in-flight requests, answer
-        held consumes, fsync, checkpoint; ``serve`` then returns."""
+        """Begin a graceful shutdown (SPEC.md §3.3): stop accepting and reading, answer
+        what was read, held consumes at once, end subscriptions, then send each
+        connection the ``notice`` push and close it cleanly; fsync, checkpoint; ``serve``
+        then returns."""
         if self._stopping is not None:
             self._stopping.set()
 
@@ -298,21 +309,25 @@ class Broker:
         logger.info("connection from %s", session.peer, extra={"event": "connection_open", "peer": session.peer})
         conn = Connection("server", max_frame=self.config.max_frame, encoder=self._encoder)
         replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
-        timed_out = False
+        ended = CLOSING
         try:
             async with trio.open_nursery() as holding:
                 replies.nursery = holding  # its reply task starts there when first needed
                 try:
-                    timed_out = await self._run_rounds(session, conn, stream, replies, holding)
+                    ended = await self._run_rounds(session, conn, stream, replies, holding)
                 finally:
                     replies.close()  # the reply task sends what it holds, then ends
                 # What it holds goes out first; after a timeout, within the linger time or not at all.
-                with trio.move_on_after(connlimits.LINGER_S if timed_out else math.inf):
+                with trio.move_on_after(connlimits.LINGER_S if ended == TIMED_OUT else math.inf):
                     await replies.sent_through(replies.rounds)
                 if not self._draining:
                     holding.cancel_scope.cancel()  # gone or broken: drop its held consumes
-                # While draining, held consumes answer at once and the nursery waits for them.
-            if timed_out:
+                # While draining, held consumes answer at once, subscriptions send their
+                # subscription_end, and the nursery waits for them.
+            if ended == DRAINED:
+                # Last of all: every reply and push is written; nothing more was read.
+                await stream.send_all(conn.encoder.push(PushName.NOTICE, SHUTDOWN_NOTICE))
+            if ended == TIMED_OUT or ended == DRAINED:
                 await connlimits.close_cleanly(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client went away (its reply task, then its reader, see that).
@@ -338,11 +353,13 @@ class Broker:
                           "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
-                          replies: Replies, holding: trio.Nursery) -> bool:
+                          replies: Replies, holding: trio.Nursery) -> str:
         """Read and run one connection's requests in rounds until it closes or drains;
-        each round's replies go to ``replies``. True when it ends the connection for a
-        timeout (``connlimits``, rules 2-3), after sending CONNECTION_TIMEOUT, or for a
-        failed authentication, whose AUTH_FAILED it sends late (``auth``, rule 4)."""
+        each round's replies go to ``replies``. Returns how it ended: ``EOF_``,
+        ``DRAINED`` (the broker shuts down: it read nothing more once the requests it
+        had read had run), ``TIMED_OUT`` for a timeout (``connlimits``, rules 2-3), after
+        sending CONNECTION_TIMEOUT, or for a failed authentication, whose AUTH_FAILED it
+        sends late (``auth``, rule 4), or ``CLOSING`` after a fatal protocol error."""
         live = self._live
         assert live is not None
         reads = connlimits.ReadTimer(self._timeouts, trio.current_time())
@@ -357,14 +374,14 @@ class Broker:
                 self._idle.discard(idle)
                 if idle.cancelled_caught:
                     if self._draining:
-                        return False
+                        return DRAINED
                     error = reads.expired(bool(session.waiters or session.subscriptions) or replies.unsent)
                     if error is None:
                         continue  # it holds consumes, subscriptions or replies: not idle
                     await self._time_out(session, conn, replies, error)
-                    return True
+                    return TIMED_OUT
                 if not data:
-                    return False
+                    return EOF_
                 reads.received(len(data))
                 if timer is not None:
                     read_at = time.monotonic()
@@ -385,8 +402,8 @@ class Broker:
                 await trio.sleep(session.auth_delay)  # a failed authentication is answered late
             await replies.send(Round(out.out, out.answered, lsn, sent))
             if closing:
-                return bool(session.auth_delay)
-        return False
+                return TIMED_OUT if session.auth_delay else CLOSING
+        return DRAINED
 
     async def _time_out(self, session: Session, conn: Connection, replies: Replies,
                         error: ProtocolError) -> None:
@@ -434,6 +451,10 @@ class Broker:
                 live.execute_run(run, session, ctx, out)
                 if run.take(session, frame, ctx):
                     continue
+            if self._draining and frame.op == "subscribe":  # it would end at once
+                out.error(ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down; "
+                                        "subscribe again once it is back", request_id=frame.id))
+                continue
             wait = live.execute(session, frame, ctx, out)
             if session.auth_delay:  # authentication failed: nothing after it is read
                 return False, True

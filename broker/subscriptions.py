@@ -18,7 +18,8 @@ frames named ``deliver``. Rules:
 4. **Ends.** ``unsubscribe`` stops pushing; what was pushed stays leased (ack or nack it).
    When the connection closes, its subscriptions' unacked messages are released at once,
    as if nacked. A subscription whose queue is deleted ends with a ``subscription_end``
-   PUSH (reason ``queue_deleted``).
+   PUSH (reason ``queue_deleted``); one ended by the broker's shutdown, with one of reason
+   ``shutdown``, and its unacked messages are released.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Subscription:
     """One subscription of one connection."""
 
     __slots__ = ("sid", "queue", "credit", "visibility_ms", "auto_ack", "unacked_ids",
-                 "stopped", "release", "_event")
+                 "stopped", "release", "reason", "_event")
 
     def __init__(self, start: Subscribe) -> None:
         self.sid = start.subscription
@@ -60,6 +61,8 @@ class Subscription:
         self.stopped = False
         #: Release what is unacked when it ends (not after ``unsubscribe``: rule 4).
         self.release = True
+        #: Why the broker ended it, told in a ``subscription_end`` push (None: not ended so).
+        self.reason: str | None = None
         self._event = trio.Event()
 
     @property
@@ -107,10 +110,11 @@ class Subscriptions:
         nursery.start_soon(self._run, session, sub, replies, encoder, replies.rounds + 1)
 
     def drain(self) -> None:
-        """The broker is shutting down: every subscription stops (its unacked messages
-        are released)."""
+        """The broker is shutting down: every subscription stops with a
+        ``subscription_end`` push (reason ``shutdown``); its unacked messages are released."""
         for subs in list(self._by_queue.values()):
             for sub in subs:
+                sub.reason = "shutdown"
                 sub.end()
 
     def changed(self, m: Mutation) -> None:
@@ -176,6 +180,8 @@ class Subscriptions:
                     live.heal_soon()
                     continue  # not sent: the lease runs out, or the connection's end releases it
                 await replies.write(frame)
+            if sub.reason is not None and sub.release:  # ended by the broker, not unsubscribed
+                await self._end(session, sub, replies, encoder, sub.reason)
         finally:
             self._forget(sub)
             if sub.unacked_ids and sub.release:
