@@ -20,11 +20,13 @@ Lateness: once loaded, one push subscription (``auto_ack``, credit ``max_batch``
 dead-letter queue (ttl) or the queue itself (delayed) receives the messages as they fall
 due; each message's lateness is the time the subscriber took it from the client's buffer
 (wall clock, moved onto the server's clock by ``ping``) minus its due time: its
-``deliver_at``, or its ``expires_at_ms`` as ``message_status`` reports it after the load.
-It includes the push and the subscriber's own receive cost, on a machine whose cores the
+``deliver_at``, or its expiry, the ``published_at`` the broker gave it plus its ``ttl_ms``.
+Messages due before the subscriber was ready (a load slower than ``--lead-s``) are
+counted apart and left out. The figure includes the push and the subscriber's own receive cost, on a machine whose cores the
 broker and the subscriber share. Beside it, the ttl phase measures the broker alone on a
 small side queue expiring over the same window into a dead-letter queue nobody reads:
-``peek`` shows when each was dead-lettered (``at_ms``, whole ms), minus its expiry.
+``peek`` shows when each was dead-lettered (``at_ms``, whole ms), minus its expiry. The
+subscriber's own garbage collector is paused while it measures.
 
     python -m tools.timerbench                     # 1,000,000 messages per phase
     python -m tools.timerbench --count 200000 --json
@@ -210,33 +212,21 @@ def load(client: SyncClient, queue: str, messages: list[Message] | list[bytes]) 
     return time.perf_counter() - t
 
 
-def expiries(client: SyncClient, queue: str, count: int) -> array[int]:
-    """``expires_at_ms`` of messages 1..``count`` of ``queue`` (index = id - 1)."""
-    step = client.server_info.max_batch
-    calls = [("message_status", {"queue": queue, "ids": list(range(first, min(first + step, count + 1)))})
-             for first in range(1, count + 1, step)]
-    out = array("q")
-    for result in client.request_many(calls, window=4):
-        if isinstance(result, Exception):
-            raise result
-        out.extend(s["expires_at_ms"] for s in result["statuses"])
-    return out
-
-
-def collect(client: SyncClient, queue: str, due: array[int], last_due_ms: int, pid: int) -> tuple[
-        list[float], int, int, float, tuple[float, float]]:
-    """Subscribe to ``queue`` and take messages until each index of ``due`` came or
-    ``GRACE_S`` passed after the last was due. Returns (lateness ms of each message due
-    after the subscription began, messages missing, messages due before it began, the
-    broker's CPU percent meanwhile, clock offsets before and after).
+def collect(client: SyncClient, queue: str, count: int, due_of: Callable[[int, int], int],
+            last_due_ms: int, pid: int) -> tuple[list[float], int, int, float, tuple[float, float]]:
+    """Subscribe to ``queue`` and take messages until ``count`` came or ``GRACE_S``
+    passed after ``last_due_ms``; ``due_of(index, published_at)`` is a message's due
+    time. Returns (lateness ms of each message due after the subscription began,
+    messages missing, messages due before it began, the broker's CPU percent meanwhile,
+    clock offsets before and after).
 
     The arrival times go into flat arrays and this process's cyclic garbage collector
     is paused meanwhile, so that its own pauses are not counted as the broker's."""
-    count = len(due)
     before = clock_offset_ms(client)
     say(f"subscribed to {queue}; the last message is due in {(last_due_ms - time.time() * 1000 - before) / 1000:.1f} s")
     walls = array("d")
-    indexes = array("q")
+    dues = array("q")
+    seen = bytearray(count)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -244,29 +234,24 @@ def collect(client: SyncClient, queue: str, due: array[int], last_due_ms: int, p
         with client.subscribe(queue, credit=client.server_info.max_batch, auto_ack=True) as sub:
             ready_ms = time.time() * 1000 + before
             deadline = time.monotonic() + max(0.0, (last_due_ms - ready_ms) / 1000) + GRACE_S
-            clock, add_wall, add_index = time.time, walls.append, indexes.append
+            clock, add_wall, add_due = time.time, walls.append, dues.append
             while len(walls) < count:
                 left = deadline - time.monotonic()
                 msg = sub.get(left) if left > 0 else None
                 if msg is None:
                     break
                 add_wall(clock())
-                add_index(index_of(msg.body))
+                i = index_of(msg.body)
+                seen[i] = 1
+                add_due(due_of(i, msg.published_at))
     finally:
         if gc_was_enabled:
             gc.enable()
     cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
     after = clock_offset_ms(client)
     offset = (before + after) / 2
-    early = sum(1 for d in due if d < ready_ms)
-    seen = bytearray(count)
-    lateness: list[float] = []
-    for wall, i in zip(walls, indexes):
-        seen[i] = 1
-        d = due[i]
-        if d >= ready_ms:
-            lateness.append(wall * 1000 + offset - d)
-    return lateness, count - sum(seen), early, cpu, (before, after)
+    lateness = [wall * 1000 + offset - d for wall, d in zip(walls, dues) if d >= ready_ms]
+    return lateness, count - sum(seen), len(walls) - len(lateness), cpu, (before, after)
 
 
 # -- the phases -----------------------------------------------------------------------------
@@ -284,29 +269,31 @@ def plain_phase(workdir: Path, count: int, fsync: str) -> Phase:
 
 
 def ttl_phase(workdir: Path, count: int, fsync: str, lead_s: float, window_s: float) -> Phase:
+    """Messages expire (``ttl_ms`` from their publish) into a dead-letter queue; a
+    message's expiry is its ``published_at`` + its ``ttl_ms`` (SPEC §8.8), both as the
+    broker saw them."""
     probes = min(PROBES_MAX, max(10, count // 100))
     with BrokerProcess(workdir / "ttl", fsync=fsync) as proc, SyncClient(proc.addr, timeout=300) as client:
         assert proc.pid is not None
         for name in ("ttl", "probe"):
             client.create_queue(f"{name}-dlq")
             client.create_queue(name, dead_letter=f"{name}-dlq", on_expire="dead_letter")
-        rss0 = rss_bytes(proc.pid)
         start_ms = time.time() * 1000 + lead_s * 1000
         now_ms = int(time.time() * 1000)
-        messages = [Message(body(i), ttl_ms=at - now_ms) for i, at in enumerate(due_times(count, start_ms, window_s))]
-        seconds = load(client, "ttl", messages)
+        probe_ttls = array("q", (max(1, at - now_ms) for at in due_times(probes, start_ms, window_s)))
+        client.publish_many("probe", [Message(body(i), ttl_ms=ttl) for i, ttl in enumerate(probe_ttls)])
+        rss0 = rss_bytes(proc.pid)
+        now_ms = int(time.time() * 1000)
+        ttls = array("q", (max(1, at - now_ms) for at in due_times(count, start_ms, window_s)))
+        seconds = load(client, "ttl", [Message(body(i), ttl_ms=ttl) for i, ttl in enumerate(ttls)])
         rss1 = rss_bytes(proc.pid)
         say(f"loaded in {seconds:.1f} s; the first expires in {(start_ms - time.time() * 1000) / 1000:.1f} s")
-        del messages
-        now_ms = int(time.time() * 1000)
-        client.publish_many("probe", [Message(body(i), ttl_ms=at - now_ms)
-                                      for i, at in enumerate(due_times(probes, start_ms, window_s))])
-        due = expiries(client, "ttl", count)
-        probe_due = expiries(client, "probe", probes)
         disk = fdatasync_ms(workdir)
-        lateness, missing, early, cpu, offsets = collect(client, "ttl-dlq", due, max(due), proc.pid)
+        lateness, missing, early, cpu, offsets = collect(
+            client, "ttl-dlq", count, lambda i, published_at: published_at + ttls[i],
+            int(start_ms + window_s * 1000) + 1000, proc.pid)  # + 1 s: a publish's time is the broker's
         rows = client.peek("probe-dlq", max=probes).messages
-        broker_side = [float(r.dead_letter.at_ms - probe_due[index_of(r.body)]) for r in rows
+        broker_side = [float(r.dead_letter.at_ms - (r.published_at + probe_ttls[index_of(r.body)])) for r in rows
                        if r.dead_letter is not None]
         proc.stop()
     return Phase("ttl", count, seconds, rss0, rss1, (rss1 - rss0) / count, Lateness.of(lateness),
@@ -325,7 +312,8 @@ def delayed_phase(workdir: Path, count: int, fsync: str, lead_s: float, window_s
         rss1 = rss_bytes(proc.pid)
         say(f"loaded in {seconds:.1f} s; the first is due in {(start_ms - time.time() * 1000 - offset) / 1000:.1f} s")
         disk = fdatasync_ms(workdir)
-        lateness, missing, early, cpu, offsets = collect(client, "delayed", due, due[-1], proc.pid)
+        lateness, missing, early, cpu, offsets = collect(
+            client, "delayed", count, lambda i, published_at: due[i], due[-1], proc.pid)
         proc.stop()
     return Phase("delayed", count, seconds, rss0, rss1, (rss1 - rss0) / count, Lateness.of(lateness),
                  None, missing, early, count / window_s, cpu, offsets, disk)
