@@ -9,7 +9,7 @@ import trio
 from broker.config import BrokerConfig
 from broker.server import Broker
 from broker.wal import FileIO
-from protocol import Reply
+from protocol import Push, Reply
 
 from .rawclient import RawClient
 
@@ -120,7 +120,11 @@ async def test_graceful_shutdown_checkpoints_and_restarts_with_an_empty_tail(tmp
         broker.shutdown()
         reply = await other.frame()
         assert isinstance(reply, Reply) and reply.id == held and reply.result == {"messages": []}
-        assert await c.frame() is None  # the idle connection was closed
+        notice = Push(name="notice", payload={"reason": "shutdown"})  # each connection's last frame (SPEC §3.3)
+        assert await other.frame() == notice and await other.frame() is None
+        assert await c.frame() == notice and await c.frame() is None  # the idle connection too
+        await c.aclose()
+        await other.aclose()
 
     restarted = Broker(_config(data))
     restarted.recover()
