@@ -73,10 +73,15 @@ class TopicAppliers:
                        keys: list[bytes | None] | None = None,
                        headers: list[dict[str, str] | None] | None = None) -> None:
         held = self.topics[topic]
+        caught_up = list(held.next_offsets)
         held.add(first_id, now_ms, bodies, keys, headers)
-        self._enforce_limits(held, None)
+        dropped = self._enforce_limits(held, None)
         for group in held.groups.values():
-            self._top_up(held, group)
+            # Only a group that had read everything can take the new messages: one with
+            # unread messages holds more than half a window (rule 2), which a publish
+            # does not change, unless the limits just took copies from it.
+            if dropped or group.cursors == caught_up:
+                self._top_up(held, group)
         self._reclaim(held)
         self._schedule_age(held)
 
@@ -196,11 +201,13 @@ class TopicAppliers:
                 held.drop_head(shard)
                 held.reclaimed += 1
 
-    def _enforce_limits(self, held: Topic, now_ms: int | None) -> None:
+    def _enforce_limits(self, held: Topic, now_ms: int | None) -> int:
         """Rule 3, ``limits``: drop the oldest messages past the limits (the age limit only
         given ``now_ms``); groups skip those not yet taken and lose their copies of the
-        others, and count them as missed."""
+        others, and count them as missed. Returns how many were dropped."""
+        dropped = 0
         while held.over_limits(now_ms):
+            dropped += 1
             shard = held.oldest_shard()
             assert shard is not None
             msg = held.drop_head(shard)
@@ -214,6 +221,7 @@ class TopicAppliers:
                 elif msg.id in queue.messages:
                     self.ack_reserve -= queue.remove([msg.id]) * ack_cost(queue.name)
                     group.missed += 1
+        return dropped
 
     def _schedule_age(self, held: Topic) -> None:
         at = held.next_age_deadline()

@@ -4,12 +4,14 @@ and limits retention, start positions, seek, filters, retries into a dead-letter
 queue; replay and snapshots give the same state."""
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
 from broker.commands import Context, dispatch
 from broker.config import BrokerConfig
+from broker.state import BrokerState
 from broker.topics import TopicCopy
 from protocol import GROUP_WINDOW, ErrorCode
 
@@ -247,3 +249,68 @@ def test_a_group_that_does_not_exist_is_not_found(world: World) -> None:
     err = world.refused("queue_stats", ErrorCode.QUEUE_NOT_FOUND, "queue", queue="nope/g")
     assert "topic 'nope' does not exist" in err.message
     world.refused("consume", ErrorCode.INVALID_ARGUMENT, "queue", queue="orders/bad name")
+
+
+class EveryGroupToppedUp(BrokerState):
+    """Rule 2 without the publish shortcut: a publish tops up every group, not only the
+    ones that had read everything."""
+
+    def _topic_publish(self, topic: str, first_id: int, now_ms: int, bodies: list[bytes],
+                       keys: list[bytes | None] | None = None,
+                       headers: list[dict[str, str] | None] | None = None) -> None:
+        held = self.topics[topic]
+        held.add(first_id, now_ms, bodies, keys, headers)
+        self._enforce_limits(held, None)
+        for group in held.groups.values():
+            self._top_up(held, group)
+        self._reclaim(held)
+        self._schedule_age(held)
+
+
+def test_a_publish_tops_up_only_the_groups_that_had_read_everything() -> None:
+    """A group with unread messages holds more than half a window after every change,
+    so a publish, which cannot lower that, need not top it up: the state is the one a
+    top-up of every group gives, through windows filling and draining, nacks, seeks,
+    a filter, ordered keys and a message limit."""
+    rng = random.Random(12)
+    w = World()
+    reference = EveryGroupToppedUp()
+    w.call("topic_create", topic="t", shards=2, retention="both", max_messages=1_500)
+    w.call("group_create", topic="t", group="idle")
+    w.call("group_create", topic="t", group="busy")
+    w.call("group_create", topic="t", group="picky", filter={"k": "1"})
+    w.call("group_create", topic="t", group="keyed", ordered=True)
+    groups = ["busy", "picky", "keyed"]
+    for m in w.log:
+        reference.apply(m)
+    for step in range(2_500):
+        done = len(w.log)
+        roll = rng.random()
+        if roll < 0.7:
+            entries = [[b"m", b"%d" % rng.randrange(5), {"k": str(rng.randrange(2))}]
+                       for _ in range(1 if rng.random() < 0.9 else rng.randrange(2, 60))]
+            publish(w, "t", *entries)
+        elif roll < 0.9:
+            queue = f"t/{rng.choice(groups)}"
+            got = [d[0] for d in consume(w, queue, rng.randrange(1, 700))]
+            if got:
+                w.call("ack" if rng.random() < 0.8 else "nack", queue=queue, ids=got)
+        elif roll < 0.99:
+            queue = f"t/{rng.choice(groups)}"
+            leased = [d[0] for d in consume(w, queue, rng.randrange(1, 30))]
+            if leased:
+                w.call("nack", queue=queue, ids=leased)
+        else:
+            w.call("group_seek", topic="t", group=rng.choice(groups), to=rng.choice(["earliest", "latest"]))
+        for m in w.log[done:]:
+            reference.apply(m)
+        topic = w.state.topics["t"]
+        for name, group in topic.groups.items():
+            assert topic.lag(group) == 0 or group.queue.ready > GROUP_WINDOW // 2, (step, name)
+        if step % 250 == 0:
+            assert w.state.topics_snapshot() == reference.topics_snapshot()
+            assert w.state.snapshot() == reference.snapshot()
+    stats = w.call("topic_stats", topic="t")
+    assert stats["expired"] > 0  # the limit took messages, copies too
+    assert w.state.topics_snapshot() == reference.topics_snapshot()
+    assert w.state.snapshot() == reference.snapshot()
