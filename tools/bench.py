@@ -7,8 +7,16 @@ Scenarios (128-byte bodies by default):
   push-ack           one subscription (credit 256) pushes; each push is acked in one frame
   push-ack-4         four subscriptions on four connections share the queue
   sequential-publish one message per frame, one at a time (latency)
-plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk) and
-``replay`` (records/s a broker replays from its WAL at start-up).
+  topic-publish-N    topic_publish frames of 1000 messages to a topic with N groups (1, 4, 16)
+                     that consume nothing, a few frames in flight
+  fanout-4           four groups of one topic, each drained by its own connection in
+                     consume+ack batches of 1000 (deliveries/s in total)
+  txn                one txn per frame (ack one leased message, publish one), 256 in flight
+plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk),
+``replay`` (records/s a broker replays from its WAL at start-up) and, when asked,
+``topic-replay`` (start-up recovery of a topic retaining messages for 16 groups).
+With a broker of its own the bench also reports the WAL bytes each scenario logged per
+message (``wal_bytes_per_msg``).
 
 Each figure is the median of ``--runs`` runs. By default the bench starts a fresh broker
 for each policy and scenario on 127.0.0.1 with a temporary data directory; ``--addr`` measures
@@ -33,7 +41,7 @@ from typing import Any
 
 import click
 
-from protocol import Connection, Encoder, Error, Push, Reply
+from protocol import GROUP_SEPARATOR, GROUP_WINDOW, Connection, Encoder, Error, Push, Reply
 
 BODY_SIZE = 128
 #: What ``--metrics`` adds to the command line of the second broker.
@@ -51,6 +59,9 @@ class Result:
     p50_us: float
     p99_us: float
     runs: int
+    #: Median bytes the broker's log grew by per message (None when the bench did not
+    #: start the broker: its data directory is unknown).
+    wal_bytes_per_msg: float | None = None
 
 
 class Wire:
@@ -265,6 +276,141 @@ def sequential_publish(wire: Wire, queue: str, messages: int) -> tuple[int, floa
     return messages, time.perf_counter() - start, latencies
 
 
+def _fill(wire: Wire, op: str, field: str, name: str, messages: int, batch: int = 1000,
+          window: int = 4) -> None:
+    """Publish exactly ``messages`` 128-byte bodies to ``name`` (``op`` publish or
+    topic_publish, ``field`` queue or topic) in frames of at most ``batch``, untimed."""
+    body = os.urandom(BODY_SIZE)
+    sizes = [batch] * (messages // batch) + ([messages % batch] if messages % batch else [])
+    frames = [wire.enc.request(1, op, {field: name, "messages": [[body]] * n}) for n in sizes]
+    _pipeline(wire, frames, batch, window)
+
+
+def topic_publish(wire: Wire, topic: str, messages: int, batch: int = 1000,
+                  window: int = 4) -> tuple[int, float, list[float]]:
+    """``batch_publish`` to a topic: frames of ``batch`` messages, ``window`` in flight."""
+    body = os.urandom(BODY_SIZE)
+    batch = min(batch, messages)
+    n = max(1, messages // batch)
+    frames = [wire.enc.request(1, "topic_publish", {"topic": topic, "messages": [[body]] * batch})] * n
+    seconds, lat = _pipeline(wire, frames, batch, window)
+    return n * batch, seconds, lat
+
+
+def fanout(wire: Wire, topic: str, messages: int, groups: int) -> tuple[int, float, list[float]]:
+    """Groups ``g0``.. of ``topic`` (each holding ``messages``, see ``prepare``) drained
+    at once, each by its own connection and thread as ``consume_ack`` does; the
+    deliveries of all of them (each consumed and acked) over the time until the last
+    group is empty. Latency: one consume (with the previous batch's ack) round trip."""
+    import threading
+
+    wires = [Wire(wire.host, wire.port) for _ in range(groups)]
+    outcomes: list[tuple[int, float, list[float]] | BaseException | None] = [None] * groups
+
+    def one(i: int) -> None:
+        try:
+            outcomes[i] = consume_ack(wires[i], f"{topic}{GROUP_SEPARATOR}g{i}", messages)
+        except BaseException as exc:  # handed to the main thread below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(groups)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    for w in wires:
+        w.close()
+    total = 0
+    latencies: list[float] = []
+    for outcome in outcomes:
+        if not isinstance(outcome, tuple):
+            raise RuntimeError(f"a fan-out consumer failed: {outcome!r}") from (
+                outcome if isinstance(outcome, BaseException) else None)
+        total += outcome[0]
+        latencies += outcome[2]
+    return total, seconds, latencies
+
+
+def fanout_4(wire: Wire, topic: str, messages: int) -> tuple[int, float, list[float]]:
+    return fanout(wire, topic, messages, 4)
+
+
+#: The lease ``prepare`` takes on the messages the ``txn`` scenario acks: longer than any run.
+TXN_LEASE_MS = 3_600_000
+
+
+def txn_ack_publish(wire: Wire, queue: str, messages: int, window: int = 256) -> tuple[int, float, list[float]]:
+    """One ``txn`` per frame, up to ``window`` in flight: ack message ``i`` of ``queue``
+    (ids 1..``messages``, all leased by ``prepare``) and publish one 128-byte message to
+    ``queue-out``. A lease that was lost would fail the run (``TXN_CONFLICT``)."""
+    body = os.urandom(BODY_SIZE)
+    out = f"{queue}-out"
+    frames = [wire.enc.request(i, "txn", {"steps": [
+        {"op": "ack", "queue": queue, "ids": [i]},
+        {"op": "publish", "queue": out, "messages": [[body]]}]}) for i in range(1, messages + 1)]
+    seconds, lat = _pipeline(wire, frames, 1, window)
+    return messages, seconds, lat
+
+
+#: Groups of the topic of each topic scenario, created before the run (start ``latest``).
+TOPIC_GROUPS = {"topic-publish-1": 1, "topic-publish-4": 4, "topic-publish-16": 16, "fanout-4": 4}
+#: Scenarios that read a queue ``prepare`` fills first.
+FILLED = ("consume-ack", "push-ack", "push-ack-4")
+
+
+def prepare(wire: Wire, scenario: str, name: str, messages: int) -> None:
+    """Create what one run of ``scenario`` works on, named ``name``, untimed: a queue
+    (filled for the consuming scenarios); a topic with its groups (each holding
+    ``messages`` for ``fanout-4``); or, for ``txn``, ``messages`` messages leased in
+    ``name`` (ids 1..``messages``) and an empty queue ``name-out``."""
+    groups = TOPIC_GROUPS.get(scenario)
+    if groups is not None:
+        wire.call("topic_create", {"topic": name})
+        for g in range(groups):
+            wire.call("group_create", {"topic": name, "group": f"g{g}"})
+        if scenario.startswith("fanout"):
+            _fill(wire, "topic_publish", "topic", name, messages)
+        return
+    wire.call("queue_create", {"queue": name})
+    if scenario in FILLED:
+        batch_publish(wire, name, messages)
+    elif scenario == "txn":
+        wire.call("queue_create", {"queue": f"{name}-out"})
+        _fill(wire, "publish", "queue", name, messages)
+        leased = 0
+        while leased < messages:
+            got = wire.call("consume", {"queue": name, "max": min(1000, messages - leased),
+                                        "visibility_ms": TXN_LEASE_MS})["messages"]
+            if not got:
+                raise RuntimeError(f"only {leased} of {messages} messages to lease in {name!r}")
+            leased += len(got)
+
+
+def cleanup(wire: Wire, scenario: str, name: str) -> None:
+    """Delete what ``prepare`` created."""
+    if scenario in TOPIC_GROUPS:
+        wire.call("topic_delete", {"topic": name})
+        return
+    wire.call("queue_delete", {"queue": name})
+    if scenario == "txn":
+        wire.call("queue_delete", {"queue": f"{name}-out"})
+
+
+def wal_end(data: Path) -> int:
+    """The LSN just past the last record the broker with data directory ``data`` wrote
+    (its last segment's base plus the record bytes in it): the log's growth between two
+    readings, whatever checkpoints removed meanwhile."""
+    from broker.wal.segment import SEGMENT_HEADER_SIZE, segment_base
+
+    bases = [(base, p) for p in (data / "wal").iterdir() if (base := segment_base(p.name)) is not None]
+    if not bases:
+        return 0
+    base, last = max(bases)
+    return base + max(0, last.stat().st_size - SEGMENT_HEADER_SIZE)
+
+
 def measure_fdatasync(directory: Path, count: int = 300) -> float:
     """Median µs of one 4 KiB append + fdatasync in ``directory``."""
     path = directory / "fdatasync-probe"
@@ -321,18 +467,97 @@ def measure_replay(records: int, workdir: Path) -> tuple[float, float]:
     raise RuntimeError("the broker did not report its replay")
 
 
+#: Groups of the ``topic-replay`` figure's topic.
+TOPIC_REPLAY_GROUPS = 16
+
+
+def write_topic_wal(data: Path, messages: int, groups: int = TOPIC_REPLAY_GROUPS, per_record: int = 1) -> None:
+    """A WAL in ``data`` as a broker logs it for a topic ``replay`` (one shard,
+    ``interest`` retention) with ``groups`` groups (default delivery settings) that read
+    from its start and consumed nothing, then ``messages`` published to it in topic
+    publish records of ``per_record`` messages each (1: the most records)."""
+    from broker.mutations import GroupCreate, TopicCreate, TopicPublish
+    from broker.records import encode
+    from broker.wal import SegmentedLog
+    from protocol import (DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_MAX_DELAY_MS,
+                          DEFAULT_VISIBILITY_MS, Retention)
+
+    log = SegmentedLog.open(data / "wal")
+    log.append(encode(TopicCreate("replay", 1, str(Retention.INTEREST), 0, 0, 0)))
+    for g in range(groups):
+        log.append(encode(GroupCreate("replay", f"g{g}", [1], None, DEFAULT_VISIBILITY_MS, DEFAULT_MAX_ATTEMPTS,
+                                      None, 0, str(DEFAULT_RETRY_BACKOFF), DEFAULT_RETRY_MAX_DELAY_MS, 0, False)))
+    body = os.urandom(BODY_SIZE)
+    now = int(time.time() * 1000)
+    first = 1
+    written = 0
+    while first <= messages:
+        n = min(per_record, messages - first + 1)
+        log.append(encode(TopicPublish("replay", first, now, [body] * n)))
+        first += n
+        if first - written > 100_000:
+            log.write()
+            written = first
+    log.close()
+
+
+def _recovered_line(log_text: str) -> tuple[int, float]:
+    """(records, seconds) of the last ``recovered:`` line a broker logged."""
+    line = [x for x in log_text.splitlines() if "recovered:" in x][-1]
+    return int(line.split("recovered: ")[1].split(" records")[0]), float(line.split(" in ")[1].split(" s")[0])
+
+
+def measure_topic_replay(messages: int, workdir: Path, groups: int = TOPIC_REPLAY_GROUPS,
+                         per_record: int = 1) -> dict[str, float]:
+    """Start a broker on ``write_topic_wal``'s log (recovery replays it), check what it
+    holds, stop it cleanly (it writes a snapshot) and start it again (recovery loads the
+    snapshot). For each start: the recovery's own seconds from its ``recovered:`` line,
+    and the seconds from spawning the process to its listening line."""
+    from tools.procs import BrokerProcess
+
+    data = workdir / "topic-replay-data"
+    write_topic_wal(data, messages, groups, per_record)
+    proc = BrokerProcess(data, log_level="info")
+    out: dict[str, float] = {"messages": messages, "groups": groups, "per_record": per_record}
+    try:
+        for label in ("log", "snapshot"):
+            t = time.perf_counter()
+            proc.start(timeout=600)
+            out[f"{label}_listening_s"] = time.perf_counter() - t
+            records, seconds = _recovered_line(proc.log_path.read_text(errors="replace"))
+            out[f"{label}_records"] = records
+            out[f"{label}_seconds"] = seconds
+            wire = Wire(proc.host, proc.port)
+            stats = wire.call("topic_stats", {"topic": "replay"})
+            window = wire.call("group_stats", {"topic": "replay", "group": f"g{groups - 1}"})["ready"]
+            wire.close()
+            if stats["messages"] != messages or len(stats["groups"]) != groups \
+                    or not min(messages, GROUP_WINDOW // 2 + 1) <= window <= GROUP_WINDOW:
+                raise RuntimeError(f"after recovery from the {label} the topic holds {stats['messages']} messages "
+                                   f"and {len(stats['groups'])} groups, the last group {window} ready")
+            if proc.stop(timeout=600) != 0:
+                raise RuntimeError(f"the broker did not stop cleanly: {proc.log_tail()}")
+    finally:
+        proc.kill()
+    return out
+
+
 def broker_instructions(workdir: Path, scenario: str, messages: int, args: tuple[str, ...] = ()) -> int:
     """Instructions a broker process (``--fsync never``) executes from start to a clean
     stop, under ``valgrind --tool=callgrind``, serving ``messages`` of ``scenario``
-    (``replay``: starting on a log of that many records), started with ``args`` more.
+    (``replay``: starting on a log of that many records; ``topic-replay-G``: on
+    ``write_topic_wal``'s log of that many messages for G groups), started with ``args`` more.
     Deterministic for a given build and machine, whatever else the machine is doing."""
     import re
     import signal
     import subprocess
 
     data = workdir / f"instr-{scenario}-{messages}{'-x' if args else ''}"
+    replaying = scenario == "replay" or scenario.startswith("topic-replay-")
     if scenario == "replay":
         write_replay_wal(data, messages)
+    elif replaying:
+        write_topic_wal(data, messages, int(scenario.rsplit("-", 1)[1]))
     out = data.parent / f"{data.name}.callgrind"
     root = Path(__file__).resolve().parents[1]
     errors = data.parent / f"{data.name}.stderr"
@@ -350,11 +575,9 @@ def broker_instructions(workdir: Path, scenario: str, messages: int, args: tuple
                 tail = errors.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"the broker under valgrind did not start:\n{tail}")
             found = re.search(r"listening on (\S+):(\d+)", line)
-        if scenario != "replay":
+        if not replaying:
             wire = Wire(found.group(1), int(found.group(2)))
-            wire.call("queue_create", {"queue": "q"})
-            if scenario == "consume-ack":
-                batch_publish(wire, "q", messages)
+            prepare(wire, scenario, "q", messages)
             SCENARIOS[scenario](wire, "q", messages)
             wire.close()
     finally:
@@ -422,14 +645,24 @@ def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
 
 #: Message counts of the two sizes ``--instructions`` runs each figure at.
 INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consume-ack": 20_000,
-                     "replay": 30_000, "sequential-publish": 1_000}
+                     "replay": 30_000, "sequential-publish": 1_000,
+                     "topic-publish-1": 20_000, "topic-publish-4": 20_000, "topic-publish-16": 20_000,
+                     "fanout-4": 10_000, "txn": 2_000, "topic-replay-1": 30_000, "topic-replay-16": 30_000}
+#: The figures ``--instructions`` counts unless ``--only`` names others.
+DEFAULT_INSTRUCTION_FIGURES = ("pipelined-publish", "batch-publish", "consume-ack", "replay",
+                               "sequential-publish")
 
 
-def instructions_per_message(workdir: Path, args: tuple[str, ...] = ()) -> dict[str, float]:
-    """Broker instructions per message of each figure: the difference between a run of
-    N and of 3N messages over 2N, so start-up and shutdown cancel out."""
+def instructions_per_message(workdir: Path, args: tuple[str, ...] = (),
+                             only: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Broker instructions per message of each figure (those in ``only``, else the
+    default ones): the difference between a run of N and of 3N messages over 2N, so
+    start-up and shutdown cancel out. A message is what the scenario counts per
+    ``messages`` (``fanout-4``: one topic message, delivered to four groups; ``txn``:
+    one transaction, after its input was published and leased)."""
     out: dict[str, float] = {}
-    for scenario, n in INSTRUCTION_SIZES.items():
+    for scenario in only if only is not None else DEFAULT_INSTRUCTION_FIGURES:
+        n = INSTRUCTION_SIZES[scenario]
         small = broker_instructions(workdir, scenario, n, args)
         large = broker_instructions(workdir, scenario, 3 * n, args)
         out[scenario] = (large - small) / (2 * n)
@@ -476,33 +709,41 @@ SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]]
     "push-ack": push_ack,
     "push-ack-4": push_ack_4,
     "sequential-publish": sequential_publish,
+    "topic-publish-1": topic_publish,
+    "topic-publish-4": topic_publish,
+    "topic-publish-16": topic_publish,
+    "fanout-4": fanout_4,
+    "txn": txn_ack_publish,
 }
 
 
 def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs: int,
-                  tag: str, only: tuple[str, ...] | None = None) -> list[Result]:
-    """Run every scenario (or those in ``only``) ``runs`` times against one broker."""
+                  tag: str, only: tuple[str, ...] | None = None, data: Path | None = None) -> list[Result]:
+    """Run every scenario (or those in ``only``) ``runs`` times against one broker;
+    given the broker's data directory ``data``, also how much it logged per message."""
     results = []
     wire = Wire(host, port)
     try:
         for name, fn in SCENARIOS.items():
             if only is not None and name not in only:
                 continue
-            rates, p50s, p99s, counts = [], [], [], []
+            rates, p50s, p99s, counts, wal = [], [], [], [], []
             for r in range(runs):
                 queue = f"bench-{tag}-{name}-{r}"
-                wire.call("queue_create", {"queue": queue})
-                if name in ("consume-ack", "push-ack", "push-ack-4"):
-                    batch_publish(wire, queue, sizes[name])
+                prepare(wire, name, queue, sizes[name])
+                before = wal_end(data) if data is not None else 0
                 n, seconds, lat = fn(wire, queue, sizes[name])
+                if data is not None:
+                    wal.append((wal_end(data) - before) / n)
                 p50, p99 = _percentiles(lat)
                 rates.append(n / seconds)
                 p50s.append(p50)
                 p99s.append(p99)
                 counts.append(n)
-                wire.call("queue_delete", {"queue": queue})
+                cleanup(wire, name, queue)
             results.append(Result(name, policy, int(statistics.median(counts)), statistics.median(rates),
-                                  statistics.median(p50s), statistics.median(p99s), runs))
+                                  statistics.median(p50s), statistics.median(p99s), runs,
+                                  statistics.median(wal) if wal else None))
     finally:
         wire.close()
     return results
@@ -540,18 +781,25 @@ def machine() -> str:
 @click.option("--metrics", is_flag=True,
               help="Instead: the cost of the metrics endpoint. Each scenario on two brokers, one "
               "with --metrics-addr, runs alternating; with --instructions, both counted.")
-@click.option("--only", default=None, help="Comma-separated scenarios to run (default: all).")
+@click.option("--topic-replay", "topic_replay", default=0, show_default=True, type=click.IntRange(0),
+              help=f"Messages for the topic start-up recovery figure ({TOPIC_REPLAY_GROUPS} groups that "
+              "consumed nothing; 0 skips it): from the log, then from the snapshot of a clean stop.")
+@click.option("--topic-replay-per-record", default=1, show_default=True, type=click.IntRange(1),
+              help="Messages per topic publish record of that log.")
+@click.option("--only", default=None, help="Comma-separated scenarios to run (default: all; with "
+              "--instructions, the figures of INSTRUCTION_SIZES to count instead of the first five).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
          instructions: bool, parked_waiters: int | None, dedup_ids: bool, metrics: bool,
-         only: str | None, as_json: bool) -> None:
+         topic_replay: int, topic_replay_per_record: int, only: str | None, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
     global DEDUP_IDS
     DEDUP_IDS = dedup_ids
     chosen = tuple(only.split(",")) if only else None
-    if chosen is not None and set(chosen) - set(SCENARIOS):
-        raise click.BadParameter(f"unknown scenarios {sorted(set(chosen) - set(SCENARIOS))}; "
-                                 f"they are {', '.join(SCENARIOS)}", param_hint="--only")
+    known = INSTRUCTION_SIZES if instructions else SCENARIOS
+    if chosen is not None and set(chosen) - set(known):
+        raise click.BadParameter(f"unknown scenarios {sorted(set(chosen) - set(known))}; "
+                                 f"they are {', '.join(known)}", param_hint="--only")
     if parked_waiters:
         with tempfile.TemporaryDirectory(prefix="lockgate-parked-") as tmp:
             figures = parked(Path(tmp), parked_waiters)
@@ -560,8 +808,8 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         return
     if instructions and metrics:
         with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
-            off = instructions_per_message(Path(tmp))
-            on = instructions_per_message(Path(tmp), METRICS_ARGS)
+            off = instructions_per_message(Path(tmp), only=chosen)
+            on = instructions_per_message(Path(tmp), METRICS_ARGS, chosen)
         if as_json:
             print(json.dumps({"machine": machine(), "instructions_per_message": {"off": off, "on": on}}, indent=2))
         else:
@@ -571,7 +819,7 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         return
     if instructions:
         with tempfile.TemporaryDirectory(prefix="lockgate-instr-") as tmp:
-            counts = instructions_per_message(Path(tmp))
+            counts = instructions_per_message(Path(tmp), only=chosen)
         if as_json:
             print(json.dumps({"machine": machine(), "instructions_per_message": counts}, indent=2))
         else:
@@ -581,7 +829,8 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
     sizes = {k: max(1000, int(v * scale)) for k, v in {
         "batch-publish": 500_000, "pipelined-publish": 100_000,
         "consume-ack": 300_000, "push-ack": 300_000, "push-ack-4": 300_000,
-        "sequential-publish": 3_000}.items()}
+        "sequential-publish": 3_000, "topic-publish-1": 300_000, "topic-publish-4": 300_000,
+        "topic-publish-16": 300_000, "fanout-4": 100_000, "txn": 60_000}.items()}
     if metrics:
         with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
             rows = compare_metrics(Path(tmp), policies.split(","), sizes, runs, chosen)
@@ -614,7 +863,8 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
                         continue
                     proc = BrokerProcess(workdir / f"data-{policy}-{name}", fsync=policy).start()
                     try:
-                        results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,))
+                        results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,),
+                                                 proc.data_dir)
                     finally:
                         proc.stop()
         if replay_records:
@@ -622,21 +872,33 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
             extras["replay_records"] = replay_records
             extras["replay_records_per_s"] = rate
             extras["replay_seconds"] = seconds
+        topic_figures = (measure_topic_replay(topic_replay, workdir, per_record=topic_replay_per_record)
+                         if topic_replay else None)
     if as_json:
-        print(json.dumps({"machine": machine(), "results": [asdict(r) for r in results], **extras}, indent=2))
+        print(json.dumps({"machine": machine(), "results": [asdict(r) for r in results], **extras,
+                          **({"topic_replay": topic_figures} if topic_figures else {})}, indent=2))
         return
     print(f"machine: {machine()}")
     print(f"command: {' '.join(['python -m tools.bench'] + sys.argv[1:])}")
     print(f"fdatasync (4 KiB append) p50: {extras['fdatasync_p50_us']:.0f} µs")
     print()
-    print("| scenario | policy | messages | msg/s | p50 µs | p99 µs |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| scenario | policy | messages | msg/s | p50 µs | p99 µs | WAL bytes/msg |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r.scenario} | {r.policy} | {r.messages:,} | {r.msg_per_s:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} |")
+        wal = "" if r.wal_bytes_per_msg is None else f"{r.wal_bytes_per_msg:,.1f}"
+        print(f"| {r.scenario} | {r.policy} | {r.messages:,} | {r.msg_per_s:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} "
+              f"| {wal} |")
     if "replay_records_per_s" in extras:
         print()
         print(f"replay on start-up: {int(extras['replay_records']):,} records in "
               f"{extras['replay_seconds']:.2f} s = {extras['replay_records_per_s']:,.0f} records/s")
+    if topic_figures:
+        t = topic_figures
+        print()
+        print(f"topic recovery on start-up ({int(t['messages']):,} messages, {int(t['groups'])} groups, "
+              f"{int(t['per_record'])} per record): from the log {t['log_seconds']:.2f} s "
+              f"({int(t['log_records']):,} records; listening after {t['log_listening_s']:.2f} s), "
+              f"from the snapshot {t['snapshot_seconds']:.2f} s (listening after {t['snapshot_listening_s']:.2f} s)")
 
 
 if __name__ == "__main__":
