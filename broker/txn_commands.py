@@ -30,18 +30,18 @@ def txn(session: Session, args: Args, ctx: Context) -> Outcome:
     for index, step in enumerate(steps):
         field = f"steps[{index}]"
         if type(step) is not dict or step.get("op") not in TXN_OPS:
-            raise invalid(f"{field}.op" if type(step) is dict else field,
-                          f"a step is a map with op {', '.join(TXN_OPS)} and that op's arguments")
+            raise _of_step(index, invalid(f"{field}.op" if type(step) is dict else field,
+                                          f"a step is a map with op {', '.join(TXN_OPS)} and that op's arguments"))
         op = step["op"]
         target = (op, step.get(TXN_OPS[op]))
         if target in seen:
-            raise invalid(field, f"a transaction may {op} to each {TXN_OPS[op]} at most once")
+            raise _of_step(index, invalid(field, f"a transaction may {op} to each {TXN_OPS[op]} at most once"))
         seen.add(target)
         step_args = {k: v for k, v in step.items() if k != "op"}
         command = COMMANDS[op]
         unknown = next((k for k in step_args if k not in command.fields), None)
         if unknown is not None:
-            raise invalid(f"{field}.{unknown}", f"{op} takes no argument {unknown!r}")
+            raise _of_step(index, invalid(f"{field}.{unknown}", f"{op} takes no argument {unknown!r}"))
         try:
             outcome = run(command, session, step_args, ctx)
             if op == "ack":
@@ -58,6 +58,13 @@ def txn(session: Session, args: Args, ctx: Context) -> Outcome:
     if not mutations:
         return Outcome(result)
     return Outcome(result, (Txn.of(mutations),))
+
+
+def _of_step(index: int, exc: ProtocolError) -> ProtocolError:
+    """A transaction's refusal of its step ``index`` (SPEC §5.28: ``details.step``)."""
+    exc.details["step"] = index
+    exc.message = f"step {index}: {exc.message}"
+    return exc
 
 
 def _all_leased(queue: Queue, ids: list[int]) -> None:

@@ -291,8 +291,9 @@ class DeadLetterInfo:
     """Where a dead-lettered message came from and why (``PeekedMessage.dead_letter``).
 
     ``queue`` and ``id`` name the message in its source queue; ``attempts`` is how many
-    times it was delivered there; ``reason`` is ``"max_attempts"``, ``"rejected"`` or
-    ``"expired"`` (its time to live passed); ``error`` is the last error text given with
+    times it was delivered there; ``reason`` is ``"max_attempts"``, ``"rejected"``,
+    ``"expired"`` (its time to live passed), ``"overflow"`` (evicted from a full queue) or
+    ``"dependency"`` (a message it waited on was not acked); ``error`` is the last error text given with
     ``nack`` or ``reject``, or ``None``; ``at_ms`` is when it was dead-lettered (server
     wall clock, ms since the epoch).
     """
@@ -366,11 +367,11 @@ class PeekResult:
 class MessageStatus:
     """Where message ``id`` of a queue is now, as ``message_status`` reports it.
 
-    ``state`` is one of ``"ready"``, ``"leased"``, ``"delayed"`` (in ``queue``; ``until_ms``
+    ``state`` is one of ``"ready"``, ``"leased"``, ``"delayed"``, ``"waiting"`` (on the
+    ``waits_on`` dependencies, SPEC §8.14) (in ``queue``; ``until_ms``
     is the lease deadline or ready time, 0 when ready), ``"dead_lettered"`` (``queue`` is
     the dead-letter queue it moved to and ``dead_letter_id`` its id there; ``attempts``
-    counts deliveries from there; ``reason`` is ``"max_attempts"``, ``"rejected"`` or
-    ``"expired"``, ``error`` the last error text given with ``nack`` or ``reject`` (or
+    counts deliveries from there; ``reason`` as in :class:`DeadLetterInfo`, ``error`` the last error text given with ``nack`` or ``reject`` (or
     ``None``) and ``dead_lettered_at_ms`` when it moved, server wall clock), ``"gone"``
     (published, no longer held: acked, purged, expired or dropped) or ``"unknown"`` (never published to the
     queue). ``dead_letter_id``, ``reason``, ``error`` and ``dead_lettered_at_ms`` are

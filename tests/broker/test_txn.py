@@ -83,4 +83,6 @@ def test_a_group_ack_in_a_transaction_releases_the_topic(world: World) -> None:
     ([{"op": "publish", "queue": "out", "messages": [[b"x"]]}] * 65, "steps"),
 ])
 def test_malformed_transactions(world: World, bad: list[Any], field: str) -> None:
-    world.refused("txn", ErrorCode.INVALID_ARGUMENT, field, steps=bad)
+    err = world.refused("txn", ErrorCode.INVALID_ARGUMENT, field, steps=bad)
+    if field != "steps":  # a step's refusal names the step
+        assert err.details["step"] == int(field[len("steps["):].split("]")[0])
