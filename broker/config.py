@@ -168,8 +168,8 @@ class BrokerConfig:
         "user of users_file, whose permissions every request is checked against).", choices=AUTH_MODES))
     users_file: Path | None = field(default=None, metadata=setting(
         "The users file (TOML; edit it with brokerctl user): users, their SCRAM secrets and token "
-        "hashes, and what each may publish, consume and administer. Read again within a second "
-        "of a change.", check=_users_file))
+        "hashes, and what each may publish, consume and administer. Used with auth = required, "
+        "and read again within a second of a change.", check=_users_file))
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).
