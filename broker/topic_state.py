@@ -76,13 +76,16 @@ class TopicAppliers:
         caught_up = list(held.next_offsets)
         held.add(first_id, now_ms, bodies, keys, headers)
         dropped = self._enforce_limits(held, None)
+        moved = dropped or not held.groups
         for group in held.groups.values():
             # Only a group that had read everything can take the new messages: one with
             # unread messages holds more than half a window (rule 2), which a publish
             # does not change, unless the limits just took copies from it.
             if dropped or group.cursors == caught_up:
                 self._top_up(held, group)
-        self._reclaim(held)
+                moved = True
+        if moved:  # else no group moved on: nothing more is done with than before (rule 3)
+            self._reclaim(held)
         self._schedule_age(held)
 
     @_applies(GroupCreate)

@@ -267,16 +267,19 @@ class EveryGroupToppedUp(BrokerState):
         self._schedule_age(held)
 
 
-def test_a_publish_tops_up_only_the_groups_that_had_read_everything() -> None:
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_publish_tops_up_only_the_groups_that_had_read_everything(idle: bool) -> None:
     """A group with unread messages holds more than half a window after every change,
-    so a publish, which cannot lower that, need not top it up: the state is the one a
-    top-up of every group gives, through windows filling and draining, nacks, seeks,
-    a filter, ordered keys and a message limit."""
+    so a publish, which cannot lower that, need not top it up, and when it tops up none
+    nothing more can be reclaimed: the state is the one a top-up of every group and a
+    reclaim give, through windows filling and draining, nacks, seeks, a filter, ordered
+    keys and a message limit (with a group that never reads, nothing is reclaimed)."""
     rng = random.Random(12)
     w = World()
     reference = EveryGroupToppedUp()
     w.call("topic_create", topic="t", shards=2, retention="both", max_messages=1_500)
-    w.call("group_create", topic="t", group="idle")
+    if idle:
+        w.call("group_create", topic="t", group="idle")
     w.call("group_create", topic="t", group="busy")
     w.call("group_create", topic="t", group="picky", filter={"k": "1"})
     w.call("group_create", topic="t", group="keyed", ordered=True)
@@ -312,5 +315,6 @@ def test_a_publish_tops_up_only_the_groups_that_had_read_everything() -> None:
             assert w.state.snapshot() == reference.snapshot()
     stats = w.call("topic_stats", topic="t")
     assert stats["expired"] > 0  # the limit took messages, copies too
+    assert (stats["reclaimed"] > 0) is not idle
     assert w.state.topics_snapshot() == reference.topics_snapshot()
     assert w.state.snapshot() == reference.snapshot()
