@@ -35,7 +35,6 @@ Every step prints one line per event, ``event key=value ...``; the last line is
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +44,10 @@ import trio
 from client import Client, Delivery, Message, PeekedMessage
 
 from .gateway import Bounced, Email, FlakyGateway, Unavailable
+from ..say import say
 
 TRANSACTIONAL_PRIORITY = 9
 MARKETING_PRIORITY = 1
-
-
-def say(event: str, **fields: object) -> None:
-    """Print one event as ``event key=value ...``; values with spaces are JSON-quoted."""
-    parts = [event]
-    for key, value in fields.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        if isinstance(value, str) and (not value or any(c in value for c in ' "=\\')):
-            text = json.dumps(value)
-        parts.append(f"{key}={text}")
-    print(" ".join(parts), flush=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ import trio
 from client import Client, ConnectionClosed, Delivery, Message, TopicMessage, Transaction, TxnConflict
 
 from .orders import AuditLine, Enriched, Order, audit, decode, encode, enrich
-from .say import say
+from ..say import say
 
 #: Between connection attempts while the broker is away.
 RETRY_S = 0.05

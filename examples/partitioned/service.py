@@ -57,7 +57,7 @@ from client import Client, QueueNotFound, group_queue
 from .localbroker import LocalBroker
 from .orders import AuditLine, Enriched, decode, make_orders
 from .pipeline import Service, Tally, Worker, produce, reconnecting
-from .say import say
+from ..say import say
 
 #: Most outputs read back per consume.
 READ_BATCH = 500

@@ -53,22 +53,12 @@ import trio
 from client import Client, QueueNotFound, TopicMessage, group_queue
 
 from .orders import EVENT_TYPE, Mailer, MailError, OrderPlaced, make_orders
+from ..say import say
 
 SHARDS = 2
 EMAIL_MAX_ATTEMPTS = 3
 #: How often a consumer that is out of work asks whether its group is drained.
 POLL_S = 0.02
-
-
-def say(event: str, **fields: object) -> None:
-    """Print one event as ``event key=value ...``; values with spaces are JSON-quoted."""
-    parts = [event]
-    for key, value in fields.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        if isinstance(value, str) and (not value or any(c in value for c in ' "=\\')):
-            text = json.dumps(value)
-        parts.append(f"{key}={text}")
-    print(" ".join(parts), flush=True)
 
 
 @dataclass(frozen=True, slots=True)

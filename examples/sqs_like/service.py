@@ -49,7 +49,6 @@ Every event is one line on stdout, ``event key=value ...``.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -60,6 +59,7 @@ import trio
 from client import Client, IncomingMessage, Message
 
 from .jobs import ALL_FORMATS, V1_FORMATS, Job, Renderer, make_jobs
+from ..say import say
 
 #: The queues' settings, declared by every command the same way (a queue's settings never
 #: change once it exists; declaring it again with the same ones is a no-op).
@@ -71,17 +71,6 @@ RETRY_JITTER = 20                # percent
 RETENTION_MS = 4 * 24 * 3600 * 1000  # how long a job may wait at most (SQS's default: 4 days)
 #: Most messages one redrive moves (SPEC.md §5.16): call again for the rest.
 REDRIVE_LIMIT = 1_000_000
-
-
-def say(event: str, **fields: object) -> None:
-    """Print one event as ``event key=value ...``; values with spaces are JSON-quoted."""
-    parts = [event]
-    for key, value in fields.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        if isinstance(value, str) and (not value or any(c in value for c in ' "=\\')):
-            text = json.dumps(value)
-        parts.append(f"{key}={text}")
-    print(" ".join(parts), flush=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ starts by deleting the queues an earlier run left.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -39,23 +38,13 @@ from client import Client, MessageStatus, QueueNotFound
 
 from .dag import QUEUES, Task, TaskFailed, make_dag, perform, submit
 from .queuegroup import QueueGroup
+from ..say import say
 
 DEAD_LETTER = "tasks.dlq"
 MAX_ATTEMPTS = 3
 RETRY_DELAY_MS = 20  # then 40: the queues' exponential backoff
 #: A worker's consume waits this long for a task before it looks whether the run is over.
 WAIT_MS = 200
-
-
-def say(event: str, **fields: object) -> None:
-    """Print one event as ``event key=value ...``; values with spaces are JSON-quoted."""
-    parts = [event]
-    for key, value in fields.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        if isinstance(value, str) and (not value or any(c in value for c in ' "=\\')):
-            text = json.dumps(value)
-        parts.append(f"{key}={text}")
-    print(" ".join(parts), flush=True)
 
 
 @dataclass(frozen=True, slots=True)
