@@ -22,7 +22,13 @@ Rules:
    ``AUTH_FAILURE_BURST`` times, then once per ``AUTH_FAILURE_REFILL_S``; beyond, its
    attempts are refused unchecked (``AUTH_FAILED``, ``details.retry_after_ms``, after 5 s).
    A success does not reset the count.
-5. **The audit lines** (logger ``lockgate.auth``): ``auth_ok`` and ``auth_failed``
+5. **Connections per user** (``max_connections_per_user``, 0: no limit but
+   ``max_connections``): a connection whose authentication succeeds while its user
+   already has that many authenticated connections open gets ``TOO_MANY_CONNECTIONS``
+   (``details.limit``, ``details.user``) as the reply to that request and is closed
+   cleanly; logged (``connection_refused``, at most one line a second). The server
+   tells ``disconnected`` when an authenticated connection ends.
+6. **The audit lines** (logger ``lockgate.auth``): ``auth_ok`` and ``auth_failed``
    name the peer and the user (as claimed; nil for an unknown token), never a password,
    token, proof or SCRAM message; ``permission_denied`` at most once a second.
 """
@@ -124,8 +130,11 @@ class FailureLimit:
 class Authenticator:
     """The users, the handshake's checks and the permission lookups of one broker."""
 
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float], max_per_user: int = 0) -> None:
         self.path = Path(path)
+        #: Authenticated connections open per user, and how many one user may have (rule 5).
+        self.max_per_user = max_per_user
+        self.connected: dict[str, int] = {}
         self.users = Users()
         self._clock = clock
         self._stamp: tuple[int, int, int] | None = None
@@ -250,12 +259,33 @@ class Authenticator:
                            stored_key=hashlib.sha256(seed).digest(), server_key=hashlib.sha256(seed[::-1]).digest())
 
     def _authenticated(self, session: Session, user: str, mechanism: str) -> dict[str, Any]:
+        held = self.connected.get(user, 0)
+        if self.max_per_user and held >= self.max_per_user:
+            limit = self.max_per_user
+            session.close_after = True
+            session.closing = f"user {user!r} has its limit of {limit} connections"
+            self._rare.log(logging.WARNING, "max_connections_per_user", "refused a connection from %s: user %r "
+                           "has %d connections open, its limit", session.peer, user, held,
+                           extra={"event": "connection_refused", "peer": session.peer, "user": user,
+                                  "limit": limit})
+            raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS,
+                                f"user {user!r} has its limit of {limit} connections open; try again later",
+                                details={"limit": limit, "user": user})
+        self.connected[user] = held + 1
         session.user = user
         session.ready = True
         logger.info("connection from %s authenticated as %r (%s)", session.peer, user, mechanism,
                     extra={"event": "auth_ok", "peer": session.peer, "user": user, "mechanism": mechanism,
                            "client": session.client})
         return {"mechanism": mechanism, "user": user}
+
+    def disconnected(self, user: str) -> None:
+        """An authenticated connection of ``user`` ended (rule 5)."""
+        left = self.connected.get(user, 0) - 1
+        if left > 0:
+            self.connected[user] = left
+        else:
+            self.connected.pop(user, None)
 
     def _refuse_if_blocked(self, session: Session, mechanism: str) -> None:
         """AUTH_FAILED, unchecked, for an address over its failures (rule 4)."""

@@ -125,6 +125,9 @@ class Session:
     user: str = ""
     pending: Any = None
     auth_delay: float = 0.0
+    #: Set when the broker closes the connection cleanly after this round's replies
+    #: (a user over ``max_connections_per_user``).
+    close_after: bool = False
 
 
 @dataclass(frozen=True, slots=True)

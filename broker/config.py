@@ -153,6 +153,10 @@ class BrokerConfig:
     max_connections: int = field(default=DEFAULT_MAX_CONNECTIONS, metadata=setting(
         "Most client connections served at once; one more gets TOO_MANY_CONNECTIONS and is closed. "
         "Lowered, with a warning, to what the open-file limit allows.", min=1))
+    max_connections_per_user: int = field(default=0, metadata=setting(
+        "With auth = required: most authenticated connections one user may have open; one more "
+        "gets TOO_MANY_CONNECTIONS as the reply to its authentication and is closed (0: no limit "
+        "but max_connections).", min=0))
     handshake_timeout_ms: int = field(default=10_000, metadata=setting(
         "A connection without a successful hello this long after it was accepted gets "
         "CONNECTION_TIMEOUT and is closed.", min=1))

@@ -46,7 +46,7 @@ SHUTDOWN_GRACE_S = 10.0
 #: How ``Broker._run_rounds`` ended a connection's reading.
 EOF_ = "eof"  # the client closed its side
 DRAINED = "drained"  # the broker shuts down: replies, then the notice and a clean close
-TIMED_OUT = "timed out"  # a timeout or a failed authentication: its error, then a clean close
+TIMED_OUT = "timed out"  # a timeout, a failed or refused authentication: its error, then a clean close
 CLOSING = "closing"  # a fatal protocol error: its error, then a close
 
 #: The ``notice`` push every connection gets last when the broker shuts down (SPEC §3.2).
@@ -134,7 +134,8 @@ class Broker:
         gcpolicy.tune()
         if self.config.auth == "required":
             assert self.config.users_file is not None
-            self.auth = Authenticator(self.config.users_file, trio.current_time)
+            self.auth = Authenticator(self.config.users_file, trio.current_time,
+                                      self.config.max_connections_per_user)
             self.auth.load()
         self._max_connections = connlimits.fit_fd_limit(self.config.max_connections)
         self._refusal = connlimits.refusal(self._max_connections)
@@ -339,6 +340,8 @@ class Broker:
             session.closing = "internal error"
         finally:
             await trio.aclose_forcefully(stream)
+            if session.user and self.auth is not None:
+                self.auth.disconnected(session.user)
             self._log_close(session, opened)
 
     def _log_close(self, session: Session, opened: float) -> None:
@@ -402,7 +405,7 @@ class Broker:
                 await trio.sleep(session.auth_delay)  # a failed authentication is answered late
             await replies.send(Round(out.out, out.answered, lsn, sent))
             if closing:
-                return TIMED_OUT if session.auth_delay else CLOSING
+                return TIMED_OUT if session.auth_delay or session.close_after else CLOSING
         return DRAINED
 
     async def _time_out(self, session: Session, conn: Connection, replies: Replies,
@@ -456,7 +459,7 @@ class Broker:
                                         "subscribe again once it is back", request_id=frame.id))
                 continue
             wait = live.execute(session, frame, ctx, out)
-            if session.auth_delay:  # authentication failed: nothing after it is read
+            if session.auth_delay or session.close_after:  # nothing after it is read
                 return False, True
             if isinstance(wait, Subscribe):
                 assert self._subscriptions is not None

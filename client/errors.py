@@ -188,14 +188,20 @@ class DiskFull(LockgateError):
 
 
 class TooManyConnections(LockgateError):
-    """The broker serves its limit of connections (``limit``) and closed this one; try
-    again later. Arrives as the cause of the :class:`ConnectionClosed` that follows."""
+    """The broker serves its limit of connections (``limit``), or the user (``user``) has
+    its limit open, and closed this one; try again later. Arrives as the cause of the
+    :class:`ConnectionClosed` that follows (or, at authentication, from ``connect``)."""
 
     code = ErrorCode.TOO_MANY_CONNECTIONS
 
     @property
     def limit(self) -> int | None:
         return self.details.get("limit")
+
+    @property
+    def user(self) -> str | None:
+        """The user over its ``max_connections_per_user``; None for the broker's limit."""
+        return self.details.get("user")
 
 
 class ConnectionTimeout(LockgateError):

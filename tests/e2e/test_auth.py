@@ -55,11 +55,12 @@ def write_users(path: Path, users: Users) -> None:
     os.replace(tmp, path)
 
 
-async def start(nursery: trio.Nursery, tmp_path: Path, users: Users = USERS) -> tuple[Broker, tuple[str, int]]:
+async def start(nursery: trio.Nursery, tmp_path: Path, users: Users = USERS,
+                **settings: Any) -> tuple[Broker, tuple[str, int]]:
     path = tmp_path / "users.toml"
     write_users(path, users)
     broker = Broker(BrokerConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "data", fsync="never",
-                                 auth="required", users_file=path))
+                                 auth="required", users_file=path, **settings))
     await nursery.start(broker.serve)
     host, port = broker.addr.rsplit(":", 1)
     return broker, (host, int(port))
@@ -248,6 +249,51 @@ async def test_an_address_over_its_failures_is_refused_unchecked(
 
 
 # -- permissions -------------------------------------------------------------------------------------
+
+async def test_a_user_at_its_connection_limit_is_refused_cleanly_and_others_are_not(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    broker, addr = await start(nursery, tmp_path, max_connections_per_user=2)
+    first, second = await login(addr, "alice"), await login(addr, "alice")
+    third = await RawClient.open(addr, hello=False)
+    with caplog.at_level(logging.WARNING, logger="lockgate.auth"):
+        refused = await scram(third, "alice")
+    assert isinstance(refused, Error) and refused.code == ErrorCode.TOO_MANY_CONNECTIONS, refused
+    assert refused.id is not None and refused.details == {"limit": 2, "user": "alice"}
+    assert await frame(third) is None  # then a clean close (EOF, not a reset)
+    [line] = [r for r in caplog.records if "user 'alice' has 2 connections" in r.getMessage()]
+    assert (line.event, line.peer, line.user, line.limit) == (  # type: ignore[attr-defined]
+        "connection_refused", refused_peer(third), "alice", 2)
+    # Other users are not limited by alice's count.
+    bob = await login(addr, "bob")
+    await ok(bob, "ping", {})
+    await ok(first, "ping", {})
+    # Once one of alice's connections ends, she may connect again.
+    await second.aclose()
+    with trio.fail_after(60):
+        while broker.auth is not None and broker.auth.connected.get("alice", 0) > 1:
+            await trio.sleep(0.01)
+    await ok(await login(addr, "alice"), "ping", {})
+    assert broker.auth is not None and broker.auth.connected == {"alice": 2, "bob": 1}
+
+
+def refused_peer(c: RawClient) -> str:
+    return "%s:%s" % c.stream.socket.getsockname()[:2]
+
+
+async def test_a_token_over_the_per_user_limit_is_refused_in_hello(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, addr = await start(nursery, tmp_path, max_connections_per_user=1)
+    held = await RawClient.open(addr, hello=False)
+    assert isinstance(await held.call("hello", {"versions": [1], "auth": {"mechanism": "TOKEN", "token": TOKEN}}),
+                      Reply)
+    c = await RawClient.open(addr, hello=False)
+    refused = await c.call("hello", {"versions": [1], "auth": {"mechanism": "TOKEN", "token": TOKEN}})
+    assert isinstance(refused, Error) and refused.code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert refused.details == {"limit": 1, "user": "svc"}
+    assert await frame(c) is None
+    await ok(held, "ping", {})
+
 
 async def test_permissions_by_name_and_prefix(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
