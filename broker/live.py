@@ -33,7 +33,9 @@ from .commands import (
     COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, denial,
     lookup, run)
 from .config import BrokerConfig
-from .mutations import Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take, Txn
+from .mutations import (
+    GroupCreate, GroupDelete, Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take, TopicCreate,
+    TopicDelete, Txn)
 from .records import PublishFold, encode
 from .state import BrokerState
 from .wal import LogFailedError, SegmentedLog
@@ -41,6 +43,12 @@ from .wal import LogFailedError, SegmentedLog
 logger = logging.getLogger("lockgate.live")
 
 _PUBLISH = Publish.TYPE
+#: Records fdatasynced before any reply that covers them under every fsync policy:
+#: creating and deleting queues, topics and groups (settings never change after
+#: creation). They are rare, and a client told ``created: true`` must never meet
+#: ``QUEUE_NOT_FOUND`` after a power cut, even under ``never``.
+_SYNCED_TYPES = frozenset(m.TYPE for m in (QueueCreate, QueueDelete, TopicCreate, TopicDelete,
+                                           GroupCreate, GroupDelete))
 #: Ops whose changes are logged with a line of their own (``_log_queue_change``); every other
 #: administrative op gets an ``admin_op`` line (``_audit``); no other request is logged.
 _LOGGED_OPS = frozenset({str(Op.QUEUE_CREATE), str(Op.QUEUE_DELETE)})
@@ -173,6 +181,9 @@ class Live:
         #: Queues whose changes a watcher is told of (``subscriptions.Subscriptions``), and it.
         self.watched: dict[str, Any] = {}
         self.watcher: Callable[[Mutation], None] | None = None
+        #: Told the LSN just past each record of ``_SYNCED_TYPES`` (the group committer's
+        #: ``sync_through``): replies covering it then wait for an fdatasync.
+        self.sync_through: Callable[[int], None] | None = None
 
     def context(self) -> Context:
         return Context(self.state, self.config, self.clock.now_ms(), self.addr)
@@ -339,7 +350,9 @@ class Live:
                     append(ended)
             else:
                 self._flush_fold()
-                append(encode(m))
+                lsn = append(encode(m))
+                if m.TYPE in _SYNCED_TYPES and self.sync_through is not None:
+                    self.sync_through(lsn)
             apply(m.TYPE, m.fields())
             if self.watched and self.watcher:
                 for part in (m.mutations() if type(m) is Txn else (m,)):

@@ -158,6 +158,7 @@ class Broker:
             admission=admission)
         self._live = Live(self.state, wal, self.config, Clock(), admission, self._checkpointer,
                           self._holds.wake, self._poke_timer)
+        self._live.sync_through = self._committer.sync_through
         self._holds.live = self._live
         self._subscriptions = Subscriptions(self._live, self._holds, self._committer)
         return helper

@@ -100,6 +100,9 @@ class GroupCommitter:
         #: Set by the owner while one task alone appends (the broker: while it has one
         #: connection). An inline round's leader then syncs without yielding first.
         self.sole_appender = False
+        #: The end of the last record that must be fdatasynced before a reply covers it
+        #: under every policy (``sync_through``).
+        self._sync_mark = 0
 
     @property
     def policy(self) -> FsyncPolicy:
@@ -125,8 +128,18 @@ class GroupCommitter:
             except LogFailedError:
                 pass  # the write failed the log; the round's waiters see it and raise
 
+    def sync_through(self, lsn: int) -> None:
+        """The record ending at ``lsn`` must be fdatasynced before ``wait_durable`` of
+        it (or of any later LSN) returns, whatever the policy: under ``interval`` and
+        ``never`` such a wait syncs the log in the event loop. For rare records whose
+        loss a client could not tell from a bug (the broker's queue creation and
+        deletion); under ``always`` every record is synced anyway."""
+        if lsn > self._sync_mark:
+            self._sync_mark = lsn
+
     async def wait_durable(self, lsn: int) -> None:
-        """Return once the record ending at ``lsn`` is confirmed under the policy.
+        """Return once the record ending at ``lsn`` is confirmed under the policy
+        (fdatasynced if it is at or past a ``sync_through`` mark).
 
         Raises ``LogFailedError`` if the log failed or the committer closed before
         that, and ``ValueError`` if ``lsn`` was never appended.
@@ -146,6 +159,12 @@ class GroupCommitter:
                     await self._round.wait()  # the leader's round covers this record
             return
         if lsn <= log.synced_lsn:
+            return
+        if log.synced_lsn < self._sync_mark <= lsn:
+            self._check(lsn)
+            self._sync_round()
+            if log.failed:
+                raise LogFailedError(str(log.failure)) from log.failure
             return
         if lsn > log.written_lsn:
             self._check(lsn)
