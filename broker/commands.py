@@ -21,10 +21,14 @@ state themselves and never touch sockets, trio or the WAL.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from itertools import islice
 from dataclasses import astuple, dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from msgpack import packb
 
 from protocol import (
     DEFAULT_CREDIT,
@@ -91,6 +95,8 @@ SERVER_NAME = "lockgate/0.1.0"
 REDRIVE_LIMIT = 1_000_000
 #: Frame bytes a consume reply needs beyond its deliveries.
 REPLY_OVERHEAD = 1024
+#: ``queue_list`` and ``topic_list``: most entries per page, and the default (SPEC §5.5).
+MAX_LIST_PAGE = 1000
 _MISSING: Any = object()
 
 
@@ -334,6 +340,10 @@ def _one_of(choices: tuple[str, ...]) -> str:
     return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
 
 
+#: The arguments of ``queue_list`` and ``topic_list`` (SPEC §5.5).
+LIST_ARGS = (Arg("after", "queue_name", None), Arg("limit", "int", MAX_LIST_PAGE, 1, MAX_LIST_PAGE))
+
+
 def _max_batch(ctx: Context) -> int:
     return ctx.config.max_batch
 
@@ -506,9 +516,37 @@ def queue_delete(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"queue": queue.name, "messages": len(queue)}, (QueueDelete(queue.name, ctx.now_ms),))
 
 
+def list_page(session: Session, args: Args, names: Iterable[str], stats: Callable[[str], dict[str, Any]],
+              field_: str) -> Outcome:
+    """One page of a list op (SPEC §5.5): the stats of the visible ``names`` after
+    ``args["after"]`` in byte order, at most ``args["limit"]`` of them and no more than
+    fit in the client's max frame less ``REPLY_OVERHEAD`` (at least one); ``next`` is the
+    last name given when more follow."""
+    ordered = sorted(names)
+    after = args["after"]
+    start = bisect_right(ordered, after) if after is not None else 0
+    limit: int = args["limit"]
+    room = session.client_max_frame - REPLY_OVERHEAD
+    page: list[dict[str, Any]] = []
+    last = None
+    for name in islice(ordered, start, None):
+        if not visible(session, name):
+            continue
+        if len(page) == limit:
+            return Outcome({field_: page, "next": last})
+        entry = stats(name)
+        room -= len(packb(entry, use_bin_type=True))
+        if room < 0 and page:
+            return Outcome({field_: page, "next": last})
+        page.append(entry)
+        last = name
+    return Outcome({field_: page, "next": None})
+
+
 def queue_list(session: Session, args: Args, ctx: Context) -> Outcome:
-    return Outcome({"queues": [q.stats() for name, q in sorted(ctx.state.queues.items())
-                               if GROUP_SEPARATOR not in name and visible(session, name)]})
+    queues = ctx.state.queues
+    return list_page(session, args, (name for name in queues if GROUP_SEPARATOR not in name),
+                     lambda name: queues[name].stats(), "queues")
 
 
 def queue_stats(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -1107,7 +1145,7 @@ COMMANDS: dict[str, Command] = {
                 permission=(Need(Permission.ADMIN, "queue"), Need(Permission.PUBLISH, "dead_letter"))),
         Command(Op.QUEUE_DELETE, queue_delete, (_QUEUE,), AdmissionClass.LOG, changes_state=True,
                 permission=_ADMINISTERS),
-        Command(Op.QUEUE_LIST, queue_list, ()),
+        Command(Op.QUEUE_LIST, queue_list, LIST_ARGS),
         Command(Op.QUEUE_STATS, queue_stats, (_QUEUE,), permission=_CONSUMES),
         Command(Op.QUEUE_PURGE, queue_purge, (_QUEUE, Arg("leased", "bool", default=False)),
                 AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),

@@ -29,6 +29,7 @@ from protocol.users import Permission
 
 from .admission import AdmissionClass
 from .commands import (
+    LIST_ARGS,
     Arg,
     Args,
     Command,
@@ -38,6 +39,7 @@ from .commands import (
     Session,
     _too_large,
     invalid,
+    list_page,
     queue_name_arg,
     visible,
 )
@@ -82,8 +84,8 @@ def topic_delete(session: Session, args: Args, ctx: Context) -> Outcome:
 
 
 def topic_list(session: Session, args: Args, ctx: Context) -> Outcome:
-    return Outcome({"topics": [t.stats() for name, t in sorted(ctx.state.topics.items())
-                               if visible(session, name)]})
+    topics = ctx.state.topics
+    return list_page(session, args, topics, lambda name: topics[name].stats(), "topics")
 
 
 def topic_stats(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -234,7 +236,7 @@ TOPIC_COMMANDS: tuple[Command, ...] = (
     ), AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
     Command(Op.TOPIC_DELETE, topic_delete, (_TOPIC,), AdmissionClass.LOG, changes_state=True,
             permission=_ADMINISTERS),
-    Command(Op.TOPIC_LIST, topic_list, ()),
+    Command(Op.TOPIC_LIST, topic_list, LIST_ARGS),
     Command(Op.TOPIC_STATS, topic_stats, (_TOPIC,), permission=_CONSUMES),
     Command(Op.TOPIC_PUBLISH, topic_publish, (_TOPIC, Arg("messages", "any")), AdmissionClass.PUBLISH,
             changes_state=True, permission=_PUBLISHES),

@@ -188,6 +188,15 @@ class Client:
             return await self._reconnector.request(op, args)
         return await self._request(op, args)
 
+    async def _pages(self, op: str, args: dict[str, Any], field: str) -> dict[str, Any]:
+        """A paged list op's every page as one result map (``client/ops.py``)."""
+        result, items = ops.merge_pages(await self._request(op, args), field)
+        page = result
+        while page.get("next") is not None:
+            page = await self._request(op, {**args, "after": page["next"]})
+            items += page[field]
+        return result
+
     # The typed operations, one line each, all from the op table in client/ops.py.
     ping = ops.ping.async_method()
     create_queue = ops.create_queue.async_method()

@@ -25,6 +25,12 @@ How parameters become the ``args`` map:
 - ``op(build=f)`` replaces all of that: the map is ``f(p1, p2, ...)`` of the parameters
   in order, and ``sends`` names the arguments it may contain.
 
+``op(pages="queues")`` declares a paged list op (SPEC §5.5): the method sends the
+request, then again with ``after`` set to each reply's ``next`` until it is nil, and
+parses one result map whose ``queues`` holds every page's, in order (through
+``self._pages`` of the client, which sends each page as the method would send one
+request).
+
 ``op(methods=False)`` declares an op that gets no method of its own: a hand-written API
 builds on its ``args`` and ``parse`` (``subscribe`` and ``unsubscribe``, which
 ``Client.subscribe`` and ``SyncClient.subscribe`` wrap in a subscription object).
@@ -130,6 +136,7 @@ class OpSpec(Generic[P, R]):
         sends: tuple[str, ...] | None = None,
         holds_for: str | None = None,
         methods: bool = True,
+        pages: str | None = None,
     ) -> None:
         #: Method name.
         self.name = declaration.__name__
@@ -142,6 +149,8 @@ class OpSpec(Generic[P, R]):
         #: A parameter (ms) for which the server may hold the reply; the blocking client
         #: adds it to its timeout.
         self.holds_for = holds_for
+        #: For a paged list op, the result field holding the entries (see the module docs).
+        self.pages = pages
         hints = typing.get_type_hints(declaration, include_extras=True)
         params = []
         for p in inspect.signature(declaration).parameters.values():
@@ -165,8 +174,8 @@ class OpSpec(Generic[P, R]):
             sends = tuple(p.wire for p in self.params)
         elif sends is None:
             raise TypeError(f"{self.name}: build= needs sends=")
-        #: Argument names the request may carry.
-        self.sends: tuple[str, ...] = sends
+        #: Argument names the request may carry (a paged op's later pages add ``after``).
+        self.sends: tuple[str, ...] = (*sends, "after") if pages is not None else sends
         if holds_for is not None and holds_for not in {p.name for p in self.params}:
             raise TypeError(f"{self.name}: holds_for names no parameter")
         #: The method's return type.
@@ -206,6 +215,9 @@ class OpSpec(Generic[P, R]):
         body, args = _args_code(self.params, self.build, ns)
         if flavour == "args":
             call = args
+        elif self.pages is not None:
+            ns["_FIELD"] = self.pages
+            call = f"{'await ' if flavour == 'async' else ''}self._pages(_OP, {args}, _FIELD)"
         elif flavour == "async":
             call = f"await self._request(_OP, {args})"
         elif self.holds_for is None:
@@ -311,17 +323,25 @@ def op(
     sends: tuple[str, ...] | None = None,
     holds_for: str | None = None,
     methods: bool = True,
+    pages: str | None = None,
 ) -> Callable[[Callable[P, None]], OpSpec[P, R]]:
     """Declare an op (see the module docstring); it is added to :data:`OPS`."""
 
     def declare(declaration: Callable[P, None]) -> OpSpec[P, R]:
-        spec = OpSpec(declaration, wire_op, parse, build=build, sends=sends, holds_for=holds_for, methods=methods)
+        spec = OpSpec(declaration, wire_op, parse, build=build, sends=sends, holds_for=holds_for, methods=methods,
+                      pages=pages)
         if spec.name in OPS:
             raise TypeError(f"op {spec.name} is declared twice")
         OPS[spec.name] = spec
         return spec
 
     return declare
+
+
+def merge_pages(first: Wire, field: str) -> tuple[Wire, list[Any]]:
+    """The merged result so far and the list that later pages' entries join."""
+    items = list(first[field])
+    return {**first, field: items}, items
 
 
 def _publish_one(queue: str, body: Bytes, key: Bytes | None, priority: int | None, delay_ms: int | None,
@@ -408,9 +428,12 @@ def delete_queue(name: Annotated[str, Arg(wire="queue")]) -> None:
     """Delete a queue; returns how many messages were dropped with it."""
 
 
-@op(Op.QUEUE_LIST, t.queue_list)
-def list_queues() -> None:
-    """Stats of every queue, sorted by name."""
+PageSize = Annotated[int | None, Arg(wire="limit", doc="Entries per request (1..1,000; default 1,000).")]
+
+
+@op(Op.QUEUE_LIST, t.queue_list, pages="queues")
+def list_queues(page_size: PageSize = None) -> None:
+    """Stats of every queue, sorted by name, asked for a page at a time."""
 
 
 @op(Op.QUEUE_STATS, QueueStats.from_wire)
@@ -622,9 +645,9 @@ def delete_topic(name: Annotated[str, Arg(wire="topic")]) -> None:
     """Delete a topic with its messages and groups; returns how many messages it held."""
 
 
-@op(Op.TOPIC_LIST, t.topic_list)
-def list_topics() -> None:
-    """Statistics of every topic, sorted by name."""
+@op(Op.TOPIC_LIST, t.topic_list, pages="topics")
+def list_topics(page_size: PageSize = None) -> None:
+    """Statistics of every topic, sorted by name, asked for a page at a time."""
 
 
 @op(Op.TOPIC_STATS, t.TopicStats.from_wire)

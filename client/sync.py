@@ -322,6 +322,16 @@ class SyncClient:
             self.unhandled_pushes += 1
 
     # --- operations ----------------------------------------------------------------
+
+    def _pages(self, op: str, args: dict[str, Any], field: str) -> dict[str, Any]:
+        """A paged list op's every page as one result map (``client/ops.py``)."""
+        result, items = ops.merge_pages(self.request(op, args), field)
+        page = result
+        while page.get("next") is not None:
+            page = self.request(op, {**args, "after": page["next"]})
+            items += page[field]
+        return result
+
     # The typed operations, one line each, all from the op table in client/ops.py.
 
     ping = ops.ping.sync_method()
