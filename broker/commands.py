@@ -341,7 +341,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 
 #: The arguments of ``queue_list`` and ``topic_list`` (SPEC §5.5).
-LIST_ARGS = (Arg("after", "queue_name", None), Arg("limit", "int", MAX_LIST_PAGE, 1, MAX_LIST_PAGE))
+LIST_ARGS: tuple[Arg, ...] = (Arg("after", "queue_name", None), Arg("limit", "int", MAX_LIST_PAGE, 1, MAX_LIST_PAGE))
 
 
 def _max_batch(ctx: Context) -> int:
