@@ -1,7 +1,7 @@
 """Static checks that CI runs inside the suite: the import layering and mypy.
 
 Both tools read their settings from pyproject.toml: the contracts in ``[tool.importlinter]``
-(tools -> client -> protocol <- broker; only tools.walctl and tools.bench reach broker) and
+(tools -> client -> protocol <- broker; only tools.bench reaches broker) and
 the packages and strictness in ``[tool.mypy]``. They run as subprocesses of this
 interpreter, so they check the code the way a developer's ``lint-imports`` and ``mypy``
 would. Their caches live in pytest's cache directory (.pytest_cache, ignored by git), so a

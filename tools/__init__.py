@@ -1,1 +1,1 @@
-"""Command-line tools built on the client SDK (``brokerctl``)."""
+"""Development tools run from a checkout (bench, crashtest, fuzz, ...); not installed."""

@@ -29,7 +29,7 @@ from broker.wal.checkpoint import (
 from broker.wal.fileio import FileIO
 from broker.wal.record import RECORD_HEADER_SIZE
 from broker.wal.segment import SEGMENT_HEADER_SIZE, encode_header, list_segments, segment_name
-from tools.walctl import ERROR, locate, verify_wal
+from broker.walctl import ERROR, locate, verify_wal
 
 from ..broker_process import ROOT, BrokerProcess
 

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from client import AuthFailed, Client, PermissionDenied, SyncClient, Unauthenticated
+from client.cli import main
 from client.reconnect import Reconnect
 from protocol import Connection, Encoder, Request
-from tools.brokerctl import main
 
 from ..broker_process import BrokerProcess
 from .cutproxy import cut_proxy

@@ -14,9 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from client import SyncClient
+from client.cli import main, messages
 from client.ops import QUEUE_SETTINGS
-from tools import brokerctl
-from tools.brokerctl import main
 
 _names = itertools.count()
 COMMANDS = [
@@ -437,14 +436,14 @@ def test_subscribe_usage_and_broker_errors(ctl: Ctl, queue: str) -> None:
 
 def test_subscribe_ctrl_c_stops_cleanly(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ctl.run("publish", queue, "m", "--count", "5")
-    shown = brokerctl._print_pushed
+    shown = messages._print_pushed
 
     def interrupt_third(msg: Any, as_json: bool) -> None:
         if msg.id == 3:
             raise KeyboardInterrupt
         shown(msg, as_json)
 
-    monkeypatch.setattr(brokerctl, "_print_pushed", interrupt_third)
+    monkeypatch.setattr(messages, "_print_pushed", interrupt_third)
     result = ctl.run("subscribe", queue, "--ack", "--credit", "3")
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["1", "2"]
     assert result.stderr == "received 2 messages, acked 2\n"
@@ -455,7 +454,7 @@ def test_subscribe_ctrl_c_stops_cleanly(ctl: Ctl, queue: str, monkeypatch: pytes
 
 def test_subscribe_auto_ack_until_ctrl_c(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ctl.run("publish", queue, "m", "--count", "3")
-    shown = brokerctl._print_pushed
+    shown = messages._print_pushed
     seen: list[int] = []
 
     def stop_after_three(msg: Any, as_json: bool) -> None:
@@ -464,7 +463,7 @@ def test_subscribe_auto_ack_until_ctrl_c(ctl: Ctl, queue: str, monkeypatch: pyte
         if len(seen) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(brokerctl, "_print_pushed", stop_after_three)
+    monkeypatch.setattr(messages, "_print_pushed", stop_after_three)
     result = ctl.run("subscribe", queue, "--auto-ack", "--json")
     assert [m["id"] for m in json_lines(result.stdout)] == [1, 2, 3]
     stats = ctl.json("stats", queue)
@@ -474,14 +473,14 @@ def test_subscribe_auto_ack_until_ctrl_c(ctl: Ctl, queue: str, monkeypatch: pyte
 def test_subscribe_ends_when_the_queue_is_deleted(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch,
                                                   sync_broker_addr: tuple[str, int]) -> None:
     ctl.run("publish", queue, "only")
-    shown = brokerctl._print_pushed
+    shown = messages._print_pushed
 
     def then_delete(msg: Any, as_json: bool) -> None:
         shown(msg, as_json)
         with SyncClient(sync_broker_addr) as admin:
             admin.delete_queue(queue)
 
-    monkeypatch.setattr(brokerctl, "_print_pushed", then_delete)
+    monkeypatch.setattr(messages, "_print_pushed", then_delete)
     result = ctl.run("subscribe", queue, "--count", "5", expect=1)
     assert result.stdout == "1\tattempt=1 priority=0\tonly\n"
     assert result.stderr == "error: the broker ended the subscription: queue_deleted\n"

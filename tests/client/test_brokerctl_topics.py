@@ -8,9 +8,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from client.cli import main
+from client.cli.topics import GROUP_SETTINGS
 from client.ops import OPS
 from protocol import shard_for_key
-from tools.brokerctl import GROUP_SETTINGS, main
 
 from .test_brokerctl import Ctl, ctl, json_lines, qname  # noqa: F401  (ctl: the fixture)
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from client import SyncClient, group_queue
-from tools.brokerctl import main
+from client.cli import main
 
 from .test_brokerctl import Ctl, ctl, qname  # noqa: F401  (ctl: the fixture)
 

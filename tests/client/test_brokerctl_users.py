@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from client.cli import main
 from protocol.scram import ClientExchange, ServerExchange, parse_client_first
 from protocol.users import parse
-from tools.brokerctl import main
 
 
 class Users:

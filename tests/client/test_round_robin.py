@@ -17,8 +17,8 @@ import trio
 from click.testing import CliRunner
 
 from client import Client, Message, SyncClient
+from client.cli import main
 from protocol import shard_for_key
-from tools.brokerctl import main
 
 from ..broker_process import BrokerProcess
 

@@ -17,7 +17,7 @@ from broker.state import BrokerState
 from broker.wal import SegmentedLog, encode_record, replay
 from broker.wal.record import RECORD_HEADER_SIZE
 from broker.wal.segment import SEGMENT_HEADER_SIZE
-from tools.brokerctl import main
+from client.cli import main
 
 SEGMENT_BYTES = 128
 

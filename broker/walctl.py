@@ -9,8 +9,8 @@ commands.
 
 A torn tail is classified exactly as ``broker.wal.replay`` does at start-up (the
 same helper decides), so "would be truncated on start-up" means what it says.
-This module must not import ``tools.brokerctl`` (which imports it) nor
-``broker.server``.
+It joins ``brokerctl`` through the ``lockgate.brokerctl`` entry point ``wal`` (the
+SDK's command line never imports the broker) and must not import ``broker.server``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import click
@@ -370,10 +371,12 @@ class _Progress:
             self._bar.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self.flush()
-            self._bar.__exit__(*exc)
+            self._bar.__exit__(exc_type, exc, tb)
 
     def add(self, n: int) -> None:
         if self._bar is None:
