@@ -102,6 +102,11 @@ def main(config_path: Path | None, print_config: bool, as_json: bool, test_power
         click.echo(json.dumps(loaded.as_json(), indent=2) if as_json else loaded.toml(), nl=as_json)
         return
     config: BrokerConfig = loaded.config
+    try:
+        config.tls_context()  # the certificate and key files, together (each alone was checked)
+    except ValueError as exc:
+        click.echo(f"brokerd: invalid configuration: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     logs.configure(config.log_level, config.log_format)
     damage: WalCorruption | None = None
     failure: OSError | None = None

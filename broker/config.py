@@ -28,6 +28,7 @@ Nothing else: the flag ``--name``, ``LOCKGATE_NAME``, the TOML key ``name``,
 """
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from protocol.users import parse as parse_users
 
 from .metrics_http import parse_addr
 from .recovery import RecoverMode
+from .tls import check_ca, check_cert, check_key, server_context
 from .wal import DEFAULT_SEGMENT_BYTES, FsyncPolicy
 
 DEFAULT_HOST = "127.0.0.1"
@@ -174,6 +176,15 @@ class BrokerConfig:
         "The users file (TOML; edit it with brokerctl user): users, their SCRAM secrets and token "
         "hashes, and what each may publish, consume and administer. Used with auth = required, "
         "and read again within a second of a change.", check=_users_file))
+    tls_cert: Path | None = field(default=None, metadata=setting(
+        "TLS on the client port: the server's certificate chain (PEM, the server's certificate "
+        "first). Needs tls_key; every connection must then speak TLS 1.2 or later. Read at start.",
+        check=check_cert))
+    tls_key: Path | None = field(default=None, metadata=setting(
+        "The private key (PEM, unencrypted) of tls_cert.", check=check_key))
+    tls_client_ca: Path | None = field(default=None, metadata=setting(
+        "With TLS: require a client certificate signed by a CA in this PEM file (clients without "
+        "one fail the TLS handshake). Off unless set.", check=check_ca))
 
     def __post_init__(self) -> None:
         # A plain string names a member (``BrokerConfig(fsync="never")``).
@@ -191,3 +202,14 @@ class BrokerConfig:
             raise ValueError("auth must be off or required")
         if self.auth == "required" and self.users_file is None:
             raise ValueError("auth = required needs users_file")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (``broker/tls.py``), or None without TLS; a
+        ``ValueError`` naming the settings when the files cannot be used together."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return server_context(self.tls_cert, self.tls_key, self.tls_client_ca)

@@ -46,7 +46,7 @@ logger = logging.getLogger("lockgate.server")
 
 __all__ = [
     "FD_RESERVE", "LINGER_BYTES", "LINGER_S", "MAX_LINGERING_REFUSALS", "RateLimitedLog", "ReadTimer",
-    "Timeouts", "close_cleanly", "fit_fd_limit", "peer_of", "refusal", "refuse",
+    "Timeouts", "close_cleanly", "fit_fd_limit", "peer_of", "refusal", "refuse", "transport",
 ]
 
 #: Open files kept beyond one per connection: the broker's own (log segments, pipes to
@@ -138,9 +138,18 @@ def refusal(limit: int) -> bytes:
                            {"limit": limit})
 
 
-async def close_cleanly(stream: trio.SocketStream) -> None:
+def transport(stream: trio.abc.Stream) -> trio.SocketStream:
+    """The TCP stream under ``stream`` (itself, or the transport of a TLS stream)."""
+    while not isinstance(stream, trio.SocketStream):
+        stream = stream.transport_stream  # type: ignore[attr-defined]
+    return stream
+
+
+async def close_cleanly(stream: trio.abc.Stream) -> None:
     """Rule 4: half-close, discard what the peer still sends until it closes (bounded),
-    then close."""
+    then close. Over TLS this is done on the TCP connection below (no ``close_notify``:
+    ``broker/tls.py``, rule 5)."""
+    stream = transport(stream)
     with trio.move_on_after(LINGER_S):
         try:
             await stream.send_eof()
@@ -155,7 +164,7 @@ async def close_cleanly(stream: trio.SocketStream) -> None:
     await trio.aclose_forcefully(stream)
 
 
-async def refuse(stream: trio.SocketStream, frame: bytes, linger: bool) -> None:
+async def refuse(stream: trio.abc.Stream, frame: bytes, linger: bool) -> None:
     """Rule 1: send ``frame``, then close (cleanly if ``linger``)."""
     try:
         with trio.move_on_after(LINGER_S):
@@ -168,10 +177,10 @@ async def refuse(stream: trio.SocketStream, frame: bytes, linger: bool) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def peer_of(stream: trio.SocketStream) -> str:
+def peer_of(stream: trio.abc.Stream) -> str:
     """``host:port`` of the peer, or ``?`` when the socket no longer knows it."""
     try:
-        return "%s:%s" % stream.socket.getpeername()[:2]
+        return "%s:%s" % transport(stream).socket.getpeername()[:2]
     except OSError:
         return "?"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import trio
 
 from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, PushName, Request
 
-from . import connlimits, datadir, gcpolicy, recovery
+from . import connlimits, datadir, gcpolicy, recovery, tls
 from .admission import Admission
 from .auth import Authenticator
 from .checkpointer import Checkpointer
@@ -95,6 +96,11 @@ class Broker:
         self.metrics_addr = ""
         #: With ``auth = "required"``: the users and the handshake's checks (``broker/auth.py``).
         self.auth: Authenticator | None = None
+        #: With ``tls_cert``: the server's TLS context (``broker/tls.py``).
+        self._tls: ssl.SSLContext | None = None
+        #: The frame a plain client on a TLS port gets (``broker/tls.py``, rule 3).
+        self._tls_required = Encoder().error(
+            None, ErrorCode.MALFORMED_FRAME, "this port speaks TLS: connect with TLS", {"tls": "required"})
 
     @property
     def wal_dir(self) -> Any:
@@ -132,6 +138,7 @@ class Broker:
     def _start(self) -> SyncHelper | None:
         """Recover, then build the log's committer, admission, checkpointer and live path."""
         gcpolicy.tune()
+        self._tls = self.config.tls_context()
         if self.config.auth == "required":
             assert self.config.users_file is not None
             self.auth = Authenticator(self.config.users_file, trio.current_time,
@@ -192,6 +199,10 @@ class Broker:
                     host, port = listeners[0].socket.getsockname()[:2]
                     self.addr = live.addr = f"{host}:{port}"
                     self._log_auth([listener.socket.getsockname()[0] for listener in listeners])
+                    if self._tls is not None:
+                        logger.info("TLS required on %s%s", self.addr,
+                                    ", with client certificates" if self.config.tls_client_ca else "",
+                                    extra={"event": "tls_required", "client_certs": bool(self.config.tls_client_ca)})
                     task_status.started(self.addr)
                     await self._stopping.wait()
                     logger.info("shutting down: no new connections; finishing in-flight requests")
@@ -289,9 +300,23 @@ class Broker:
         linger = self._lingering < connlimits.MAX_LINGERING_REFUSALS
         self._lingering += linger
         try:
-            await connlimits.refuse(stream, self._refusal, linger)
+            if self._tls is None:
+                await connlimits.refuse(stream, self._refusal, linger)
+            elif linger:  # the refusal goes inside a TLS session, if one is made in time
+                upgraded: tls.TlsStream | None = None
+                with trio.move_on_after(connlimits.LINGER_S):
+                    try:
+                        if await tls.first_byte(stream) == tls.TLS_HANDSHAKE_RECORD:
+                            upgraded = await tls.handshake(stream, self._tls)
+                    except (trio.BrokenResourceError, OSError):
+                        pass
+                if upgraded is not None:
+                    await connlimits.refuse(upgraded, self._refusal, linger)
+                else:
+                    await connlimits.close_cleanly(stream)
         finally:
             self._lingering -= linger
+            await trio.aclose_forcefully(stream)
 
     def _count_connections(self, change: int) -> None:
         """Keep the count of open connections; a lone connection's rounds sync without
@@ -300,15 +325,21 @@ class Broker:
         assert self._committer is not None
         self._committer.sole_appender = self._connections == 1
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, raw: trio.SocketStream) -> None:
         assert self._committer is not None and self._live is not None
         session = Session(auth=self.auth)
-        try:
-            session.peer = "%s:%s" % stream.socket.getpeername()[:2]
-        except OSError:
-            pass
+        session.peer = connlimits.peer_of(raw)
         opened = trio.current_time()
-        logger.info("connection from %s", session.peer, extra={"event": "connection_open", "peer": session.peer})
+        stream: trio.abc.Stream = raw
+        about: dict[str, str] = {}
+        if self._tls is not None:
+            upgraded = await self._tls_handshake(raw, session.peer, opened)
+            if upgraded is None:
+                return  # logged and closed (trio's serve_tcp closes ``raw`` too)
+            stream = upgraded
+            about = tls.peer_summary(upgraded)
+        logger.info("connection from %s%s", session.peer, "".join(f", {k} {v}" for k, v in about.items()),
+                    extra={"event": "connection_open", "peer": session.peer, **about})
         conn = Connection("server", max_frame=self.config.max_frame, encoder=self._encoder)
         replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
         ended = CLOSING
@@ -316,7 +347,7 @@ class Broker:
             async with trio.open_nursery() as holding:
                 replies.nursery = holding  # its reply task starts there when first needed
                 try:
-                    ended = await self._run_rounds(session, conn, stream, replies, holding)
+                    ended = await self._run_rounds(session, conn, stream, replies, holding, opened)
                 finally:
                     replies.close()  # the reply task sends what it holds, then ends
                 # What it holds goes out first; after a timeout, within the linger time or not at all.
@@ -345,6 +376,54 @@ class Broker:
                 self.auth.disconnected(session.user)
             self._log_close(session, opened)
 
+    async def _tls_handshake(self, raw: trio.SocketStream, peer: str, opened: float) -> tls.TlsStream | None:
+        """The TLS session of a new connection (``broker/tls.py``), made within the
+        handshake timeout; None (logged, closed cleanly) for a plain client, a failed
+        handshake or one not done in time."""
+        assert self._tls is not None
+        limit_ms = self._timeouts.handshake_ms
+        upgraded: tls.TlsStream | None = None
+        first: int | None = tls.TLS_HANDSHAKE_RECORD
+        scope = trio.CancelScope(deadline=opened + limit_ms / 1000)
+        try:
+            self._idle.add(scope)  # a shutdown ends it
+            try:
+                with scope:
+                    first = await tls.first_byte(raw)
+                    if first == tls.TLS_HANDSHAKE_RECORD:
+                        upgraded = await tls.handshake(raw, self._tls)
+            finally:
+                self._idle.discard(scope)
+            if upgraded is not None:
+                return upgraded
+            if scope.cancelled_caught:
+                if self._draining:
+                    return None
+                kind, reason = "handshake", f"no TLS handshake within {limit_ms} ms of connecting"
+                extra: dict[str, Any] = {"event": "connection_timeout", "timeout": "handshake",
+                                         "limit_ms": limit_ms, "tls": True}
+            elif first is not None:
+                kind, reason = "tls_plain", "a plain (not TLS) client on the TLS port"
+                extra = {"event": "tls_handshake_failed", "reason": "plain client"}
+                with trio.move_on_after(connlimits.LINGER_S):
+                    await raw.send_all(self._tls_required)
+            else:
+                return None  # closed before sending a byte: nothing to say
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            why = getattr(cause, "reason", None) or str(cause or exc) or type(cause or exc).__name__
+            if "EOF" in why:  # e.g. a client that does not trust this certificate hangs up
+                why = f"the client closed the connection ({why})"
+            kind, reason = "tls_failed", f"TLS handshake failed: {why}"
+            extra = {"event": "tls_handshake_failed", "reason": why}
+        except OSError as exc:  # reset while peeking
+            logger.info("connection from %s lost before its TLS handshake: %s", peer, exc)
+            return None
+        self._limit_log.log(logging.WARNING, kind, "connection %s: %s; closing it", peer, reason,
+                            extra={"peer": peer, **extra})
+        await connlimits.close_cleanly(raw)
+        return None
+
     def _log_close(self, session: Session, opened: float) -> None:
         """One line for a connection's end, with its client's name and why it ended."""
         reason = session.closing or ("broker shutting down" if self._draining else "closed by the client")
@@ -356,8 +435,8 @@ class Broker:
                           "user": session.user or None,
                           "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
-    async def _run_rounds(self, session: Session, conn: Connection, stream: trio.SocketStream,
-                          replies: Replies, holding: trio.Nursery) -> str:
+    async def _run_rounds(self, session: Session, conn: Connection, stream: trio.abc.Stream,
+                          replies: Replies, holding: trio.Nursery, opened: float) -> str:
         """Read and run one connection's requests in rounds until it closes or drains;
         each round's replies go to ``replies``. Returns how it ended: ``EOF_``,
         ``DRAINED`` (the broker shuts down: it read nothing more once the requests it
@@ -366,7 +445,7 @@ class Broker:
         sends late (``auth``, rule 4), or ``CLOSING`` after a fatal protocol error."""
         live = self._live
         assert live is not None
-        reads = connlimits.ReadTimer(self._timeouts, trio.current_time())
+        reads = connlimits.ReadTimer(self._timeouts, opened)
         timer = self.metrics.rounds if self.metrics is not None else None
         read_at = 0.0  # when the data of this round's requests was read (with metrics)
         buffered = False  # requests left from the last round: run them first

@@ -10,6 +10,8 @@
 - Push subscriptions: ``Client.subscribe`` gives a :class:`Subscription` of
   :class:`IncomingMessage` (:mod:`client.subscription`), ``SyncClient.subscribe`` a
   :class:`SyncSubscription` of :class:`SyncIncomingMessage` (:mod:`client.sync_subscription`).
+- TLS: ``tls=True`` (or a context from :func:`tls_context`, with a CA or a client
+  certificate) on either client (:mod:`client.tls`).
 
 The async names are imported lazily, so blocking users do not pay for importing anyio.
 """
@@ -48,6 +50,7 @@ from .errors import (
 from .spill import Spill, SpillFull
 from .sync import SyncClient
 from .sync_subscription import SyncIncomingMessage, SyncSubscription
+from .tls import tls_context
 from .types import (
     AckResult,
     DeadLetterInfo,
@@ -101,5 +104,5 @@ __all__ = [
     "PermissionDenied", "PublishResult", "PurgeResult", "QueueExists", "QueueFull", "QueueNotFound", "QueueStats",
     "Reconnect", "RedriveResult", "RejectResult", "ServerInfo", "ShardRoute", "ShuttingDown", "Spill", "SpillFull", "StorageError",
     "Subscription", "SyncClient", "SyncIncomingMessage", "SyncSubscription", "TooManyConnections", "TxnConflict", "Unauthenticated",
-    "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr",
+    "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame", "open_connection", "parse_addr", "tls_context",
 ]

@@ -65,6 +65,8 @@ from .pushes import PushRouter
 from .reconnect import Reconnect, Reconnector
 from .spill import Spill, SpillFile
 from .subscription import Subscription
+from .tls import TlsOption
+from .tls import resolve as resolve_tls
 from .types import Bytes, Message, ServerInfo, Transaction
 
 logger = logging.getLogger("lockgate.client")
@@ -127,6 +129,8 @@ class Client:
         token: str | None = None,
         reconnect: bool | Reconnect = False,
         spill: Spill | None = None,
+        tls: TlsOption = None,
+        server_hostname: str | None = None,
     ) -> AbstractAsyncContextManager[Client]:
         """Connect and handshake: ``async with Client.connect(addr) as client``.
 
@@ -142,8 +146,13 @@ class Client:
         ``reconnect`` (``True`` or a :class:`~client.reconnect.Reconnect`) reconnects
         after a loss (:mod:`client.reconnect`); ``spill`` (needs ``reconnect``) is the
         file ``publish_or_spill`` keeps messages in while the broker is unreachable
-        (:mod:`client.spill`). The first connection is not retried: ``OSError`` if the
-        broker cannot be reached. The connection closes when the block exits.
+        (:mod:`client.spill`). ``tls`` (``True``, or an ``ssl.SSLContext`` such as
+        :func:`client.tls.tls_context` makes, with a CA or a client certificate) connects
+        in TLS and verifies the broker's certificate against ``server_hostname`` (default:
+        the host of ``addr``); every reconnect does the same (:mod:`client.tls`). The
+        first connection is not retried: ``OSError`` if the broker cannot be reached
+        (``ssl.SSLCertVerificationError`` if its certificate does not verify). The
+        connection closes when the block exits.
         """
         host, port_ = t.parse_addr(addr, port)
         credentials = Credentials.of(user, password, token)
@@ -153,7 +162,8 @@ class Client:
         if spill is not None and policy is None:
             raise ValueError("spill= needs reconnect=: spilled messages are sent once the client reconnects")
         opener = partial(open_connection, host, port_, max_frame=max_frame, client_name=client_name,
-                         keepalive_s=keepalive_s, credentials=credentials)
+                         keepalive_s=keepalive_s, credentials=credentials, tls=resolve_tls(tls),
+                         server_hostname=server_hostname)
         if policy is None:
             return _connect_once(cls, opener, on_push)
         return _Connecting(cls, opener, on_push, policy, spill)

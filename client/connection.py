@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import socket
+import ssl
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
@@ -59,6 +60,7 @@ from protocol import Connection as ProtocolConnection
 from protocol import Error as ErrorFrame
 
 from . import types as t
+from . import tls as _tls
 from .auth import Credentials, Handshake
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .types import ServerInfo, hello_args
@@ -194,6 +196,8 @@ class Connection:
         self.user: str | None = None
         self._read_pauses = 0
         self._read_gate = self._new_event()
+        #: (host, port) of a broker reached over TLS, named in handshake errors.
+        self.tls_peer: tuple[str, int] | None = None
 
     @property
     def server_info(self) -> ServerInfo:
@@ -385,6 +389,8 @@ class Connection:
             self.user = handshake.user
             self._server_info = ServerInfo.from_wire(result)
         except BaseException as exc:
+            if self.tls_peer is not None:
+                _tls.note_handshake(exc, *self.tls_peer)
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         self._server_max_frame = self._server_info.max_frame
@@ -434,15 +440,35 @@ async def open_connection(
     on_push: PushHandler | None = None,
     keepalive_s: float | None = None,
     credentials: Credentials | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect over TCP and handshake: ``async with open_connection(host, port) as conn``.
 
-    Arguments are as for :class:`Connection`. Raises ``OSError`` when the connection
-    cannot be opened.
+    Arguments are as for :class:`Connection`; with ``tls`` (a client context,
+    :mod:`client.tls`) the connection runs in a TLS session whose server certificate must
+    match ``server_hostname`` (default: ``host``). Raises ``OSError`` when the connection
+    cannot be opened (``ssl.SSLCertVerificationError`` when the server's certificate does
+    not verify).
     """
-    stream = await anyio.connect_tcp(host, port)
+    stream: ByteStream
+    if tls is None:
+        stream = await anyio.connect_tcp(host, port)
+    else:
+        try:
+            # Not standard-compatible: the broker sends no close_notify (frames delimit
+            # themselves), so a TCP close is the end of the stream.
+            stream = await anyio.connect_tcp(host, port, ssl_context=tls,
+                                             tls_hostname=_tls.server_name(host, server_hostname),
+                                             tls_standard_compatible=False)
+        except ssl.SSLError as exc:
+            _tls.note_handshake(exc, host, port)
+            raise
     if keepalive_s is not None:
         tcp_keepalive(stream.extra(SocketAttribute.raw_socket), keepalive_s)
-    async with Connection(stream, max_frame=max_frame, client_name=client_name, on_push=on_push,
-                          keepalive_s=keepalive_s, credentials=credentials) as conn:
+    conn = Connection(stream, max_frame=max_frame, client_name=client_name, on_push=on_push,
+                      keepalive_s=keepalive_s, credentials=credentials)
+    if tls is not None:
+        conn.tls_peer = (host, port)
+    async with conn:
         yield conn

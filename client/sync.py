@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic
@@ -48,6 +49,7 @@ from protocol import Error as ErrorFrame
 
 from . import ops
 from . import types as t
+from . import tls as _tls
 from .auth import Credentials, Handshake
 from .errors import ConnectionClosed, LockgateError, UnsupportedVersion, error_from_frame
 from .pushes import PushRouter
@@ -62,6 +64,9 @@ DEFAULT_WINDOW = 256
 _FRAME_SLACK = 4096
 _RECEIVE_BYTES = 256 * 1024
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+#: What a non-blocking send or receive raises when it cannot go on yet (a TLS socket
+#: raises the last two: a record is incomplete, or the send buffer is full).
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class SyncClient:
@@ -83,12 +88,18 @@ class SyncClient:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        tls: _tls.TlsOption = None,
+        server_hostname: str | None = None,
     ) -> None:
         """Connect and handshake. ``addr`` is as for :func:`client.types.parse_addr`;
         ``max_frame`` (largest frame this client accepts) defaults to the server's own.
         ``user`` and ``password`` (SCRAM-SHA-256), or ``token``, authenticate to a broker
-        that requires it (:mod:`client.auth`; ``AuthFailed`` if that fails).
-        Raises ``OSError`` when the broker cannot be reached."""
+        that requires it (:mod:`client.auth`; ``AuthFailed`` if that fails). ``tls``
+        (``True`` or an ``ssl.SSLContext``) connects in TLS and verifies the broker's
+        certificate against ``server_hostname`` (default: the host), as
+        ``Client.connect`` does (:mod:`client.tls`). Raises ``OSError`` when the broker
+        cannot be reached (``ssl.SSLCertVerificationError`` when its certificate does
+        not verify)."""
         host, port_ = t.parse_addr(addr, port)
         handshake = Handshake(Credentials.of(user, password, token))
         self.timeout = timeout
@@ -105,8 +116,12 @@ class SyncClient:
         self._closed_reason: str | None = None
         self._server_error: LockgateError | None = None
         self._server_max_frame = DEFAULT_MAX_FRAME
+        context = _tls.resolve(tls)
         self._sock = socket.create_connection((host, port_), timeout=timeout)
         try:
+            if context is not None:
+                # The TLS handshake runs here, within the timeout.
+                self._sock = context.wrap_socket(self._sock, server_hostname=_tls.server_name(host, server_hostname))
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock.setblocking(False)
             self._selector = selectors.DefaultSelector()
@@ -125,7 +140,9 @@ class SyncClient:
             self.user = handshake.user
             #: The server's ``hello`` reply.
             self.server_info = ServerInfo.from_wire(result)
-        except BaseException:
+        except BaseException as exc:
+            if context is not None:
+                _tls.note_handshake(exc, host, port_)
             self.close()
             raise
         self._server_max_frame = self.server_info.max_frame
@@ -261,7 +278,7 @@ class SyncClient:
         while True:
             try:
                 view = view[sock.send(view):]
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 pass
             except OSError as exc:
                 raise self._lose(f"connection lost while sending: {exc}") from exc
@@ -279,7 +296,7 @@ class SyncClient:
         """Read and dispatch whatever has arrived, without blocking; False if nothing had."""
         try:
             data = self._sock.recv(_RECEIVE_BYTES)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             return False
         except OSError as exc:
             raise self._lose(f"connection lost: {exc}") from exc

@@ -26,6 +26,8 @@ from broker.settings import (
     specs)
 from broker.wal import FsyncPolicy
 
+from ..tlsfiles import make_pki
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,6 +118,11 @@ def test_each_setting_from_each_source(tmp_path: Path, name: str) -> None:
     if name == "users_file":
         text = value = str(users)
     base = {"LOCKGATE_USERS_FILE": str(users)} if name == "auth" else {}
+    if name.startswith("tls_"):  # real PEM files; a certificate needs its key and the other way round
+        pki = make_pki(tmp_path / "pki")
+        files = {"tls_cert": pki.cert, "tls_key": pki.key, "tls_client_ca": pki.ca}
+        text = value = str(files[name])
+        base = {f"LOCKGATE_{k.upper()}": str(v) for k, v in files.items() if k not in (name, "tls_client_ca")}
     config = tmp_path / "lockgate.toml"
     config.write_text(f"{name} = {json.dumps(value)}\n")
     assert effective("--config", str(config), env=base)[name] == {

@@ -1,0 +1,115 @@
+"""TLS on the client port (``tls_cert``, ``tls_key``, ``tls_client_ca``; SPEC.md §1.2).
+
+Rules:
+
+1. The server context is TLS 1.2 or later with the ``ssl`` module's defaults for a
+   server (``ssl.create_default_context(Purpose.CLIENT_AUTH)``), the certificate chain of
+   ``tls_cert`` and the key of ``tls_key``. With ``tls_client_ca`` a client must present
+   a certificate that this CA signed, or the TLS handshake fails. No ALPN is set.
+   The files are read once, at start: new certificates take a restart.
+2. Everything of a connection runs inside the TLS session: framing, ``hello``,
+   authentication. The TLS handshake runs first, within the connection's
+   ``handshake_timeout_ms`` (counted from the accept, so TLS and ``hello`` share it).
+3. A connection whose first byte is not a TLS handshake record (0x16) is a plain client:
+   it gets ``MALFORMED_FRAME`` (id nil, ``details.tls = "required"``) in plain text and a
+   clean close (``connlimits``, rule 4). A length prefix starting 0x16 would announce a
+   frame of over 369 MB, beyond any ``max_frame``, so no plain client is mistaken.
+4. A TLS handshake that fails (no common version, a client certificate missing or not
+   trusted, garbage) or does not finish in time ends in a clean close of the TCP
+   connection, with nothing more sent; each is logged as a warning with the peer and the
+   reason (at most one line a second per kind).
+5. The broker neither sends nor needs ``close_notify``: frames are self-delimiting, so a
+   TCP close ends the session, and a truncated frame is seen as one.
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import trio
+
+__all__ = ["TLS_HANDSHAKE_RECORD", "TlsStream", "check_ca", "check_cert", "check_key", "first_byte",
+           "handshake", "peer_summary", "server_context"]
+
+#: The first byte of a TLS record carrying a handshake message (a ClientHello).
+TLS_HANDSHAKE_RECORD = 0x16
+
+TlsStream = trio.SSLStream[trio.SocketStream]
+
+
+def _read(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def check_cert(path: Path) -> None:
+    """``tls_cert`` must be a readable PEM file with at least one certificate."""
+    if "-----BEGIN CERTIFICATE-----" not in _read(path):
+        raise ValueError("no PEM certificate in it (-----BEGIN CERTIFICATE-----)")
+    check_ca(path)
+
+
+def check_key(path: Path) -> None:
+    """``tls_key`` must be a readable PEM file with a private key."""
+    text = _read(path)
+    if "PRIVATE KEY-----" not in text:
+        raise ValueError("no PEM private key in it (-----BEGIN PRIVATE KEY-----)")
+
+
+def check_ca(path: Path) -> None:
+    """``tls_client_ca`` (and ``tls_cert``) must hold PEM certificates ``ssl`` can load."""
+    _read(path)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise ValueError(f"not PEM certificates: {exc.reason or exc}") from None
+
+
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The server's context (rule 1). A key that does not belong to the certificate (or a
+    file that cannot be used) is a ``ValueError`` naming the settings."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"tls_cert and tls_key cannot be used together: {reason}") from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"tls_client_ca cannot be used: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def first_byte(stream: trio.SocketStream) -> int | None:
+    """The first byte the client sent, left in the socket for the TLS layer (None: it
+    closed without sending any). The caller bounds the time."""
+    first = await stream.socket.recv(1, socket.MSG_PEEK)
+    return first[0] if first else None
+
+
+async def handshake(stream: trio.SocketStream, context: ssl.SSLContext) -> TlsStream:
+    """The TLS session over ``stream``, handshaken. A failed handshake raises
+    ``trio.BrokenResourceError`` (its ``__cause__`` says why). The caller bounds the time."""
+    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    await tls.do_handshake()
+    return tls
+
+
+def peer_summary(stream: TlsStream) -> dict[str, str]:
+    """The TLS version and, when one was verified, the client certificate's subject
+    common name, for the connection's log line."""
+    out = {"tls": stream.version() or "?"}
+    cert = stream.getpeercert()
+    if cert:
+        for rdn in cert.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName":
+                    out["client_cert"] = value
+    return out
