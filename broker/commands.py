@@ -83,6 +83,7 @@ from .mutations import (
     Release,
     plain_publish,
 )
+from .queue_groups import QueueGroup, group_arg, members, rotated, select_fair
 from .queues import DELAYED, LEASED, PEEK_EXTRA, READY, WAITING, DeadLetter, Message, Queue, QueueSettings, take_fitting
 from .topics import Topic, TopicCopy
 from .state import BrokerState
@@ -134,6 +135,8 @@ class Session:
     #: Set when the broker closes the connection cleanly after this round's replies
     #: (a user over ``max_connections_per_user``).
     close_after: bool = False
+    #: Where this connection's next read of a queue group starts (``queue_groups`` rule 2).
+    group_turn: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +149,12 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Hold the consume until ``queue`` gets ready messages or ``wait_ms`` passes."""
+    """Hold the consume until ``queue`` (or a queue of ``group``) gets ready messages or
+    ``wait_ms`` passes."""
 
     queue: str
     wait_ms: int
+    group: QueueGroup | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,8 @@ class Subscribe:
     #: Lease length of pushed messages; None: the queue's.
     visibility_ms: int | None
     auto_ack: bool
+    #: Several queues instead of ``queue`` (then empty), SPEC §8.15.
+    group: QueueGroup | None = None
 
 
 class Outcome(NamedTuple):
@@ -232,6 +239,14 @@ def existing_queue(args: dict[str, Any], ctx: Context) -> Queue:
                         details={"field": "queue", "queue": name})
 
 
+def _consumable(name: Any) -> bool:
+    """A queue's name, or a consumer group's (``TOPIC/GROUP``)."""
+    if type(name) is not str:
+        return False
+    topic, slash, group = name.partition(GROUP_SEPARATOR)
+    return valid_queue_name(name) or bool(slash) and valid_queue_name(topic) and valid_queue_name(group)
+
+
 def existing_topic(args: dict[str, Any], ctx: Context) -> Topic:
     name = args.get("topic")
     if type(name) is str:
@@ -286,7 +301,8 @@ Bound = int | Callable[[Context], int]
 class Arg:
     """One argument of an op: its name, what it is, its default and range.
 
-    ``kind``: ``queue`` (an existing queue: yields the ``Queue``), ``queue_name`` (a
+    ``kind``: ``queue`` (an existing queue: yields the ``Queue``), ``queue_or_group``
+    (that, or the ``QueueGroup`` its ``queues`` or ``prefix`` name), ``queue_name`` (a
     well-formed name), ``int`` (``lo``..``hi``; ``default`` absent means required),
     ``bool``, ``text`` (a str of at most ``hi`` UTF-8 bytes, or nil), ``choice`` (one
     of ``choices``), ``ids`` (1..``max_batch`` ids,
@@ -308,6 +324,10 @@ class Arg:
         kind = self.kind
         if kind == "queue":
             return existing_queue(args, ctx)
+        if kind == "queue_or_group":
+            if args.get("queues") is None and args.get("prefix") is None:
+                return existing_queue(args, ctx)
+            return group_arg(args, _consumable)
         if kind == "topic":
             return existing_topic(args, ctx)
         if kind == "int":
@@ -911,7 +931,10 @@ def not_a_group(queue: Queue, why: str) -> None:
 
 
 def consume(session: Session, args: Args, ctx: Context) -> Outcome:
-    queue: Queue = args["queue"]
+    queue: Queue | QueueGroup = args["queue"]
+    if type(queue) is QueueGroup:
+        return _consume_group(session, queue, args, ctx)
+    assert type(queue) is Queue
     visibility = args["visibility_ms"]
     if visibility is None:
         visibility = queue.settings.visibility_ms
@@ -923,6 +946,38 @@ def consume(session: Session, args: Args, ctx: Context) -> Outcome:
     deadline = ctx.now_ms + visibility
     deliveries = [delivery_row(m) for m in chosen]
     return Outcome({"messages": deliveries}, (Lease(queue.name, deadline, [m.id for m in chosen]),))
+
+
+def may_consume(session: Session) -> Callable[[str], bool]:
+    """Whether the session's user may consume from a queue (any queue without auth)."""
+    auth = session.auth
+    if auth is None:
+        return lambda name: True
+    user = auth.user(session.user)
+    return lambda name: user is not None and user.may(Permission.CONSUME, name.partition(GROUP_SEPARATOR)[0])
+
+
+def _consume_group(session: Session, group: QueueGroup, args: Args, ctx: Context) -> Outcome:
+    """``consume`` of a queue group (SPEC §8.15): fair shares of its members' ready
+    messages, each leased in its own queue; the reply names each message's queue."""
+    found = members(group, ctx.state.queues, may_consume(session))
+    session.group_turn += 1
+    picked = select_fair(rotated(found, session.group_turn - 1), args["max"],
+                         session.client_max_frame - REPLY_OVERHEAD, ctx.now_ms)
+    if not picked:
+        if args["wait_ms"]:
+            return Outcome(wait=Wait("", args["wait_ms"], group))
+        return Outcome({"messages": [], "queues": []})
+    visibility = args["visibility_ms"]
+    rows: list[list[Any]] = []
+    names: list[str] = []
+    leases: list[Mutation] = []
+    for queue, chosen in picked:
+        lease_ms = queue.settings.visibility_ms if visibility is None else visibility
+        rows += [delivery_row(m) for m in chosen]
+        names += [queue.name] * len(chosen)
+        leases.append(Lease(queue.name, ctx.now_ms + lease_ms, [m.id for m in chosen]))
+    return Outcome({"messages": rows, "queues": names}, tuple(leases))
 
 
 def ack(session: Session, args: Args, ctx: Context) -> Outcome:
@@ -1011,12 +1066,18 @@ def redrive(session: Session, args: Args, ctx: Context) -> Outcome:
 
 
 def subscribe(session: Session, args: Args, ctx: Context) -> Outcome:
-    queue: Queue = args["queue"]
+    queue: Queue | QueueGroup = args["queue"]
     if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection",
                             details={"limit": MAX_SUBSCRIPTIONS})
     sid = session.next_subscription
     session.next_subscription += 1
+    if type(queue) is QueueGroup:
+        members(queue, ctx.state.queues, may_consume(session))  # refuse a group that cannot be read
+        start = Subscribe(sid, "", args["credit"], args["visibility_ms"], args["auto_ack"], queue)
+        named: dict[str, Any] = {"queues": list(queue.queues)} if queue.prefix is None else {"prefix": queue.prefix}
+        return Outcome({"subscription": sid, **named}, wait=start)
+    assert type(queue) is Queue
     start = Subscribe(sid, queue.name, args["credit"], args["visibility_ms"], args["auto_ack"])
     return Outcome({"subscription": sid, "queue": queue.name}, wait=start)
 
@@ -1110,6 +1171,24 @@ _ERROR = Arg("error", "text", hi=MAX_ERROR_TEXT, doc="The consumer's error text.
 #: What the queue ops need of their user (SPEC §4.3).
 _PUBLISHES = (Need(Permission.PUBLISH, "queue"),)
 _CONSUMES = (Need(Permission.CONSUME, "queue"),)
+
+
+def _consumes_group(args: dict[str, Any]) -> list[tuple[Permission, Any]]:
+    """``consume`` and ``subscribe`` need ``consume`` on their queue, or on each queue a
+    ``queues`` group names (a ``prefix`` group reads only the queues its user may
+    consume from: ``queue_groups`` rule 1)."""
+    queues = args.get("queues")
+    if type(queues) is list:
+        return [(Permission.CONSUME, name) for name in queues]
+    return [(Permission.CONSUME, args.get("queue"))]
+
+
+#: The queue of ``consume`` and ``subscribe``, or the group they read instead (SPEC §8.15).
+_QUEUE_OR_GROUP = (
+    Arg("queue", "queue_or_group", doc="An existing queue; or instead queues or prefix."),
+    Arg("queues", "any", default=None, doc="A queue group: 1..1000 existing queues."),
+    Arg("prefix", "any", default=None, doc="A queue group: the queues whose names start with it."),
+)
 _ADMINISTERS = (Need(Permission.ADMIN, "queue"),)
 
 #: The registry: every op, declared once.
@@ -1152,11 +1231,11 @@ COMMANDS: dict[str, Command] = {
         Command(Op.PUBLISH, publish, (_QUEUE, Arg("messages", "any")), AdmissionClass.PUBLISH,
                 changes_state=True, batch=PlainPublishes(), permission=_PUBLISHES),
         Command(Op.CONSUME, consume, (
-            _QUEUE,
+            *_QUEUE_OR_GROUP,
             Arg("max", "int", default=1, lo=1, hi=_max_batch),
             Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
             Arg("wait_ms", "int", default=0, lo=0, hi=MAX_WAIT_MS),
-        ), AdmissionClass.LOG, changes_state=True, permission=_CONSUMES),
+        ), AdmissionClass.LOG, changes_state=True, permission=_consumes_group),
         Command(Op.ACK, ack, (_QUEUE, _IDS), AdmissionClass.RESERVED, changes_state=True,
                 permission=_CONSUMES),
         Command(Op.NACK, nack, (_QUEUE, _IDS, Arg("delay_ms", "int", default=0, lo=0, hi=MAX_DELAY_MS),
@@ -1173,11 +1252,11 @@ COMMANDS: dict[str, Command] = {
             Arg("ids", "ids", default=None),
         ), AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
         Command(Op.SUBSCRIBE, subscribe, (
-            _QUEUE,
+            *_QUEUE_OR_GROUP,
             Arg("credit", "int", default=DEFAULT_CREDIT, lo=1, hi=_max_batch),
             Arg("visibility_ms", "int", default=None, lo=1, hi=MAX_VISIBILITY_MS),
             Arg("auto_ack", "bool", default=False),
-        ), permission=_CONSUMES),
+        ), permission=_consumes_group),
         Command(Op.UNSUBSCRIBE, unsubscribe, (Arg("subscription", "int", lo=1, hi=2**63 - 1),)),
         Command(Op.PEEK, peek, (
             _QUEUE,

@@ -219,10 +219,10 @@ class Live:
         return None
 
     def retry(self, session: Session, req: Request, out: RoundOut, *,
-              final: bool) -> list[int] | None:
+              final: bool) -> list[tuple[str, list[int]]] | None:
         """Check a held consume again (as if its ``wait_ms`` were 0). Once answered into
         ``out`` (it took messages, failed, or it is ``final``: its wait is over) returns
-        the ids it leased (maybe none); None while it must wait on."""
+        the ids it leased by queue (maybe none); None while it must wait on."""
         try:
             self.run_due()
             command = lookup(session, req.op, req.args)
@@ -240,7 +240,7 @@ class Live:
             out.error(log_failed(exc, req.id))
             return []
         out.reply(req.id, outcome.result or {})
-        return [i for m in outcome.mutations if type(m) is Lease for i in m.ids]
+        return [(m.queue, m.ids) for m in outcome.mutations if type(m) is Lease]
 
     def push(self, queue: str, most: int, visibility_ms: int | None, auto_ack: bool,
              budget: int) -> tuple[list[list[Any]], list[int]] | None:

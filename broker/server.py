@@ -548,7 +548,7 @@ class Broker:
                 session.waiters += 1
                 holds = self._holds
                 holding.start_soon(holds.hold, session, frame, wait, replies, conn.encoder,
-                                   holds.enqueue(wait.queue))
+                                   holds.places(wait.queue, wait.group))
         else:
             # A round's work is bounded: its replies go out (the client works on them
             # meanwhile) and other connections get a turn.

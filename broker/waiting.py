@@ -17,6 +17,10 @@ task of its connection waits there (``hold``). Rules:
    it leased at once, as if they had never been leased (no attempt counted), rather than
    leaving them leased for the whole lease.
 6. Subscriptions (``subscriptions.py``) wait in the same lines, beside held consumes.
+7. A consume or subscription of a queue group (``queue_groups.py``) waits in the line of
+   each of its queues, with one event, and leaves the others once one wakes it; one of a
+   ``prefix`` group waits in its prefix's line, which a change to any queue whose name
+   starts with the prefix wakes like a queue's own line.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import trio
 from protocol import Encoder, Request
 
 from .commands import Session, Wait
+from .queue_groups import QueueGroup
 from .live import Live, RoundOut
 from .replies import Replies, Round
 from .state import WAKE_ALL
@@ -45,11 +50,14 @@ class Waiter:
 
 
 class Line:
-    """The held consumes of one queue, in arrival order (rule 3 for what it keeps)."""
+    """The held consumes of one queue (or of a prefix's queues), in arrival order (rule 3
+    for what it keeps)."""
 
-    __slots__ = ("_line", "_waiting", "woken")
+    __slots__ = ("name", "prefix", "_line", "_waiting", "woken")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "", prefix: bool = False) -> None:
+        self.name = name
+        self.prefix = prefix
         self._line: deque[Waiter] = deque()
         self._waiting = 0
         #: Waiters woken that have not looked at the queue yet.
@@ -95,6 +103,8 @@ class Line:
 
 
 Place = tuple[Line, Waiter]
+#: Prefix lines kept with nobody in them, at most (the others are dropped).
+IDLE_PREFIX_LINES = 256
 
 
 class Holds:
@@ -104,6 +114,7 @@ class Holds:
         self.live: Live | None = None
         self.draining = False
         self._lines: dict[str, Line] = {}
+        self._prefix_lines: dict[str, Line] = {}
 
     def line(self, queue: str) -> Line | None:
         return self._lines.get(queue)
@@ -113,10 +124,30 @@ class Holds:
         was woken and found nothing; woken through ``event`` if given."""
         line = self._lines.get(queue)
         if line is None:
-            line = self._lines[queue] = Line()
+            line = self._lines[queue] = Line(queue)
         waiter = Waiter(event)
         line.add(waiter, first)
         return line, waiter
+
+    def places(self, queue: str, group: QueueGroup | None, first: bool = False,
+               event: trio.Event | None = None) -> list[Place]:
+        """New places of a consume or subscription of ``queue``, or of ``group`` (rule 7),
+        all woken through one event (``event`` if given)."""
+        if group is None:
+            return [self.enqueue(queue, first, event)]
+        event = trio.Event() if event is None else event
+        if group.prefix is None:
+            return [self.enqueue(name, first, event) for name in group.queues]
+        lines = self._prefix_lines
+        line = lines.get(group.prefix)
+        if line is None:
+            if len(lines) >= IDLE_PREFIX_LINES:
+                for name in [n for n, ln in lines.items() if not ln.waiting and not ln.woken]:
+                    del lines[name]
+            line = lines[group.prefix] = Line(group.prefix, prefix=True)
+        waiter = Waiter(event)
+        line.add(waiter, first)
+        return [(line, waiter)]
 
     def wake(self, queues: dict[str, int]) -> None:
         """Rule 1: for each queue, how many messages became ready (``WAKE_ALL``: it is gone)."""
@@ -128,43 +159,47 @@ class Holds:
                     line.wake(count)
                     if count >= WAKE_ALL:
                         del lines[name]
+        if self._prefix_lines:
+            for prefix, line in self._prefix_lines.items():
+                if line.waiting:
+                    matched = sum(count for name, count in queues.items() if name.startswith(prefix))
+                    if matched:
+                        line.wake(min(matched, WAKE_ALL))
 
     def drain(self) -> None:
         """Rule 4."""
         self.draining = True
-        for line in self._lines.values():
+        for line in (*self._lines.values(), *self._prefix_lines.values()):
             line.wake(WAKE_ALL)
         self._lines.clear()
+        self._prefix_lines.clear()
 
     async def hold(self, session: Session, req: Request, wait: Wait, replies: Replies,
-                   encoder: Encoder, place: Place) -> None:
+                   encoder: Encoder, places: list[Place]) -> None:
         """Answer a held consume once it takes messages or its wait ends; it counts in
         ``session.waiters`` until then (the caller counted it in)."""
         live = self.live
         assert live is not None
         deadline = trio.current_time() + wait.wait_ms / 1000
         out = RoundOut(encoder)
-        line, waiter = place
         try:
             while True:
                 try:
                     if not self.draining:
                         with trio.move_on_at(deadline):
-                            await waiter.event.wait()
+                            await places[0][1].event.wait()
                 finally:
-                    if not waiter.gone:  # timed out, draining or cancelled: not woken
-                        line.leave(waiter)
-                woken = waiter.event.is_set()
+                    woke = left(places)  # timed out, draining or cancelled: none woke it
                 leased = live.retry(session, req, out,
                                     final=self.draining or trio.current_time() >= deadline)
-                if woken:
+                for line in woke:
                     line.looked()
                 if leased is not None:
                     break
                 # Looked, and in line again with no checkpoint in between: no wake-up is missed.
-                line, waiter = self.enqueue(wait.queue, first=woken)
-            if woken:
-                self._pass_on(wait.queue)
+                places = self.places(wait.queue, wait.group, first=bool(woke))
+            for line in woke:
+                self._pass_on(line)
             try:  # as for every reply: only once the log covers what it reflects
                 lsn = live.durable_lsn()
             except LogFailedError as exc:
@@ -173,14 +208,31 @@ class Holds:
             try:
                 await replies.deliver(Round(out.out, out.answered, lsn))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                live.release(wait.queue, leased, delivered=False)  # rule 5: nobody got them
+                for queue, ids in leased:  # rule 5: nobody got them
+                    live.release(queue, ids, delivered=False)
         finally:
             session.waiters -= 1
 
-    def _pass_on(self, queue: str) -> None:
+    def _pass_on(self, line: Line) -> None:
         """Rule 2: the next waiter's turn, if more are ready than woken waiters still to look."""
         assert self.live is not None
-        held = self.live.state.queues.get(queue)
-        line = self._lines.get(queue)
-        if held is not None and line is not None and held.ready > line.woken:
+        queues = self.live.state.queues
+        if line.prefix:
+            ready = sum(q.ready for name, q in queues.items() if name.startswith(line.name))
+        else:
+            held = queues.get(line.name)
+            ready = 0 if held is None else held.ready
+        if ready > line.woken and line.waiting:
             line.wake(1)
+
+
+def left(places: list[Place]) -> list[Line]:
+    """A waiter of ``places`` stops waiting: it leaves the lines that did not wake it;
+    returns those that did (rule 7)."""
+    woke: list[Line] = []
+    for line, waiter in places:
+        if waiter.gone:
+            woke.append(line)
+        else:
+            line.leave(waiter)
+    return woke

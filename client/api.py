@@ -38,7 +38,7 @@ The client routes the PUSH frames of its subscriptions itself (:mod:`client.subs
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -216,6 +216,7 @@ class Client:
     publish = ops.publish.async_method()
     publish_batch = ops.publish_batch.async_method()
     consume = ops.consume.async_method()
+    consume_group = ops.consume_group.async_method()
     ack = ops.ack.async_method()
     nack = ops.nack.async_method()
     purge_queue = ops.purge_queue.async_method()
@@ -242,21 +243,26 @@ class Client:
 
     def subscribe(
         self,
-        queue: str,
+        queue: str | None = None,
         *,
         credit: int = DEFAULT_CREDIT,
         visibility_ms: int | None = None,
         auto_ack: bool = False,
+        queues: Iterable[str] | None = None,
+        prefix: str | None = None,
     ) -> Subscription:
         """A push subscription to ``queue``: ``async with client.subscribe(queue) as sub:
         async for msg in sub: async with msg: ...`` (see :mod:`client.subscription`).
+
+        Instead of one queue it may read a queue group (SPEC §8.15): ``queues=[...]`` or
+        ``prefix="..."``; each message's ``queue`` says where it came from.
 
         At most ``credit`` (1..``max_batch``) pushed messages are unacked at once; each is
         leased for ``visibility_ms`` (default: the queue's). With ``auto_ack`` the broker
         deletes each message as it pushes it (at most once) and ``async with msg`` does
         nothing. Subscribing happens when the ``async with`` block is entered.
         """
-        return Subscription(self, queue, credit, visibility_ms, auto_ack)
+        return Subscription(self, queue, credit, visibility_ms, auto_ack, queues, prefix)
 
     # --- the spill file (client/spill.py) ------------------------------------------------
 

@@ -494,6 +494,24 @@ def consume(
     """
 
 
+@op(Op.CONSUME, t.group_deliveries, holds_for="wait_ms")
+def consume_group(
+    queues: Annotated[Iterable[str] | None, Arg(convert=list, omit_default=True)] = None,
+    max: int = 1,
+    *,
+    prefix: Annotated[str | None, Arg(omit_default=True)] = None,
+    visibility_ms: int | None = None,
+    wait_ms: Annotated[int, Arg(omit_default=True)] = 0,
+) -> None:
+    """Lease up to ``max`` messages from a queue group (SPEC §8.15): the queues named in
+    ``queues``, or every queue whose name starts with ``prefix``, served fairly. Each
+    :class:`~client.types.Delivery` names its ``queue`` (ack it there).
+
+    With ``wait_ms`` the server holds the reply until any of them has messages or the
+    time passes, like ``consume``.
+    """
+
+
 @op(Op.ACK, t.ack_result)
 def ack(queue: str, ids: Annotated[Iterable[int], Arg(convert=list)]) -> None:
     """Delete delivered messages by id."""
@@ -598,7 +616,7 @@ def redrive(
 
 @op(Op.SUBSCRIBE, field("subscription", int), methods=False)
 def subscribe(
-    queue: str,
+    queue: Annotated[str | None, Arg(omit_default=True)] = None,
     *,
     credit: Annotated[
         int, Arg(omit_default=True, doc="Most pushed messages not yet acked at once (1..max_batch).")
@@ -607,8 +625,13 @@ def subscribe(
     auto_ack: Annotated[
         bool, Arg(omit_default=True, doc="At most once: the broker deletes each message as it pushes it.")
     ] = False,
+    queues: Annotated[Iterable[str] | None, Arg(convert=list, omit_default=True,
+                                                doc="A queue group: these queues instead of one.")] = None,
+    prefix: Annotated[str | None, Arg(omit_default=True,
+                                      doc="A queue group: the queues whose names start with it.")] = None,
 ) -> None:
-    """Start pushing ``queue``'s messages to this connection; returns the subscription id.
+    """Start pushing ``queue``'s messages (or those of a queue group: ``queues`` or
+    ``prefix``, SPEC §8.15) to this connection; returns the subscription id.
 
     No method of its own: ``Client.subscribe`` and ``SyncClient.subscribe`` send it and
     route the ``deliver`` pushes that follow.

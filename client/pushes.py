@@ -12,7 +12,7 @@ No I/O and no trio here: :mod:`client.subscription` (async) and
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 from protocol import MAX_ERROR_TEXT, Push, PushName
@@ -27,8 +27,9 @@ Settled = Literal["acked", "nacked", "rejected", "auto_acked"]
 class PushTarget(Protocol):
     """A subscription, as the router sees it."""
 
-    def _on_deliver(self, rows: list[Any]) -> None:
-        """Deliveries (arrays, SPEC.md §5.8) pushed to it, in order."""
+    def _on_deliver(self, rows: list[Any], queue: str | None) -> None:
+        """Deliveries (arrays, SPEC.md §5.8) pushed to it, in order, from ``queue`` (None
+        from a server that does not name it)."""
 
     def _on_end(self, reason: str) -> None:
         """The server ended it (``subscription_end``); no push for it follows."""
@@ -62,7 +63,8 @@ class PushRouter:
                 if name == PushName.DELIVER:
                     rows = payload.get("messages")
                     if type(rows) is list:
-                        target._on_deliver(rows)
+                        queue = payload.get("queue")
+                        target._on_deliver(rows, queue if type(queue) is str else None)
                         return
                 else:
                     del self.targets[sid]  # type: ignore[arg-type]
@@ -76,6 +78,24 @@ class PushRouter:
         targets, self.targets = self.targets, {}
         for target in targets.values():
             target._on_lost(error)
+
+
+def target_name(queue: str | None, queues: Iterable[str] | None, prefix: str | None) -> str:
+    """What a subscription reads, for messages: its queue, or its queue group (SPEC §8.15).
+    Raises ``ValueError`` unless exactly one of the three is given."""
+    if (queue is not None) + (queues is not None) + (prefix is not None) != 1:
+        raise ValueError("subscribe to one of: a queue, queues=[...] or prefix=...")
+    if queue is not None:
+        return queue
+    return f"prefix {prefix!r}" if prefix is not None else f"queues {list(queues or ())}"
+
+
+def ids_by_queue(messages: Iterable[IncomingBase]) -> dict[str, list[int]]:
+    """The ids of ``messages`` by queue, in order (to give them back, one request per queue)."""
+    found: dict[str, list[int]] = {}
+    for m in messages:
+        found.setdefault(m.queue, []).append(m.id)
+    return found
 
 
 def error_text(exc: BaseException, limit: int = MAX_ERROR_TEXT) -> str:
@@ -98,8 +118,9 @@ class IncomingBase:
     consumer unless the subscription is ``auto_ack``.
 
     ``id``, ``body``, ``attempt`` (1 on the first delivery), ``key``, ``priority`` and
-    ``published_at`` are as in ``consume``; ``queue`` is the subscription's queue. ``settled`` says how it was
-    settled through this object (``None`` while it is not).
+    ``published_at`` are as in ``consume``; ``queue`` is the queue it came from (one of a
+    queue group's). ``settled`` says how it was settled through this object (``None``
+    while it is not).
     """
 
     __slots__ = ("attempt", "body", "headers", "id", "key", "offset", "priority", "published_at", "queue",
@@ -123,7 +144,7 @@ class IncomingBase:
     def delivery(self) -> Delivery:
         """The same fields as a ``consume`` result."""
         return Delivery(self.id, self.body, self.attempt, self.key, self.priority, self.published_at,
-                        self.shard, self.offset, self.headers)
+                        self.shard, self.offset, self.headers, self.queue)
 
     def __repr__(self) -> str:
         return (

@@ -49,6 +49,7 @@ How it works and what it promises:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ from protocol import Op
 
 from . import ops
 from .errors import ConnectionClosed, InvalidArgument, LockgateError, QueueNotFound
-from .pushes import IncomingBase, error_text, truncate_error
+from .pushes import IncomingBase, error_text, ids_by_queue, target_name, truncate_error
 from .types import AckResult, ExtendResult, NackResult, RejectResult
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ class IncomingMessage(IncomingBase):
 
     __slots__ = ("subscription",)
 
-    def __init__(self, subscription: Subscription, row: list[Any]) -> None:
-        super().__init__(subscription.queue, row, subscription.auto_ack)
+    def __init__(self, subscription: Subscription, row: list[Any], queue: str | None = None) -> None:
+        super().__init__(queue or subscription.queue, row, subscription.auto_ack)
         #: The subscription it was pushed to.
         self.subscription = subscription
 
@@ -185,10 +186,13 @@ class Subscription:
     :class:`IncomingMessage`. Several tasks may iterate it at once. Enter it once."""
 
     def __init__(
-        self, client: Client, queue: str, credit: int, visibility_ms: int | None, auto_ack: bool
+        self, client: Client, queue: str | None, credit: int, visibility_ms: int | None, auto_ack: bool,
+        queues: Iterable[str] | None = None, prefix: str | None = None,
     ) -> None:
         self.client = client
-        self.queue = queue
+        #: Its queue; of a queue group (``queues`` or ``prefix``, SPEC §8.15), a description.
+        self.queue = target_name(queue, queues, prefix)
+        self._target = (queue, None if queues is None else list(queues), prefix)
         self.credit = credit
         self.visibility_ms = visibility_ms
         self.auto_ack = auto_ack
@@ -250,7 +254,9 @@ class Subscription:
                 client._pushes.targets[sid] = self
                 client._subscriptions.add(self)
 
-        args = ops.subscribe.args(self.queue, self.credit, self.visibility_ms, self.auto_ack)
+        queue, queues, prefix = self._target
+        args = ops.subscribe.args(
+            queue, credit=self.credit, visibility_ms=self.visibility_ms, auto_ack=self.auto_ack, queues=queues, prefix=prefix)
         # Shielded: a subscribe abandoned after the server took it would leave a
         # subscription nobody reads. Its reply comes within a round.
         with anyio.CancelScope(shield=True):
@@ -311,12 +317,13 @@ class Subscription:
                     except InvalidArgument:
                         if self.end_reason is None:  # not the subscription_end race
                             raise
-                leftover = [m.id for m in self._buffer]
+                leftover = ids_by_queue(self._buffer)
                 self._buffer.clear()
                 if leftover and not self.auto_ack and self.end_reason is None and not client.connection.closed:
                     step = client.info.max_batch
-                    for i in range(0, len(leftover), step):
-                        await client.nack(self.queue, leftover[i:i + step], returned=True)
+                    for queue, ids in leftover.items():
+                        for i in range(0, len(ids), step):
+                            await client.nack(queue, ids[i:i + step], returned=True)
         except (ConnectionClosed, QueueNotFound):
             pass  # the broker releases them itself / they are gone
         finally:
@@ -351,9 +358,9 @@ class Subscription:
 
     # --- from the connection's reader (quick, never raising) ---------------------------
 
-    def _on_deliver(self, rows: list[Any]) -> None:
+    def _on_deliver(self, rows: list[Any], queue: str | None) -> None:
         buffer = self._buffer
-        buffer.extend([IncomingMessage(self, row) for row in rows])
+        buffer.extend([IncomingMessage(self, row, queue) for row in rows])
         if self.auto_ack and not self._paused and len(buffer) >= self.credit:
             self._paused = True
             self.client.connection.pause_reading()

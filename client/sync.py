@@ -359,6 +359,7 @@ class SyncClient:
     publish = ops.publish.sync_method()
     publish_batch = ops.publish_batch.sync_method()
     consume = ops.consume.sync_method()
+    consume_group = ops.consume_group.sync_method()
     ack = ops.ack.sync_method()
     nack = ops.nack.sync_method()
     purge_queue = ops.purge_queue.sync_method()
@@ -385,15 +386,20 @@ class SyncClient:
 
     def subscribe(
         self,
-        queue: str,
+        queue: str | None = None,
         *,
         credit: int = DEFAULT_CREDIT,
         visibility_ms: int | None = None,
         auto_ack: bool = False,
+        queues: Iterable[str] | None = None,
+        prefix: str | None = None,
         idle_timeout: float | None = None,
     ) -> SyncSubscription:
         """A push subscription to ``queue``: ``with client.subscribe(queue) as sub:
         for msg in sub: with msg: ...`` (see :mod:`client.sync_subscription`).
+
+        Instead of one queue it may read a queue group (SPEC §8.15): ``queues=[...]`` or
+        ``prefix="..."``; each message's ``queue`` says where it came from.
 
         At most ``credit`` (1..``max_batch``) pushed messages are unacked at once; each is
         leased for ``visibility_ms`` (default: the queue's). With ``auto_ack`` the broker
@@ -401,7 +407,7 @@ class SyncClient:
         next message without a limit, or raises ``TimeoutError`` after ``idle_timeout``
         seconds without one. Subscribing happens when the ``with`` block is entered.
         """
-        return SyncSubscription(self, queue, credit, visibility_ms, auto_ack, idle_timeout)
+        return SyncSubscription(self, queue, credit, visibility_ms, auto_ack, idle_timeout, queues, prefix)
 
     def publish_many(
         self,

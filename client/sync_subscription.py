@@ -28,6 +28,7 @@ requests also takes in the pushes that arrive before each reply.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from protocol import Op
 
 from . import ops
 from .errors import ConnectionClosed, InvalidArgument, LockgateError, QueueNotFound
-from .pushes import IncomingBase, error_text, truncate_error
+from .pushes import IncomingBase, error_text, ids_by_queue, target_name, truncate_error
 from .types import AckResult, ExtendResult, NackResult, RejectResult
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ class SyncIncomingMessage(IncomingBase):
 
     __slots__ = ("subscription",)
 
-    def __init__(self, subscription: SyncSubscription, row: list[Any]) -> None:
-        super().__init__(subscription.queue, row, subscription.auto_ack)
+    def __init__(self, subscription: SyncSubscription, row: list[Any], queue: str | None = None) -> None:
+        super().__init__(queue or subscription.queue, row, subscription.auto_ack)
         #: The subscription it was pushed to.
         self.subscription = subscription
 
@@ -149,14 +150,18 @@ class SyncSubscription:
     def __init__(
         self,
         client: SyncClient,
-        queue: str,
+        queue: str | None,
         credit: int,
         visibility_ms: int | None,
         auto_ack: bool,
         idle_timeout: float | None,
+        queues: Iterable[str] | None = None,
+        prefix: str | None = None,
     ) -> None:
         self.client = client
-        self.queue = queue
+        #: Its queue; of a queue group (``queues`` or ``prefix``, SPEC §8.15), a description.
+        self.queue = target_name(queue, queues, prefix)
+        self._target = (queue, None if queues is None else list(queues), prefix)
         self.credit = credit
         self.visibility_ms = visibility_ms
         self.auto_ack = auto_ack
@@ -198,7 +203,9 @@ class SyncSubscription:
                 self.id = sid
                 router.targets[sid] = self
 
-        args = ops.subscribe.args(self.queue, self.credit, self.visibility_ms, self.auto_ack)
+        queue, queues, prefix = self._target
+        args = ops.subscribe.args(
+            queue, credit=self.credit, visibility_ms=self.visibility_ms, auto_ack=self.auto_ack, queues=queues, prefix=prefix)
         try:
             rid = client.submit(str(Op.SUBSCRIBE), args, on_reply=subscribed)
             try:
@@ -234,12 +241,13 @@ class SyncSubscription:
                 except InvalidArgument:
                     if self.end_reason is None:  # not the subscription_end race
                         raise
-            leftover = [m.id for m in self._buffer]
+            leftover = ids_by_queue(self._buffer)
             self._buffer.clear()
             if leftover and not self.auto_ack and self.end_reason is None and not client.closed:
                 step = client.server_info.max_batch
-                for i in range(0, len(leftover), step):
-                    client.nack(self.queue, leftover[i:i + step], returned=True)
+                for queue, ids in leftover.items():
+                    for i in range(0, len(ids), step):
+                        client.nack(queue, ids[i:i + step], returned=True)
         except (ConnectionClosed, QueueNotFound):
             pass  # the broker releases them itself / they are gone
         finally:
@@ -282,8 +290,8 @@ class SyncSubscription:
 
     # --- from the client's reads -------------------------------------------------------
 
-    def _on_deliver(self, rows: list[Any]) -> None:
-        self._buffer.extend([SyncIncomingMessage(self, row) for row in rows])
+    def _on_deliver(self, rows: list[Any], queue: str | None) -> None:
+        self._buffer.extend([SyncIncomingMessage(self, row, queue) for row in rows])
 
     def _on_end(self, reason: str) -> None:
         self.end_reason = reason

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from protocol import HEADER_SIZE, PROTOCOL_VERSIONS, Encoder
@@ -70,6 +70,8 @@ class Delivery:
     shard: int | None = None
     offset: int | None = None
     headers: dict[str, str] | None = None
+    #: The queue it came from: set by ``consume_group`` and subscriptions (SPEC §8.15).
+    queue: str | None = None
 
     @classmethod
     def from_wire(cls, m: list[Any]) -> Delivery:
@@ -511,6 +513,11 @@ def __getattr__(name: str) -> Any:
 def deliveries(result: dict[str, Any]) -> list[Delivery]:
     """The messages of a ``consume`` reply."""
     return [Delivery.from_wire(m) for m in result["messages"]]
+
+
+def group_deliveries(result: dict[str, Any]) -> list[Delivery]:
+    """The messages of a queue group's ``consume`` reply, each with its queue."""
+    return [replace(Delivery.from_wire(m), queue=q) for m, q in zip(result["messages"], result["queues"])]
 
 
 def ack_result(result: dict[str, Any]) -> AckResult:

@@ -42,11 +42,13 @@ class Boom(Exception):
 class Target:
     def __init__(self) -> None:
         self.rows: list[Any] = []
+        self.queues: list[str | None] = []
         self.ended: list[str] = []
         self.lost: list[ConnectionClosed] = []
 
-    def _on_deliver(self, rows: list[Any]) -> None:
+    def _on_deliver(self, rows: list[Any], queue: str | None) -> None:
         self.rows.extend(rows)
+        self.queues.append(queue)
 
     def _on_end(self, reason: str) -> None:
         self.ended.append(reason)
@@ -61,7 +63,7 @@ def test_the_router_sends_pushes_to_their_subscription_and_the_rest_to_the_fallb
     a, b = Target(), Target()
     router.targets.update({1: a, 2: b})
     row = [5, b"x", 1, None, 0]
-    router.dispatch(Push(name="deliver", payload={"subscription": 2, "messages": [row, row]}))
+    router.dispatch(Push(name="deliver", payload={"subscription": 2, "messages": [row, row], "queue": "q"}))
     router.dispatch(Push(name="deliver", payload={"subscription": 1, "messages": [row], "later": True}))
     strays = [
         Push(name="notice", payload={}),
@@ -73,6 +75,7 @@ def test_the_router_sends_pushes_to_their_subscription_and_the_rest_to_the_fallb
     for push in strays:
         router.dispatch(push)
     assert (len(a.rows), len(b.rows)) == (1, 2) and other == strays
+    assert (a.queues, b.queues) == ([None], ["q"])                    # the queue a push names
     router.dispatch(Push(name="subscription_end", payload={"subscription": 1, "reason": "queue_deleted"}))
     assert a.ended == ["queue_deleted"] and set(router.targets) == {2}
     router.dispatch(Push(name="subscription_end", payload={"subscription": 1, "reason": "queue_deleted"}))
