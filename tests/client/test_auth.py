@@ -72,6 +72,19 @@ def test_sync_client_with_a_password(auth_broker: AuthBroker) -> None:
         assert [q.name for q in bob.list_queues()] == ["orders.eu"]
 
 
+def test_queue_groups_read_only_what_the_user_may_consume(auth_broker: AuthBroker) -> None:
+    with SyncClient(auth_broker.addr, user="alice", password=PASSWORD) as alice:
+        for name in ("orders.eu", "orders.us"):
+            alice.create_queue(name)
+            alice.publish(name, name.encode())
+    with SyncClient(auth_broker.addr, user="bob", password=PASSWORD) as bob:
+        with pytest.raises(PermissionDenied) as info:
+            bob.consume_group(["orders.eu", "orders.us"], max=10)
+        assert (info.value.permission, info.value.resource) == ("consume", "orders.us")
+        got = bob.consume_group(prefix="orders.", max=10)    # orders.us is left out
+        assert [(d.queue, d.body) for d in got] == [("orders.eu", b"orders.eu")]
+
+
 def test_sync_client_with_a_token(auth_broker: AuthBroker) -> None:
     with SyncClient(auth_broker.addr, token=auth_broker.token) as svc:
         assert svc.user == "svc"
