@@ -10,9 +10,10 @@ The run, in three steps:
    each task published ``after`` its parents. Then the status of every task, looked up
    by its id with ``message_status``: the fetches are ``ready``, everything else
    ``waiting``, with the tasks it still ``waits_on``.
-2. **work**: ``--workers`` workers, each with its own connection and its own
-   :class:`~.queuegroup.QueueGroup` over the four queues, take one task at a time, in
-   turn from the queues that have work. A task that succeeds is acked, which releases
+2. **work**: ``--workers`` workers, each with its own connection, consume from the
+   four queues as one **queue group** (``consume_group``, SPEC §8.15): the broker takes
+   one task at a time, in turn from the queues that have work, holds the consume while
+   none has, and names the queue each task came from. A task that succeeds is acked, which releases
    the tasks waiting on it; a transient failure is nacked with its error (retried after
    the queue's backoff, dead-lettered after 3 deliveries); a permanent one is rejected
    straight to the dead-letter queue. Meanwhile a tracker looks up every task's status
@@ -37,7 +38,6 @@ import trio
 from client import Client, MessageStatus, QueueNotFound
 
 from .dag import QUEUES, Task, TaskFailed, make_dag, perform, submit
-from .queuegroup import QueueGroup
 from ..say import say
 
 DEAD_LETTER = "tasks.dlq"
@@ -55,7 +55,6 @@ class Settings:
     workers: int = 3
     work_ms: float = 10.0
     watch_ms: int = 20
-    hold_ms: int = 50
 
 
 @dataclass(slots=True)
@@ -131,35 +130,36 @@ async def worker(name: str, s: Settings, tasks: dict[tuple[str, int], Task], tal
                  stop: trio.Event) -> None:
     """Take one task at a time from the queue group; ack, nack or reject it."""
     async with Client.connect(s.addr) as client:
-        group = QueueGroup(client, list(QUEUES), hold_ms=s.hold_ms)
         while True:
-            taken = await group.consume(1, wait_ms=WAIT_MS)
-            if not taken.deliveries:
+            taken = await client.consume_group(list(QUEUES), 1, wait_ms=WAIT_MS)
+            if not taken:
                 if stop.is_set():
                     return
                 continue
-            for d in taken.deliveries:
-                task = tasks[(taken.queue, d.id)]
-                tally.taken[taken.queue] += 1
-                say("start", worker=name, task=task.name, queue=taken.queue, id=d.id, attempt=d.attempt)
+            for d in taken:
+                queue = d.queue
+                assert queue is not None  # a group's deliveries name their queue
+                task = tasks[(queue, d.id)]
+                tally.taken[queue] += 1
+                say("start", worker=name, task=task.name, queue=queue, id=d.id, attempt=d.attempt)
                 try:
                     await perform(task, d.attempt, s.work_ms)
                 except TaskFailed as exc:
                     if exc.permanent:
                         say("failed", worker=name, task=task.name, attempt=d.attempt, error=str(exc), next="reject")
-                        tally.rejected[taken.queue] += 1
-                        await client.reject(taken.queue, [d.id], error=str(exc))
+                        tally.rejected[queue] += 1
+                        await client.reject(queue, [d.id], error=str(exc))
                     else:
                         last = d.attempt >= MAX_ATTEMPTS
                         say("failed", worker=name, task=task.name, attempt=d.attempt, error=str(exc),
                             next="dead-letter" if last else "retry")
-                        tally.retried[taken.queue] += 0 if last else 1
-                        await client.nack(taken.queue, [d.id], error=str(exc))
+                        tally.retried[queue] += 0 if last else 1
+                        await client.nack(queue, [d.id], error=str(exc))
                 else:
                     # Said before the ack: a child can only start once the ack is in.
                     say("done", worker=name, task=task.name, attempt=d.attempt)
                     tally.done[task.name] += 1
-                    await client.ack(taken.queue, [d.id])
+                    await client.ack(queue, [d.id])
 
 
 async def until_empty(client: Client) -> None:
@@ -228,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-ms", type=float, default=d.work_ms, help=f"how long a task takes [{d.work_ms:g}]")
     parser.add_argument("--watch-ms", type=int, default=d.watch_ms,
                         help=f"how often the tracker looks up every task's status [{d.watch_ms}]")
-    parser.add_argument("--hold-ms", type=int, default=d.hold_ms,
-                        help=f"longest held consume of an idle queue group [{d.hold_ms}]")
     a = parser.parse_args(argv)
-    trio.run(run, Settings(a.addr, a.workers, a.work_ms, a.watch_ms, a.hold_ms))
+    trio.run(run, Settings(a.addr, a.workers, a.work_ms, a.watch_ms))
     return 0
