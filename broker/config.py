@@ -59,6 +59,10 @@ RECV_BYTES = 1024 * 1024
 #: Requests one connection runs per round (one group commit and one reply write);
 #: the rest of what it sent wait in its buffer for the next round.
 ROUND_REQUESTS = 128
+#: A round takes no more requests once its replies reach this many bytes: with at most
+#: two rounds' replies held per connection (``replies``, rule 3), that bounds them in
+#: bytes, not only in rounds.
+ROUND_REPLY_BYTES = 1024 * 1024
 #: The smallest WAL segment (and checkpoint distance) an operator may set.
 MIN_SEGMENT_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -159,6 +163,11 @@ class BrokerConfig:
         "With auth = required: most authenticated connections one user may have open; one more "
         "gets TOO_MANY_CONNECTIONS as the reply to its authentication and is closed (0: no limit "
         "but max_connections).", min=0))
+    memory_budget: int = field(default=0, metadata=setting(
+        "Bytes all connections together may hold in unread input and unsent replies (0: 1 GiB, or a "
+        "quarter of the machine's memory if less). From three quarters of it the heaviest connections "
+        "stop being read and a frame past a connection's share gets MEMORY_LIMIT (docs/operations.md).",
+        min=0))
     handshake_timeout_ms: int = field(default=10_000, metadata=setting(
         "A connection without a successful hello this long after it was accepted gets "
         "CONNECTION_TIMEOUT and is closed.", min=1))

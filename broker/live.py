@@ -101,20 +101,27 @@ class RoundOut:
     """The reply frames of one round, in request order, and which of them reveal state
     (``answered``: (index in ``out``, request id)) and so wait for the log."""
 
-    __slots__ = ("enc", "out", "answered")
+    __slots__ = ("enc", "out", "answered", "size")
 
     def __init__(self, enc: Encoder) -> None:
         self.enc = enc
         self.out: list[bytes] = []
         self.answered: list[tuple[int, int]] = []
+        #: Bytes of the frames added by ``reply`` and ``error`` (a batch fast path's
+        #: replies, a few dozen bytes each, are not counted).
+        self.size = 0
 
     def reply(self, rid: int, result: dict[str, Any], reads_state: bool = True) -> None:
         if reads_state:
             self.answered.append((len(self.out), rid))
-        self.out.append(self.enc.reply(rid, result))
+        frame = self.enc.reply(rid, result)
+        self.size += len(frame)
+        self.out.append(frame)
 
     def error(self, exc: ProtocolError) -> None:
-        self.out.append(self.enc.error(exc.request_id, exc.code, exc.message, exc.details))
+        frame = self.enc.error(exc.request_id, exc.code, exc.message, exc.details)
+        self.size += len(frame)
+        self.out.append(frame)
 
 
 class Run:

@@ -19,6 +19,9 @@ Rules:
    never hands one over, an idle one, costs no task and no channel).
 4. A log that fails turns each reply of the round that waited on it into a
    STORAGE_ERROR (the request's outcome is unknown) and asks for the log's recovery.
+5. Every reply byte counts against the memory budget (``membudget``, rule 1) from the
+   moment its round is given to ``send`` (or ``deliver``, or its frame to ``write``)
+   until it is written: ``account.hold``, then ``account.release``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import trio
 from protocol import Encoder
 
 from .live import log_failed
+from .membudget import Account
 from .wal import GroupCommitter, LogFailedError
 
 __all__ = ["Replies", "Round"]
@@ -51,8 +55,9 @@ class Replies:
     """The reply side of one connection (see the module docstring)."""
 
     def __init__(self, stream: trio.abc.SendStream, committer: GroupCommitter, enc: Encoder,
-                 on_log_failure: Callable[[], None]) -> None:
+                 on_log_failure: Callable[[], None], account: Account) -> None:
         self._stream = stream
+        self._account = account
         self._write_lock = trio.Lock()
         self._committer = committer
         self._enc = enc
@@ -73,14 +78,20 @@ class Replies:
     async def send(self, round_: Round) -> None:
         """Send ``round_`` after every earlier one, once the log covers it (rules 1-2)."""
         self.rounds += 1
+        nbytes = sum(map(len, round_.out))
+        self._account.hold(nbytes)
         if self._pending or (round_.answered and self._committer.syncs_elsewhere(round_.lsn)):
             self._committer.take_off()  # the sync starts before this connection reads on
             self._pending += 1
             if self._send is None and self.nursery is not None:
                 self.nursery.start_soon(self.run)
-            await self._channel().send(round_)
+            try:
+                await self._channel().send(round_)
+            except BaseException:
+                self._account.release(nbytes)  # never handed over
+                raise
         else:
-            await self.deliver(round_)
+            await self.deliver(round_, nbytes)
             self._count_sent()
 
     @property
@@ -101,16 +112,24 @@ class Replies:
             self._sent_event.set()
             self._sent_event = None
 
-    async def deliver(self, round_: Round) -> None:
-        """Wait until the log covers ``round_``, then write its replies."""
+    async def deliver(self, round_: Round, held: int = -1) -> None:
+        """Wait until the log covers ``round_``, then write its replies. ``held``: the
+        bytes ``send`` counted for it (-1: none yet, so they are counted here)."""
         out = round_.out
-        if round_.answered:
-            try:
-                await self._committer.wait_durable(round_.lsn)
-            except LogFailedError as exc:
-                self.fail(out, round_.answered, exc)
-        if out:
-            await self.write(b"".join(out))
+        account = self._account
+        if held < 0:
+            held = sum(map(len, out))
+            account.hold(held)
+        try:
+            if round_.answered:
+                try:
+                    await self._committer.wait_durable(round_.lsn)
+                except LogFailedError as exc:
+                    self.fail(out, round_.answered, exc)
+            if out:
+                await self._write(b"".join(out))
+        finally:
+            account.release(held)
         if round_.sent is not None:
             round_.sent()
 
@@ -123,7 +142,17 @@ class Replies:
             out[index] = error(rid, failed.code, failed.message, failed.details)
 
     async def write(self, data: bytes) -> None:
-        """Write whole frames, never interleaved with another ``write``. A free lock is
+        """Write whole frames (a held consume's reply, a push), never interleaved with
+        another write; counted against the memory budget until written (rule 5)."""
+        account = self._account
+        account.hold(len(data))
+        try:
+            await self._write(data)
+        finally:
+            account.release(len(data))
+
+    async def _write(self, data: bytes) -> None:
+        """Write whole frames, never interleaved with another write. A free lock is
         taken without a scheduler pass: the reply goes out that much sooner."""
         lock = self._write_lock
         if lock.locked():
@@ -149,7 +178,7 @@ class Replies:
         assert self._receive is not None
         async with self._receive:
             async for round_ in self._receive:
-                await self.deliver(round_)
+                await self.deliver(round_, sum(map(len, round_.out)))
                 self._pending -= 1
                 self._count_sent()
 

@@ -26,8 +26,9 @@ from .auth import Authenticator
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .commands import Session, Subscribe
-from .config import RECV_BYTES, ROUND_REQUESTS, BrokerConfig
+from .config import RECV_BYTES, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
+from .membudget import Account, MemoryBudget, default_budget
 from .mutations import Recover
 from .replies import Replies, Round
 from .subscriptions import Subscriptions
@@ -88,6 +89,8 @@ class Broker:
         self._timeouts = connlimits.Timeouts(config.handshake_timeout_ms, config.idle_timeout_ms,
                                              config.frame_timeout_ms)
         self._limit_log = connlimits.RateLimitedLog(logger)
+        #: What every connection holds in input and replies (``membudget``).
+        self.memory = MemoryBudget(config.memory_budget or default_budget())
         #: One encoder for every connection: frames are encoded in this one thread, whole.
         self._encoder = Encoder()
         #: The metrics (``config.metrics_addr``), and "host:port" of their endpoint once
@@ -254,6 +257,8 @@ class Broker:
         except ValueError as exc:
             raise ValueError(f"metrics_addr {addr!r}: {exc}") from None
         self.metrics = BrokerMetrics(self, self._log)
+        memory = self.memory
+        self.metrics.memory_budget = lambda: (memory.used, memory.limit)
         await MetricsEndpoint(self.metrics.scrape, CONTENT_TYPE_LATEST).serve(host, port, task_status=task_status)
 
     async def _listen(self, scope: trio.CancelScope, connections: trio.Nursery,
@@ -341,13 +346,14 @@ class Broker:
         logger.info("connection from %s%s", session.peer, "".join(f", {k} {v}" for k, v in about.items()),
                     extra={"event": "connection_open", "peer": session.peer, **about})
         conn = Connection("server", max_frame=self.config.max_frame, encoder=self._encoder)
-        replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon)
+        account = self.memory.account()
+        replies = Replies(stream, self._committer, conn.encoder, self._live.heal_soon, account)
         ended = CLOSING
         try:
             async with trio.open_nursery() as holding:
                 replies.nursery = holding  # its reply task starts there when first needed
                 try:
-                    ended = await self._run_rounds(session, conn, stream, replies, holding, opened)
+                    ended = await self._run_rounds(session, conn, stream, replies, holding, opened, account)
                 finally:
                     replies.close()  # the reply task sends what it holds, then ends
                 # What it holds goes out first; after a timeout, within the linger time or not at all.
@@ -371,6 +377,7 @@ class Broker:
                              extra={"event": "connection_failed", "peer": session.peer})
             session.closing = "internal error"
         finally:
+            account.close()
             await trio.aclose_forcefully(stream)
             if session.user and self.auth is not None:
                 self.auth.disconnected(session.user)
@@ -436,14 +443,17 @@ class Broker:
                           "reason": reason, "seconds": round(trio.current_time() - opened, 3)})
 
     async def _run_rounds(self, session: Session, conn: Connection, stream: trio.abc.Stream,
-                          replies: Replies, holding: trio.Nursery, opened: float) -> str:
+                          replies: Replies, holding: trio.Nursery, opened: float, account: Account) -> str:
         """Read and run one connection's requests in rounds until it closes or drains;
         each round's replies go to ``replies``. Returns how it ended: ``EOF_``,
         ``DRAINED`` (the broker shuts down: it read nothing more once the requests it
         had read had run), ``TIMED_OUT`` for a timeout (``connlimits``, rules 2-3), after
-        sending CONNECTION_TIMEOUT, or for a failed authentication, whose AUTH_FAILED it
-        sends late (``auth``, rule 4), or ``CLOSING`` after a fatal protocol error."""
+        sending CONNECTION_TIMEOUT, for a frame refused by the memory budget after
+        MEMORY_LIMIT (``membudget``, rule 4), or for a failed authentication, whose
+        AUTH_FAILED it sends late (``auth``, rule 4), or ``CLOSING`` after a fatal
+        protocol error."""
         live = self._live
+        memory = self.memory
         assert live is not None
         reads = connlimits.ReadTimer(self._timeouts, opened)
         timer = self.metrics.rounds if self.metrics is not None else None
@@ -453,7 +463,15 @@ class Broker:
             if not buffered:
                 with trio.CancelScope(deadline=reads.deadline(session.ready, conn.buffered)) as idle:
                     self._idle.add(idle)
-                    data = await stream.receive_some(RECV_BYTES)
+                    if memory.used >= memory.high:  # under pressure (``membudget``, rules 3-4)
+                        try:
+                            memory.check_frame(account, conn.missing)
+                        except ProtocolError as exc:
+                            self._idle.discard(idle)
+                            await self._refuse_frame(session, conn, replies, exc)
+                            return TIMED_OUT
+                        await memory.wait_for_room(account)
+                    data = await stream.receive_some(memory.read_size(RECV_BYTES))
                 self._idle.discard(idle)
                 if idle.cancelled_caught:
                     if self._draining:
@@ -469,9 +487,11 @@ class Broker:
                 if timer is not None:
                     read_at = time.monotonic()
                 conn.receive_data(data)
+                account.set_input(conn.buffered)
             out = RoundOut(conn.encoder)
             ops: list[str] | None = [] if timer is not None else None
             buffered, closing = self._run_round(session, conn, out, replies, holding, ops)
+            account.set_input(conn.buffered)
             sent = timer.ran(ops, read_at) if timer is not None and ops else None
             # No reply may reveal state the log could still lose: every reply, whether
             # or not its request logged anything, waits until the log covers all that
@@ -500,9 +520,24 @@ class Broker:
         with trio.move_on_after(connlimits.LINGER_S):  # a peer that reads nothing gets no more
             await replies.send(Round([frame], [], 0))
 
+    async def _refuse_frame(self, session: Session, conn: Connection, replies: Replies,
+                            error: ProtocolError) -> None:
+        """``membudget`` rule 4: log, then send MEMORY_LIMIT after the earlier replies."""
+        session.closing = "memory limit"
+        memory = self.memory
+        self._limit_log.log(logging.WARNING, "memory_limit", "connection %s: refused a frame of %d bytes "
+                            "near the memory budget (%d of %d bytes held)", session.peer, error.details["length"],
+                            memory.used, memory.limit,
+                            extra={"event": "memory_limit", "peer": session.peer, "used": memory.used,
+                                   **error.details})
+        frame = conn.encoder.error(None, error.code, error.message, error.details)
+        with trio.move_on_after(connlimits.LINGER_S):
+            await replies.send(Round([frame], [], 0))
+
     def _run_round(self, session: Session, conn: Connection, out: RoundOut, replies: Replies,
                    holding: trio.Nursery, ops: list[str] | None = None) -> tuple[bool, bool]:
-        """Run the requests buffered in ``conn``, at most ``ROUND_REQUESTS``; consecutive
+        """Run the requests buffered in ``conn``, at most ``ROUND_REQUESTS`` and none once
+        the replies reach ``ROUND_REPLY_BYTES``; consecutive
         requests of a batch fast path run together; each one's op goes to ``ops`` (for
         the metrics). Returns (more are buffered, the connection must close)."""
         live = self._live
@@ -514,6 +549,9 @@ class Broker:
         ctx = live.context()
         run = Run()
         for _ in range(ROUND_REQUESTS):
+            if out.size >= ROUND_REPLY_BYTES:  # the rest of what is buffered: the next round
+                live.execute_run(run, session, ctx, out)
+                return True, False
             try:
                 frame = conn.next_frame()
             except ProtocolError as exc:

@@ -259,6 +259,18 @@ class PermissionDenied(LockgateError):
         return self.details.get("resource")
 
 
+class MemoryLimit(LockgateError):
+    """The broker is near its memory budget and closed this connection, whose frame under
+    way would have taken it past its share (``limit`` bytes). Retry later, with smaller
+    frames if you can. Arrives as the cause of the :class:`ConnectionClosed` that follows."""
+
+    code = ErrorCode.MEMORY_LIMIT
+
+    @property
+    def limit(self) -> int | None:
+        return self.details.get("limit")
+
+
 class ShuttingDown(LockgateError):
     """The server is shutting down and accepts no new work."""
 
@@ -273,7 +285,7 @@ class InternalError(LockgateError):
 
 __all__ = [
     "AuthFailed", "ConnectionClosed", "ConnectionTimeout", "DiskFull", "FrameTooLarge", "HandshakeRequired", "InternalError",
-    "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest", "MessageTooLarge",
+    "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MemoryLimit", "MalformedRequest", "MessageTooLarge",
     "PermissionDenied", "QueueExists", "QueueFull", "QueueNotFound", "ShuttingDown", "StorageError", "TooManyConnections", "TxnConflict",
     "Unauthenticated", "UnknownOp", "UnsupportedVersion", "WrongNode", "error_from_frame",
 ]

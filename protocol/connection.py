@@ -57,6 +57,11 @@ class Connection:
         whole frames not yet taken)."""
         return self._decoder.buffered
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come of the frame at the head of the buffer (0: none known)."""
+        return self._decoder.missing
+
     def next_frame(self) -> Request | Reply | Error | Push | Any:
         """The next whole frame, or ``NEED_DATA``."""
         if self._broken is not None:

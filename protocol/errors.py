@@ -66,13 +66,18 @@ class ErrorCode(IntEnum):
     #: (``publish``, ``consume`` or ``admin``), ``details.resource`` (queue or topic) and
     #: ``details.user``.
     PERMISSION_DENIED = 23
+    #: The broker is near its memory budget and the frame under way would take this
+    #: connection past its share: the connection is closed. Id nil; ``details.limit`` (the
+    #: share), ``details.length`` (what the connection would hold), ``details.held`` and
+    #: ``details.budget``. Try again later.
+    MEMORY_LIMIT = 24
 
 
 #: Codes after which the sender closes the connection: framing is lost, a connection
-#: limit was reached, or authentication failed.
+#: or memory limit was reached, or authentication failed.
 FATAL_CODES = frozenset({ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE,
                          ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.CONNECTION_TIMEOUT,
-                         ErrorCode.AUTH_FAILED})
+                         ErrorCode.AUTH_FAILED, ErrorCode.MEMORY_LIMIT})
 
 
 class ProtocolError(Exception):

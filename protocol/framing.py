@@ -52,6 +52,18 @@ class FrameDecoder:
         """Bytes received but not yet returned as a body."""
         return len(self._buf) - self._pos
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come of the frame at the head of the buffer, by its length
+        prefix: 0 when a whole frame is buffered or no length prefix is (nor checked
+        against ``max_frame``)."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return 0
+        length: int = _HEADER.unpack_from(buf, pos)[0]
+        return max(0, pos + HEADER_SIZE + length - len(buf))
+
     def next_body(self) -> bytearray | None:
         buf = self._buf
         pos = self._pos

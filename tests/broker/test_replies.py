@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from broker.membudget import GIB, MemoryBudget
 from broker.replies import Replies, Round
 from broker.wal import SegmentedLog, LogFailedError, encode_record
 from broker.wal.commit import FsyncPolicy, GroupCommitter
@@ -63,7 +64,7 @@ async def test_rounds_go_out_in_order_each_once_durable(tmp_path: Path, helper: 
     committer = GroupCommitter(log, FsyncPolicy.ALWAYS, helper=helper, helper_min_bytes=HELPER_MIN)
     stream = RecordingStream(log)
     enc = Encoder()
-    replies = Replies(stream, committer, enc, lambda: None)
+    replies = Replies(stream, committer, enc, lambda: None, MemoryBudget(GIB).account())
     kinds = ["small", "big", "small", "small", "big", "big", "small", "big", "small"]
     lsns: dict[int, int] = {}
     flew: list[bool] = []
@@ -96,7 +97,7 @@ async def test_a_round_of_no_logged_request_waits_for_nothing(tmp_path: Path) ->
     committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
     stream = RecordingStream(log)
     enc = Encoder()
-    replies = Replies(stream, committer, enc, lambda: None)
+    replies = Replies(stream, committer, enc, lambda: None, MemoryBudget(GIB).account())
     log.append(SMALL)  # appended by someone else, not yet durable
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
@@ -113,7 +114,7 @@ async def test_a_failed_log_turns_a_rounds_replies_into_storage_errors(
     stream = RecordingStream(log)
     enc = Encoder()
     failures: list[int] = []
-    replies = Replies(stream, committer, enc, lambda: failures.append(1))
+    replies = Replies(stream, committer, enc, lambda: failures.append(1), MemoryBudget(GIB).account())
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         nursery.start_soon(replies.run)
@@ -154,7 +155,8 @@ class SlowStream(RecordingStream):
 async def test_writes_never_interleave(tmp_path: Path) -> None:
     log = SegmentedLog.open(tmp_path)
     stream = SlowStream(log)
-    replies = Replies(stream, GroupCommitter(log, FsyncPolicy.ALWAYS), Encoder(), lambda: None)
+    replies = Replies(stream, GroupCommitter(log, FsyncPolicy.ALWAYS), Encoder(), lambda: None,
+                      MemoryBudget(GIB).account())
     async with trio.open_nursery() as nursery:
         for i in range(5):
             nursery.start_soon(replies.write, b"frame-%d" % i)

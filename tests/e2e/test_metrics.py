@@ -198,8 +198,10 @@ async def test_metrics_are_off_unless_asked_for(broker: Broker) -> None:
     assert broker.metrics is None and broker.metrics_addr == ""
 
 
-async def test_the_memory_budget_series_appear_once_there_is_a_budget(mbroker: Broker) -> None:
-    assert not [k for k in await scrape(mbroker) if k[0].startswith("lockgate_memory_budget")]
+async def test_the_memory_budget_series(mbroker: Broker) -> None:
+    samples = await scrape(mbroker)
+    assert one(samples, "lockgate_memory_budget_bytes") == mbroker.memory.limit > 0
+    assert 0 <= one(samples, "lockgate_memory_budget_used_bytes") <= mbroker.memory.limit
     assert mbroker.metrics is not None
     mbroker.metrics.memory_budget = lambda: (1234, 1 << 30)
     samples = await scrape(mbroker)
