@@ -5,8 +5,9 @@
 - :mod:`client.errors`: one exception class per wire error code, plus ``ConnectionClosed``.
 - :mod:`client.types`: the values passed in and out (``Message``, ``Delivery``, ...).
 - :mod:`client.ops`: the op table both clients' typed methods are made from.
-- :class:`Reconnect` (``client.reconnect``) and :class:`Spill` (``client.spill``): the async
-  client's reconnect policy and its local spill file for publishes while the broker is away.
+- :class:`Reconnect` (``client.backoff``): how either client reconnects after a lost
+  connection (``reconnect=``); :class:`Spill` (``client.spill``): the async client's local
+  spill file for publishes while the broker is away.
 - Push subscriptions: ``Client.subscribe`` gives a :class:`Subscription` of
   :class:`IncomingMessage` (:mod:`client.subscription`), ``SyncClient.subscribe`` a
   :class:`SyncSubscription` of :class:`SyncIncomingMessage` (:mod:`client.sync_subscription`).
@@ -80,12 +81,12 @@ from .types import (
 if TYPE_CHECKING:
     from .api import Client
     from .connection import Connection, open_connection
-    from .reconnect import Reconnect
+    from .backoff import Reconnect
     from .subscription import IncomingMessage, Subscription
 
 _LAZY = {
     "Client": ".api", "Connection": ".connection", "open_connection": ".connection",
-    "IncomingMessage": ".subscription", "Subscription": ".subscription", "Reconnect": ".reconnect",
+    "IncomingMessage": ".subscription", "Subscription": ".subscription", "Reconnect": ".backoff",
 }
 
 

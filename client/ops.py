@@ -197,7 +197,7 @@ class OpSpec(Generic[P, R]):
         return self._compile("async")
 
     def sync_method(self) -> Callable[Concatenate[Any, P], R]:
-        """The ``def`` for :class:`client.sync.SyncClient` (sends through ``self.request``)."""
+        """The ``def`` for :class:`client.sync.SyncClient` (sends through ``self._typed_request``)."""
         return self._compile("sync")
 
     # --- code generation ------------------------------------------------------------
@@ -221,10 +221,11 @@ class OpSpec(Generic[P, R]):
         elif flavour == "async":
             call = f"await self._request(_OP, {args})"
         elif self.holds_for is None:
-            call = f"self.request(_OP, {args})"
+            call = f"self._typed_request(_OP, {args})"
         else:
             wait = self.holds_for
-            call = f"self.request(_OP, {args}, None if self.timeout is None else self.timeout + {wait} / 1000)"
+            call = (f"self._typed_request(_OP, {args}, "
+                    f"None if self.timeout is None else self.timeout + {wait} / 1000)")
         if flavour == "args":
             result = call
         elif isinstance(self.parse, Field):

@@ -21,6 +21,11 @@ reply itself times out, the client's connection is closed (the broker then drops
 subscription and releases its messages), since a subscription nobody reads would hold
 messages.
 
+A lost connection ends the iteration with :class:`~client.errors.ConnectionClosed`,
+unless the client reconnects (``SyncClient(..., reconnect=True)``, :mod:`client.sync`):
+then the buffer is dropped and the subscription is made again on the next connection,
+which the iteration itself makes when it next waits for a message.
+
 With ``auto_ack`` the buffer is bounded only by what arrives while the client reads: a
 loop that makes no other requests reads only when its buffer is empty, one that makes
 requests also takes in the pushes that arrive before each reply.
@@ -28,7 +33,7 @@ requests also takes in the pushes that arrive before each reply.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -132,7 +137,13 @@ class SyncProcessing:
         if msg.settled is not None:  # settled in the block, or auto_ack
             return exc is not None and isinstance(exc, Exception) and not self.reraise
         if exc is None:
-            msg.ack()
+            try:
+                msg.ack()
+            except ConnectionClosed:
+                if not msg.subscription.client._will_reconnect:
+                    raise
+                # The client reconnects: the ack's outcome is unknown, and a message it did
+                # not reach is released by the broker and delivered again (at least once).
             return False
         failed = isinstance(exc, Exception)
         try:
@@ -195,28 +206,65 @@ class SyncSubscription:
             raise RuntimeError("a subscription can be entered only once")
         self._state = _OPEN
         client = self.client
-        router = client._pushes
+        try:
+            while True:
+                try:
+                    self._subscribe(client.submit)
+                    break
+                except ConnectionClosed:
+                    if not client._will_reconnect:
+                        raise  # else: nothing took effect; subscribe on the next connection
+        except BaseException:
+            self._state = _CLOSED
+            raise
+        return self
+
+    def _subscribe(self, send: Callable[..., int]) -> None:
+        """Send ``subscribe`` through ``send`` and wait for its reply; the pushes after
+        it land in the buffer."""
+        client = self.client
 
         def subscribed(result: dict[str, Any]) -> None:
             sid = result.get("subscription")
             if type(sid) is int:
                 self.id = sid
-                router.targets[sid] = self
+                client._pushes.targets[sid] = self
+                client._subscriptions.add(self)
 
         queue, queues, prefix = self._target
         args = ops.subscribe.args(
             queue, credit=self.credit, visibility_ms=self.visibility_ms, auto_ack=self.auto_ack, queues=queues, prefix=prefix)
+        rid = send(str(Op.SUBSCRIBE), args, on_reply=subscribed)
         try:
-            rid = client.submit(str(Op.SUBSCRIBE), args, on_reply=subscribed)
-            try:
-                client.result(rid)
-            except TimeoutError:
-                client._lose("timed out waiting for the subscribe reply")
-                raise
-        except BaseException:
-            self._state = _CLOSED
+            client.result(rid)
+        except TimeoutError:
+            client._lose("timed out waiting for the subscribe reply")
             raise
-        return self
+
+    def _interrupted(self) -> None:
+        """The connection went and the client reconnects: what it pushed is forgotten
+        (the broker released it); subscribed again on the next connection."""
+        self.id = None
+        self._buffer.clear()
+
+    def _resubscribe(self) -> None:
+        """Subscribe again on the client's new connection (``ConnectionClosed`` or
+        ``TimeoutError`` if that fails too)."""
+        if self._state != _OPEN:
+            return
+        client = self.client
+        try:
+            self._subscribe(client._send_request)
+        except (ConnectionClosed, TimeoutError):
+            raise
+        except QueueNotFound:
+            client._subscriptions.discard(self)
+            self._on_end("queue_deleted")  # deleted while the client was away
+        except LockgateError as exc:
+            client._subscriptions.discard(self)
+            lost = ConnectionClosed(f"subscribing to {self.queue} again after a reconnect failed: {exc}")
+            lost.__cause__ = exc
+            self._on_lost(lost)
 
     def __exit__(
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -235,7 +283,7 @@ class SyncSubscription:
         self._state = _CLOSING
         client, sid = self.client, self.id
         try:
-            if sid is not None and self.end_reason is None and not client.closed:
+            if sid is not None and self.end_reason is None and client.connected:
                 try:
                     client.request(str(Op.UNSUBSCRIBE), ops.unsubscribe.args(sid))
                 except InvalidArgument:
@@ -243,7 +291,7 @@ class SyncSubscription:
                         raise
             leftover = ids_by_queue(self._buffer)
             self._buffer.clear()
-            if leftover and not self.auto_ack and self.end_reason is None and not client.closed:
+            if leftover and not self.auto_ack and self.end_reason is None and client.connected:
                 step = client.server_info.max_batch
                 for queue, ids in leftover.items():
                     for i in range(0, len(ids), step):
@@ -253,6 +301,7 @@ class SyncSubscription:
         finally:
             if sid is not None:
                 client._pushes.targets.pop(sid, None)
+            client._subscriptions.discard(self)
             self._buffer.clear()
             self._state = _CLOSED
 

@@ -35,7 +35,8 @@ from protocol import Op
 #: Hand-written methods that are not ops: connection plumbing and explicit pipelining.
 ASYNC_PLUMBING = {"connect", "aclose", "request", "info", "reconnects", "publishes_retried",
                   "publish_or_spill", "drain_spill", "spill_pending"}  # reconnect and the spill file
-SYNC_PLUMBING = {"close", "submit", "result", "request", "request_many", "publish_many", "closed"}
+SYNC_PLUMBING = {"close", "submit", "result", "request", "request_many", "publish_many", "closed",
+                 "connected", "reconnects", "publishes_retried"}  # reconnect
 #: Hand-written methods built on ops declared with ``methods=False``.
 HAND_WRITTEN = {"subscribe", "transaction"}
 #: The ops both clients carry a generated method for.
