@@ -140,11 +140,27 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What ``broker_info`` reports of the running server beyond its state and config."""
+
+    #: When the broker started serving, on its clock.
+    started_ms: int
+    #: Client connections open now.
+    connections: int
+    #: The WAL's segment files and their bytes now.
+    wal_segments: int
+    wal_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     state: BrokerState
     config: BrokerConfig
     now_ms: int
     addr: str
+    #: The running server's facts for ``broker_info``, read when asked (None: no server,
+    #: as in tests that drive the commands alone).
+    facts: Callable[[], ServerFacts] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +507,22 @@ def visible(session: Session, name: str) -> bool:
 
 def ping(session: Session, args: Args, ctx: Context) -> Outcome:
     return Outcome({"now_ms": ctx.now_ms})
+
+
+def broker_info(session: Session, args: Args, ctx: Context) -> Outcome:
+    """The broker's version, uptime, fsync policy, data directory, WAL size and
+    connections (SPEC §5.30)."""
+    config = ctx.config
+    facts = ctx.facts() if ctx.facts is not None else ServerFacts(ctx.now_ms, 0, 0, 0)
+    groups = sum(GROUP_SEPARATOR in name for name in ctx.state.queues)
+    return Outcome({
+        "server": SERVER_NAME, "node": config.node_id, "now_ms": ctx.now_ms, "started_ms": facts.started_ms,
+        "uptime_ms": max(0, ctx.now_ms - facts.started_ms), "fsync": str(config.fsync),
+        "fsync_interval_ms": config.fsync_interval_ms, "data_dir": str(config.data_dir.absolute()),
+        "wal_segments": facts.wal_segments, "wal_bytes": facts.wal_bytes, "connections": facts.connections,
+        "queues": len(ctx.state.queues) - groups, "topics": len(ctx.state.topics), "groups": groups,
+        "auth": config.auth,
+    })
 
 
 #: Settings a queue_create takes after the first seven, as QueueSettings declares them.
@@ -1202,6 +1234,7 @@ COMMANDS: dict[str, Command] = {
                                      for name in ("mechanism", "client_first", "token", "client_final")),
                 reads_state=False, needs_auth=False),
         Command(Op.PING, ping, (), reads_state=False),
+        Command(Op.BROKER_INFO, broker_info, ()),
         Command(Op.QUEUE_CREATE, queue_create, (
             Arg("queue", "queue_name"),
             Arg("kind", "choice", default="fifo", choices=tuple(QueueKind)),

@@ -30,8 +30,8 @@ from .admission import Admission, AdmissionClass
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .commands import (
-    COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, Session, Subscribe, Wait, delivery_row, denial,
-    lookup, run)
+    COMMANDS, REPLY_OVERHEAD, Batch, Command, Context, Outcome, ServerFacts, Session, Subscribe, Wait, delivery_row,
+    denial, lookup, run)
 from .config import BrokerConfig
 from .mutations import (
     GroupCreate, GroupDelete, Lease, Mutation, Publish, QueueCreate, QueueDelete, Release, Take, TopicCreate,
@@ -191,9 +191,11 @@ class Live:
         #: Told the LSN just past each record of ``_SYNCED_TYPES`` (the group committer's
         #: ``sync_through``): replies covering it then wait for an fdatasync.
         self.sync_through: Callable[[int], None] | None = None
+        #: The server's facts for ``broker_info`` (set by the server).
+        self.facts: Callable[[], ServerFacts] | None = None
 
     def context(self) -> Context:
-        return Context(self.state, self.config, self.clock.now_ms(), self.addr)
+        return Context(self.state, self.config, self.clock.now_ms(), self.addr, self.facts)
 
     # -- requests ---------------------------------------------------------------------
 

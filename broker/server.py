@@ -25,7 +25,7 @@ from .admission import Admission
 from .auth import Authenticator
 from .checkpointer import Checkpointer
 from .clock import Clock
-from .commands import Session, Subscribe
+from .commands import ServerFacts, Session, Subscribe
 from .config import RECV_BYTES, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .membudget import Account, MemoryBudget, default_budget
@@ -81,6 +81,7 @@ class Broker:
         #: Open client connections, and those accepted since start.
         self._connections = 0
         self._accepted = 0
+        self._started_ms = 0
         #: How many connections may be open (``connlimits``, rule 1), the frame that
         #: refuses one more, and refusals closing cleanly now.
         self._max_connections = config.max_connections
@@ -118,6 +119,12 @@ class Broker:
     def connections_accepted(self) -> int:
         """Client connections accepted since start."""
         return self._accepted
+
+    def _facts(self) -> ServerFacts:
+        """What ``broker_info`` reports of this server (a listing and a ``stat`` per WAL
+        segment)."""
+        segments, size = self._log.disk_usage()[:2] if self._log is not None else (0, 0)
+        return ServerFacts(self._started_ms, self._connections, segments, size)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -169,6 +176,8 @@ class Broker:
         self._live = Live(self.state, wal, self.config, Clock(), admission, self._checkpointer,
                           self._holds.wake, self._poke_timer)
         self._live.sync_through = self._committer.sync_through
+        self._started_ms = self._live.clock.now_ms()
+        self._live.facts = self._facts
         self._holds.live = self._live
         self._subscriptions = Subscriptions(self._live, self._holds, self._committer)
         return helper

@@ -55,6 +55,7 @@ from .sync_subscription import SyncIncomingMessage, SyncSubscription
 from .tls import tls_context
 from .types import (
     AckResult,
+    BrokerInfo,
     DeadLetterInfo,
     Delivery,
     GroupStats,
@@ -99,7 +100,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AckResult", "AuthFailed", "Client", "GroupStats", "TopicMessage", "TopicStats", "Transaction", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
+    "AckResult", "AuthFailed", "BrokerInfo", "Client", "GroupStats", "TopicMessage", "TopicStats", "Transaction", "group_queue", "Connection", "ConnectionClosed", "ConnectionTimeout", "DeadLetterInfo", "Delivery",
     "DiskFull", "ExtendResult", "FrameTooLarge", "HandshakeRequired", "IncomingMessage", "InternalError",
     "InvalidArgument", "LimitExceeded", "LockgateError", "MalformedFrame", "MalformedRequest",
     "Message", "MessageStatus", "MessageTooLarge", "NackResult", "PeekResult", "PeekedMessage",

@@ -209,6 +209,7 @@ class Client:
 
     # The typed operations, one line each, all from the op table in client/ops.py.
     ping = ops.ping.async_method()
+    broker_info = ops.broker_info.async_method()
     create_queue = ops.create_queue.async_method()
     delete_queue = ops.delete_queue.async_method()
     list_queues = ops.list_queues.async_method()

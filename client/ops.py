@@ -363,6 +363,12 @@ def ping() -> None:
     """Round-trip to the server; returns its wall clock in ms since the epoch."""
 
 
+@op(Op.BROKER_INFO, t.BrokerInfo.from_wire)
+def broker_info() -> None:
+    """The broker's version, uptime, fsync policy, data directory, WAL size and open
+    connections."""
+
+
 @op(Op.QUEUE_CREATE, field("created", bool))
 def create_queue(
     name: Annotated[str, Arg(wire="queue")],

@@ -589,6 +589,7 @@ class SyncClient:
     # The typed operations, one line each, all from the op table in client/ops.py.
 
     ping = ops.ping.sync_method()
+    broker_info = ops.broker_info.sync_method()
     create_queue = ops.create_queue.sync_method()
     delete_queue = ops.delete_queue.sync_method()
     list_queues = ops.list_queues.sync_method()

@@ -201,6 +201,40 @@ class ServerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """The broker's version, uptime, fsync policy, data directory, WAL size and
+    connections (``broker_info``, SPEC §5.30)."""
+
+    server: str
+    node: str
+    #: The broker's clock now, and when it started serving (ms since the epoch).
+    now_ms: int
+    started_ms: int
+    uptime_ms: int
+    #: ``always``, ``interval`` or ``never``.
+    fsync: str
+    fsync_interval_ms: int
+    #: The data directory, an absolute path on the broker's machine.
+    data_dir: str
+    wal_segments: int
+    wal_bytes: int
+    #: Client connections open now (this one included).
+    connections: int
+    #: Queues (as ``list_queues`` lists them), topics, and the consumer groups of all topics.
+    queues: int
+    topics: int
+    groups: int
+    #: ``off`` or ``required``.
+    auth: str
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> BrokerInfo:
+        return cls(m["server"], m["node"], m["now_ms"], m["started_ms"], m["uptime_ms"], m["fsync"],
+                   m["fsync_interval_ms"], m["data_dir"], m["wal_segments"], m["wal_bytes"], m["connections"],
+                   m["queues"], m["topics"], m["groups"], m["auth"])
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """A queue's settings and counters (``messages`` = ``ready + leased + delayed``)."""
 

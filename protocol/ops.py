@@ -19,6 +19,7 @@ class Op(StrEnum):
     HELLO = "hello"
     AUTH = "auth"
     PING = "ping"
+    BROKER_INFO = "broker_info"
     QUEUE_CREATE = "queue_create"
     QUEUE_DELETE = "queue_delete"
     QUEUE_LIST = "queue_list"

@@ -53,6 +53,7 @@ OP_ARGS: dict[str, tuple[str, ...]] = {
     Op.HELLO: ("versions", "max_frame", "client", "auth"),
     Op.AUTH: ("mechanism", "client_first", "token", "client_final"),
     Op.PING: (),
+    Op.BROKER_INFO: (),
     Op.QUEUE_CREATE: ("queue", "kind", "shards", "visibility_ms", "max_attempts", "max_messages",
                       "retry_delay_ms", "retry_backoff", "retry_max_delay_ms", "retry_jitter", "ttl_ms",
                       "on_expire", "dedup_window_ms", "ordered", "max_bytes", "overflow", "dead_letter"),

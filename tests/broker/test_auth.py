@@ -18,7 +18,7 @@ from protocol.users import Patterns, User, Users
 
 #: Each op's needs (SPEC §4.3): (permission, argument) pairs; txn: its steps'.
 EXPECTED = {
-    "hello": [], "auth": [], "ping": [], "queue_list": [], "topic_list": [], "unsubscribe": [],
+    "hello": [], "auth": [], "ping": [], "broker_info": [], "queue_list": [], "topic_list": [], "unsubscribe": [],
     "queue_create": [("admin", "queue"), ("publish", "dead_letter")],
     "queue_delete": [("admin", "queue")], "queue_purge": [("admin", "queue")], "redrive": [("admin", "queue")],
     "publish": [("publish", "queue")],

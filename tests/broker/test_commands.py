@@ -87,6 +87,7 @@ BASE: dict[str, dict[str, Any]] = {
     "hello": {"versions": [1]},
     "auth": {"mechanism": "TOKEN", "token": TOKEN},
     "ping": {},
+    "broker_info": {},
     "queue_create": {"queue": "new"},
     "queue_delete": {"queue": "q"},
     "queue_list": {},

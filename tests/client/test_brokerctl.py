@@ -8,6 +8,7 @@ import itertools
 import json
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from client.ops import QUEUE_SETTINGS
 
 _names = itertools.count()
 COMMANDS = [
-    "ping", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack",
+    "ping", "info", "queues", "create-queue", "delete-queue", "stats", "publish", "consume", "ack", "nack",
     "purge", "peek", "status", "extend", "reject", "dlq", "subscribe",
 ]
 #: Every command that talks to a broker, as its words on the command line.
@@ -119,6 +120,27 @@ def test_ping(ctl: Ctl) -> None:
     doc = ctl.json("ping")
     assert doc["rtt_ms"] >= 0 and doc["server_time_ms"] > 0
     assert doc["server"]["version"] == 1 and doc["server"]["max_batch"] >= 1
+
+
+def test_info(ctl: Ctl, tmp_path: Path) -> None:
+    before = ctl.json("info")
+    assert before["addr"] == ctl.addr and before["server"].startswith("lockgate/")
+    assert (before["queues"], before["topics"], before["groups"], before["connections"]) == (0, 0, 0, 1)
+    assert before["fsync"] == "always" and before["auth"] == "off"
+    assert before["data_dir"] == str(tmp_path / "data")
+    assert before["uptime_ms"] == before["now_ms"] - before["started_ms"] >= 0
+    ctl.run("create-queue", qname())
+    ctl.run("topic", "create", "t")
+    ctl.run("group", "create", "t", "g")
+    with SyncClient(ctl.addr):  # a second connection while info runs
+        after = ctl.json("info")
+    assert (after["queues"], after["topics"], after["groups"], after["connections"]) == (1, 1, 1, 2)
+    assert after["wal_bytes"] > before["wal_bytes"] and after["wal_segments"] >= 1
+    text = ctl.run("info").stdout
+    assert "lockgate/" in text and f" at {ctl.addr}\n" in text
+    assert re.search(r"^fsync +always$", text, re.M) and re.search(r"^connections +1$", text, re.M)
+    assert re.search(r"^topics +1 \(1 consumer group\)$", text, re.M)
+    assert re.search(r"^data_dir +" + re.escape(str(tmp_path / "data")) + "$", text, re.M)
 
 
 def test_addr_defaults_to_the_environment(ctl: Ctl) -> None:

@@ -125,7 +125,7 @@ async def closed_after(c: RawClient, reply: Reply | Error) -> Error:
 
 #: A request per op, each of which the broker would accept from root.
 REQUESTS: dict[str, dict[str, Any]] = {
-    "ping": {}, "queue_create": {"queue": "q"}, "queue_delete": {"queue": "q"}, "queue_list": {},
+    "ping": {}, "broker_info": {}, "queue_create": {"queue": "q"}, "queue_delete": {"queue": "q"}, "queue_list": {},
     "queue_stats": {"queue": "q"}, "publish": {"queue": "q", "messages": [[b"x"]]}, "consume": {"queue": "q"},
     "ack": {"queue": "q", "ids": [1]}, "nack": {"queue": "q", "ids": [1]}, "queue_purge": {"queue": "q"},
     "peek": {"queue": "q"}, "message_status": {"queue": "q", "ids": [1]}, "extend": {"queue": "q", "ids": [1]},
