@@ -2,7 +2,8 @@
 
 Either side can use it: ``role="server"`` parses requests, ``role="client"`` parses
 replies, errors and pushes. Decoding errors surface as :class:`ProtocolError`; a fatal
-one (framing lost) leaves the connection broken and every later call raises it again.
+one (framing lost) leaves the connection broken and every later call raises it again
+(a copy of it).
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class _NeedData:
 
 #: Returned by :meth:`Connection.next_frame` when no whole frame is buffered.
 NEED_DATA: Any = _NeedData()
+
+
+def _copy(exc: ProtocolError) -> ProtocolError:
+    """The same error, without a traceback or context."""
+    return ProtocolError(exc.code, exc.message, request_id=exc.request_id, details=exc.details)
 
 
 class Connection:
@@ -64,8 +70,9 @@ class Connection:
 
     def next_frame(self) -> Request | Reply | Error | Push | Any:
         """The next whole frame, or ``NEED_DATA``."""
-        if self._broken is not None:
-            raise self._broken
+        broken = self._broken
+        if broken is not None:
+            raise _copy(broken)
         try:
             body = self._next_body()
             if body is None:
@@ -77,7 +84,10 @@ class Connection:
             return self._parse(obj)
         except ProtocolError as exc:
             if exc.fatal:
-                self._broken = exc
+                # A copy: the raised error's traceback holds this frame and so this
+                # connection, a cycle that would keep the connection (and whatever its
+                # caller's frames hold) alive until the cyclic collector runs.
+                self._broken = _copy(exc)
             raise
 
     def frames(self) -> list[Frame]:

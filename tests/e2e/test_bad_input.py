@@ -1,10 +1,16 @@
 """Bad input over real sockets gets typed errors; the broker and other connections go on."""
 from __future__ import annotations
 
+import gc
 import struct
 
 import pytest
 
+import trio
+import trio.testing
+
+from broker.commands import Session
+from broker.server import Broker
 from protocol import Error, ErrorCode, Reply
 
 from .rawclient import RawClient
@@ -126,3 +132,26 @@ async def test_key_longer_than_the_limit_is_refused_whole(broker_addr: tuple[str
     assert isinstance(err, Error) and err.code == ErrorCode.INVALID_ARGUMENT
     assert err.details["field"] == "messages[1].key"
     assert (await c.call("queue_stats", {"queue": "q"})).result["messages"] == 1
+
+
+async def test_connections_closed_by_lost_framing_are_freed_at_once(broker: Broker, broker_addr: tuple[str, int]) -> None:
+    """Nothing of a connection closed by a fatal frame waits for the cyclic collector
+    (here switched off): its session, buffers and frames go when it ends."""
+    gc.collect()
+    gc.disable()
+    try:
+        for payload in (struct.pack(">I", 1) + b"\xc1", _framed(b"\x94\x00\x01\xa4ping\x81\xa1a" + b"\x91" * 2000),
+                        struct.pack(">I", 0xFFFFFFFF)) * 5:
+            c = await RawClient.open(broker_addr)
+            await c.send_raw(payload)
+            err = await c.frame()
+            assert isinstance(err, Error) and err.code in (ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE)
+            assert await c.frame() is None
+            await c.aclose()
+        with trio.fail_after(10):  # the broker's side ends in this process: a bounded wait
+            while broker.connections:
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [o for o in gc.get_objects() if type(o) is Session] == []
+    finally:
+        gc.enable()

@@ -1,7 +1,9 @@
 """The sans-IO codec: round trips, arbitrary splits, malformed input."""
 from __future__ import annotations
 
+import gc
 import struct
+import weakref
 
 import msgpack
 import pytest
@@ -104,6 +106,27 @@ def test_undecodable_body_is_fatal_and_sticks() -> None:
     assert info.value.code == ErrorCode.MALFORMED_FRAME and info.value.fatal
     with pytest.raises(ProtocolError):
         conn.next_frame()
+
+
+def test_a_broken_connection_is_freed_without_the_cyclic_collector() -> None:
+    """The error a broken connection keeps holds no traceback: no reference cycle runs
+    through the connection (and the frames of its callers), so it goes as soon as its
+    last reference does, as a broker's connection closed by a fatal frame must."""
+    gc.collect()
+    gc.disable()
+    try:
+        conn = Connection("server")
+        conn.receive_data(struct.pack(">I", 1) + b"\xc1")
+        for _ in range(2):
+            with pytest.raises(ProtocolError) as info:
+                conn.next_frame()
+            assert info.value.code == ErrorCode.MALFORMED_FRAME
+            del info
+        gone = weakref.ref(conn)
+        del conn
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_trailing_bytes_in_body_are_malformed() -> None:
