@@ -29,6 +29,7 @@ from .commands import ServerFacts, Session, Subscribe
 from .config import RECV_BYTES, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .membudget import Account, MemoryBudget, default_budget
+from .memtrim import Trimmer
 from .mutations import Recover
 from .replies import Replies, Round
 from .subscriptions import Subscriptions
@@ -105,6 +106,8 @@ class Broker:
         #: The frame a plain client on a TLS port gets (``broker/tls.py``, rule 3).
         self._tls_required = Encoder().error(
             None, ErrorCode.MALFORMED_FRAME, "this port speaks TLS: connect with TLS", {"tls": "required"})
+        #: Gives the heap's free memory back to the OS after connections close (``memtrim``).
+        self.trimmer = Trimmer()
 
     @property
     def wal_dir(self) -> Any:
@@ -202,6 +205,7 @@ class Broker:
                     live.commit([Recover(live.context().now_ms)])
                     await committer.wait_durable(live.durable_lsn())
                 nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self.trimmer.run)
                 if self.auth is not None:
                     nursery.start_soon(self.auth.watch)
                 await nursery.start(checkpointer.run)
@@ -304,6 +308,7 @@ class Broker:
             await self._serve_connection(stream)
         finally:
             self._count_connections(-1)
+            self.trimmer.freed()
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         """One connection over the limit: TOO_MANY_CONNECTIONS, then a close (``connlimits``)."""
