@@ -279,6 +279,11 @@ class QueueStats:
     overflowed: int = 0
     #: Messages waiting on dependencies (SPEC §8.14).
     waiting: int = 0
+    #: Deliveries so far (every attempt counts; SPEC §5.6).
+    delivered: int = 0
+    #: ``published_at`` (server ms) of the oldest message at the head of the ready
+    #: messages, 0 when none is ready (SPEC §5.6): the next message's wait.
+    oldest_ready_at: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> QueueStats:
@@ -296,6 +301,7 @@ class QueueStats:
             dedup_window_ms=m.get("dedup_window_ms", 300_000), ordered=m.get("ordered", False),
             max_bytes=m.get("max_bytes", 0), overflow=m.get("overflow", "reject"), bytes=m.get("bytes", 0),
             overflowed=m.get("overflowed", 0), waiting=m.get("waiting", 0),
+            delivered=m.get("delivered", 0), oldest_ready_at=m.get("oldest_ready_at", 0),
         )
 
 

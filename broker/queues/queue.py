@@ -836,7 +836,18 @@ class Queue:
             "published": self.published, "acked": self.acked, "nacked": self.nacked,
             "expired": self.expired, "dead_lettered": self.dead_lettered, "dropped": self.dropped,
             "ttl_expired": self.ttl_expired, "bytes": self.bytes, "overflowed": self.overflowed,
+            "delivered": self.delivered, "oldest_ready_at": self.oldest_ready_at(),
         }
+
+    def oldest_ready_at(self) -> int:
+        """``published_at`` of the oldest message at the head of a ready set: in each shard
+        (and each priority, or each key of a round-robin queue), the ready message made
+        ready first; 0 when none is ready. A message made ready again (after a nack, an
+        expired lease or a delay) is behind those already ready, and messages held back
+        by their key's order, and messages restored without a publish time (0), are not
+        looked at. Costs one step per shard, priority or key."""
+        return min((m.published_at for ready in self.ready_sets for m in ready.heads() if m.published_at),
+                   default=0)
 
 
 def take_fitting(source: "Iterator[Message]", max_count: int, budget: int,

@@ -36,6 +36,13 @@ class _SequenceReady:
         """Ready messages in the order pushing them again rebuilds this set."""
         return (m for m in self._items if m.state != DELETED)
 
+    def heads(self) -> Iterator[Message]:
+        """The ready message pushed first (what ``oldest_ready_at`` looks at)."""
+        for msg in self._items:
+            if msg.state != DELETED:
+                yield msg
+                return
+
     def forget(self) -> None:
         """A ready message was deleted: its entry became a tombstone."""
         self.count -= 1
@@ -124,6 +131,14 @@ class PriorityReady:
             for msg in self._buckets[level]:
                 if msg.state != DELETED:
                     yield msg
+
+    def heads(self) -> Iterator[Message]:
+        """The ready message pushed first at each priority."""
+        for level in self._levels:
+            for msg in self._buckets[level]:
+                if msg.state != DELETED:
+                    yield msg
+                    break
 
     def take(self, msg: Message) -> None:
         bucket = self._buckets[msg.priority]
@@ -250,6 +265,17 @@ class RoundRobinReady:
             for msg in (held,) if isinstance(held, Message) else islice(held, held.head, None):
                 if msg.state != DELETED:
                     yield msg
+
+    def heads(self) -> Iterator[Message]:
+        """The ready message pushed first of each key."""
+        for held in self._turns.values():
+            if isinstance(held, Message):
+                if held.state != DELETED:
+                    yield held
+            else:
+                i = self._next_ready(held, held.head)
+                if i >= 0:
+                    yield held[i]
 
     def take(self, msg: Message) -> None:
         """Remove ``msg`` (usually the first of the front key) and send its key to the
