@@ -1201,7 +1201,16 @@ _QUEUE = Arg("queue", "queue", doc="An existing queue.")
 _IDS = Arg("ids", "ids", doc="1..max_batch message ids.")
 _ERROR = Arg("error", "text", hi=MAX_ERROR_TEXT, doc="The consumer's error text.")
 #: What the queue ops need of their user (SPEC §4.3).
-_PUBLISHES = (Need(Permission.PUBLISH, "queue"),)
+def _publishes(args: dict[str, Any]) -> list[tuple[Permission, Any]]:
+    """``publish`` needs ``publish`` on its queue, and ``consume`` on every queue its
+    entries' ``after`` names (a dependency reveals whether that message was acked)."""
+    needs: list[tuple[Permission, Any]] = [(Permission.PUBLISH, args.get("queue"))]
+    messages = args.get("messages")
+    for entry in messages if type(messages) is list else ():
+        if type(entry) is list and len(entry) > 7 and type(entry[7]) is list:
+            needs += [(Permission.CONSUME, pair[0]) for pair in entry[7]
+                      if type(pair) is list and pair and type(pair[0]) is str]
+    return list(dict.fromkeys(needs)) if len(needs) > 1 else needs
 _CONSUMES = (Need(Permission.CONSUME, "queue"),)
 
 
@@ -1262,7 +1271,7 @@ COMMANDS: dict[str, Command] = {
         Command(Op.QUEUE_PURGE, queue_purge, (_QUEUE, Arg("leased", "bool", default=False)),
                 AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
         Command(Op.PUBLISH, publish, (_QUEUE, Arg("messages", "any")), AdmissionClass.PUBLISH,
-                changes_state=True, batch=PlainPublishes(), permission=_PUBLISHES),
+                changes_state=True, batch=PlainPublishes(), permission=_publishes),
         Command(Op.CONSUME, consume, (
             *_QUEUE_OR_GROUP,
             Arg("max", "int", default=1, lo=1, hi=_max_batch),

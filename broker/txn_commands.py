@@ -84,7 +84,11 @@ def step_permissions(args: dict[str, Any]) -> list[tuple[Permission, Any]]:
     needs: list[tuple[Permission, Any]] = []
     for step in steps if type(steps) is list else ():
         command = COMMANDS[step["op"]] if type(step) is dict and step.get("op") in TXN_OPS else None
-        if command is not None and not callable(command.permission):
+        if command is None:
+            continue
+        if callable(command.permission):
+            needs.extend(command.permission(step))
+        else:
             needs.extend((n.permission, step.get(n.arg)) for n in command.permission)
     return needs
 

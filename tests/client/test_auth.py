@@ -16,7 +16,7 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from client import AuthFailed, Client, PermissionDenied, SyncClient, Unauthenticated
+from client import AuthFailed, Client, Message, PermissionDenied, QueueNotFound, SyncClient, Unauthenticated
 from client.cli import main
 from client.reconnect import Reconnect
 from protocol import Connection, Encoder, Request
@@ -83,6 +83,24 @@ def test_queue_groups_read_only_what_the_user_may_consume(auth_broker: AuthBroke
         assert (info.value.permission, info.value.resource) == ("consume", "orders.us")
         got = bob.consume_group(prefix="orders.", max=10)    # orders.us is left out
         assert [(d.queue, d.body) for d in got] == [("orders.eu", b"orders.eu")]
+
+
+def test_a_dependency_needs_consume_on_its_queue(auth_broker: AuthBroker) -> None:
+    with SyncClient(auth_broker.addr, user="alice", password=PASSWORD) as alice:
+        alice.create_queue("orders.eu")
+        first = alice.publish("orders.eu", b"parent")
+        # alice may consume orders.eu: her dependent publish goes through.
+        alice.publish_batch("orders.eu", [Message(b"child", after=[("orders.eu", first)])])
+    with SyncClient(auth_broker.addr, token=auth_broker.token) as svc:   # publish on billing only
+        with pytest.raises(PermissionDenied) as info:
+            svc.publish_batch("billing", [Message(b"x", after=[("orders.eu", first)])])
+        assert (info.value.permission, info.value.resource) == ("consume", "orders.eu")
+        with pytest.raises(PermissionDenied) as info:
+            svc.txn([{"op": "publish", "queue": "billing", "messages": [[b"x", None, None, None, None, None, None,
+                                                                          [["orders.eu", first]]]]}])
+        assert (info.value.permission, info.value.resource) == ("consume", "orders.eu")
+        with pytest.raises(QueueNotFound):                  # allowed; billing does not exist
+            svc.publish("billing", b"x")
 
 
 def test_sync_client_with_a_token(auth_broker: AuthBroker) -> None:
