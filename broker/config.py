@@ -63,6 +63,9 @@ ROUND_REQUESTS = 128
 #: two rounds' replies held per connection (``replies``, rule 3), that bounds them in
 #: bytes, not only in rounds.
 ROUND_REPLY_BYTES = 1024 * 1024
+#: A round takes no more requests once it has run this long (seconds): a pipeline of
+#: costly requests (list pages, big peeks) gives other connections a turn this often.
+ROUND_BUSY_S = 0.005
 #: The smallest WAL segment (and checkpoint distance) an operator may set.
 MIN_SEGMENT_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")

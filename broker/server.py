@@ -26,7 +26,7 @@ from .auth import Authenticator
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .commands import ServerFacts, Session, Subscribe
-from .config import RECV_BYTES, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
+from .config import RECV_BYTES, ROUND_BUSY_S, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .membudget import Account, MemoryBudget, default_budget
 from .memtrim import Trimmer
@@ -550,8 +550,9 @@ class Broker:
 
     def _run_round(self, session: Session, conn: Connection, out: RoundOut, replies: Replies,
                    holding: trio.Nursery, ops: list[str] | None = None) -> tuple[bool, bool]:
-        """Run the requests buffered in ``conn``, at most ``ROUND_REQUESTS`` and none once
-        the replies reach ``ROUND_REPLY_BYTES``; consecutive
+        """Run the requests buffered in ``conn``, at most ``ROUND_REQUESTS``, and none more
+        once the replies reach ``ROUND_REPLY_BYTES`` or a request outside a batch fast
+        path ends ``ROUND_BUSY_S`` after the round began; consecutive
         requests of a batch fast path run together; each one's op goes to ``ops`` (for
         the metrics). Returns (more are buffered, the connection must close)."""
         live = self._live
@@ -562,8 +563,10 @@ class Broker:
             pass  # the replies wait on the log and report it
         ctx = live.context()
         run = Run()
+        busy_until = time.perf_counter() + ROUND_BUSY_S
+        busy = False
         for _ in range(ROUND_REQUESTS):
-            if out.size >= ROUND_REPLY_BYTES:  # the rest of what is buffered: the next round
+            if busy or out.size >= ROUND_REPLY_BYTES:  # the rest of what is buffered: the next round
                 live.execute_run(run, session, ctx, out)
                 return True, False
             try:
@@ -593,6 +596,7 @@ class Broker:
             wait = live.execute(session, frame, ctx, out)
             if session.auth_delay or session.close_after:  # nothing after it is read
                 return False, True
+            busy = time.perf_counter() >= busy_until
             if isinstance(wait, Subscribe):
                 assert self._subscriptions is not None
                 self._subscriptions.start(session, wait, replies, conn.encoder, holding)

@@ -435,7 +435,7 @@ def delete_queue(name: Annotated[str, Arg(wire="queue")]) -> None:
     """Delete a queue; returns how many messages were dropped with it."""
 
 
-PageSize = Annotated[int | None, Arg(wire="limit", doc="Entries per request (1..1,000; default 1,000).")]
+PageSize = Annotated[int | None, Arg(wire="limit", doc="Entries per request (1..200; default 200).")]
 
 
 @op(Op.QUEUE_LIST, t.queue_list, pages="queues")
