@@ -16,7 +16,9 @@ plus ``fdatasync`` (one 4 KiB write + fdatasync on the data directory's disk),
 ``replay`` (records/s a broker replays from its WAL at start-up) and, when asked,
 ``topic-replay`` (start-up recovery of a topic retaining messages for 16 groups).
 With a broker of its own the bench also reports the WAL bytes each scenario logged per
-message (``wal_bytes_per_msg``).
+message (``wal_bytes_per_msg``) and the CPU the broker process spent per message
+(``broker_cpu_us_per_msg``, from ``/proc/PID/stat``): on a machine shared with other work
+the rate swings with the neighbours' load, the CPU per message much less.
 
 Each figure is the median of ``--runs`` runs. By default the bench starts a fresh broker
 for each policy and scenario on 127.0.0.1 with a temporary data directory; ``--addr`` measures
@@ -62,6 +64,10 @@ class Result:
     #: Median bytes the broker's log grew by per message (None when the bench did not
     #: start the broker: its data directory is unknown).
     wal_bytes_per_msg: float | None = None
+    #: Median µs of CPU (user + system) the broker process spent per message during a
+    #: run, which other load on the machine disturbs much less than the rate (None when
+    #: the bench did not start the broker). Its fsync helper process is not counted.
+    broker_cpu_us_per_msg: float | None = None
 
 
 class Wire:
@@ -98,6 +104,12 @@ class Wire:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -597,12 +609,6 @@ def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
 
     from tools.procs import BrokerProcess
 
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu_s(pid: int) -> float:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     proc = BrokerProcess(workdir / "parked", fsync="always").start()
     try:
         assert proc.pid is not None
@@ -616,9 +622,9 @@ def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
                             for i in range(1, min(per, waiters - start) + 1)))
             held.append(w)
         time.sleep(1.0)  # a real process settles: let it take every consume into its lines
-        before = cpu_s(proc.pid)
+        before = cpu_seconds(proc.pid)
         time.sleep(idle_s)
-        idle_cpu = (cpu_s(proc.pid) - before) / idle_s
+        idle_cpu = (cpu_seconds(proc.pid) - before) / idle_s
         selector = selectors.DefaultSelector()
         for w in held:
             selector.register(w.sock, selectors.EVENT_READ, w)
@@ -645,6 +651,7 @@ def parked(workdir: Path, waiters: int = 10_000, publishes: int = 200,
 
 #: Message counts of the two sizes ``--instructions`` runs each figure at.
 INSTRUCTION_SIZES = {"pipelined-publish": 2_000, "batch-publish": 20_000, "consume-ack": 20_000,
+                     "push-ack": 20_000, "push-ack-4": 20_000,
                      "replay": 30_000, "sequential-publish": 1_000,
                      "topic-publish-1": 20_000, "topic-publish-4": 20_000, "topic-publish-16": 20_000,
                      "fanout-4": 10_000, "txn": 2_000, "topic-replay-1": 30_000, "topic-replay-16": 30_000}
@@ -659,7 +666,8 @@ def instructions_per_message(workdir: Path, args: tuple[str, ...] = (),
     default ones): the difference between a run of N and of 3N messages over 2N, so
     start-up and shutdown cancel out. A message is what the scenario counts per
     ``messages`` (``fanout-4``: one topic message, delivered to four groups; ``txn``:
-    one transaction, after its input was published and leased)."""
+    one transaction, after its input was published and leased; ``consume-ack``,
+    ``push-ack`` and ``push-ack-4``: one message published in a batch, delivered and acked)."""
     out: dict[str, float] = {}
     for scenario in only if only is not None else DEFAULT_INSTRUCTION_FIGURES:
         n = INSTRUCTION_SIZES[scenario]
@@ -718,21 +726,26 @@ SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]]
 
 
 def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs: int,
-                  tag: str, only: tuple[str, ...] | None = None, data: Path | None = None) -> list[Result]:
+                  tag: str, only: tuple[str, ...] | None = None, data: Path | None = None,
+                  pid: int | None = None) -> list[Result]:
     """Run every scenario (or those in ``only``) ``runs`` times against one broker;
-    given the broker's data directory ``data``, also how much it logged per message."""
+    given the broker's data directory ``data``, also how much it logged per message,
+    and given its process id ``pid``, the CPU it spent per message."""
     results = []
     wire = Wire(host, port)
     try:
         for name, fn in SCENARIOS.items():
             if only is not None and name not in only:
                 continue
-            rates, p50s, p99s, counts, wal = [], [], [], [], []
+            rates, p50s, p99s, counts, wal, cpu = [], [], [], [], [], []
             for r in range(runs):
                 queue = f"bench-{tag}-{name}-{r}"
                 prepare(wire, name, queue, sizes[name])
                 before = wal_end(data) if data is not None else 0
+                cpu_before = cpu_seconds(pid) if pid is not None else 0.0
                 n, seconds, lat = fn(wire, queue, sizes[name])
+                if pid is not None:
+                    cpu.append((cpu_seconds(pid) - cpu_before) / n * 1e6)
                 if data is not None:
                     wal.append((wal_end(data) - before) / n)
                 p50, p99 = _percentiles(lat)
@@ -743,7 +756,8 @@ def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs
                 cleanup(wire, name, queue)
             results.append(Result(name, policy, int(statistics.median(counts)), statistics.median(rates),
                                   statistics.median(p50s), statistics.median(p99s), runs,
-                                  statistics.median(wal) if wal else None))
+                                  statistics.median(wal) if wal else None,
+                                  statistics.median(cpu) if cpu else None))
     finally:
         wire.close()
     return results
@@ -864,7 +878,7 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
                     proc = BrokerProcess(workdir / f"data-{policy}-{name}", fsync=policy).start()
                     try:
                         results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,),
-                                                 proc.data_dir)
+                                                 proc.data_dir, proc.pid)
                     finally:
                         proc.stop()
         if replay_records:
@@ -882,12 +896,13 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
     print(f"command: {' '.join(['python -m tools.bench'] + sys.argv[1:])}")
     print(f"fdatasync (4 KiB append) p50: {extras['fdatasync_p50_us']:.0f} µs")
     print()
-    print("| scenario | policy | messages | msg/s | p50 µs | p99 µs | WAL bytes/msg |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| scenario | policy | messages | msg/s | p50 µs | p99 µs | WAL bytes/msg | broker CPU µs/msg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         wal = "" if r.wal_bytes_per_msg is None else f"{r.wal_bytes_per_msg:,.1f}"
+        cpu = "" if r.broker_cpu_us_per_msg is None else f"{r.broker_cpu_us_per_msg:,.2f}"
         print(f"| {r.scenario} | {r.policy} | {r.messages:,} | {r.msg_per_s:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} "
-              f"| {wal} |")
+              f"| {wal} | {cpu} |")
     if "replay_records_per_s" in extras:
         print()
         print(f"replay on start-up: {int(extras['replay_records']):,} records in "

@@ -8,6 +8,7 @@ grows by the same bytes per message however many groups a topic has."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tools.bench import (
     TOPIC_GROUPS,
     Wire,
     cleanup,
+    cpu_seconds,
     main,
     measure_topic_replay,
     prepare,
@@ -88,6 +90,16 @@ def test_txn_acks_each_input_and_publishes_its_output(broker_process: BrokerProc
     wire.close()
 
 
+def test_cpu_seconds_counts_this_process() -> None:
+    import os
+
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn 50 ms of CPU
+        pass
+    assert cpu_seconds(os.getpid()) - before >= 0.03  # 10 ms clock ticks
+
+
 def test_topic_recovery_from_the_log_and_from_the_snapshot(tmp_path: Path) -> None:
     one = measure_topic_replay(3_000, tmp_path / "one", groups=4)
     assert one["log_records"] == 1 + 4 + 3_000  # the topic, its groups, a record per message
@@ -109,6 +121,9 @@ def test_the_command_reports_the_new_scenarios(tmp_path: Path) -> None:
     assert rows["topic-publish-1"]["messages"] == 3_000 and rows["fanout-4"]["messages"] == 4_000
     for row in rows.values():
         assert row["msg_per_s"] > 0 and row["wal_bytes_per_msg"] > 0
+        assert row["broker_cpu_us_per_msg"] >= 0
+    # Publishing and delivering cost the broker CPU (clock ticks of 10 ms: summed over the runs).
+    assert sum(row["broker_cpu_us_per_msg"] for row in rows.values()) > 0
     assert rows["topic-publish-1"]["wal_bytes_per_msg"] > BODY_SIZE
     assert report["topic_replay"]["messages"] == 1_000 and report["topic_replay"]["groups"] == 16
     bad = CliRunner().invoke(main, ["--only", "topic-publish-2"])
