@@ -7,11 +7,13 @@ clock's half-millisecond reading error), and the memory figure is the growth it 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from tools.timerbench import BODY_SIZE, Lateness, body, due_times, index_of, main, run, table
+from tools.timerbench import (BODY_SIZE, DiskProbe, Lateness, body, default_lead_s, due_times, index_of, main, run,
+                              table)
 
 COUNT = 2_000
 
@@ -28,6 +30,27 @@ def test_due_times_spread_over_the_window() -> None:
     assert times[0] == 1_000_000 and times[-1] == 1_000_000 + 1_998
     assert times == sorted(times)
     assert index_of(body(123_456)) == 123_456 and len(body(7)) == BODY_SIZE
+
+
+def test_default_lead_leaves_room_for_a_slow_load() -> None:
+    # A shared machine loaded 1,000,000 messages with a delay at 33,000 a second: the
+    # default lead must cover loads well below that, so no message falls due unseen.
+    for count in (10, 200_000, 1_000_000):
+        assert default_lead_s(count) >= 3 + count / 15_000
+
+
+def test_disk_probe_times_fdatasyncs_until_left(tmp_path: Path) -> None:
+    with DiskProbe(tmp_path, interval_s=0.01) as probe:
+        deadline = time.monotonic() + 30
+        while len(probe.samples) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a real thread on a real disk: a bounded poll
+    taken = len(probe.samples)
+    time.sleep(0.05)
+    assert len(probe.samples) == taken  # stopped on leaving
+    p50, p99, top = probe.percentiles()
+    assert 0 < p50 <= p99 <= top == max(probe.samples)
+    assert not list(tmp_path.iterdir())  # its probe file removed
+    assert DiskProbe(tmp_path).percentiles() == (0.0, 0.0, 0.0)
 
 
 def test_report_at_a_small_count(tmp_path: Path) -> None:
@@ -51,6 +74,7 @@ def test_report_at_a_small_count(tmp_path: Path) -> None:
         assert p.due_per_s == COUNT / report.window_s
         assert abs(p.clock_offset_ms[0] - p.clock_offset_ms[1]) < 5
         assert 0 < p.fdatasync_ms[0] <= p.fdatasync_ms[1]
+        assert 0 < p.window_fdatasync_ms[0] <= p.window_fdatasync_ms[1] <= p.window_fdatasync_ms[2]
     broker_side = report.phase("ttl").broker_lateness
     assert broker_side is not None and broker_side.count >= 10
     assert broker_side.min_ms >= 0  # never dead-lettered before its expiry, on the server's own clock
