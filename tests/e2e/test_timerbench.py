@@ -12,8 +12,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tools.timerbench import (BODY_SIZE, DiskProbe, Lateness, body, default_lead_s, due_times, index_of, main, run,
-                              table)
+from tools.timerbench import (BODY_SIZE, DiskProbe, Lateness, body, default_lead_s, due_times, fdatasync_ms, index_of,
+                              main, probe_budget_s, run, table)
 
 COUNT = 2_000
 
@@ -37,6 +37,16 @@ def test_default_lead_leaves_room_for_a_slow_load() -> None:
     # default lead must cover loads well below that, so no message falls due unseen.
     for count in (10, 200_000, 1_000_000):
         assert default_lead_s(count) >= 3 + count / 15_000
+
+
+def test_fdatasync_probes_before_a_window_keep_to_their_budget(tmp_path: Path) -> None:
+    assert probe_budget_s(2_000) == 0.5 and probe_budget_s(-5) == 0.0
+    t = time.perf_counter()
+    p50, p99 = fdatasync_ms(tmp_path, count=1_000_000, budget_s=0.05)
+    assert time.perf_counter() - t < 5  # a million would take minutes: the budget stopped them
+    assert 0 < p50 <= p99
+    assert fdatasync_ms(tmp_path, count=3, budget_s=0.0)[0] > 0  # at least one, whatever the budget
+    assert not list(tmp_path.iterdir())
 
 
 def test_disk_probe_times_fdatasyncs_until_left(tmp_path: Path) -> None:
