@@ -25,6 +25,9 @@ for each policy and scenario on 127.0.0.1 with a temporary data directory; ``--a
 a running broker instead (its policy is whatever it was started with). ``--metrics``
 measures what the metrics endpoint costs: each scenario runs on two brokers, one with
 ``--metrics-addr 127.0.0.1:0``, their runs alternating, and the ratio is reported.
+``--tls`` measures what TLS costs the same way: the second broker serves TLS with a
+throwaway certificate (made with ``trustme``: ``pip install -e '.[bench]'``) and the
+bench's connections speak TLS 1.3 to it.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import json
 import os
 import platform
 import socket
+import ssl
 import statistics
 import sys
 import tempfile
@@ -71,12 +75,15 @@ class Result:
 
 
 class Wire:
-    """A blocking, pipelining connection speaking raw frames (the lightest client path)."""
+    """A blocking, pipelining connection speaking raw frames (the lightest client path),
+    in TLS with ``tls`` (a client context)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.tls = host, port, tls
         self.sock = socket.create_connection((host, port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.conn = Connection("client")
         self.enc = Encoder()
         self.call("hello", {"versions": [1], "client": "lockgate-bench"})
@@ -238,7 +245,7 @@ def push_ack_4(wire: Wire, queue: str, messages: int) -> tuple[int, float, list[
     acking every push as it arrives; the total rate until all ``messages`` are acked."""
     import threading
 
-    wires = [Wire(wire.host, wire.port) for _ in range(4)]
+    wires = [Wire(wire.host, wire.port, wire.tls) for _ in range(4)]
     lock = threading.Lock()
     total = [0]
     latencies: list[float] = []
@@ -316,7 +323,7 @@ def fanout(wire: Wire, topic: str, messages: int, groups: int) -> tuple[int, flo
     group is empty. Latency: one consume (with the previous batch's ack) round trip."""
     import threading
 
-    wires = [Wire(wire.host, wire.port) for _ in range(groups)]
+    wires = [Wire(wire.host, wire.port, wire.tls) for _ in range(groups)]
     outcomes: list[tuple[int, float, list[float]] | BaseException | None] = [None] * groups
 
     def one(i: int) -> None:
@@ -677,10 +684,28 @@ def instructions_per_message(workdir: Path, args: tuple[str, ...] = (),
     return out
 
 
+def throwaway_tls(workdir: Path) -> tuple[tuple[str, ...], ssl.SSLContext]:
+    """``--tls``: brokerd's TLS flags for a fresh self-signed CA's certificate for
+    127.0.0.1, and a client context trusting that CA."""
+    try:
+        import trustme
+    except ImportError:
+        raise click.UsageError("--tls makes its certificate with trustme: pip install -e '.[bench]'") from None
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    (workdir / "tls-cert.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(workdir / "tls-key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return ("--tls-cert", str(workdir / "tls-cert.pem"), "--tls-key", str(workdir / "tls-key.pem")), client
+
+
 def compare_metrics(workdir: Path, policies: list[str], sizes: dict[str, int], runs: int,
-                    only: tuple[str, ...] | None) -> list[dict[str, Any]]:
-    """Each scenario on two fresh brokers, one with ``METRICS_ARGS``, their runs
-    alternating (which goes first swaps every run): the medians and their ratio."""
+                    only: tuple[str, ...] | None, on_args: tuple[str, ...] = METRICS_ARGS,
+                    on_tls: ssl.SSLContext | None = None) -> list[dict[str, Any]]:
+    """Each scenario on two fresh brokers, one with ``on_args`` (and reached in TLS with
+    ``on_tls``), their runs alternating (which goes first swaps every run): the medians
+    and their ratio."""
     from tools.procs import BrokerProcess
 
     rows: list[dict[str, Any]] = []
@@ -690,14 +715,15 @@ def compare_metrics(workdir: Path, policies: list[str], sizes: dict[str, int], r
                 continue
             procs = {label: BrokerProcess(workdir / f"data-{policy}-{name}-{label}", fsync=policy,
                                           args=args).start()
-                     for label, args in (("off", ()), ("on", METRICS_ARGS))}
+                     for label, args in (("off", ()), ("on", on_args))}
             figures: dict[str, list[Result]] = {"off": [], "on": []}
             try:
                 for r in range(runs):
                     for label in ("off", "on") if r % 2 == 0 else ("on", "off"):
                         proc = procs[label]
                         figures[label] += run_scenarios(proc.host, proc.port, policy, sizes, 1,
-                                                        f"{policy}-{label}-{r}", (name,))
+                                                        f"{policy}-{label}-{r}", (name,),
+                                                        tls=on_tls if label == "on" else None)
             finally:
                 for proc in procs.values():
                     proc.stop()
@@ -727,12 +753,12 @@ SCENARIOS: dict[str, Callable[[Wire, str, int], tuple[int, float, list[float]]]]
 
 def run_scenarios(host: str, port: int, policy: str, sizes: dict[str, int], runs: int,
                   tag: str, only: tuple[str, ...] | None = None, data: Path | None = None,
-                  pid: int | None = None) -> list[Result]:
-    """Run every scenario (or those in ``only``) ``runs`` times against one broker;
-    given the broker's data directory ``data``, also how much it logged per message,
-    and given its process id ``pid``, the CPU it spent per message."""
+                  pid: int | None = None, tls: ssl.SSLContext | None = None) -> list[Result]:
+    """Run every scenario (or those in ``only``) ``runs`` times against one broker (in TLS
+    with ``tls``); given the broker's data directory ``data``, also how much it logged per
+    message, and given its process id ``pid``, the CPU it spent per message."""
     results = []
-    wire = Wire(host, port)
+    wire = Wire(host, port, tls)
     try:
         for name, fn in SCENARIOS.items():
             if only is not None and name not in only:
@@ -795,6 +821,9 @@ def machine() -> str:
 @click.option("--metrics", is_flag=True,
               help="Instead: the cost of the metrics endpoint. Each scenario on two brokers, one "
               "with --metrics-addr, runs alternating; with --instructions, both counted.")
+@click.option("--tls", is_flag=True,
+              help="Instead: the cost of TLS. Each scenario on two brokers, one serving TLS with a "
+              "throwaway certificate (trustme), runs alternating.")
 @click.option("--topic-replay", "topic_replay", default=0, show_default=True, type=click.IntRange(0),
               help=f"Messages for the topic start-up recovery figure ({TOPIC_REPLAY_GROUPS} groups that "
               "consumed nothing; 0 skips it): from the log, then from the snapshot of a clean stop.")
@@ -804,7 +833,7 @@ def machine() -> str:
               "--instructions, the figures of INSTRUCTION_SIZES to count instead of the first five).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def main(addr: str | None, policies: str, runs: int, scale: float, replay_records: int,
-         instructions: bool, parked_waiters: int | None, dedup_ids: bool, metrics: bool,
+         instructions: bool, parked_waiters: int | None, dedup_ids: bool, metrics: bool, tls: bool,
          topic_replay: int, topic_replay_per_record: int, only: str | None, as_json: bool) -> None:
     """Measure publish, consume+ack and latency figures, fdatasync and replay speed."""
     global DEDUP_IDS
@@ -814,6 +843,9 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
     if chosen is not None and set(chosen) - set(known):
         raise click.BadParameter(f"unknown scenarios {sorted(set(chosen) - set(known))}; "
                                  f"they are {', '.join(known)}", param_hint="--only")
+    if tls and (instructions or parked_waiters or addr):
+        raise click.UsageError("--tls starts brokers of its own and measures throughput: not with "
+                               "--addr, --instructions or --parked")
     if parked_waiters:
         with tempfile.TemporaryDirectory(prefix="lockgate-parked-") as tmp:
             figures = parked(Path(tmp), parked_waiters)
@@ -845,16 +877,21 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         "consume-ack": 300_000, "push-ack": 300_000, "push-ack-4": 300_000,
         "sequential-publish": 3_000, "topic-publish-1": 300_000, "topic-publish-4": 300_000,
         "topic-publish-16": 300_000, "fanout-4": 100_000, "txn": 60_000}.items()}
-    if metrics:
+    if metrics or tls:
+        what = "TLS" if tls else "metrics"
         with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
-            rows = compare_metrics(Path(tmp), policies.split(","), sizes, runs, chosen)
+            if tls:
+                on_args, on_tls = throwaway_tls(Path(tmp))
+                rows = compare_metrics(Path(tmp), policies.split(","), sizes, runs, chosen, on_args, on_tls)
+            else:
+                rows = compare_metrics(Path(tmp), policies.split(","), sizes, runs, chosen)
         if as_json:
-            print(json.dumps({"machine": machine(), "metrics": rows}, indent=2))
+            print(json.dumps({"machine": machine(), what.lower(): rows}, indent=2))
             return
         print(f"machine: {machine()}")
         print(f"command: {' '.join(['python -m tools.bench'] + sys.argv[1:])}")
         print()
-        print("| scenario | policy | msg/s without metrics | with metrics | ratio | p50 µs without | with |")
+        print(f"| scenario | policy | msg/s without {what} | with {what} | ratio | p50 µs without | with |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for row in rows:
             print(f"| {row['scenario']} | {row['policy']} | {row['off_msg_per_s']:,.0f} | {row['on_msg_per_s']:,.0f} "

@@ -128,3 +128,16 @@ def test_the_command_reports_the_new_scenarios(tmp_path: Path) -> None:
     assert report["topic_replay"]["messages"] == 1_000 and report["topic_replay"]["groups"] == 16
     bad = CliRunner().invoke(main, ["--only", "topic-publish-2"])
     assert bad.exit_code != 0 and "unknown scenarios" in bad.output
+
+
+def test_tls_runs_each_scenario_on_a_plain_and_a_tls_broker(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--tls", "--only", "batch-publish,push-ack-4", "--runs", "2", "--scale",
+                                       "0.01", "--policies", "never", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["scenario"]: r for r in json.loads(result.output)["tls"]}
+    assert list(rows) == ["batch-publish", "push-ack-4"]
+    for row in rows.values():
+        assert row["runs"] == 2 and row["off_msg_per_s"] > 0 and row["on_msg_per_s"] > 0
+        assert row["ratio"] == row["on_msg_per_s"] / row["off_msg_per_s"]
+    bad = CliRunner().invoke(main, ["--tls", "--addr", "127.0.0.1:1"])
+    assert bad.exit_code != 0 and "--tls starts brokers of its own" in bad.output
