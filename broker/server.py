@@ -502,6 +502,11 @@ class Broker:
                     read_at = time.monotonic()
                 conn.receive_data(data)
                 account.set_input(conn.buffered)
+                if conn.waiting:
+                    # Part of a frame: read on. A round (and its place in the reply
+                    # order, behind an fsync) is for requests; a big frame arrives in
+                    # many reads.
+                    continue
             out = RoundOut(conn.encoder)
             ops: list[str] | None = [] if timer is not None else None
             buffered, closing = self._run_round(session, conn, out, replies, holding, ops)

@@ -1,4 +1,4 @@
-"""TLS on the client port (``tls_cert``, ``tls_key``, ``tls_client_ca``; SPEC.md §1.2).
+"""TLS on the client port (``tls_cert``, ``tls_key``, ``tls_client_ca``; SPEC.md §1.3).
 
 Rules:
 
@@ -20,12 +20,18 @@ Rules:
    reason (at most one line a second per kind).
 5. The broker neither sends nor needs ``close_notify``: frames are self-delimiting, so a
    TCP close ends the session, and a truncated frame is seen as one.
+6. ``TlsStream.receive_some`` returns all that the records received so far decrypt to
+   (up to its ``max_bytes``), not one record (16 KiB at most) per call: a round then
+   holds as many requests over TLS as without it. No session tickets are sent (no
+   resumption): a client reconnects with a full handshake.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -35,7 +41,112 @@ __all__ = ["TLS_HANDSHAKE_RECORD", "TlsStream", "check_ca", "check_cert", "check
 #: The first byte of a TLS record carrying a handshake message (a ClientHello).
 TLS_HANDSHAKE_RECORD = 0x16
 
-TlsStream = trio.SSLStream[trio.SocketStream]
+#: What a receive asks of the TCP stream.
+RECEIVE_BYTES = 256 * 1024
+
+
+class TlsStream(trio.abc.Stream):
+    """The server side of a TLS session over a TCP stream, on ``ssl.MemoryBIO`` (rule 6).
+    One task receives; any number send (their records go out whole, in order).
+    ``do_handshake`` first; a TLS failure is ``trio.BrokenResourceError`` from the
+    ``ssl.SSLError``, after the alert that explains it has been sent when it could be."""
+
+    def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext) -> None:
+        #: The TCP stream (``connlimits.transport`` finds it by this name).
+        self.transport_stream = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        #: Held while records are taken from the outgoing BIO and written: they go out in
+        #: the order they were made.
+        self._send_lock = trio.Lock()
+
+    def version(self) -> str | None:
+        return self._ssl.version()
+
+    def getpeercert(self) -> Any:
+        return self._ssl.getpeercert()
+
+    async def _flush(self) -> None:
+        """Write what the TLS layer has made (records, alerts)."""
+        async with self._send_lock:
+            data = self._outgoing.read()
+            if data:
+                await self.transport_stream.send_all(data)
+
+    async def _receive_records(self) -> bool:
+        """Feed the next bytes from the TCP stream to the TLS layer; False at EOF."""
+        data = await self.transport_stream.receive_some(RECEIVE_BYTES)
+        if data:
+            self._incoming.write(data)
+            return True
+        self._incoming.write_eof()
+        return False
+
+    async def do_handshake(self) -> None:
+        while True:
+            try:
+                self._ssl.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self._flush()  # the alert
+                raise trio.BrokenResourceError(str(exc)) from exc
+            await self._flush()
+            if done:
+                return
+            await self._receive_records()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """What the records received so far decrypt to, up to ``max_bytes`` (waiting for
+        a record if none is whole); ``b""`` at the end of the stream."""
+        limit = max_bytes or RECEIVE_BYTES
+        read = self._ssl.read
+        while True:
+            chunks: list[bytes] = []
+            got = 0
+            ended = False
+            try:
+                while got < limit:
+                    piece = read(limit - got)
+                    if not piece:
+                        ended = True
+                        break
+                    chunks.append(piece)
+                    got += len(piece)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                ended = True  # close_notify, or the TCP stream ended (rule 5)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if self._outgoing.pending:
+                await self._flush()  # e.g. the answer to a key update
+            if chunks:
+                return b"".join(chunks)
+            if ended:
+                return b""
+            await self._receive_records()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._send_lock:
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            await self.transport_stream.send_all(self._outgoing.read())
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Close the TCP stream (no ``close_notify``: rule 5)."""
+        await self.transport_stream.aclose()
 
 
 def _read(path: Path) -> str:
@@ -73,6 +184,7 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
     file that cannot be used) is a ``ValueError`` naming the settings."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.num_tickets = 0  # no resumption (rule 6)
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
@@ -97,7 +209,7 @@ async def first_byte(stream: trio.SocketStream) -> int | None:
 async def handshake(stream: trio.SocketStream, context: ssl.SSLContext) -> TlsStream:
     """The TLS session over ``stream``, handshaken. A failed handshake raises
     ``trio.BrokenResourceError`` (its ``__cause__`` says why). The caller bounds the time."""
-    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    tls = TlsStream(stream, context)
     await tls.do_handshake()
     return tls
 

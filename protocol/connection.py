@@ -68,6 +68,12 @@ class Connection:
         """Bytes still to come of the frame at the head of the buffer (0: none known)."""
         return self._decoder.missing
 
+    @property
+    def waiting(self) -> bool:
+        """Whether ``next_frame`` would return ``NEED_DATA``: no whole frame (and no error)
+        is buffered."""
+        return self._broken is None and self._decoder.waiting
+
     def next_frame(self) -> Request | Reply | Error | Push | Any:
         """The next whole frame, or ``NEED_DATA``."""
         broken = self._broken

@@ -64,6 +64,16 @@ class FrameDecoder:
         length: int = _HEADER.unpack_from(buf, pos)[0]
         return max(0, pos + HEADER_SIZE + length - len(buf))
 
+    @property
+    def waiting(self) -> bool:
+        """Whether ``next_body`` needs more bytes before it can return a body (or raise):
+        less than a header is buffered, or part of a frame within the limit."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return True
+        length: int = _HEADER.unpack_from(buf, pos)[0]
+        return length <= self.max_frame and len(buf) - pos < HEADER_SIZE + length
+
     def next_body(self) -> bytearray | None:
         buf = self._buf
         pos = self._pos

@@ -1,4 +1,4 @@
-"""TLS on the client port (``broker/tls.py``, SPEC.md §1.2) over real sockets.
+"""TLS on the client port (``broker/tls.py``, SPEC.md §1.3) over real sockets.
 
 Certificates come from ``trustme`` (``tests/tlsfiles.py``). In-process brokers serve the
 timeout and limit cases on trio's MockClock; the SDK on both backends, the blocking

@@ -91,6 +91,20 @@ def test_length_over_limit_is_refused_before_buffering() -> None:
     assert dec.buffered == 4  # nothing of the body was awaited or kept
 
 
+def test_waiting_says_whether_next_body_needs_more_bytes() -> None:
+    frame = struct.pack(">I", 5) + b"hello"
+    dec = FrameDecoder(max_frame=1000)
+    assert dec.waiting  # nothing yet
+    for i in range(1, len(frame)):  # a header, then a body, byte by byte
+        dec.feed(frame[i - 1:i])
+        assert dec.waiting and dec.next_body() is None
+    dec.feed(frame[-1:] + struct.pack(">I", 1001)[:2])  # the frame's last byte and half the next header
+    assert not dec.waiting and dec.next_body() == b"hello"
+    assert dec.waiting
+    dec.feed(struct.pack(">I", 1001)[2:])  # a length over the limit: it raises at once
+    assert not dec.waiting
+
+
 def test_frame_at_the_limit_is_accepted() -> None:
     body = msgpack.packb([0, 1, "ping", {"pad": b"x" * 100}])
     dec = FrameDecoder(max_frame=len(body))
