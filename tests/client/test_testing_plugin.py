@@ -120,3 +120,60 @@ def test_too_early(lockgate_sync_client, lockgate_clock):
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(failed=1)
+
+
+TLS_CONFTEST = '''
+import pytest
+import trustme
+
+from client import tls_context
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    ca, where = trustme.CA(), tmp_path_factory.mktemp("pki")
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(where / "key.pem"))
+    (where / "cert.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(where / "ca.pem"))
+    return where
+
+
+@pytest.fixture
+def lockgate_broker_settings(pki):
+    return {"tls_cert": pki / "cert.pem", "tls_key": pki / "key.pem"}
+
+
+@pytest.fixture
+def lockgate_client_tls(pki):
+    return tls_context(ca=pki / "ca.pem")
+'''
+
+TLS_TESTS = '''
+import pytest
+
+from client import ConnectionClosed, SyncClient
+
+
+def test_blocking_client_in_tls(lockgate_broker, lockgate_sync_client):
+    lockgate_sync_client.create_queue("jobs")
+    lockgate_sync_client.publish("jobs", b"hi")
+    with pytest.raises(ConnectionClosed):  # the broker speaks TLS only
+        SyncClient(lockgate_broker.addr)
+
+
+@pytest.mark.trio
+async def test_async_client_in_tls(lockgate_client):
+    await lockgate_client.create_queue("jobs")
+    assert await lockgate_client.publish("jobs", b"hi") == 1
+'''
+
+
+def test_a_tls_broker_and_clients_that_trust_it(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.broker_process import ROOT
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's plugin, wherever lockgate is installed
+    pytester.makeconftest(TLS_CONFTEST)
+    pytester.makepyfile(test_user=TLS_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
