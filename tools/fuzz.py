@@ -1,25 +1,48 @@
 """Protocol fuzzing: hostile input to a real broker process, and coverage-guided fuzzing of the codec.
 
-    python -m tools.fuzz --inputs 100000        # hostile clients against a fresh broker
-    python -m tools.fuzz codec --runs 100000    # atheris (libFuzzer) on protocol's codec
+    python -m tools.fuzz --inputs 1000000 --seed 1   # hostile clients against a fresh broker
+    python -m tools.fuzz codec --runs 100000         # atheris (libFuzzer) on protocol's codec
+    python -m tools.fuzzcommands --runs 100000       # atheris on the command validation
 
 The broker run starts ``python -m broker`` on 127.0.0.1, port 0, with a temporary data
-directory (``tools.procs``) and sends it, on ``--connections`` connections at once,
-hypothesis-generated frames: well-formed requests of every op (SPEC §5) whose arguments
-have wrong types and extreme values, requests of wrong shape, random bytes, truncated
-frames, oversized length prefixes and deeply nested bodies. Between batches a
-well-behaved client on its own connection pings and does a publish, consume and ack, and
-the process must still be running. It checks, and reports as findings:
+directory (``tools.procs``). What it sends:
 
-- every frame gets a reply or error, or the connection closes cleanly, within
-  ``--timeout`` seconds (a hang is a finding);
-- no reply is ``INTERNAL_ERROR`` (the op and the one frame that got it are reported);
-- the server's frames decode; the broker's log holds no traceback;
-- the broker exits 0 when stopped with SIGTERM.
+- hypothesis examples (``example_inputs``): well-formed requests of every op in the
+  registry (SPEC §5) whose arguments have wrong types and extreme values (and now and
+  then an argument the op does not take, or an unknown op), frames of the wrong shape;
+  and, on connections of their own, random bytes, truncated frames, oversized length
+  prefixes, ext values msgpack refuses and bodies nested 1,021 to 100,000 deep;
+- variations of those (``Mutator``): ``--mutants`` per hypothesis-drawn input on average
+  (15 unless set; 0 sends hypothesis inputs only). Each is one to three changes of a
+  decoded frame (an argument given a value another frame had for it, a value of another
+  argument, an extreme value, removed or wrapped; the op swapped; arguments spliced; the
+  id, kind or array length broken), or byte changes under a correct length prefix.
+  Drawing a hypothesis example costs a few milliseconds; a variation tens of
+  microseconds, which is what makes a million inputs a run of minutes, not hours.
 
-It reports the broker's RSS (``/proc/PID/status``) at the start, its peak (``VmHWM``)
-and at the end, after the queues and topics the run made are deleted. Exit status 0
-when nothing was found, 1 otherwise.
+Frames are pipelined: in each round every one of ``--connections`` connections (8) gets
+a batch of ``--batch`` frames (64) in one write, ended by a ``ping`` whose reply marks
+the end of the batch's replies; raw inputs go out at the same time, each on a new
+connection that then half-closes. A connection is reused after error replies; a frame
+the server's codec refuses fatally (``classify``) goes last in its batch, and the
+connection is replaced after the close. In every round, once its inputs are sent, a
+well-behaved client on its own connection pings (the median, 99th percentile and slowest
+round trip are reported); between rounds, every ``health_every`` inputs (5,000), it
+also publishes, consumes and acks one message, and the process must still be running.
+It checks, and reports as findings:
+
+- every frame before the batch's ``ping`` gets a reply or error before the ``ping``'s
+  reply, or the connection closes after a fatal error (``no_reply``); nothing takes
+  longer than ``--timeout`` seconds (``hang``);
+- no reply is ``INTERNAL_ERROR`` (the op and the frame that got it are reported);
+- the server's frames decode; the well-behaved client is served; the broker's log holds
+  no traceback; the broker exits 0 when stopped with SIGTERM.
+
+A held consume (``wait_ms`` > 0) may answer later: its batch is not waited for it, and
+its connection is replaced. It reports the broker's RSS (``/proc/PID/status``) at the
+start, its peak (``VmHWM``) and at the end, once the queues and topics the run made are
+deleted and the connections closed (``settled_rss``). Exit status 0 when nothing was
+found, 1 otherwise. Seeded runs (``--seed``) send the same inputs.
 """
 from __future__ import annotations
 
@@ -27,6 +50,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import socket
 import struct
@@ -44,7 +68,7 @@ from hypothesis import seed as with_seed
 from hypothesis import strategies as st
 
 from client import SyncClient
-from protocol import Connection, Error, ErrorCode, Op, ProtocolError, Push, Reply
+from protocol import Connection, Encoder, Error, ErrorCode, Op, ProtocolError, Push, Reply, parse_request
 from tools.procs import BrokerProcess
 
 #: The argument names of every op, as SPEC §5 lists them (a test checks them against
@@ -121,6 +145,10 @@ class Input:
     rid: int | None = None
     #: A consume that may be held (``wait_ms`` > 0): its reply may come late.
     may_hold: bool = False
+    #: The server's codec refuses it fatally: its error, then the connection closes.
+    fatal: bool = False
+    #: A variation of a hypothesis-generated input (``Mutator``), not one itself.
+    mutant: bool = False
 
 
 _ints = st.one_of(st.sampled_from(EXTREME_INTS), st.integers(-2**63, 2**64 - 1))
@@ -144,8 +172,10 @@ _headers = st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), w
 
 def _plausible(name: str) -> st.SearchStrategy[Any]:
     """Values near the right type for an argument, so that checks past the first run."""
-    if name in ("queue", "topic", "group", "dead_letter"):
+    if name in ("queue", "topic", "group", "dead_letter", "prefix"):
         return st.sampled_from(NAMES)
+    if name == "queues":
+        return st.lists(st.one_of(st.sampled_from(NAMES), wild), max_size=5)
     if name == "ids":
         return _id_lists
     if name == "messages":
@@ -228,18 +258,272 @@ def raws(draw: st.DrawFn) -> Input:
     return Input(framed(body), which)
 
 
-#: One example: for each connection a pipelined batch of frames; or one raw input on
-#: a connection of its own.
-frame_batches = st.lists(st.lists(st.one_of(requests(), requests(), requests(), shapes()), max_size=12),
-                         min_size=1, max_size=4)
-examples = st.one_of(frame_batches, frame_batches, frame_batches, raws())
+#: One example: a run of frames (pipelined on one connection), or one raw input (on a
+#: connection of its own).
+frame_runs = st.lists(st.one_of(requests(), requests(), requests(), shapes()), min_size=1, max_size=24)
+example_inputs = st.one_of(frame_runs, frame_runs, frame_runs, raws())
+
+
+# -- the input stream: hypothesis examples, and cheap variations of them ------------------
+
+#: Request ids of the sentinel ``ping`` that ends every pipelined batch (fuzzed ids are
+#: drawn elsewhere: from hypothesis, ``EXTREME_INTS`` or the ids of other inputs).
+SENTINEL_BASE = 0x5E47_0000_0000_0000
+_SENTINEL_MASK = 0xFFFF_FFFF
+
+
+def classify(data: bytes, kind: str, mutant: bool = False) -> Input:
+    """``data`` (a whole frame) as an :class:`Input`: its op and id, whether the server's
+    codec refuses it fatally (the connection closes after its error), and whether it is a
+    consume that may be held. Decided with ``protocol``'s own decoding, so a batch can end
+    with its one fatal frame instead of losing the frames after it."""
+    try:
+        obj = msgpack.unpackb(data[4:], raw=False)
+    except Exception:
+        return Input(data, kind, fatal=True, mutant=mutant)
+    try:
+        req = parse_request(obj)
+    except ProtocolError:
+        return Input(data, kind, mutant=mutant)
+    wait = req.args.get("wait_ms")
+    hold = req.op == Op.CONSUME and wait is not None and wait is not False and wait != 0
+    return Input(data, kind, req.op, req.id, hold, mutant=mutant)
+
+
+def hypothesis_inputs(examples: int, seed: int | None) -> tuple[list[Input], list[Input]]:
+    """``examples`` hypothesis examples of :data:`example_inputs`: (frames, raw inputs)."""
+    frames: list[Input] = []
+    raw: list[Input] = []
+
+    @settings(max_examples=examples, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(example_inputs)
+    def collect(example: list[Input] | Input) -> None:
+        if isinstance(example, Input):
+            raw.append(example)
+        else:
+            frames.extend(classify(x.data, x.kind) for x in example)
+
+    if seed is not None:
+        collect = with_seed(seed)(collect)
+    collect()
+    return frames, raw
+
+
+_OPS = tuple(OP_ARGS)
+_REPLACEMENTS: tuple[Any, ...] = (*EXTREME_INTS, -2**64, 2**64, 2**65, None, True, False, "", b"", [], {},
+                                  1.5, float("nan"), float("inf"), -0.0, "\x00", "\U0010ffff", b"\x00" * 64,
+                                  msgpack.ExtType(1, b""), [[[[]]]], {"": {"": {}}}, *NAMES)
+
+
+class Mutator:
+    """Variations of hypothesis-generated frames, cheap enough to send millions.
+
+    A frame is decoded (most that are not a well-formed request of a known op are made
+    one, keeping their arguments) and changed in one to three ways: an argument set to a
+    value the same argument had in another frame, to a value of any argument (mostly
+    the wrong type), to an extreme value, deleted, or wrapped in an array or a map; the
+    op changed (its arguments kept); the arguments of two frames spliced; less often the
+    id or kind set to an extreme or wrong value, or the body's array grown or shrunk.
+    One in ten instead has its packed body changed byte by byte (a byte
+    flipped, set to ``0xc1``, a slice cut, repeated or truncated) under a length prefix
+    that stays right, so framing holds and the body may no longer be msgpack. Raw inputs
+    get the byte changes, length prefixes included."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        #: Argument values seen in generated requests (bounded), for wrong-type swaps.
+        self.values: list[Any] = list(_REPLACEMENTS)
+        #: The same, by argument name (bounded each).
+        self.by_name: dict[str, list[Any]] = {}
+        self.frames: list[Input] = []
+        self.raw: list[Input] = []
+
+    def feed(self, frames: list[Input], raw: list[Input]) -> None:
+        """New hypothesis inputs to vary (the most recent few thousand are kept)."""
+        self.frames = (self.frames + frames)[-4000:]
+        self.raw = (self.raw + raw)[-500:]
+        rng = self.rng
+        for x in frames:
+            obj = _decode(x.data)
+            if type(obj) is list and len(obj) == 4 and type(obj[3]) is dict:
+                for name, value in obj[3].items():
+                    for pool, most in ((self.values, 6000), (self.by_name.setdefault(str(name), []), 300)):
+                        if len(pool) < most:
+                            pool.append(value)
+                        else:
+                            pool[rng.randrange(most)] = value
+
+    def frame(self) -> Input:
+        """A variation of a random frame of the corpus."""
+        rng = self.rng
+        base = rng.choice(self.frames)
+        if rng.random() < 0.1:
+            return classify(framed(self._bytes(base.data[4:])), "mutant", True)
+        obj = _decode(base.data)
+        if not _well_formed(obj) and rng.random() < 0.6:
+            # Most variations are well-formed requests of a known op, to reach the ops' checks.
+            args = obj[3] if type(obj) is list and len(obj) > 3 and type(obj[3]) is dict else {}
+            obj = [0, rng.randrange(2**64), rng.choice(_OPS), args]
+        elif type(obj) is not list or not obj:
+            obj = [0, rng.choice(_REPLACEMENTS), rng.choice(_OPS), {"x": obj}]
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            obj = self._change(obj)
+        try:
+            data = framed(pack(obj))
+        except Exception:  # a value msgpack cannot pack back (too deep): vary the bytes instead
+            return classify(framed(self._bytes(base.data[4:])), "mutant", True)
+        return classify(data, "mutant", True)
+
+    def raw_input(self) -> Input:
+        """A variation of a random raw input (its bytes, length prefix included)."""
+        base = self.rng.choice(self.raw)
+        return Input(self._bytes(base.data), "raw-mutant", mutant=True)
+
+    def _change(self, obj: list[Any]) -> list[Any]:
+        rng = self.rng
+        args = obj[3] if len(obj) > 3 and type(obj[3]) is dict else None
+        pick = rng.random()
+        if args is not None and pick < 0.7:
+            op = obj[2] if type(obj[2]) is str else ""
+            names = OP_ARGS.get(op) or ("queue",)
+            name: Any = rng.choice(names) if rng.random() < 0.85 or not args else rng.choice(list(args))
+            which = rng.random()
+            if which < 0.4 and name in self.by_name:  # a value this argument had elsewhere
+                args[name] = rng.choice(self.by_name[name])
+            elif which < 0.6:  # a value of any argument: mostly the wrong type
+                args[name] = rng.choice(self.values)
+            elif which < 0.8:
+                args[name] = rng.choice(_REPLACEMENTS)
+            elif which < 0.9 and name in args:
+                args[name] = [args[name]] if rng.random() < 0.5 else {"v": args[name]}
+            else:
+                args.pop(name, None)
+        elif args is not None and pick < 0.78:
+            obj[2] = rng.choice(_OPS)
+        elif args is not None and pick < 0.86:
+            other = _decode(rng.choice(self.frames).data)
+            if type(other) is list and len(other) == 4 and type(other[3]) is dict:
+                args.update(other[3])
+        elif pick < 0.91 and len(obj) > 1:
+            obj[1] = rng.choice(_REPLACEMENTS)
+        elif pick < 0.94 and obj:
+            obj[0] = rng.choice(_REPLACEMENTS)
+        elif pick < 0.97:
+            if obj and rng.random() < 0.5:
+                obj.pop(rng.randrange(len(obj)))
+            else:
+                obj.insert(rng.randrange(len(obj) + 1), rng.choice(self.values))
+        else:
+            obj = [0, obj[1] if len(obj) > 1 else 1, rng.choice(_OPS), rng.choice(self.values)]
+        return obj
+
+    def _bytes(self, data: bytes) -> bytes:
+        rng = self.rng
+        b = bytearray(data)
+        for _ in range(rng.choice((1, 1, 2, 4))):
+            if not b:
+                b.append(rng.randrange(256))
+                continue
+            i = rng.randrange(len(b))
+            pick = rng.random()
+            if pick < 0.35:
+                b[i] ^= 1 << rng.randrange(8)
+            elif pick < 0.5:
+                b[i] = rng.choice((0x00, 0xC1, 0xFF, 0x7F, 0x80, 0xDC, 0xDE, 0xC7, 0xD4))
+            elif pick < 0.65:
+                del b[i:i + rng.randrange(1, 9)]
+            elif pick < 0.8:
+                j = rng.randrange(i, len(b) + 1)
+                b[i:i] = b[i:j][:64]
+            elif pick < 0.9:
+                del b[i:]
+            else:
+                b.insert(i, rng.randrange(256))
+        return bytes(b)
+
+
+def _well_formed(obj: Any) -> bool:
+    return (type(obj) is list and len(obj) == 4 and obj[0] == 0 and type(obj[1]) is int
+            and type(obj[2]) is str and obj[2] in OP_ARGS and type(obj[3]) is dict)
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data[4:], raw=False, strict_map_key=False)
+    except Exception:
+        return None
+
+
+class InputStream:
+    """The inputs of a run: hypothesis examples, each followed on average by ``mutants``
+    variations (:class:`Mutator`); fresh examples are drawn in chunks as it goes on.
+    Raw inputs come in the proportion hypothesis draws them (``raw_ratio``)."""
+
+    def __init__(self, seed: int | None, mutants: int, chunk: int = 200) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.mutants = mutants
+        self.chunk = chunk
+        self.chunks = 0
+        self.mutator = Mutator(self.rng)
+        self._frames: list[Input] = []
+        self._raw: list[Input] = []
+        self._drawn = [0, 0]  # frames, raw inputs drawn by hypothesis so far
+
+    @property
+    def raw_ratio(self) -> float:
+        """Raw inputs per frame."""
+        if not self._drawn[0]:
+            self._refill()
+        return self._drawn[1] / max(1, self._drawn[0])
+
+    def _refill(self) -> None:
+        self.chunks += 1
+        frames, raw = hypothesis_inputs(self.chunk, None if self.seed is None else self.seed + self.chunks)
+        self.mutator.feed(frames, raw)
+        self._frames[:0] = reversed(frames)
+        self._raw[:0] = reversed(raw)
+        self._drawn[0] += len(frames)
+        self._drawn[1] += len(raw)
+
+    def _fresh(self) -> bool:
+        """Whether the next input is a hypothesis example rather than a variation."""
+        return self.rng.random() * (self.mutants + 1) < 1
+
+    def frames(self, n: int) -> list[Input]:
+        """``n`` frames (or one more) to pipeline; a fatal one only last."""
+        out: list[Input] = []
+        fatal: Input | None = None
+        while len(out) < n:
+            if not self._frames:
+                self._refill()
+            x = self._frames.pop() if self._fresh() else self.mutator.frame()
+            if x.fatal:
+                if fatal is None:
+                    fatal = x
+                elif not x.mutant:
+                    self._frames.insert(0, x)  # kept for a later batch
+                continue
+            out.append(x)
+        if fatal is not None:
+            out.append(fatal)
+        return out
+
+    def raw(self) -> Input:
+        """One raw input: a hypothesis example or a variation of one."""
+        if not self._raw:
+            self._refill()
+        if self._raw and (self._fresh() or not self.mutator.raw):
+            return self._raw.pop()
+        return self.mutator.raw_input()
 
 
 # -- findings and the report ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # "internal_error", "hang", "bad_server_frame", "crash", "health", "traceback", "exit_status"
+    kind: str  # "internal_error", "hang", "no_reply", "bad_server_frame", "crash", "health", "traceback", "exit_status"
     detail: str
     op: str | None = None
     input_hex: str = ""
@@ -250,11 +534,23 @@ class Report:
     inputs: int = 0
     frames: int = 0
     raw_inputs: int = 0
+    #: Of ``inputs``: drawn by hypothesis, and variations of those (``Mutator``).
+    generated: int = 0
+    mutants: int = 0
+    #: Frames of a batch after an unforeseen close, so never read by the broker (not in ``inputs``).
+    unread: int = 0
+    connections: int = 0
     replies: int = 0
     errors: int = 0
     closes: int = 0
     resets: int = 0
     health_checks: int = 0
+    #: The slowest health check (ping, publish, consume, ack), in ms.
+    health_max_ms: float = 0.0
+    #: The well-behaved client's pings between rounds: how many, and their round trip
+    #: (median, 99th percentile, slowest) in ms.
+    pings: int = 0
+    ping_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seconds: float = 0.0
     rss_start_kib: int = 0
     rss_peak_kib: int = 0
@@ -275,103 +571,201 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def settled_rss(pid: int, most_s: float = 5.0) -> tuple[int, int]:
+    """``rss_kib`` once the process has had time to free what closed connections held
+    (it trims its heap within a second of a close, ``broker/memtrim.py``): polled until
+    it stops falling for a second, at most ``most_s`` seconds."""
+    deadline = time.monotonic() + most_s
+    rss, hwm = rss_kib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now, hwm = rss_kib(pid)
+        if now >= rss:
+            break
+        rss = now
+    return min(rss, now), hwm
+
+
 # -- the broker run ---------------------------------------------------------------------
+
+_HELLO = framed(pack([0, 0, "hello", {"versions": [1]}]))
+
 
 class _Peer:
     """One fuzzing connection: a blocking socket with a deadline on every read."""
 
-    def __init__(self, addr: tuple[str, int], timeout: float, hello: bool = True) -> None:
+    def __init__(self, addr: tuple[str, int], timeout: float) -> None:
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn = Connection("client", max_frame=2**32 - 1)
-        self.timeout = timeout
+        self.conn = Connection("client", max_frame=2**32 - 1, encoder=_ENCODER)
         self.open = True
-        if hello:
-            self.sock.sendall(framed(pack([0, 0, "hello", {"versions": [1]}])))
+        #: Its hello is sent with its first batch; its reply is read with that batch's.
+        self.greeted = False
+        self.hung = False
 
     def close(self) -> None:
         self.open = False
         self.sock.close()
 
 
+_ENCODER = Encoder()
+
+
+@dataclass(slots=True)
+class _Sent:
+    """One batch in flight on one connection."""
+
+    peer: _Peer
+    batch: list[Input]
+    #: Responses to read before the sentinel's reply (held consumes may answer later).
+    wanted: int
+    sentinel: int | None
+    hello: bool
+
+
 class Fuzzer:
     """Drives one broker process with hostile input; see the module docs."""
 
-    def __init__(self, broker: BrokerProcess, connections: int = 4, timeout: float = 10.0,
-                 progress: Callable[[Report], None] | None = None) -> None:
+    def __init__(self, broker: BrokerProcess, connections: int = 8, timeout: float = 10.0) -> None:
         self.broker = broker
         self.addr = (broker.host, broker.port)
         self.timeout = timeout
         self.report = Report()
         self.peers: list[_Peer | None] = [None] * connections
-        self.progress = progress
+        self._sentinels = 0
+        #: The well-behaved client's ping round trips between rounds, in ms.
+        self._pings: list[float] = []
         self.health = SyncClient(broker.addr, timeout=timeout)
         self.health.create_queue(HEALTH_QUEUE)
-        # Some of the fuzzed names exist, so that requests get past QUEUE_NOT_FOUND.
-        self.health.request("queue_create", {"queue": "fz"})
-        self.health.request("queue_create", {"queue": "dl"})
-        self.health.request("topic_create", {"topic": "fzt"})
-        self.health.request("group_create", {"topic": "fzt", "group": "g"})
+        self.make_names()
         assert broker.pid is not None
         self.report.rss_start_kib, _ = rss_kib(broker.pid)
 
-    # One example ---------------------------------------------------------------------
-
-    def run_example(self, example: list[list[Input]] | Input) -> None:
-        if isinstance(example, Input):
-            self._run_raw(example)
-            return
-        sent: list[tuple[_Peer, list[Input]]] = []
-        for i, batch in enumerate(example):
-            if not batch:
-                continue
-            peer = self._peer(i % len(self.peers))
+    def make_names(self) -> None:
+        """Create the queues, topic and group some fuzzed names refer to (again, once a
+        fuzzed request has deleted them), so that requests get past QUEUE_NOT_FOUND."""
+        for op, args in (("queue_create", {"queue": "fz"}), ("queue_create", {"queue": "dl"}),
+                         ("topic_create", {"topic": "fzt"}), ("group_create", {"topic": "fzt", "group": "g"})):
             try:
-                peer.sock.sendall(b"".join(x.data for x in batch))
-            except OSError:
-                self.report.resets += 1
-                self._drop(i % len(self.peers))
-                continue
-            sent.append((peer, batch))
-            self.report.inputs += len(batch)
-            self.report.frames += len(batch)
-        for peer, batch in sent:
-            self._collect(peer, batch)
-            if not peer.open or any(x.may_hold for x in batch):
-                # A held consume may answer late: a fresh connection starts clean.
-                self._drop(self.peers.index(peer))
+                self.health.request(op, args)
+            except Exception:  # exists with other settings (a fuzzed create came first)
+                pass
 
-    def _peer(self, i: int) -> _Peer:
+    # One round: a batch on every connection and some raw inputs, all in flight at once
+
+    def run_round(self, batches: list[list[Input]], raws: list[Input]) -> None:
+        sent: list[_Sent] = []
+        for i, batch in enumerate(batches):
+            if batch:
+                s = self._send(i, batch)
+                if s is not None:
+                    sent.append(s)
+        raw_peers = [(self._send_raw(x), x) for x in raws]
+        self.ping()  # while the broker works through all of that
+        for s in sent:
+            self._collect(s)
+            if not s.peer.open or any(x.may_hold for x in s.batch):
+                # A held consume may answer late: a fresh connection starts clean.
+                self._drop(s.peer)
+        for peer, x in raw_peers:
+            if peer is not None:
+                self._expect_close(peer, time.monotonic() + self.timeout, [x])
+
+    def _send(self, i: int, batch: list[Input]) -> _Sent | None:
         peer = self.peers[i]
         if peer is None or not peer.open:
             peer = self.peers[i] = _Peer(self.addr, self.timeout)
-            self._collect(peer, [Input(b"", "hello", "hello", 0)])
+            self.report.connections += 1
+        hello = not peer.greeted
+        peer.greeted = True
+        sentinel: int | None = None
+        tail = b""
+        if not batch[-1].fatal:
+            self._sentinels += 1
+            sentinel = SENTINEL_BASE | (self._sentinels & _SENTINEL_MASK)
+            tail = framed(pack([0, sentinel, "ping", {}]))
+        try:
+            peer.sock.sendall((_HELLO if hello else b"") + b"".join(x.data for x in batch) + tail)
+        except OSError:
+            self.report.resets += 1
+            self._drop(peer)
+            return None
+        wanted = hello + len(batch) - sum(x.may_hold for x in batch)
+        return _Sent(peer, batch, wanted, sentinel, hello)
+
+    def _send_raw(self, x: Input) -> _Peer | None:
+        """Raw bytes on a connection of their own (after hello), then EOF: the broker must
+        answer with errors and close, within the timeout."""
+        peer = _Peer(self.addr, self.timeout)
+        self.report.connections += 1
+        self._count(x, 1)
+        try:
+            peer.sock.sendall(_HELLO + x.data)
+            peer.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.report.resets += 1
+            peer.close()
+            return None
         return peer
 
-    def _drop(self, i: int) -> None:
-        peer = self.peers[i]
-        if peer is not None:
-            peer.close()
-        self.peers[i] = None
+    def _count(self, x: Input, n: int) -> None:
+        r = self.report
+        r.inputs += n
+        if x.kind.startswith("raw") or x.kind in _RAW_KINDS:
+            r.raw_inputs += n
+        else:
+            r.frames += n
+        if x.mutant:
+            r.mutants += n
+        else:
+            r.generated += n
 
-    def _collect(self, peer: _Peer, batch: list[Input]) -> None:
-        """Read one response per frame of ``batch`` (held consumes excepted), or up to a
-        clean close; a hang past the timeout is a finding."""
-        wanted = len(batch) - sum(x.may_hold for x in batch)
+    def _drop(self, peer: _Peer) -> None:
+        peer.close()
+        for i, p in enumerate(self.peers):
+            if p is peer:
+                self.peers[i] = None
+
+    def _collect(self, s: _Sent) -> None:
+        """Read the batch's responses up to the sentinel's reply (or, after a fatal
+        frame, up to the close): every frame before it must have had its response.
+        A hang past the timeout is a finding. Frames after an unforeseen close were
+        never read by the broker: they are counted as ``unread``, not as inputs."""
+        peer, batch = s.peer, s.batch
         got = 0
         deadline = time.monotonic() + self.timeout
-        while got < wanted and peer.open:
+        ended = ""
+        errored = False  # a closing error came before the close
+        while not ended:
             frames = self._read(peer, deadline, batch)
             if frames is None:
-                return
+                ended = "hang" if peer.hung else "closed"
+                break
             for frame in frames:
                 if isinstance(frame, Push):
                     continue
+                if s.sentinel is not None and type(frame) is Reply and frame.id == s.sentinel:
+                    ended = "sentinel"
+                    break
                 got += 1
                 self._check(frame, batch)
                 if isinstance(frame, Error) and frame.code in CLOSING:
+                    errored = True
                     self._expect_close(peer, deadline, batch)
-                    return
+                    ended = "closed"
+                    break
+        if ended == "sentinel":
+            if got < s.wanted:
+                self._finding("no_reply", f"{s.wanted - got} frames of the batch got no reply before "
+                              "the ping sent after them", batch)
+            reached = len(batch)
+        elif ended == "closed":
+            reached = min(len(batch), got - s.hello + sum(x.may_hold for x in batch) + (not errored))
+        else:
+            reached = len(batch)
+        for x in batch[:reached]:
+            self._count(x, 1)
+        self.report.unread += len(batch) - reached
 
     def _read(self, peer: _Peer, deadline: float, batch: list[Input]) -> list[Any] | None:
         left = deadline - time.monotonic()
@@ -382,6 +776,7 @@ class Fuzzer:
             data = peer.sock.recv(1 << 20)
         except TimeoutError:
             self._finding("hang", f"no reply within {self.timeout} s", batch)
+            peer.hung = True
             peer.close()
             return None
         except ConnectionResetError:
@@ -418,31 +813,26 @@ class Fuzzer:
         name = ErrorCode(frame.code).name if frame.code in ErrorCode._value2member_map_ else str(frame.code)
         self.report.codes[name] = self.report.codes.get(name, 0) + 1
         if frame.code == ErrorCode.INTERNAL_ERROR:
-            culprit = [x for x in batch if x.rid == frame.id and x.kind == "request"] or batch
+            culprit = [x for x in batch if x.rid == frame.id and x.rid is not None] or batch
             self._finding("internal_error", f"{frame.message} {frame.details}", culprit[:1])
-
-    def _run_raw(self, x: Input) -> None:
-        """Raw bytes on a connection of their own (after hello), then EOF: the broker must
-        answer with errors and close, within the timeout."""
-        self.report.inputs += 1
-        self.report.raw_inputs += 1
-        peer = _Peer(self.addr, self.timeout)
-        try:
-            self._collect(peer, [Input(b"", "hello", "hello", 0)])
-            peer.sock.sendall(x.data)
-            peer.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.report.resets += 1
-            peer.close()
-            return
-        self._expect_close(peer, time.monotonic() + self.timeout, [x])
 
     def _finding(self, kind: str, detail: str, batch: list[Input]) -> None:
         x = batch[0] if batch else None
         self.report.findings.append(Finding(kind, detail, x.op if x else None,
                                             x.data[:4096].hex() if x else ""))
 
-    # Between batches -----------------------------------------------------------------
+    # The well-behaved client -----------------------------------------------------------
+
+    def ping(self) -> None:
+        """The well-behaved client pings (in every round, once the round's inputs are
+        sent); its round trip is kept."""
+        started = time.monotonic()
+        try:
+            self.health.ping()
+        except Exception as exc:  # any failure of a well-behaved client is the finding
+            self.report.findings.append(Finding("health", f"well-behaved client's ping failed: {exc!r}"))
+            return
+        self._pings.append((time.monotonic() - started) * 1000)
 
     def check_health(self) -> None:
         """The broker runs, and a well-behaved client on its own connection is served."""
@@ -453,6 +843,7 @@ class Fuzzer:
             raise SystemExit(1)
         _, hwm = rss_kib(pid)
         self.report.rss_peak_kib = max(self.report.rss_peak_kib, hwm)
+        started = time.monotonic()
         try:
             self.health.ping()
             mid = self.health.publish(HEALTH_QUEUE, b"health")
@@ -461,11 +852,20 @@ class Fuzzer:
             self.health.ack(HEALTH_QUEUE, [mid])
         except Exception as exc:  # any failure of a well-behaved client is the finding
             self.report.findings.append(Finding("health", f"well-behaved client failed: {exc!r}"))
+        took = (time.monotonic() - started) * 1000
+        self.report.health_max_ms = max(self.report.health_max_ms, round(took, 1))
+        self.make_names()
 
     def finish(self) -> None:
         """Close the fuzzing connections, delete what the run created, measure RSS, stop."""
-        for i in range(len(self.peers)):
-            self._drop(i)
+        pings = sorted(self._pings)
+        if pings:
+            self.report.pings = len(pings)
+            self.report.ping_ms = (round(pings[len(pings) // 2], 2), round(pings[int(len(pings) * 0.99)], 2),
+                                   round(pings[-1], 2))
+        for peer in list(self.peers):
+            if peer is not None:
+                self._drop(peer)
         try:
             for topic in self.health.list_topics():
                 self.health.request("topic_delete", {"topic": topic.name})
@@ -477,43 +877,47 @@ class Fuzzer:
         self.health.close()
         pid = self.broker.pid
         assert pid is not None
-        self.report.rss_end_kib, hwm = rss_kib(pid)
+        self.report.rss_end_kib, hwm = settled_rss(pid)
         self.report.rss_peak_kib = max(self.report.rss_peak_kib, hwm)
         status = self.broker.stop()
         self.report.exit_status = status
         if status != 0:
             self.report.findings.append(Finding("exit_status", f"broker exited {status} on SIGTERM"))
         for tb in re.findall(r"Traceback \(most recent call last\):.*?(?=\n\S|\Z)",
-                             self.broker.log_tail(10**7), re.S):
+                             self.broker.log_tail(10**8), re.S):
             self.report.findings.append(Finding("traceback", tb[-3000:]))
 
 
-def fuzz_broker(data_dir: Path, inputs: int, *, connections: int = 4, timeout: float = 10.0,
-                examples_per_batch: int = 100, seed: int | None = None, fsync: str = "never",
-                progress: Callable[[Report], None] | None = None) -> Report:
+_RAW_KINDS = frozenset({"truncated", "oversized", "nested", "ext"})
+
+
+def fuzz_broker(data_dir: Path, inputs: int, *, connections: int = 8, batch: int = 64, mutants: int = 15,
+                timeout: float = 10.0, seed: int | None = None, fsync: str = "never",
+                health_every: int = 5000, progress: Callable[[Report], None] | None = None) -> Report:
     """Start a broker in ``data_dir`` and send it at least ``inputs`` inputs; see the module docs."""
     started = time.monotonic()
     broker = BrokerProcess(data_dir / "data", fsync=fsync, log_path=data_dir / "broker.log")
     broker.start()
     try:
-        fuzzer = Fuzzer(broker, connections, timeout, progress)
+        fuzzer = Fuzzer(broker, connections, timeout)
+        stream = InputStream(seed, mutants)
+        report = fuzzer.report
         fuzzer.check_health()
-        batch = 0
-        while fuzzer.report.inputs < inputs:
-            batch += 1
-
-            @settings(max_examples=examples_per_batch, phases=[Phase.generate], database=None,
-                      deadline=None, suppress_health_check=list(HealthCheck))
-            @given(examples)
-            def one(example: list[list[Input]] | Input) -> None:
-                fuzzer.run_example(example)
-
-            if seed is not None:
-                one = with_seed(seed + batch)(one)
-            one()
-            fuzzer.check_health()
-            if progress is not None:
-                progress(fuzzer.report)
+        next_health = health_every
+        raw_due = 0.0
+        while report.inputs < inputs:
+            batches = [stream.frames(batch) for _ in range(connections)]
+            raw_due += sum(map(len, batches)) * stream.raw_ratio
+            raws = [stream.raw() for _ in range(int(raw_due))]
+            raw_due -= int(raw_due)
+            fuzzer.run_round(batches, raws)
+            if report.inputs >= next_health:
+                next_health += health_every
+                fuzzer.check_health()
+                report.seconds = round(time.monotonic() - started, 1)
+                if progress is not None:
+                    progress(report)
+        fuzzer.check_health()
         fuzzer.finish()
     finally:
         broker.kill()
@@ -562,6 +966,15 @@ def fuzz_codec(argv: list[str]) -> None:
 
 # -- command line ---------------------------------------------------------------------
 
+_EPILOG = """\
+The long run (docs/benchmarks.md, "Fuzzing"):
+  python -m tools.fuzz --inputs 1000000 --seed 1
+Coverage-guided, in-process:
+  python -m tools.fuzz codec --runs 1000000       # the sans-IO codec (atheris)
+  python -m tools.fuzzcommands --runs 1000000     # command validation (atheris)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["codec"]:
@@ -571,30 +984,41 @@ def main(argv: list[str] | None = None) -> int:
         ns, rest = p.parse_known_args(args[1:])
         fuzz_codec([f"-runs={ns.runs}", *([f"-max_total_time={ns.max_seconds}"] if ns.max_seconds else []), *rest])
         return 0
-    p = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split("\n\n")[0],
+                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", type=int, default=10_000, help="inputs to send, at least (default 10,000)")
-    p.add_argument("--connections", type=int, default=4, help="fuzzing connections at once (4)")
+    p.add_argument("--connections", type=int, default=8, help="fuzzing connections at once (8)")
+    p.add_argument("--batch", type=int, default=64, help="frames pipelined per connection and round (64)")
+    p.add_argument("--mutants", type=int, default=15,
+                   help="variations per hypothesis-drawn input, on average (15; 0: hypothesis only)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a reply or close may take (10)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the generator (default random)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the generators (default random)")
     p.add_argument("--fsync", default="never", help="the broker's fsync policy (never)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     ns = p.parse_args(args)
 
     def progress(r: Report) -> None:
-        print(f"  {r.inputs:>9,} inputs  {r.seconds or 0:.0f}  findings {len(r.findings)}",
-              file=sys.stderr, flush=True)
+        print(f"  {r.inputs:>9,} inputs  {r.seconds:>6.0f} s  {r.inputs / max(r.seconds, 0.1):>5.0f}/s  "
+              f"findings {len(r.findings)}  RSS peak {r.rss_peak_kib / 1024:.0f} MiB  "
+              f"slowest health check {r.health_max_ms:.0f} ms", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="lockgate-fuzz-") as tmp:
-        report = fuzz_broker(Path(tmp), ns.inputs, connections=ns.connections, timeout=ns.timeout,
-                             seed=ns.seed, fsync=ns.fsync, progress=progress)
+        report = fuzz_broker(Path(tmp), ns.inputs, connections=ns.connections, batch=ns.batch,
+                             mutants=ns.mutants, timeout=ns.timeout, seed=ns.seed, fsync=ns.fsync,
+                             progress=progress)
     out = asdict(report)
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if ns.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{report.inputs:,} inputs ({report.frames:,} frames, {report.raw_inputs:,} raw) in "
-              f"{report.seconds} s: {report.replies:,} replies, {report.errors:,} errors, "
-              f"{report.closes:,} closes, {report.resets:,} resets, {report.health_checks} health checks")
+        print(f"{report.inputs:,} inputs in {report.seconds} s ({report.inputs / max(report.seconds, 0.1):,.0f}/s): "
+              f"{report.frames:,} frames pipelined, {report.raw_inputs:,} raw on connections of their own; "
+              f"{report.generated:,} drawn by hypothesis, {report.mutants:,} variations of them; "
+              f"{report.unread:,} unread after a close")
+        print(f"{report.replies:,} replies, {report.errors:,} errors, {report.closes:,} closes, "
+              f"{report.resets:,} resets, {report.connections:,} connections; {report.health_checks} health "
+              f"checks, the slowest {report.health_max_ms} ms; {report.pings:,} pings during rounds: "
+              "median {0} ms, p99 {1} ms, slowest {2} ms".format(*report.ping_ms))
         print(f"broker RSS: start {report.rss_start_kib / 1024:.1f} MiB, peak {report.rss_peak_kib / 1024:.1f} MiB, "
               f"end {report.rss_end_kib / 1024:.1f} MiB; exit status {report.exit_status}")
         print("error codes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.codes.items())))

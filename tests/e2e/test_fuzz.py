@@ -1,21 +1,25 @@
-"""Fuzzing (tools/fuzz.py): a short run against a broker process, the codec under atheris,
-and the command validation in-process under hypothesis."""
+"""Fuzzing: a short run of tools/fuzz.py against a broker process, its input stream, the
+codec under atheris, and the command validation in-process (tools/fuzzcommands.py)
+under atheris and under hypothesis."""
 from __future__ import annotations
 
+import os
+import random
+import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.commands import COMMANDS, Context, Session, dispatch
-from broker.config import BrokerConfig
-from broker.state import BrokerState
-from protocol import Error, ErrorCode, Op, ProtocolError
-from tools import fuzz
+from broker.commands import COMMANDS
+from protocol import Error, ErrorCode, Op
+from tools import fuzz, fuzzcommands
 from tools.procs import ROOT
 
 
@@ -26,10 +30,13 @@ def test_the_op_table_names_every_op_and_its_arguments() -> None:
 
 
 def test_a_short_run_against_a_broker_process_finds_nothing(tmp_path: Path) -> None:
-    report = fuzz.fuzz_broker(tmp_path, 300, examples_per_batch=30, seed=13, timeout=10.0)
+    report = fuzz.fuzz_broker(tmp_path, 2000, connections=4, batch=32, seed=13, timeout=10.0,
+                              health_every=500)
     assert report.findings == []
-    assert report.inputs >= 300 and report.health_checks >= 3
+    assert report.inputs >= 2000 and report.health_checks >= 4
+    assert report.generated > 0 and report.mutants > report.generated
     assert report.raw_inputs > 0 and report.replies > 0 and report.errors > 0
+    assert report.codes.get("INVALID_ARGUMENT", 0) > 0 and report.codes.get("MALFORMED_FRAME", 0) > 0
     assert report.exit_status == 0
     assert report.rss_end_kib < 2 * report.rss_start_kib
 
@@ -44,11 +51,55 @@ def test_an_internal_error_reply_is_a_finding() -> None:
         ("internal_error", "publish", culprit.data.hex())]
 
 
+def test_inputs_are_classified_as_the_server_would_read_them() -> None:
+    ping = fuzz.framed(fuzz.pack([0, 7, "ping", {}]))
+    assert fuzz.classify(ping, "request") == fuzz.Input(ping, "request", "ping", 7)
+    held = fuzz.classify(fuzz.framed(fuzz.pack([0, 8, "consume", {"queue": "fz", "wait_ms": 5}])), "request")
+    assert held.may_hold and not held.fatal
+    assert fuzz.classify(struct.pack(">I", 1) + b"\xc1", "mutant", True).fatal
+    shape = fuzz.classify(fuzz.framed(fuzz.pack({"not": "a request"})), "shape")
+    assert not shape.fatal and shape.op is None
+
+
+def test_the_stream_mixes_hypothesis_inputs_and_variations_and_ends_batches_with_a_fatal_frame() -> None:
+    stream = fuzz.InputStream(seed=5, mutants=9, chunk=40)
+    batches = [stream.frames(20) for _ in range(40)]
+    frames = [x for b in batches for x in b]
+    assert all(not x.fatal for b in batches for x in b[:-1])
+    assert any(b[-1].fatal for b in batches)
+    mutants = sum(x.mutant for x in frames)
+    assert 0.8 < mutants / len(frames) < 0.97  # about 9 in 10
+    assert len({x.data for x in frames}) > 0.8 * len(frames)
+    assert {x.op for x in frames if x.op} >= {"publish", "consume", "queue_create", "txn"}
+    raws = [stream.raw() for _ in range(50)]
+    assert 0 < stream.raw_ratio < 0.5 and any(x.mutant for x in raws)
+    again = fuzz.InputStream(seed=5, mutants=9, chunk=40)
+    assert [x.data for x in again.frames(20)] == [x.data for x in batches[0]]
+
+
+def test_variations_keep_requests_mostly_well_formed() -> None:
+    mutator = fuzz.Mutator(random.Random(3))
+    mutator.feed(*fuzz.hypothesis_inputs(60, 4))
+    variations = [mutator.frame() for _ in range(2000)]
+    known = sum(x.op in fuzz.OP_ARGS for x in variations)
+    assert known > 0.5 * len(variations)
+    assert 0 < sum(x.fatal for x in variations) < 0.2 * len(variations)
+
+
 def test_the_codec_under_atheris() -> None:
     done = subprocess.run([sys.executable, "-m", "tools.fuzz", "codec", "--runs", "5000"], cwd=ROOT,
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert b"DONE" in done.stderr
+
+
+def test_the_command_validation_under_atheris(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tools.fuzzcommands", "--runs", "1000", "--seeds", "40"], cwd=tmp_path,
+                          capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert b"Done 1000 runs" in done.stderr
+    assert b"INFO: Instrumenting broker.commands" in done.stderr
+    assert list(tmp_path.glob("crash-*")) == []
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -57,30 +108,37 @@ def test_the_server_codec_raises_only_protocol_errors(data: bytes) -> None:
     fuzz.codec_target(data)
 
 
-def _state() -> tuple[BrokerState, Context]:
-    state, cfg = BrokerState(), BrokerConfig()
-    ctx = Context(state, cfg, 1_700_000_000_000, "127.0.0.1:7878")
-    session = Session(ready=True, version=1, client_max_frame=16 * 2**20)
-    for op, args in (("queue_create", {"queue": "fz"}), ("queue_create", {"queue": "dl"}),
-                     ("topic_create", {"topic": "fzt"}), ("group_create", {"topic": "fzt", "group": "g"}),
-                     ("publish", {"queue": "fz", "messages": [[b"a"], [b"b"]]})):
-        for m in dispatch(session, op, args, ctx).mutations:
-            state.apply(m)
-    return state, ctx
+@pytest.fixture(scope="module")
+def command_target() -> Callable[[bytes], None]:
+    return fuzzcommands.build_target()
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(fuzz.requests())
-def test_command_validation_raises_only_protocol_errors(x: fuzz.Input) -> None:
-    """Every request the broker fuzz sends, run in-process: a reply or a typed refusal,
-    never another exception (which the broker would answer with INTERNAL_ERROR)."""
-    _, rid, op, args = msgpack.unpackb(x.data[4:], raw=False, strict_map_key=False)
-    state, ctx = _state()
-    session = Session(ready=True, version=1, client_max_frame=16 * 2**20)
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(run=fuzz.frame_runs)
+def test_command_validation_raises_only_protocol_errors(command_target: Callable[[bytes], None],
+                                                        run: list[fuzz.Input]) -> None:
+    """The atheris target under hypothesis: every frame a run of the broker fuzz sends,
+    through the registry and the batch fast path, then logged and replayed: a reply or a
+    typed refusal, never another exception, and replay gives the same state."""
+    command_target(b"".join(x.data for x in run))
+
+
+@pytest.fixture
+def broken_ping() -> Iterator[None]:
+    command = COMMANDS["ping"]
+    handler = command.handler
+
+    def fails(*args: Any) -> Any:
+        raise KeyError("a fault in the handler")
+
+    command.handler = fails
     try:
-        outcome: Any = dispatch(session, op, args, ctx)
-    except ProtocolError as exc:
-        assert exc.code != ErrorCode.INTERNAL_ERROR
-        return
-    for m in outcome.mutations:
-        state.apply(m)
+        yield
+    finally:
+        command.handler = handler
+
+
+def test_the_command_target_reports_a_fault_of_a_handler(command_target: Callable[[bytes], None],
+                                                         broken_ping: None) -> None:
+    with pytest.raises(KeyError):
+        command_target(fuzz.framed(msgpack.packb([0, 1, "ping", {}])))
