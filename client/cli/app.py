@@ -8,12 +8,17 @@ its one-line help).
 """
 from __future__ import annotations
 
+import os
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import click
 
 from client.cli import messages, queues, server, topics, txn
+from client.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STATUS_HELP, group_options, remember_globals
 
+#: Set to show the traceback of an unexpected failure instead of one line.
+DEBUG_ENV = "LOCKGATE_DEBUG"
 #: The entry-point group whose entries (``name = "module:command"``) become subcommands.
 PLUGIN_GROUP = "lockgate.brokerctl"
 
@@ -45,9 +50,36 @@ class BrokerctlGroup(click.Group):
             raise click.ClickException(f"entry point {entry.value!r} ({PLUGIN_GROUP}) is not a click command")
         return loaded
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; Ctrl-C and unexpected failures end in one line on stderr."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the "
+                       "traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
 
-@click.group("brokerctl", cls=BrokerctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+
+EPILOG = f"""{EXIT_STATUS_HELP}
+
+\b
+Shell completion (bash; for zsh use zsh_source, for fish fish_source):
+  eval "$(_BROKERCTL_COMPLETE=bash_source brokerctl)"    # in ~/.bashrc
+"""
+
+
+@click.group("brokerctl", cls=BrokerctlGroup, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@group_options
+@click.pass_context
+def main(ctx: click.Context, /, **options: Any) -> None:
     """Inspect and drive a Lockgate broker.
 
     Queues: create-queue, publish, consume, subscribe, ack, stats, ... Topics and
@@ -55,15 +87,14 @@ def main() -> None:
     `brokerctl group ...` (create, list, stats, seek, delete); a group's messages are
     read with the queue commands under the name TOPIC/GROUP (`brokerctl consume
     orders/billing`). `brokerctl txn FILE` runs acks and publishes from a JSON file
-    as one transaction: all of them or none.
+    as one transaction: all of them or none. `brokerctl info` shows the broker itself.
 
-    Commands that talk to a broker accept --addr HOST:PORT (default: $LOCKGATE_ADDR,
-    else 127.0.0.1:7878) and authenticate as $LOCKGATE_USER with $LOCKGATE_PASSWORD, or
-    with $LOCKGATE_TOKEN, when set; all accept --json. `brokerctl wal ...` reads a data
-    directory offline (never modifying it); `brokerctl user ...` edits a users file
-    offline. Exit status: 0 ok, 1 the broker refused the request (or, for wal, damage was
-    found), 2 the broker could not be reached (or bad usage).
+    The options below apply to every command that talks to a broker, given before the
+    command or after it (after wins), else from their LOCKGATE_* variables. `brokerctl
+    wal ...` reads a data directory offline (never modifying it); `brokerctl user ...`
+    edits a users file offline.
     """
+    remember_globals(ctx, options)
 
 
 for _command in BUILTIN_COMMANDS:

@@ -2,18 +2,21 @@
 statuses, the connection itself, and the text and JSON output helpers."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
+from click.core import ParameterSource
 
-from client.auth import PASSWORD_ENV, TOKEN_ENV, USER_ENV
+from client.auth import PASSWORD_ENV, TOKEN_ENV, USER_ENV, Credentials
 from client.errors import ConnectionClosed, LockgateError
 from client.ops import QUEUE_SETTINGS, Param
 from client.sync import SyncClient
@@ -24,6 +27,7 @@ from client.types import (
     parse_addr,
 )
 from protocol import (
+    ErrorCode,
     MAX_RETRY_JITTER,
     MAX_SHARDS,
     MAX_TTL_MS,
@@ -37,72 +41,215 @@ from protocol import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# --- exit statuses (documented in `brokerctl --help` and README) ---------------------------
+
+EXIT_OK = 0
+#: The broker refused the request (an error reply not covered below).
 EXIT_ERROR = 1
-EXIT_UNREACHABLE = 2
+#: Bad usage: an unknown option, a bad value, conflicting settings (click's own status).
+EXIT_USAGE = 2
+#: The broker could not be reached, or the connection was lost.
+EXIT_UNREACHABLE = 3
+#: Authentication failed, or the user lacks the permission (AUTH_FAILED, UNAUTHENTICATED,
+#: PERMISSION_DENIED).
+EXIT_AUTH = 4
+#: No such queue, topic or group (QUEUE_NOT_FOUND).
+EXIT_NOT_FOUND = 5
+#: The broker did not answer within --timeout.
+EXIT_TIMEOUT = 6
+#: brokerctl itself failed (a bug; LOCKGATE_DEBUG=1 shows the traceback).
+EXIT_INTERNAL = 70
+#: Interrupted (Ctrl-C) where that is not the normal way to stop.
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUS_HELP = f"""\
+\b
+Exit status:
+  {EXIT_OK:<4} ok
+  {EXIT_ERROR:<4} the broker refused the request (wal verify: damage found; user: a refused change)
+  {EXIT_USAGE:<4} bad usage
+  {EXIT_UNREACHABLE:<4} the broker cannot be reached, or the connection was lost
+  {EXIT_AUTH:<4} authentication failed, or permission denied
+  {EXIT_NOT_FOUND:<4} no such queue, topic or group
+  {EXIT_TIMEOUT:<4} timed out waiting for the broker (--timeout)
+  {EXIT_INTERNAL:<4} an internal error (LOCKGATE_DEBUG=1 shows the traceback)
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)"""
+
+_AUTH_CODES = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.UNAUTHENTICATED, ErrorCode.PERMISSION_DENIED})
 
 
-# --- plumbing ----------------------------------------------------------------------
-
-
-def _check_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        parse_addr(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
-
-
-def common_options(f: F, json_help: str = "Print one machine-readable JSON document instead of text.") -> F:
-    """Add ``--addr`` and ``--json`` to a command."""
-    f = click.option("--json", "as_json", is_flag=True, help=json_help)(f)
-    f = click.option(
-        "--addr",
-        envvar=ADDR_ENV,
-        default=DEFAULT_ADDR,
-        show_default=True,
-        show_envvar=True,
-        callback=_check_addr,
-        metavar="HOST:PORT",
-        help="Broker address.",
-    )(f)
-    return f
+def exit_status(exc: LockgateError) -> int:
+    """The exit status for a broker's error (or a lost connection)."""
+    if isinstance(exc, ConnectionClosed):
+        return EXIT_UNREACHABLE
+    if exc.code in _AUTH_CODES:
+        return EXIT_AUTH
+    if exc.code == ErrorCode.QUEUE_NOT_FOUND:
+        return EXIT_NOT_FOUND
+    return EXIT_ERROR
 
 
 def fail(status: int, message: str) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``status``."""
+    """Print ``error: message`` on stderr (one line) and exit with ``status``."""
     click.echo(f"error: {message}", err=True)
     sys.exit(status)
 
 
-def credentials() -> dict[str, str]:
-    """``$LOCKGATE_USER`` and ``$LOCKGATE_PASSWORD`` (asked for on a terminal when unset),
-    or ``$LOCKGATE_TOKEN``; none when neither is set."""
-    user, password, token = (os.environ.get(name) or None for name in (USER_ENV, PASSWORD_ENV, TOKEN_ENV))
-    if token is not None:
-        if user is not None:
-            fail(EXIT_UNREACHABLE, f"set {TOKEN_ENV} or {USER_ENV}, not both")
-        return {"token": token}
-    if user is None:
-        if password is not None:
-            fail(EXIT_UNREACHABLE, f"{PASSWORD_ENV} is set but {USER_ENV} is not")
-        return {}
+def fail_with(exc: LockgateError, message: str | None = None) -> NoReturn:
+    """Exit for a broker's error: ``error: CODE_NAME: message`` and its exit status."""
+    fail(exit_status(exc), f"{exc.code_name}: {exc.message if message is None else message}")
+
+
+# --- the global options: before or after the command --------------------------------------
+
+#: The environment variables of the options that have no home in client.auth or client.types.
+TIMEOUT_ENV = "LOCKGATE_TIMEOUT"
+JSON_ENV = "LOCKGATE_JSON"
+DEFAULT_TIMEOUT_S = 30.0
+_GLOBALS_KEY = "lockgate.brokerctl.globals"
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    """The options every online command takes, before its name (``brokerctl --addr X
+    ping``) or after it (``brokerctl ping --addr X``); after wins, then before, then the
+    ``LOCKGATE_*`` variable, then the default."""
+
+    addr: str = DEFAULT_ADDR
+    user: str | None = None
+    token: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+    as_json: bool = False
+
+
+#: The global options by parameter name: flag, environment variable and click settings,
+#: declared on the `brokerctl` group and on every online command.
+_GLOBAL_OPTIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "addr": ("--addr", ADDR_ENV, {"metavar": "HOST:PORT", "help": "Broker address."}),
+    "user": ("--user", USER_ENV, {
+        "metavar": "NAME",
+        "help": f"Authenticate as NAME (SCRAM-SHA-256), with the password in ${PASSWORD_ENV} "
+                "(asked for on a terminal when unset).",
+    }),
+    "token": ("--token", TOKEN_ENV, {
+        "metavar": "TOKEN",
+        "help": f"Authenticate with this bearer token (prefer ${TOKEN_ENV}: a command line is visible "
+                "to other users of the machine).",
+    }),
+    "timeout": ("--timeout", TIMEOUT_ENV, {
+        "type": click.FloatRange(0, min_open=True), "metavar": "SECONDS",
+        "help": "How long to wait for the broker: to connect, and for each reply.",
+    }),
+    "as_json": ("--json", JSON_ENV, {"is_flag": True,
+                                     "help": "Print one machine-readable JSON document instead of text."}),
+}
+_DEFAULTS = Globals()
+
+
+def _check_addr(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_addr(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _option(name: str, json_help: str | None = None) -> Callable[[F], F]:
+    """One global option, the same on the group and on each command (a command's value
+    is used only when given on its command line: the group's already holds the
+    variable's or the default)."""
+    flag, envvar, settings = _GLOBAL_OPTIONS[name]
+    settings = dict(settings, envvar=envvar, show_envvar=True)
+    if name == "as_json" and json_help is not None:
+        settings["help"] = json_help
+    if name == "addr":
+        settings["callback"] = _check_addr
+    default = getattr(_DEFAULTS, name)
+    if default is not None:
+        settings |= {"default": default, "show_default": not settings.get("is_flag", False)}
+    return click.option(flag, name, **settings)
+
+
+def group_options(f: F) -> F:
+    """The global options on the `brokerctl` group (they take the ``LOCKGATE_*``
+    variables and defaults)."""
+    for name in reversed(_GLOBAL_OPTIONS):
+        f = _option(name)(f)
+    return f
+
+
+def remember_globals(ctx: click.Context, values: dict[str, Any]) -> None:
+    """Keep the global options in force for the command that runs under it."""
+    ctx.meta[_GLOBALS_KEY] = Globals(**{name: values[name] for name in _GLOBAL_OPTIONS})
+
+
+def current_globals() -> Globals:
+    """The global options in force for the running command."""
+    ctx = click.get_current_context()
+    found = ctx.meta.get(_GLOBALS_KEY)
+    return found if isinstance(found, Globals) else _DEFAULTS
+
+
+def common_options(f: F, json_help: str | None = None) -> F:
+    """Add the global options to an online command, which gets the values in force as
+    ``addr`` and ``as_json`` (``connect`` takes the others from :func:`current_globals`)."""
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        given = {name: kwargs.pop(name) for name in _GLOBAL_OPTIONS}
+        on_group = current_globals()
+        values = {
+            name: value if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+            else getattr(on_group, name)
+            for name, value in given.items()
+        }
+        remember_globals(ctx, values)
+        return f(*args, addr=values["addr"], as_json=values["as_json"], **kwargs)
+
+    command = cast(F, run)
+    for name in reversed(_GLOBAL_OPTIONS):
+        command = _option(name, json_help)(command)
+    return command
+
+
+def credentials(opts: Globals) -> Credentials | None:
+    """The user (with ``$LOCKGATE_PASSWORD``, asked for on a terminal when unset) or the
+    token of ``opts``; None when neither is set."""
+    if opts.user is not None and opts.token is not None:
+        raise click.UsageError(f"give --user (${USER_ENV}) or --token (${TOKEN_ENV}), not both")
+    if opts.token is not None:
+        return Credentials(token=opts.token)
+    if opts.user is None:
+        if os.environ.get(PASSWORD_ENV):
+            raise click.UsageError(f"${PASSWORD_ENV} is set but no user is given (--user or ${USER_ENV})")
+        return None
+    password = os.environ.get(PASSWORD_ENV) or None
     if password is None:
         if not sys.stdin.isatty():
-            fail(EXIT_UNREACHABLE, f"{USER_ENV} is set but {PASSWORD_ENV} is not")
-        password = click.prompt(f"Password for {user}", hide_input=True, err=True)
-    return {"user": user, "password": password}
+            raise click.UsageError(f"user {opts.user!r} is given but ${PASSWORD_ENV} is not set "
+                                   "(and there is no terminal to ask on)")
+        password = click.prompt(f"Password for {opts.user}", hide_input=True, err=True)
+    return Credentials(user=opts.user, password=password)
 
 
 @contextmanager
 def connect(addr: str) -> Iterator[SyncClient]:
-    """A connected client, authenticated with ``credentials()``; broker errors and
-    transport trouble become exit statuses."""
-    creds = credentials()
+    """A client connected to ``addr`` with the global options in force (credentials,
+    timeout); broker errors and transport trouble become one line and an exit status."""
+    opts = current_globals()
+    creds = credentials(opts)
     try:
-        client = SyncClient(addr, client_name="brokerctl", user=creds.get("user"), password=creds.get("password"),
-                            token=creds.get("token"))
+        client = SyncClient(addr, client_name="brokerctl", timeout=opts.timeout,
+                            user=creds.user if creds else None, password=creds.password if creds else None,
+                            token=creds.token if creds else None)
     except LockgateError as exc:
-        fail(EXIT_UNREACHABLE, f"handshake with {addr} failed: {exc.code_name}: {exc.message}")
+        status = exit_status(exc)
+        fail(status if status == EXIT_AUTH else EXIT_UNREACHABLE,
+             f"handshake with {addr} failed: {exc.code_name}: {exc.message}")
+    except TimeoutError:
+        fail(EXIT_TIMEOUT, f"timed out connecting to {addr} (--timeout {opts.timeout:g} s)")
     except OSError as exc:
         fail(EXIT_UNREACHABLE, f"cannot connect to {addr}: {exc.strerror or exc}")
     try:
@@ -111,9 +258,9 @@ def connect(addr: str) -> Iterator[SyncClient]:
     except ConnectionClosed as exc:
         fail(EXIT_UNREACHABLE, f"connection to {addr} lost: {exc.message}")
     except TimeoutError:
-        fail(EXIT_UNREACHABLE, f"timed out waiting for {addr}")
+        fail(EXIT_TIMEOUT, f"timed out waiting for {addr} (--timeout {opts.timeout:g} s)")
     except LockgateError as exc:
-        fail(EXIT_ERROR, f"{exc.code_name}: {exc.message}")
+        fail_with(exc)
     except OSError as exc:
         fail(EXIT_UNREACHABLE, f"connection to {addr} failed: {exc.strerror or exc}")
 

@@ -8,12 +8,11 @@ from typing import Any
 import click
 
 from client.cli.common import (
-    EXIT_ERROR,
     SETTING_OPTIONS,
     common_options,
     connect,
     emit_json,
-    fail,
+    fail_with,
     print_fields,
     print_table,
     read_stdin,
@@ -295,7 +294,7 @@ def group_list(topic_name: str, addr: str, as_json: bool) -> None:
         if isinstance(reply, QueueNotFound):
             continue  # deleted meanwhile
         if isinstance(reply, LockgateError):
-            fail(EXIT_ERROR, f"{reply.code_name}: {reply.message}")
+            fail_with(reply)
         stats.append(spec.parse(reply))
     if as_json:
         emit_json([_group_json(g) for g in stats])

@@ -11,11 +11,11 @@ from typing import Any
 import click
 
 from client.cli.common import (
-    EXIT_ERROR,
     common_options,
     compact_json,
     connect,
     emit_json,
+    exit_status,
     fail,
     ids_text,
     plural,
@@ -179,7 +179,7 @@ def txn_cmd(file: Any, addr: str, as_json: bool) -> None:
         except ConnectionClosed:
             raise
         except LockgateError as exc:
-            fail(EXIT_ERROR, _txn_error(exc, steps))
+            fail(exit_status(exc), _txn_error(exc, steps))
     if as_json:
         emit_json({"results": [
             {"step": i, "op": step["op"],

@@ -137,18 +137,26 @@ def test_brokerctl_takes_credentials_from_the_environment(auth_broker: AuthBroke
     ctl("create-queue", "orders.eu", *addr, env=alice)
     assert [q["name"] for q in json.loads(ctl("queues", "--json", *addr, env=alice).stdout)] == ["orders.eu"]
     svc = {"LOCKGATE_TOKEN": auth_broker.token}
-    denied = ctl("publish", "orders.eu", "x", *addr, env=svc, expect=1)
+    denied = ctl("publish", "orders.eu", "x", *addr, env=svc, expect=4)
     assert "error: PERMISSION_DENIED: user 'svc' may not publish 'orders.eu'" in denied.stderr
     # svc may publish to billing, which does not exist; to orders.us (which does not exist
     # either) it may not, and is told only that.
-    assert "QUEUE_NOT_FOUND" in ctl("publish", "billing", "x", *addr, env=svc, expect=1).stderr
-    assert "PERMISSION_DENIED" in ctl("publish", "orders.us", "x", *addr, env=svc, expect=1).stderr
-    wrong = ctl("queues", *addr, env={"LOCKGATE_USER": "alice", "LOCKGATE_PASSWORD": "nope"}, expect=2)
+    assert "QUEUE_NOT_FOUND" in ctl("publish", "billing", "x", *addr, env=svc, expect=5).stderr
+    assert "PERMISSION_DENIED" in ctl("publish", "orders.us", "x", *addr, env=svc, expect=4).stderr
+    wrong = ctl("queues", *addr, env={"LOCKGATE_USER": "alice", "LOCKGATE_PASSWORD": "nope"}, expect=4)
     assert "handshake with" in wrong.stderr and "AUTH_FAILED" in wrong.stderr
-    nobody = ctl("queues", *addr, env={"LOCKGATE_USER": "", "LOCKGATE_TOKEN": ""}, expect=2)
+    nobody = ctl("queues", *addr, env={"LOCKGATE_USER": "", "LOCKGATE_TOKEN": ""}, expect=4)
     assert "UNAUTHENTICATED" in nobody.stderr
     no_password = ctl("queues", *addr, env={"LOCKGATE_USER": "alice", "LOCKGATE_PASSWORD": ""}, expect=2)
-    assert "LOCKGATE_USER is set but LOCKGATE_PASSWORD is not" in no_password.stderr
+    assert "user 'alice' is given but $LOCKGATE_PASSWORD is not set" in no_password.stderr
+    both = ctl("queues", *addr, env={"LOCKGATE_USER": "alice", "LOCKGATE_TOKEN": auth_broker.token}, expect=2)
+    assert "not both" in both.stderr
+    # The options, before or after the command, instead of the variables.
+    as_alice = {"LOCKGATE_PASSWORD": PASSWORD}
+    assert json.loads(ctl("--user", "alice", "queues", "--json", *addr, env=as_alice).stdout)[0]["name"] == "orders.eu"
+    assert json.loads(ctl("queues", "--user", "alice", "--json", *addr, env=as_alice).stdout)[0]["name"] == "orders.eu"
+    assert "PERMISSION_DENIED" in ctl("--token", auth_broker.token, "publish", "orders.eu", "x", *addr,
+                                      expect=4).stderr
 
 
 def test_a_grant_with_brokerctl_applies_to_an_open_connection(auth_broker: AuthBroker) -> None:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from client import SyncClient
-from client.cli import main, messages
+from client.cli import main, messages, server
 from client.ops import QUEUE_SETTINGS
 
 _names = itertools.count()
@@ -95,20 +95,62 @@ def test_create_queue_offers_every_queue_setting() -> None:
         assert f"--{setting.name.replace('_', '-')}" in text
 
 
-def test_unreachable_broker_exits_2() -> None:
+def test_unreachable_broker_exits_3() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = CliRunner().invoke(main, ["ping", "--addr", f"127.0.0.1:{port}"])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.startswith(f"error: cannot connect to 127.0.0.1:{port}")
     assert result.stdout == ""
 
 
 def test_bad_addr_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["ping", "--addr", "no-port"])
-    assert result.exit_code == 2
-    assert "host:port" in result.stderr
+    for args in (["ping", "--addr", "no-port"], ["--addr", "no-port", "ping"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2
+        assert "host:port" in result.stderr
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_broker_that_does_not_answer_times_out() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        addr = "127.0.0.1:%d" % silent.getsockname()[1]
+        result = CliRunner().invoke(main, ["--timeout", "0.2", "ping", "--addr", addr])
+        assert result.exit_code == 6, result.output
+        assert result.stderr == f"error: timed out connecting to {addr} (--timeout 0.2 s)\n"
+        result = CliRunner(env={"LOCKGATE_TIMEOUT": "0.2"}).invoke(main, ["ping", "--addr", addr])
+        assert result.exit_code == 6, result.output
+
+
+def test_credentials_in_conflict_are_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["--user", "alice", "--token", "t", "ping", "--addr", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "not both" in result.stderr
+
+
+def test_an_unexpected_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(server, "connect", broken)
+    result = CliRunner().invoke(main, ["info"])
+    assert (result.exit_code, result.stderr) == (
+        70, "error: internal error: RuntimeError: something broke (set LOCKGATE_DEBUG=1 for the traceback)\n")
+    assert CliRunner(env={"LOCKGATE_DEBUG": "1"}).invoke(main, ["info"]).exception is not None
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server, "connect", interrupted)
+    result = CliRunner().invoke(main, ["info"])
+    assert (result.exit_code, result.stderr) == (130, "error: interrupted\n")
 
 
 # --- against a broker ------------------------------------------------------------------------
@@ -125,7 +167,7 @@ def test_ping(ctl: Ctl) -> None:
 def test_info(ctl: Ctl, tmp_path: Path) -> None:
     before = ctl.json("info")
     assert before["addr"] == ctl.addr and before["server"].startswith("lockgate/")
-    assert (before["queues"], before["topics"], before["groups"], before["connections"]) == (0, 0, 0, 1)
+    assert (before["queues"], before["topics"], before["groups"]) == (0, 0, 0) and before["connections"] >= 1
     assert before["fsync"] == "always" and before["auth"] == "off"
     assert before["data_dir"] == str(tmp_path / "data")
     assert before["uptime_ms"] == before["now_ms"] - before["started_ms"] >= 0
@@ -134,13 +176,33 @@ def test_info(ctl: Ctl, tmp_path: Path) -> None:
     ctl.run("group", "create", "t", "g")
     with SyncClient(ctl.addr):  # a second connection while info runs
         after = ctl.json("info")
-    assert (after["queues"], after["topics"], after["groups"], after["connections"]) == (1, 1, 1, 2)
+    # (a connection closed a moment ago may not be gone from the broker's count yet)
+    assert (after["queues"], after["topics"], after["groups"]) == (1, 1, 1) and after["connections"] >= 2
     assert after["wal_bytes"] > before["wal_bytes"] and after["wal_segments"] >= 1
     text = ctl.run("info").stdout
     assert "lockgate/" in text and f" at {ctl.addr}\n" in text
-    assert re.search(r"^fsync +always$", text, re.M) and re.search(r"^connections +1$", text, re.M)
+    assert re.search(r"^fsync +always$", text, re.M) and re.search(r"^connections +\d+$", text, re.M)
     assert re.search(r"^topics +1 \(1 consumer group\)$", text, re.M)
     assert re.search(r"^data_dir +" + re.escape(str(tmp_path / "data")) + "$", text, re.M)
+
+
+def test_global_options_before_or_after_the_command(ctl: Ctl) -> None:
+    runner = CliRunner()
+    for args in (["--addr", ctl.addr, "--json", "ping"], ["--addr", ctl.addr, "ping", "--json"],
+                 ["ping", "--json", "--addr", ctl.addr], ["--json", "ping", "--addr", ctl.addr]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert json.loads(result.stdout)["server"]["version"] == 1
+    # After the command wins over before it, which wins over the variable.
+    nowhere = f"127.0.0.1:{unused_port()}"
+    env = {"LOCKGATE_ADDR": nowhere}
+    assert CliRunner(env=env).invoke(main, ["ping"]).exit_code == 3
+    assert CliRunner(env=env).invoke(main, ["--addr", ctl.addr, "ping"]).exit_code == 0
+    assert CliRunner(env=env).invoke(main, ["--addr", nowhere, "ping", "--addr", ctl.addr]).exit_code == 0
+    assert CliRunner(env=env).invoke(main, ["--addr", ctl.addr, "ping", "--addr", nowhere]).exit_code == 3
+    # LOCKGATE_JSON asks every command for JSON.
+    result = CliRunner(env={"LOCKGATE_JSON": "1", "LOCKGATE_ADDR": ctl.addr}).invoke(main, ["queues"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
 
 
 def test_addr_defaults_to_the_environment(ctl: Ctl) -> None:
@@ -168,7 +230,7 @@ def test_broker_errors_exit_1_with_code_name(ctl: Ctl, queue: str) -> None:
     result = ctl.run("create-queue", queue, "--kind", "lifo", expect=1)
     assert result.stderr.startswith("error: QUEUE_EXISTS: ")
     missing = qname()
-    result = ctl.run("stats", missing, "--json", expect=1)
+    result = ctl.run("stats", missing, "--json", expect=5)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ") and result.stdout == ""
     result = ctl.run("create-queue", "bad name", expect=1)
     assert result.stderr.startswith("error: INVALID_ARGUMENT: ")
@@ -245,7 +307,7 @@ def test_delete_queue_asks_first(ctl: Ctl, queue: str) -> None:
     ctl.run("delete-queue", queue, input="n\n", expect=1)
     assert ctl.json("stats", queue)["messages"] == 2
     assert ctl.run("delete-queue", queue, input="y\n").stdout.endswith(f"deleted queue {queue} (2 messages dropped)\n")
-    ctl.run("stats", queue, expect=1)
+    ctl.run("stats", queue, expect=5)
     other = qname()
     ctl.run("create-queue", other)
     assert ctl.json("delete-queue", other, "--yes") == {"queue": other, "messages": 0}
@@ -261,7 +323,7 @@ def test_purge_asks_first_and_reports_counts(ctl: Ctl, queue: str) -> None:
     assert result.stdout == f"purged 3 messages from {queue} (ready 2, delayed 1, leased 0)\n"
     assert ctl.json("purge", queue, "--leased", "--yes") == {"queue": queue, "ready": 0, "delayed": 0, "leased": 1, "waiting": 0}
     assert ctl.json("stats", queue)["messages"] == 0
-    result = ctl.run("purge", qname(), "--yes", expect=1)
+    result = ctl.run("purge", qname(), "--yes", expect=5)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
 
 
@@ -331,7 +393,7 @@ def test_status_text_and_json(ctl: Ctl, queue: str) -> None:
     ] * 2}
     assert doc["statuses"][0]["published_at"] > 0
     ctl.run("status", queue, expect=2)                         # ids are required
-    result = ctl.run("status", qname(), "1", expect=1)
+    result = ctl.run("status", qname(), "1", expect=5)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
 
 
@@ -414,7 +476,7 @@ def test_dlq_redrive(ctl: Ctl) -> None:
     for args in (["1"], ["--ids"], ["--ids", "1", "--max", "2"]):
         result = ctl.run("dlq", "redrive", dlq, *args, expect=2)
         assert "Usage:" in result.stderr
-    result = ctl.run("dlq", "redrive", qname(), expect=1)
+    result = ctl.run("dlq", "redrive", qname(), expect=5)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
 
 
@@ -452,7 +514,7 @@ def test_subscribe_without_ack_leaves_the_messages_leased(ctl: Ctl, queue: str) 
 def test_subscribe_usage_and_broker_errors(ctl: Ctl, queue: str) -> None:
     result = ctl.run("subscribe", queue, "--auto-ack", "--count", "1", expect=2)
     assert "--auto-ack cannot be used with --count" in result.stderr
-    result = ctl.run("subscribe", qname(), "--count", "1", expect=1)
+    result = ctl.run("subscribe", qname(), "--count", "1", expect=5)
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
 
 

@@ -161,7 +161,7 @@ def test_a_later_step_failing_undoes_the_earlier_ones(ctl: Ctl) -> None:
     ctl.run("create-queue", src)
     taken = leased(ctl, src)
     steps = [{"op": "ack", "queue": src, "ids": [taken]}, {"op": "publish", "queue": missing, "messages": ["x"]}]
-    result = ctl.run("txn", "-", input=json.dumps(steps), expect=1)
+    result = ctl.run("txn", "-", input=json.dumps(steps), expect=5)
     assert result.stderr == f"error: QUEUE_NOT_FOUND: step 1 (publish): queue {missing!r} does not exist\n"
     assert [s["state"] for s in ctl.json("status", src, str(taken))["statuses"]] == ["leased"]
 
