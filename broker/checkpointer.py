@@ -81,9 +81,12 @@ class Checkpointer:
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self.checkpoints = 0
-        #: The last checkpoint failed for lack of disk space, so the next one does not
-        #: roll the log (admission refuses publishes meanwhile: ``DiskState.STARVED``).
+        #: The last checkpoint failed for lack of disk space (``DiskState.STARVED``);
+        #: it is tried again within ``RETRY_MAX_S``.
         self.starved = False
+        #: Bytes of live message bodies when the newest snapshot was taken: acked since,
+        #: they are dead weight in it that the next checkpoint reclaims.
+        self._live_at_snapshot = self._live_bytes()
         self._running = False
         admission.reclaimer = self
 
@@ -103,9 +106,11 @@ class Checkpointer:
             self._wanted.set()
 
     def reclaim(self) -> None:
-        """Called when the disk is full: checkpoint now if that would free log space
-        (the log since the last snapshot holds more than the live data)."""
-        if self._wal.appended_lsn - self.snapshot_lsn - self._live_bytes() >= RECLAIM_MIN_BYTES:
+        """Called when the disk is full: checkpoint now if that would free disk space
+        (the log since the last snapshot and the messages the snapshot holds come to
+        more than the live data: acked messages, records of leases and nacks)."""
+        dead = self._wal.appended_lsn - self.snapshot_lsn + self._live_at_snapshot - self._live_bytes()
+        if dead >= RECLAIM_MIN_BYTES:
             self._wanted.set()
 
     def _live_bytes(self) -> int:
@@ -144,6 +149,8 @@ class Checkpointer:
                             self.check_at = self._wal.appended_lsn + self._min_bytes
                     finally:
                         self._running = False
+                        if not healing:
+                            self._admission.hold_snapshot_room()
                         self._admission.checkpoint_ended(no_room=self.starved)
         finally:
             self._stopped.set()
@@ -156,26 +163,33 @@ class Checkpointer:
     async def checkpoint(self) -> None:
         """Snapshot the state as of now in a child process and publish it.
 
-        Normally the log is rolled first, so the snapshot's LSN starts a segment and
-        every segment before it can go. After a failure for lack of room it is not:
-        a new segment costs room on the full disk, and the snapshot frees every segment
-        but the active one anyway."""
-        if not self.starved:
-            # The new segment gets the room the live messages' acks need.
-            self._wal.reserve_hint = self._reserve()
-            if not self._wal.roll():
-                raise CheckpointError(f"could not start a new segment in {self._dir}", no_room=True)
-        else:  # and the snapshot needs what the log holds beyond the acks' reserve
-            self._wal.trim_room(self._reserve())
-        lsn = self._wal.appended_lsn
+        The log is rolled first (the reserved room moves to the new segment), so the
+        snapshot's LSN starts a segment and every segment before it can go; if the new
+        segment cannot be created the log goes on in the active one, which the
+        snapshot then keeps. Then the room the log kept for the next snapshot
+        (``Admission.snapshot_room``) is given back to the file system for the
+        snapshot to be written into: on a full disk that is the room it needs."""
+        wal = self._wal
+        wal.reserve_hint = self._reserve()
+        wal.roll()
+        wal.trim_room(self._admission.take_snapshot_room())
+        lsn = wal.appended_lsn
+        bound = self._state.snapshot_bound()
+        live = self._live_bytes()
         started = time.perf_counter()
         await self._write_snapshot(lsn)
         await self._committer.wait_durable(lsn)
-        if self._wal.synced_lsn < lsn:
+        if wal.synced_lsn < lsn:
             # Under interval/never, "durable" above only meant written to the OS; the
             # snapshot must never be published ahead of what the log has fsynced.
-            self._wal.sync()
+            wal.sync()
+        try:
+            size = os.stat(snapshot_tmp_path(self._dir, lsn)).st_size
+        except OSError:
+            size = 0
         self._publish(lsn, started)
+        self._live_at_snapshot = live
+        self._admission.calibrate(bound, size)
 
     def heal_soon(self) -> None:
         """The log has failed: start recovering it (``heal``) now."""
@@ -195,11 +209,13 @@ class Checkpointer:
         """
         wal = self._wal
         lsn = wal.appended_lsn
+        live = self._live_bytes()
         started = time.perf_counter()
         await self._write_snapshot(lsn)
+        self._live_at_snapshot = live
         tmp = snapshot_tmp_path(self._dir, lsn)
         publish_snapshot(self._io, self._dir, tmp)
-        wal.reserve_hint = self._reserve()
+        wal.reserve_hint = self._admission.log_reserve()
         wal.restart_at(lsn)
         self._publish_done(lsn, started, "the log recovered: snapshot", logging.WARNING)
 

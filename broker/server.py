@@ -171,7 +171,8 @@ class Broker:
             io is None or io.reports_outside_syncs) else None
         self._committer = GroupCommitter(wal, policy, interval_ms=self.config.fsync_interval_ms,
                                          helper=helper)
-        admission = Admission(wal, lambda: self.state.ack_reserve, str(self.wal_dir))
+        admission = Admission(wal, lambda: self.state.ack_reserve, str(self.wal_dir),
+                              lambda: self.state.snapshot_bound())
         self._checkpointer = Checkpointer(
             self.state, wal, self._committer, str(self.wal_dir), io if io is not None else FileIO(),
             min_bytes=self.config.checkpoint_bytes, snapshot_lsn=self._snapshot_lsn,

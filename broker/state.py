@@ -52,6 +52,19 @@ from .topic_state import TOPIC_TIMER, TopicAppliers
 from .topics import Group, Topic, copy_maker, group_queue_name
 
 #: Snapshot record types (a snapshot file's records; never in the log).
+#: ``snapshot_bound``: the snapshot's header and end record; per queue, topic or group
+#: its header and record framing; per message a row beyond its body (ten fields, the
+#: integers at their longest) and a typical key; per remembered dedup id, time to
+#: live, error text, dead-letter source and dependency list their typical row.
+SNAPSHOT_BOUND_BASE = 4096
+SNAPSHOT_BOUND_QUEUE = 1024
+SNAPSHOT_BOUND_ROW = 96
+SNAPSHOT_BOUND_DEDUP = 64
+SNAPSHOT_BOUND_EXPIRY = 20
+SNAPSHOT_BOUND_ERROR = 128
+SNAPSHOT_BOUND_SOURCE = 96
+SNAPSHOT_BOUND_WAIT = 64
+
 SNAPSHOT_QUEUE = 101
 SNAPSHOT_MESSAGES = 102
 #: ``[queue, [DeadLetter.row, ...]]``: where a queue's dead letters came from, and why.
@@ -655,6 +668,23 @@ class BrokerState(TopicAppliers):
         return state
 
     # -- reading --------------------------------------------------------------------
+
+    def snapshot_bound(self) -> int:
+        """About the most bytes a snapshot of this state takes (``export_records``), from
+        counts: bodies plus a row's worst case per message (its integers at 9 bytes),
+        and typical sizes for keys, dedup ids, error texts and dead-letter sources (the
+        broker scales it by what its snapshots really took, ``Admission``). One pass
+        over the queues and topics, not over messages."""
+        total = SNAPSHOT_BOUND_BASE
+        for q in self.queues.values():
+            total += (SNAPSHOT_BOUND_QUEUE + q.bytes + len(q.messages) * SNAPSHOT_BOUND_ROW
+                      + len(q.dedup) * SNAPSHOT_BOUND_DEDUP + len(q.expires) * SNAPSHOT_BOUND_EXPIRY
+                      + len(q.errors) * SNAPSHOT_BOUND_ERROR + len(q.sources) * SNAPSHOT_BOUND_SOURCE
+                      + len(q.waits_on) * SNAPSHOT_BOUND_WAIT)
+        for t in self.topics.values():
+            total += (SNAPSHOT_BOUND_QUEUE * (1 + len(t.groups)) + t.bytes
+                      + len(t) * SNAPSHOT_BOUND_ROW)
+        return total
 
     def count_ack_reserve(self) -> int:
         """``ack_reserve`` counted from scratch (it is kept up to date incrementally)."""

@@ -27,31 +27,59 @@ BLOCK = 4096
 BODY = b"m" * 1000
 
 
+#: Extended attribute in which ``SmallDisk`` keeps the end of a file's reservation.
+RESERVED_XATTR = "user.lockgate_test_reserved"
+
+
 class SmallDisk(FileIO):
     """Real files, as if ``root`` were a file system of ``capacity`` bytes: a write or a
-    reservation that needs blocks past it fails with ENOSPC and changes nothing."""
+    reservation that needs blocks past it fails with ENOSPC and changes nothing.
+
+    A file holds its size, or the end of what was reserved in it if that is further
+    (until a release or truncation), in whole blocks. The reservation's end is kept
+    on the file itself (an extended attribute), so the forked snapshot writer and the
+    broker see each other's reservations; the real block counts would not do, as they
+    also hold the real file system's own metadata (extent blocks) and drift."""
 
     def __init__(self, root: Path, capacity: int) -> None:
         self.root = root
         self.capacity = capacity
         self.refusals = 0
 
+    @staticmethod
+    def _held(path_or_fd: str | int) -> int:
+        size = os.stat(path_or_fd).st_size
+        try:
+            reserved = int(os.getxattr(path_or_fd, RESERVED_XATTR))
+        except OSError:
+            reserved = 0
+        return -(-max(size, reserved) // BLOCK) * BLOCK
+
+    @staticmethod
+    def _reserved_to(fd: int, end: int) -> None:
+        os.setxattr(fd, RESERVED_XATTR, str(end).encode())
+
     def used(self) -> int:
         total = 0
         for dirpath, _, files in os.walk(self.root):
             for name in files:
                 try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                    total += self._held(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     pass
         return total
 
     def _allocate(self, fd: int, end: int) -> None:
-        have = os.fstat(fd).st_blocks * 512
-        need = max(0, -(-end // BLOCK) * BLOCK - have)
+        need = max(0, -(-end // BLOCK) * BLOCK - self._held(fd))
         if need and self.used() + need > self.capacity:
             self.refusals += 1
             raise OSError(errno.ENOSPC, "No space left on device")
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if flags & os.O_TRUNC:
+            self._reserved_to(fd, 0)
+        return fd
 
     def write(self, fd: int, data: bytes) -> int:  # type: ignore[override]
         self._allocate(fd, os.fstat(fd).st_size + len(data))
@@ -60,6 +88,19 @@ class SmallDisk(FileIO):
     def preallocate(self, fd: int, offset: int, length: int) -> None:
         self._allocate(fd, offset + length)
         super().preallocate(fd, offset, length)
+        try:
+            reserved = int(os.getxattr(fd, RESERVED_XATTR))
+        except OSError:
+            reserved = 0
+        self._reserved_to(fd, max(reserved, offset + length))
+
+    def release(self, fd: int, offset: int, length: int) -> None:
+        super().release(fd, offset, length)
+        self._reserved_to(fd, offset)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        super().ftruncate(fd, length)
+        self._reserved_to(fd, length)
 
 
 def config(data: Path) -> BrokerConfig:
@@ -230,3 +271,40 @@ async def test_publishes_wait_for_the_checkpoint_that_reclaims_a_full_disk(
     r = await c.call("publish", {"queue": "q", "messages": [[b"after"]]})
     assert isinstance(r, Reply), r
     assert await count(c) == 1
+
+
+async def test_acks_bring_publishes_back_when_another_program_filled_the_disk(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The disk is full and another program holds every free block: acking half the
+    messages is enough. The room the log kept for the next snapshot takes it; that
+    snapshot frees the acked messages' log, and publishes resume within seconds."""
+    data = tmp_path / "d"
+    disk = SmallDisk(data, capacity=3 * 1024 * 1024)
+    broker, c = await start(nursery, data, disk)
+    await c.call("queue_create", {"queue": "q"})
+    confirmed = await fill(c)
+    await reclaimed(broker)
+    disk.capacity = disk.used()  # another program takes whatever is left
+    r = await c.call("publish", {"queue": "q", "messages": [[BODY]]})
+    assert isinstance(r, Error) and r.code == ErrorCode.DISK_FULL, r
+    half = len(confirmed) // 2
+    for i in range(0, half, 100):
+        r = await c.call("consume", {"queue": "q", "max": min(100, half - i)})
+        assert isinstance(r, Reply), r
+        r = await c.call("ack", {"queue": "q", "ids": [m[0] for m in r.result["messages"]]})
+        assert isinstance(r, Reply), r
+    checkpointer = broker._checkpointer
+    assert checkpointer is not None
+    before = checkpointer.checkpoints
+    # The first request after the acks asks for the checkpoint; once it has run (the
+    # first try: it needs no room but what the log kept), the next publish is taken.
+    for _ in range(3):
+        r = await c.call("publish", {"queue": "q", "messages": [[BODY]]})
+        if isinstance(r, Reply):
+            break
+        assert r.code == ErrorCode.DISK_FULL, r
+        await reclaimed(broker)
+    assert isinstance(r, Reply), f"publishes did not resume: {r}"
+    assert checkpointer.checkpoints > before and not checkpointer.starved
+    assert await count(c) == len(confirmed) - half + 1
+    assert disk.used() <= disk.capacity and not broker._log.failed  # type: ignore[union-attr]
