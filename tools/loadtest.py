@@ -11,8 +11,8 @@ endpoint on a loopback port) and runs these phases in turn, each ``--phase-s`` s
 
 1. ``baseline``: the broker alone (and the pinger).
 2. ``idle``: ``--connections`` connections that complete ``hello`` (authenticated with
-   the token) and then send nothing; they stay open to the end. Its RSS is the figure
-   for idle connections.
+   the token) and then send nothing, opened before the phase starts; they stay open to
+   the end. Its RSS is the figure for idle connections.
 3. ``load``: ``--producers`` connections publish batches of 10 messages of 256 bytes
    every 10 ms, and ``--consumers`` slow consumers take up to 10, hold them 200 ms and
    ack; both run to the end.
@@ -65,6 +65,8 @@ PING_INTERVAL_S = 0.02
 RSS_EVERY_S = 0.25
 BUDGET_EVERY_S = 1.0
 OPEN_AT_ONCE = 200
+#: Longest a phase's setup (opening the idle connections) may take, in seconds.
+SETUP_S = 300.0
 FILL_CHUNK = 64 * 1024
 MIB = 1024 * 1024
 
@@ -254,11 +256,18 @@ class Harness:
                     return int(float(line.split()[1]))
         return 0
 
-    async def run_phase(self, name: str, work: Any = None) -> Phase:
+    async def run_phase(self, name: str, work: Any = None, setup: Any = None) -> Phase:
+        """A phase of ``--phase-s`` while ``work`` runs (cancelled at its end), after
+        ``setup`` (at most ``SETUP_S``, not measured but for its notes)."""
         pid = self.broker.pid
         assert pid is not None
-        phase = Phase(name, started=time.monotonic(), rss_start_kib=rss_kib(pid))
-        phase.rss_max_kib = phase.rss_start_kib
+        phase = Phase(name)
+        if setup is not None:
+            self.phase = Phase("setup")  # the monitor's samples meanwhile count for no phase
+            with trio.move_on_after(SETUP_S):
+                await setup(phase)
+        phase.started = time.monotonic()
+        phase.rss_start_kib = phase.rss_max_kib = rss_kib(pid)
         self.phase = phase
         with trio.move_on_after(self.plan.phase_s):
             if work is not None:
@@ -284,7 +293,6 @@ class Harness:
             for _ in range(self.plan.connections):
                 nursery.start_soon(one)
         phase.notes["idle_open"] = len(self.held)
-        phase.notes["open_seconds_x1000"] = int((time.monotonic() - phase.started) * 1000)
 
     async def producer(self) -> None:
         raw = await Raw.open(self.addr, self.token)
@@ -409,7 +417,7 @@ class Harness:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.monitor)
             await self.run_phase("baseline")
-            await self.run_phase("idle", self.open_idle)
+            await self.run_phase("idle", setup=self.open_idle)
             for _ in range(plan.producers):
                 nursery.start_soon(self.producer)
             for _ in range(plan.consumers):
