@@ -31,10 +31,27 @@ EXPECTED = {
 }
 
 
+#: Args naming each resource argument by its own name, to read computed needs back.
+NAMED = {"queue": "queue", "topic": "topic", "dead_letter": "dead_letter"}
+
+
 def needs(command: Command) -> object:
-    if callable(command.permission):
+    if command.op == "txn":
         return "steps"
+    if callable(command.permission):
+        return [(str(p), name) for p, name in command.permission(NAMED)]
     return [(str(n.permission), n.arg) for n in command.permission]
+
+
+def test_needs_computed_from_the_arguments() -> None:
+    """A queue group needs consume on each queue it names; a dependency, on its queue."""
+    consume, publish = COMMANDS["consume"].permission, COMMANDS["publish"].permission
+    assert callable(consume) and callable(publish)
+    assert [(str(p), q) for p, q in consume({"queues": ["a", "b"]})] == [("consume", "a"), ("consume", "b")]
+    assert consume({"prefix": "a."}) == [(consume({"queue": "x"})[0][0], None)]  # checked per queue when read
+    entry = [b"x", None, None, None, None, None, None, [["deps", 1], ["deps", 2], ["more", 1], "junk", [7, 1]]]
+    assert [(str(p), q) for p, q in publish({"queue": "q", "messages": [entry, [b"y"]]})] == [
+        ("publish", "q"), ("consume", "deps"), ("consume", "more")]
 
 
 def test_every_op_declares_what_it_needs() -> None:
