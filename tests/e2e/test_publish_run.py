@@ -69,6 +69,9 @@ def timeless(result: Any) -> Any:
     if isinstance(result, dict) and isinstance(result.get("messages"), list):
         assert all(d[5] > 0 for d in result["messages"])
         return {**result, "messages": [d[:5] for d in result["messages"]]}
+    if isinstance(result, dict) and "oldest_ready_at" in result:  # queue_stats
+        assert (result["oldest_ready_at"] > 0) == (result["ready"] > 0)
+        return {k: v for k, v in result.items() if k != "oldest_ready_at"}
     return result
 
 
