@@ -3,15 +3,18 @@ statuses, the connection itself, and the text and JSON output helpers."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
+import stat
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar, cast
+from types import TracebackType
+from typing import IO, Any, NoReturn, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -263,6 +266,65 @@ def connect(addr: str) -> Iterator[SyncClient]:
         fail_with(exc)
     except OSError as exc:
         fail(EXIT_UNREACHABLE, f"connection to {addr} failed: {exc.strerror or exc}")
+
+
+# --- progress ---------------------------------------------------------------------------
+
+#: A progress bar shows for runs of at least this many bytes (or messages, for counts).
+PROGRESS_MIN_BYTES = 1 << 20
+PROGRESS_MIN_MESSAGES = 10_000
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def stream_size(f: IO[bytes]) -> int | None:
+    """The bytes left to read from ``f`` when it is a regular file (a path, or stdin
+    redirected from one); None for a pipe or a terminal."""
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        return max(0, st.st_size - f.tell())
+    except OSError:
+        return st.st_size
+
+
+class Progress:
+    """A progress bar on stderr over a known total (bytes or messages), shown only when
+    stderr is a terminal and the total reaches ``min_total``; otherwise it does nothing
+    (scripts and pipes see no bar)."""
+
+    def __init__(self, total: int | None, label: str, *, min_total: int = PROGRESS_MIN_BYTES) -> None:
+        show = total is not None and total >= min_total and _isatty(sys.stderr)
+        self._bar: Any = click.progressbar(length=total, label=label, file=sys.stderr) if show else None
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(exc_type, exc, tb)
+
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
+    def add(self, n: int) -> None:
+        """Advance by ``n``."""
+        if self._bar is not None:
+            self._bar.update(n)
 
 
 def emit_json(value: Any) -> None:

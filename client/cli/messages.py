@@ -3,13 +3,15 @@ peek and status."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from client.cli.common import (
+    Progress,
     EXIT_ERROR,
     common_options,
     connect,
@@ -18,6 +20,8 @@ from client.cli.common import (
     ids_text,
     plural,
     read_stdin,
+    spans,
+    stream_size,
     time_text,
 )
 from client.cli.output import (
@@ -29,61 +33,94 @@ from client.cli.output import (
     status_text,
 )
 from client.sync_subscription import SyncIncomingMessage
-from client.types import Message
+from client.sync import SyncClient
+from client.types import Delivery, Message
 from protocol import DEFAULT_CREDIT, MAX_TTL_MS
+
+
+#: Where ``consume --follow`` long-polls: each request waits at most this long for messages.
+FOLLOW_WAIT_MS = 10_000
+
+
+def _file_lines(f: BinaryIO, progress: Progress) -> Iterator[bytes]:
+    """The lines of ``f`` without their line ends (``\\n`` or ``\\r\\n``), empty ones
+    skipped, as raw bytes; ``progress`` advances by the bytes read."""
+    for raw in f:
+        progress.add(len(raw))
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            yield line
 
 
 @click.command()
 @click.argument("queue")
-@click.argument("body")
+@click.argument("body", required=False)
+@click.option("--file", "-f", "file", type=click.File("rb"), metavar="FILE",
+              help="Publish each line of FILE as one message, in order and in batches ('-': stdin lines); "
+                   "empty lines are skipped. Instead of BODY.")
 @click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
 @click.option("--priority", type=click.IntRange(0, 255), help="0..255, higher first (priority queues).")
 @click.option("--delay-ms", type=click.IntRange(0), help="Keep the message invisible this long.")
 @click.option("--ttl-ms", type=click.IntRange(1, MAX_TTL_MS),
               help="Remove the message this long after publishing if it is still there [queue's ttl_ms].")
 @click.option("--dedup-id", help="Idempotency key (text, 1..128 bytes of UTF-8): not stored again if a message "
-              "with it was published within the queue's dedup window.")
+              "with it was published within the queue's dedup window. Not with --file.")
 @click.option(
     "--count", "-n", type=click.IntRange(1), default=1, show_default=True,
-    help="Publish this many copies (sent in batches).",
+    help="Publish this many copies (sent in batches). Not with --file.",
 )
+@click.option("--batch", type=click.IntRange(1), metavar="N",
+              help="With --file or --count: at most N messages per batch [the broker's max_batch].")
 @common_options
 def publish(
-    queue: str, body: str, key: str | None, priority: int | None, delay_ms: int | None,
-    ttl_ms: int | None, dedup_id: str | None, count: int, addr: str, as_json: bool,
+    queue: str, body: str | None, file: BinaryIO | None, key: str | None, priority: int | None,
+    delay_ms: int | None, ttl_ms: int | None, dedup_id: str | None, count: int, batch: int | None, addr: str,
+    as_json: bool,
 ) -> None:
-    """Publish BODY to QUEUE.
+    """Publish BODY to QUEUE, or each line of --file.
 
-    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin. With
-    --dedup-id, a message whose dedup id was already published is reported as a
-    duplicate of the message published first (nothing is stored).
+    BODY is text, sent as UTF-8; "-" reads one body as raw bytes from stdin. With
+    --file, each line is a message (raw bytes, without its line end); lines are sent in
+    order in batches, each batch atomic, and a progress bar shows on a terminal for a
+    file of 1 MiB or more. With --dedup-id, a message whose dedup id was already
+    published is reported as a duplicate of the message published first (nothing is
+    stored).
     """
-    data = read_stdin() if body == "-" else body.encode()
-    message = Message(data, key, priority, delay_ms, ttl_ms, dedup_id)
+    if (body is None) == (file is None):
+        raise click.UsageError("give BODY or --file FILE (one of them)")
+    if file is not None and (count != 1 or dedup_id is not None):
+        raise click.UsageError("--count and --dedup-id cannot be used with --file")
     with connect(addr) as client:
-        if count == 1:
-            results = [client.publish_batch(queue, [message])]
+        if file is not None:
+            with Progress(stream_size(file), "publishing") as progress:
+                results = client.publish_many(
+                    queue, (Message(line, key, priority, delay_ms, ttl_ms) for line in _file_lines(file, progress)),
+                    batch_size=batch)
         else:
-            results = client.publish_many(queue, (message for _ in range(count)))
+            data = read_stdin() if body == "-" else (body or "").encode()
+            message = Message(data, key, priority, delay_ms, ttl_ms, dedup_id)
+            if count == 1:
+                results = [client.publish_batch(queue, [message])]
+            else:
+                results = client.publish_many(queue, (message for _ in range(count)), batch_size=batch)
     stored = sum(r.count for r in results)
+    sent = stored + sum(len(r.duplicates) for r in results)
     duplicates = [mid for r in results for _, mid in r.duplicates]
     if as_json:
         emit_json({
-            "queue": queue, "count": count,
+            "queue": queue, "count": sent,
             "batches": [{"first_id": r.first_id, "count": r.count,
                          **({"duplicates": [list(d) for d in r.duplicates]} if r.duplicates else {})}
                         for r in results],
         })
-    elif count == 1 and duplicates:
+    elif file is None and count == 1 and duplicates:
         click.echo(f"duplicate in {queue}: nothing stored; the message published first is id {duplicates[0]}")
-    elif count == 1:
+    elif file is None and count == 1:
         click.echo(f"published 1 message to {queue}: id {results[0].first_id}")
     else:
-        spans = ", ".join(
-            str(r.first_id) if r.count == 1 else f"{r.first_id}-{r.first_id + r.count - 1}"
-            for r in results if r.count
-        )
-        text = f"published {stored} messages to {queue}: ids {spans}" if stored else f"published 0 messages to {queue}"
+        text = f"published {plural(stored, 'message')} to {queue}" + (f": ids {spans(results)}" if stored else "")
         if duplicates:
             text += f"; {len(duplicates)} duplicates of id{'s' if len(set(duplicates)) > 1 else ''} " \
                     f"{', '.join(map(str, sorted(set(duplicates))))}"
@@ -93,14 +130,21 @@ def publish(
 @click.command()
 @click.argument("queue")
 @click.option("--max", "-n", "max_", type=click.IntRange(1), default=1, show_default=True,
-              help="Most messages to take.")
-@click.option("--ack", is_flag=True, help="Acknowledge (delete) the messages once printed.")
+              help="Most messages to take per request.")
+@click.option("--ack/--no-ack", default=None,
+              help="Acknowledge (delete) the messages once printed [--no-ack; with --follow: --ack].")
+@click.option("--follow", "-F", is_flag=True,
+              help="Keep consuming, printing messages as they arrive, until Ctrl-C (or --count).")
+@click.option("--count", type=click.IntRange(1), metavar="N", help="With --follow: stop after N messages.")
 @click.option("--visibility-ms", type=click.IntRange(1), help="Lease length [the queue's].")
-@click.option("--wait-ms", type=click.IntRange(0), default=0, show_default=True,
-              help="Wait this long for messages when none are ready.")
-@common_options
+@click.option("--wait-ms", type=click.IntRange(0), default=None,
+              help=f"Wait this long for messages when none are ready [0; with --follow: {FOLLOW_WAIT_MS} "
+                   "per request, again and again].")
+@partial(common_options, json_help="Print one JSON document instead of text (with --follow: one JSON object "
+                                   "per message and line).")
 def consume(
-    queue: str, max_: int, ack: bool, visibility_ms: int | None, wait_ms: int, addr: str, as_json: bool
+    queue: str, max_: int, ack: bool | None, follow: bool, count: int | None, visibility_ms: int | None,
+    wait_ms: int | None, addr: str, as_json: bool,
 ) -> None:
     """Lease messages from QUEUE and print them.
 
@@ -109,9 +153,19 @@ def consume(
     Bodies print as text when they are UTF-8, else as hex (text) or base64 (JSON).
     Without --ack the messages stay leased until their lease expires or they are
     acked or nacked by id.
+
+    With --follow it keeps going: each request waits up to --wait-ms for messages, and
+    each batch is acked once printed (unless --no-ack). On Ctrl-C the messages of the
+    batch not yet printed are given back (nacked), the printed ones acked, and it exits 0.
     """
+    if count is not None and not follow:
+        raise click.UsageError("--count goes with --follow (use --max for one request)")
     with connect(addr) as client:
-        deliveries = client.consume(queue, max_, visibility_ms=visibility_ms, wait_ms=wait_ms)
+        if follow:
+            _follow(client, queue, max_, ack is not False, count, visibility_ms,
+                    FOLLOW_WAIT_MS if wait_ms is None else wait_ms, as_json)
+            return
+        deliveries = client.consume(queue, max_, visibility_ms=visibility_ms, wait_ms=wait_ms or 0)
         acked = client.ack(queue, [d.id for d in deliveries]).acked if ack and deliveries else 0
     if as_json:
         out: dict[str, Any] = {"queue": queue, "messages": [delivery_json(d) for d in deliveries]}
@@ -125,6 +179,38 @@ def consume(
         click.echo(delivery_text(d))
     if ack and deliveries:
         click.echo(f"acked {acked} of {len(deliveries)}", err=True)
+
+
+def _print_delivery(queue: str, d: Delivery, as_json: bool) -> None:
+    """One line per message: consume's text line, or a compact JSON object."""
+    click.echo(json.dumps({"queue": queue, **delivery_json(d)}) if as_json else delivery_text(d))
+
+
+def _follow(client: SyncClient, queue: str, max_: int, ack: bool, count: int | None, visibility_ms: int | None,
+            wait_ms: int, as_json: bool) -> None:
+    """``consume --follow``: lease, print and (with ``ack``) ack batch after batch until
+    ``count`` messages or Ctrl-C; a batch cut short by Ctrl-C gives back what it did not
+    print."""
+    printed = acked = 0
+    try:
+        while count is None or printed < count:
+            want = max_ if count is None else min(max_, count - printed)
+            deliveries = client.consume(queue, want, visibility_ms=visibility_ms, wait_ms=wait_ms)
+            shown: list[int] = []
+            try:
+                for d in deliveries:
+                    _print_delivery(queue, d, as_json)
+                    shown.append(d.id)
+            finally:
+                printed += len(shown)
+                rest = [d.id for d in deliveries[len(shown):]]
+                if rest:
+                    client.nack(queue, rest, returned=True)
+                if ack and shown:
+                    acked += client.ack(queue, shown).acked
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"received {plural(printed, 'message')}" + (f", acked {acked}" if ack else ""), err=True)
 
 
 def _print_pushed(msg: SyncIncomingMessage, as_json: bool) -> None:

@@ -7,15 +7,17 @@ import base64
 import itertools
 import json
 import socket
+import threading
 import uuid
 from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from client import SyncClient
-from client.cli import main, messages, server
+from client.cli import common, main, messages, server
 from client.ops import QUEUE_SETTINGS
 
 _names = itertools.count()
@@ -568,3 +570,109 @@ def test_subscribe_ends_when_the_queue_is_deleted(ctl: Ctl, queue: str, monkeypa
     result = ctl.run("subscribe", queue, "--count", "5", expect=1)
     assert result.stdout == "1\tattempt=1 priority=0\tonly\n"
     assert result.stderr == "error: the broker ended the subscription: queue_deleted\n"
+
+
+# --- publish --file, consume --follow -------------------------------------------------------
+
+
+def queued_bodies(addr: str, queue: str) -> list[bytes]:
+    with SyncClient(addr) as c:
+        return [m.body for m in c.peek(queue, 10_000, state="ready")]
+
+
+def test_publish_lines_from_stdin_in_batches(ctl: Ctl, queue: str) -> None:
+    lines = [f"line {i}" for i in range(25)]
+    text = "\n".join(lines[:10]) + "\n\n" + "\r\n".join(lines[10:]) + "\n"   # a blank line, CRLF ends
+    doc = ctl.json("publish", queue, "--file", "-", "--batch", "10", input=text)
+    assert doc["count"] == 25 and [b["count"] for b in doc["batches"]] == [10, 10, 5]
+    assert [b["first_id"] for b in doc["batches"]] == [1, 11, 21]
+    assert queued_bodies(ctl.addr, queue) == [line.encode() for line in lines]
+    result = ctl.run("publish", queue, "-f", "-", "--key", "k", input="a\nb")   # no final line end
+    assert result.stdout == f"published 2 messages to {queue}: ids 26-27\n"
+    assert queued_bodies(ctl.addr, queue)[-2:] == [b"a", b"b"]
+
+
+def test_publish_lines_from_a_file_with_a_progress_bar_on_a_terminal(
+        ctl: Ctl, queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "lines"
+    path.write_bytes(b"".join(b"%05d \xff\n" % i for i in range(3000)))   # not UTF-8: sent as they are
+    result = ctl.run("publish", queue, "--file", str(path))
+    assert result.stdout == f"published 3000 messages to {queue}: ids 1-3000\n" and result.stderr == ""
+    assert queued_bodies(ctl.addr, queue)[2999] == b"02999 \xff"
+    monkeypatch.setattr(common, "_isatty", lambda stream: True)
+    monkeypatch.setattr(common, "PROGRESS_MIN_BYTES", 1000)
+    monkeypatch.setattr(messages, "Progress", partial(common.Progress, min_total=1000))
+    assert "publishing" in ctl.run("publish", queue, "--file", str(path)).stderr
+    assert "publishing" not in ctl.run("publish", queue, "--file", "-", input=path.read_bytes()).stderr  # a pipe
+
+
+def test_publish_usage(ctl: Ctl, queue: str) -> None:
+    assert "BODY or --file" in ctl.run("publish", queue, expect=2).stderr
+    assert "BODY or --file" in ctl.run("publish", queue, "x", "--file", "-", input="y", expect=2).stderr
+    assert "--count" in ctl.run("publish", queue, "--file", "-", "--count", "2", input="y", expect=2).stderr
+    assert queued_bodies(ctl.addr, queue) == []
+
+
+def test_consume_follow_prints_and_acks_as_messages_arrive(ctl: Ctl, queue: str) -> None:
+    ctl.run("publish", queue, "--file", "-", input="m0\nm1\nm2\n")
+    results: list[Result] = []
+    follower = threading.Thread(target=lambda: results.append(
+        ctl.run("consume", queue, "--follow", "--count", "7", "--max", "2", "--wait-ms", "200", "--json")))
+    follower.start()
+    # (CliRunner swaps sys.stdout for the whole process: one runner at a time)
+    with SyncClient(ctl.addr) as producer:
+        producer.publish_batch(queue, [b"m3", b"m4"])
+        producer.publish_batch(queue, [b"m5", b"m6", b"m7"])
+    follower.join(timeout=60)
+    assert not follower.is_alive()
+    [result] = results
+    got = json_lines(result.stdout)
+    assert [m["body"] for m in got] == [f"m{i}" for i in range(7)] and {m["queue"] for m in got} == {queue}
+    assert result.stderr == "received 7 messages, acked 7\n"
+    assert queued_bodies(ctl.addr, queue) == [b"m7"]                 # the one past --count is untouched
+    stats = ctl.json("stats", queue)
+    assert (stats["ready"], stats["leased"]) == (1, 0)
+
+
+def test_consume_follow_without_ack_and_until_ctrl_c(
+        ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl.run("publish", queue, "--file", "-", input="a\nb\nc\nd\ne\n")
+    result = ctl.run("consume", queue, "--follow", "--no-ack", "--count", "2", "--max", "5")
+    assert [line.split("\t")[2] for line in result.stdout.splitlines()] == ["a", "b"]
+    assert result.stderr == "received 2 messages\n"
+    assert ctl.json("stats", queue)["leased"] == 2
+    shown = messages._print_delivery
+    calls = []
+
+    def interrupt_third(queue: str, d: Any, as_json: bool) -> None:
+        calls.append(d.id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        shown(queue, d, as_json)
+
+    monkeypatch.setattr(messages, "_print_delivery", interrupt_third)
+    result = ctl.run("consume", queue, "--follow", "--max", "3")   # c, d printed; e given back by Ctrl-C
+    assert [line.split("\t")[2] for line in result.stdout.splitlines()] == ["c", "d"]
+    assert result.stderr == "received 2 messages, acked 2\n"
+    stats = ctl.json("stats", queue)
+    assert (stats["ready"], stats["leased"], stats["acked"]) == (1, 2, 2)
+    assert queued_bodies(ctl.addr, queue) == [b"e"]
+    assert "--count goes with --follow" in ctl.run("consume", queue, "--count", "1", expect=2).stderr
+
+
+def complete(words: str) -> list[str]:
+    """What bash completion offers for the last of ``words`` (click's protocol)."""
+    env = {"_BROKERCTL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    result = CliRunner(env=env).invoke(main, [], prog_name="brokerctl")
+    assert result.exit_code == 0, result.output
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+
+def test_shell_completion() -> None:
+    assert complete("brokerctl pu") == ["publish", "purge"]
+    assert "wal" in complete("brokerctl w")            # the broker's commands, by entry point
+    assert complete("brokerctl ping --ad") == ["--addr"]
+    assert complete("brokerctl --ti") == ["--timeout"]
+    assert complete("brokerctl topic cr") == ["create"]
+    script = CliRunner(env={"_BROKERCTL_COMPLETE": "bash_source"}).invoke(main, [], prog_name="brokerctl")
+    assert "_brokerctl_completion" in script.stdout
