@@ -63,8 +63,8 @@ EXIT_DAMAGED = 1
 
 #: Snapshot files (a later feature): found and listed, not yet checked.
 SNAPSHOT_SUFFIX = ".snap"
-#: Above this many bytes ``verify`` shows a progress bar even when stderr is no TTY.
-PROGRESS_BYTES = 64 * 1024 * 1024
+#: From this many bytes on, ``verify`` shows a progress bar (only when stderr is a terminal).
+PROGRESS_BYTES = 1024 * 1024
 #: The progress bar advances at least this many bytes at a time.
 _PROGRESS_STEP = 1024 * 1024
 
@@ -362,7 +362,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         stream = sys.stderr
-        show = total > 0 and (_isatty(stream) or total > PROGRESS_BYTES)
+        show = total >= PROGRESS_BYTES and _isatty(stream)
         self._bar = click.progressbar(length=total, label="verifying", file=stream) if show else None
         self._pending = 0
 

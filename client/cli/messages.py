@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 import click
 
 from client.cli.common import (
+    PROGRESS_MIN_MESSAGES,
     Progress,
     EXIT_ERROR,
     common_options,
@@ -54,6 +55,13 @@ def _file_lines(f: BinaryIO, progress: Progress) -> Iterator[bytes]:
             yield line
 
 
+def _copies(message: Message, count: int, progress: Progress) -> Iterator[Message]:
+    """``count`` times ``message``; ``progress`` advances by one each."""
+    for _ in range(count):
+        progress.add(1)
+        yield message
+
+
 @click.command()
 @click.argument("queue")
 @click.argument("body", required=False)
@@ -84,7 +92,7 @@ def publish(
     BODY is text, sent as UTF-8; "-" reads one body as raw bytes from stdin. With
     --file, each line is a message (raw bytes, without its line end); lines are sent in
     order in batches, each batch atomic, and a progress bar shows on a terminal for a
-    file of 1 MiB or more. With --dedup-id, a message whose dedup id was already
+    file of 1 MiB or more (with --count, for 10,000 copies or more). With --dedup-id, a message whose dedup id was already
     published is reported as a duplicate of the message published first (nothing is
     stored).
     """
@@ -104,7 +112,8 @@ def publish(
             if count == 1:
                 results = [client.publish_batch(queue, [message])]
             else:
-                results = client.publish_many(queue, (message for _ in range(count)), batch_size=batch)
+                with Progress(count, "publishing", min_total=PROGRESS_MIN_MESSAGES) as progress:
+                    results = client.publish_many(queue, _copies(message, count, progress), batch_size=batch)
     stored = sum(r.count for r in results)
     sent = stored + sum(len(r.duplicates) for r in results)
     duplicates = [mid for r in results for _, mid in r.duplicates]

@@ -2,12 +2,15 @@
 redrive."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import MISSING, asdict, fields
 from typing import Any
 
 import click
 
 from client.cli.common import (
+    PROGRESS_MIN_MESSAGES,
+    Progress,
     common_options,
     connect,
     emit_json,
@@ -16,7 +19,8 @@ from client.cli.common import (
     queue_setting_options,
 )
 from client.ops import QUEUE_SETTINGS
-from client.types import QueueStats
+from client.sync import SyncClient
+from client.types import QueueStats, RedriveResult
 
 
 _TABLE_COLUMNS = (
@@ -142,6 +146,10 @@ def purge(queue: str, leased: bool, yes: bool, addr: str, as_json: bool) -> None
     )
 
 
+#: The most messages one ``redrive`` request moves (SPEC §5.16).
+REDRIVE_LIMIT = 1_000_000
+
+
 @click.group()
 def dlq() -> None:
     """Dead-letter queues: send their messages back (redrive)."""
@@ -153,26 +161,35 @@ def dlq() -> None:
 @click.option("--max", "-n", "max_", type=click.IntRange(1),
               help="Move at most this many, lowest ids first [no limit].")
 @click.option("--ids", "only_ids", is_flag=True, help="Move only the ids given after DLQ (--ids ID...).")
+@click.option("--batch", type=click.IntRange(1, REDRIVE_LIMIT), metavar="N",
+              help=f"Move them N at a time, each batch all or none, with a progress bar on a terminal "
+                   f"[{REDRIVE_LIMIT:,}, the most one request moves]. Not with --ids.")
 @common_options
 def redrive_cmd(
-    queue: str, id_list: tuple[int, ...], max_: int | None, only_ids: bool, addr: str, as_json: bool
+    queue: str, id_list: tuple[int, ...], max_: int | None, only_ids: bool, batch: int | None, addr: str,
+    as_json: bool,
 ) -> None:
     """Move dead letters of DLQ back to the queues they came from.
 
     Each moved message is published again to its source queue as a new message (a new
-    id there), ready at once with no attempts; all move or none. Without --ids every
-    message of DLQ is considered, in id order (with --max, at most that many move).
-    Messages that are leased, were not dead-lettered into DLQ, or whose source queue
+    id there), ready at once with no attempts. Without --ids every message of DLQ is
+    considered, in id order (with --max, at most that many move), in requests of --batch
+    messages (each request all or none; the broker moves at most 1,000,000 per request,
+    and brokerctl asks again until the rest is moved). With --ids, those move, all or
+    none. Messages that are leased, were not dead-lettered into DLQ, or whose source queue
     no longer exists stay where they are and are counted as skipped.
     """
     if id_list and not only_ids:
         raise click.UsageError("give message ids after --ids, e.g. --ids 4 5 6")
     if only_ids and not id_list:
         raise click.UsageError("--ids needs at least one id")
-    if only_ids and max_ is not None:
-        raise click.UsageError("--max and --ids cannot be used together")
+    if only_ids and (max_ is not None or batch is not None):
+        raise click.UsageError("--max and --batch cannot be used with --ids")
     with connect(addr) as client:
-        result = client.redrive(queue, max=max_, ids=id_list or None)
+        if id_list:
+            result = client.redrive(queue, ids=id_list)
+        else:
+            result = _redrive_in_batches(client, queue, max_, batch or REDRIVE_LIMIT)
     if as_json:
         emit_json({"queue": queue, "redriven": result.redriven, "queues": result.queues,
                     "skipped": result.skipped})
@@ -183,6 +200,27 @@ def redrive_cmd(
     if result.skipped:
         why = "leased, not dead letters of it, source queue gone" + (", or not found" if id_list else "")
         click.echo(f"skipped {result.skipped} ({why})", err=True)
+
+
+def _redrive_in_batches(client: SyncClient, queue: str, max_: int | None, batch: int) -> RedriveResult:
+    """Redrive requests of at most ``batch`` messages until ``max_`` moved or one moves
+    fewer than it asked for (then nothing movable is left); the sums, and the skipped
+    count of the last request (which looked at every message left)."""
+    stats = client.queue_stats(queue)
+    expected = stats.ready + stats.delayed if max_ is None else min(max_, stats.ready + stats.delayed)
+    moved: Counter[str] = Counter()
+    redriven = skipped = 0
+    with Progress(expected, "redriving", min_total=PROGRESS_MIN_MESSAGES) as progress:
+        while max_ is None or redriven < max_:
+            want = batch if max_ is None else min(batch, max_ - redriven)
+            result = client.redrive(queue, max=want)
+            redriven += result.redriven
+            moved.update(result.queues)
+            skipped = result.skipped
+            progress.add(result.redriven)
+            if result.redriven < want:
+                break
+    return RedriveResult(redriven, dict(moved), skipped)
 
 
 #: The commands of this family, as `brokerctl` offers them.

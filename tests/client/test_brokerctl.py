@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from client import SyncClient
-from client.cli import common, main, messages, server
+from client.cli import common, main, messages, queues, server
 from client.ops import QUEUE_SETTINGS
 
 _names = itertools.count()
@@ -676,3 +676,39 @@ def test_shell_completion() -> None:
     assert complete("brokerctl topic cr") == ["create"]
     script = CliRunner(env={"_BROKERCTL_COMPLETE": "bash_source"}).invoke(main, [], prog_name="brokerctl")
     assert "_brokerctl_completion" in script.stdout
+
+
+def test_dlq_redrive_in_batches_with_a_progress_bar(ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    dlq, source = qname(), qname()
+    ctl.run("create-queue", dlq)
+    ctl.run("create-queue", source, "--dead-letter", dlq)
+    ctl.run("publish", source, "m", "--count", "7")
+    ids = [str(m["id"]) for m in ctl.json("consume", source, "--max", "7")["messages"]]
+    ctl.run("reject", source, *ids)
+    requests: list[dict[str, Any]] = []
+    redrive = SyncClient.redrive
+
+    def counted(self: SyncClient, queue: str, **kwargs: Any) -> Any:
+        requests.append(kwargs)
+        return redrive(self, queue, **kwargs)
+
+    monkeypatch.setattr(SyncClient, "redrive", counted)
+    assert ctl.json("dlq", "redrive", dlq, "--max", "5", "--batch", "2") == {
+        "queue": dlq, "redriven": 5, "queues": {source: 5}, "skipped": 0}
+    assert requests == [{"max": 2}, {"max": 2}, {"max": 1}]
+    requests.clear()
+    monkeypatch.setattr(common, "_isatty", lambda stream: True)
+    monkeypatch.setattr(queues, "PROGRESS_MIN_MESSAGES", 1)
+    result = ctl.run("dlq", "redrive", dlq, "--batch", "3")
+    assert result.stdout == f"redrove 2 messages from {dlq}\n  2 to {source}\n" and "redriving" in result.stderr
+    assert requests == [{"max": 3}]
+    assert ctl.json("stats", source)["ready"] == 7 and ctl.json("stats", dlq)["ready"] == 0
+    assert "--batch" in ctl.run("dlq", "redrive", dlq, "--ids", "1", "--batch", "2", expect=2).stderr
+
+
+def test_publish_count_shows_progress_on_a_terminal(ctl: Ctl, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ctl.run("publish", queue, "m", "--count", "3").stderr == ""
+    monkeypatch.setattr(common, "_isatty", lambda stream: True)
+    monkeypatch.setattr(messages, "PROGRESS_MIN_MESSAGES", 3)
+    result = ctl.run("publish", queue, "m", "--count", "3", "--batch", "2")
+    assert "publishing" in result.stderr and result.stdout == f"published 3 messages to {queue}: ids 4-5, 6\n"

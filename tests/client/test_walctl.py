@@ -11,6 +11,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner, Result
 
+from broker import walctl
 from broker.mutations import Ack, Lease, MutationType, Publish, QueueCreate, Release
 from broker.records import encode
 from broker.state import BrokerState
@@ -114,10 +115,19 @@ def test_verify_clean_dir(data_dir: Path, wal_dir: Path) -> None:
         assert out["end_lsn"] == report.end_lsn
         assert out["records_by_type"] == {
             "ACK": 2, "LEASE": 2, "PUBLISH": 4, "QUEUE_CREATE": 3, "RELEASE": 1}
-    text = run("verify", str(data_dir)).stdout
+    result = run("verify", str(data_dir))
+    text = result.stdout
     assert f"records: {report.records} ({report.bytes} bytes)" in text
     assert "snapshots: none" in text
     assert "result: ok" in text
+    assert result.stderr == ""  # no progress bar in a pipe
+
+
+def test_verify_shows_progress_on_a_terminal(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(walctl, "_isatty", lambda stream: True)
+    assert "verifying" not in run("verify", str(data_dir)).stderr   # below PROGRESS_BYTES
+    monkeypatch.setattr(walctl, "PROGRESS_BYTES", 1)
+    assert "verifying" in run("verify", str(data_dir)).stderr
 
 
 def test_verify_empty_dir(tmp_path: Path) -> None:
