@@ -31,11 +31,22 @@ damage instead, and never skips anything silently:
    in ``refuse`` mode too: after a failed write or fsync the broker writes a snapshot
    of its whole state and only then starts a new segment at its LSN, so a crash in
    between leaves a log that ends before the newest snapshot, and nothing is lost.
-7. With no usable snapshot and a log whose first segment starts at LSN ``B > 0``, the
-   log is replayed from ``B`` into an empty state: everything before ``B`` is lost
-   (queues created and messages published before it are missing; records that refer
-   to such a queue are skipped and counted). The result is then written as a
-   snapshot at the end of the log, so later start-ups never replay from ``B`` again.
+7. With no usable snapshot and a log whose first segment starts at LSN ``B > 0``:
+   - if a damaged snapshot was moved aside (rule 4) and the log reaches back to its
+     LSN, the newest such one is **salvaged**: every record of it that is still whole
+     is loaded (``salvage_snapshot``: the damaged records are stepped over by their
+     length fields; only a length field that leads nowhere gives up the rest of the
+     file), leniently (``BrokerState.from_records(lenient=True)``: a record whose
+     queue, topic or group header was in the damage is skipped, and references to
+     missing messages are dropped), and the log is replayed from its LSN; records
+     that refer to a queue the damage took, or that no longer apply, are skipped and
+     counted. Only the messages of the damaged records are lost;
+   - otherwise the log is replayed from ``B`` into an empty state: everything before
+     ``B`` is lost (queues created and messages published before it are missing;
+     records that refer to such a queue are skipped and counted).
+   Either way the result is then written as a snapshot at the end of the log, so later
+   start-ups never depend on the damaged snapshot or replay from ``B`` again. (With a
+   log that starts at LSN 0, the whole log is replayed instead: nothing is lost.)
 8. Every file moved aside is logged as an error (byte range, LSN range, records in it)
    and returned in ``Recovered.discarded``. ``*.damaged`` files match neither the
    segment nor the snapshot name pattern, so replay, checkpoints and
@@ -55,16 +66,18 @@ from typing import Any
 
 
 from . import gcpolicy
-from .mutations import QueueCreate, Recover
+from .mutations import QueueCreate, Recover, TopicCreate
 from .records import decode_fields, fold_records
 from .state import BrokerState
 from .wal import FileIO, ReplayReport, replay
 from .wal.offload import OFFLOAD_MIN_BYTES, Offload
 from .wal.checkpoint import (
     SNAPSHOT_HEADER_SIZE,
+    Salvage,
     list_snapshots,
     publish_snapshot,
     read_snapshot,
+    salvage_snapshot,
     write_snapshot_tmp,
 )
 from .wal.fileio import OPEN_READ, OPEN_WRITE, read_all, write_all
@@ -135,8 +148,13 @@ class Recovered:
     #: With no usable snapshot, the LSN the log started at: the state before it is lost
     #: (rule 7). 0 when nothing was lost that way.
     lost_before_lsn: int = 0
-    #: Records skipped in that case because they refer to a queue from before it.
+    #: Records skipped in that case because they refer to a queue from before it (or,
+    #: after a salvage, to a queue the damage took).
     skipped_records: int = 0
+    #: With a damaged snapshot salvaged (rule 5): its whole records loaded, and its
+    #: damaged records plus those that referred to what they held (not loaded).
+    salvaged: int = 0
+    salvage_lost: int = 0
 
 
 def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = RecoverMode.REFUSE) -> Recovered:
@@ -188,7 +206,8 @@ def recover(wal_dir: Path, io: FileIO | None = None, *, mode: str = RecoverMode.
                   extra={"event": "recovered_with_loss", "moved_aside": len(result.discarded),
                          "records_not_applied": skipped, "lost_before_lsn": result.lost_before_lsn})
     return Recovered(state, result.snapshot_lsn, report, seconds, result.discarded,
-                     result.lost_before_lsn, result.skipped_records)
+                     result.lost_before_lsn, result.skipped_records, result.salvaged,
+                     result.salvage_lost)
 
 
 def _offload(state: BrokerState) -> Offload:
@@ -240,18 +259,28 @@ class _Truncating:
         self.io = io
         self.dir = directory
         self.discarded: list[Discarded] = []
+        #: The newest snapshot that was damaged (moved aside): its path and bytes.
+        self.damaged: tuple[str, bytes] | None = None
 
     def run(self) -> Recovered:
         snap_path, snapshot_lsn, records = self._choose_snapshot()
+        salvage = self._salvage() if snap_path is None else None
+        if salvage is not None:
+            snapshot_lsn = salvage.lsn
         # Every pass either moves a file aside or cuts one shorter, or raises: it ends.
         while True:
             segments = self._segments()
             lost_before = 0
-            if snap_path is None:
+            if salvage is not None:
+                if _log_ends_before(self.io, self.dir, segments, snapshot_lsn):
+                    _start_log_at(self.io, self.dir, segments, snapshot_lsn)
+            elif snap_path is None:
                 lost_before = segments[0][0] if segments else 0
             elif _log_ends_before(self.io, self.dir, segments, snapshot_lsn):
                 _start_log_at(self.io, self.dir, segments, snapshot_lsn)
-            if snap_path is None:
+            if salvage is not None:
+                state = BrokerState.from_records(salvage.records, lenient=True)
+            elif snap_path is None:
                 state = BrokerState()
             else:
                 if records is None:
@@ -260,7 +289,7 @@ class _Truncating:
             records = None
             skipper = _SkipUnknownQueues(state)
             try:
-                if lost_before:
+                if lost_before or salvage is not None:
                     report = replay(self.dir, skipper.apply_record, io=self.io,
                                     from_lsn=snapshot_lsn)
                 else:
@@ -273,6 +302,22 @@ class _Truncating:
                 continue
             break
         skipped = skipper.skipped
+        if salvage is not None:
+            logger.error("kept %d whole records of the damaged snapshot at LSN %d (%d damaged "
+                         "record(s) not loaded%s, %d that referred to what they held skipped), "
+                         "then replayed the log after it: %d records, %d of them skipped "
+                         "because they refer to a queue the damage took",
+                         len(salvage.records), salvage.lsn, salvage.bad,
+                         f", everything from offset {salvage.cut_at} on lost"
+                         if salvage.cut_at is not None else "",
+                         state.import_skipped, report.records, skipped,
+                         extra={"event": "snapshot_salvaged", "lsn": salvage.lsn,
+                                "records": len(salvage.records), "damaged": salvage.bad,
+                                "skipped": state.import_skipped + skipped})
+            snapshot_lsn = self._checkpoint(state, segments, report.end_lsn)
+            return Recovered(state, snapshot_lsn, report, 0.0, tuple(self.discarded), 0,
+                             skipped, salvaged=len(salvage.records),
+                             salvage_lost=salvage.bad + state.import_skipped)
         if lost_before:
             logger.error("no usable snapshot and the log starts at LSN %d: the state before it is "
                       "lost (queues created and messages published before LSN %d are missing); "
@@ -285,7 +330,8 @@ class _Truncating:
     # -- snapshots (rule 4) -------------------------------------------------------------
 
     def _choose_snapshot(self) -> tuple[str | None, int, Any]:
-        """The newest snapshot that is intact and that the log meets, with its records."""
+        """The newest snapshot that is intact and that the log meets, with its records;
+        the newest damaged one is remembered for salvage (rule 5)."""
         segments = self._segments()
         first_base = segments[0][0] if segments else None
         for name_lsn, name in reversed(list_snapshots(self.io, self.dir)):
@@ -295,7 +341,9 @@ class _Truncating:
             except WalVersionError:
                 raise
             except WalCorruption as exc:
-                self._snapshot_aside(path, name_lsn, f"damage at offset {exc.offset}: {exc.reason}")
+                data = self._snapshot_aside(path, name_lsn, f"damage at offset {exc.offset}: {exc.reason}")
+                if self.damaged is None:
+                    self.damaged = (path, data)
                 continue
             if first_base is not None and first_base > lsn:
                 self._snapshot_aside(
@@ -306,7 +354,22 @@ class _Truncating:
             return path, lsn, records
         return None, 0, None
 
-    def _snapshot_aside(self, path: str, lsn: int, reason: str) -> None:
+    def _salvage(self) -> Salvage | None:
+        """Rule 5: the whole records of the newest damaged snapshot, when no intact one
+        is usable, the log does not start at LSN 0 (else the whole log is replayed) and
+        reaches back to that snapshot's LSN."""
+        if self.damaged is None:
+            return None
+        segments = self._segments()
+        if segments and segments[0][0] == 0:
+            return None
+        path, data = self.damaged
+        salvage = salvage_snapshot(data, path)
+        if segments and segments[0][0] > salvage.lsn:
+            return None
+        return salvage
+
+    def _snapshot_aside(self, path: str, lsn: int, reason: str) -> bytes:
         data = self._read(path)
         moved_to = self._move_aside(path)
         gone = Discarded(path, moved_to, 0, len(data), reason, "snapshot", lsn, lsn,
@@ -315,6 +378,7 @@ class _Truncating:
         logger.error("snapshot %s not loaded (%s); moved aside to %s (%d bytes, %d records); "
                   "falling back to an older snapshot or the log", path, reason, moved_to,
                   gone.bytes, gone.records)
+        return data
 
     # -- the log (rules 5 and 6) --------------------------------------------------------
 
@@ -435,7 +499,9 @@ class _Truncating:
 
 
 class _SkipUnknownQueues:
-    """Rule 7's applier: a record naming a queue the state lacks is skipped and counted."""
+    """The applier of rules 5 and 7, after a loss: a record naming a queue or topic the
+    state lacks, or one that cannot be applied to what is left (it refers to what the
+    loss took), is skipped and counted."""
 
     def __init__(self, state: BrokerState) -> None:
         self._state = state
@@ -443,11 +509,23 @@ class _SkipUnknownQueues:
 
     def apply_record(self, rtype: int, payload: bytes) -> None:
         fields = decode_fields(payload)
-        # Every other mutation names its queue first.
-        if rtype not in (QueueCreate.TYPE, Recover.TYPE) and fields[0] not in self._state.queues:
+        state = self._state
+        # Every other mutation names its queue or topic first (a transaction: its steps).
+        name = fields[0] if fields and isinstance(fields[0], str) else None
+        if (rtype not in _CREATES and name is not None and name not in state.queues
+                and name not in state.topics):
             self.skipped += 1
             return
-        self._state.apply_fields(rtype, fields)
+        try:
+            state.apply_fields(rtype, fields)
+        except Exception as exc:
+            self.skipped += 1
+            logger.warning("skipped a log record of type %d that does not apply after the loss: %r",
+                           rtype, exc)
+
+
+#: Records that need nothing before them.
+_CREATES = frozenset({QueueCreate.TYPE, TopicCreate.TYPE, Recover.TYPE})
 
 
 def _count_records(data: bytes, off: int) -> int:

@@ -136,6 +136,8 @@ class BrokerState(TopicAppliers):
         #: Log bytes the acks of every live message can take: the sum of ``ack_cost``
         #: over them. The live path keeps this much room reserved in the log.
         self.ack_reserve = 0
+        #: Snapshot records ``from_records(lenient=True)`` could not apply.
+        self.import_skipped = 0
         self.observer: StateObserver | None = None
         self._appliers: dict[int, Callable[..., None]] = {
             rtype: getattr(self, name) for rtype, name in _APPLIERS.items()}
@@ -606,53 +608,27 @@ class BrokerState(TopicAppliers):
                 yield SNAPSHOT_DEDUP_COLUMNS, pack([name, ids, at_ms, mids])
 
     @classmethod
-    def from_records(cls, records: Iterable[tuple[int, bytes]]) -> "BrokerState":
-        """Rebuild a state from ``export_records`` output."""
+    def from_records(cls, records: Iterable[tuple[int, bytes]], *, lenient: bool = False) -> "BrokerState":
+        """Rebuild a state from ``export_records`` output.
+
+        ``lenient`` (the whole records of a damaged snapshot, ``--recover truncate``):
+        a record that cannot be applied (its queue, topic or group's header was in the
+        damage) is skipped and counted in ``import_skipped``, and what refers to
+        messages that are missing (times to live, error texts, dead-letter sources,
+        dependencies) is dropped."""
         state = cls()
         #: Group headers by their delivery queue's name, until that queue's header comes.
         groups: dict[str, list[Any]] = {}
         for rtype, payload in records:
-            fields = msgpack.unpackb(payload, raw=False)
-            if rtype == SNAPSHOT_QUEUE:
-                queue = Queue.from_header(fields)
-                group = groups.pop(queue.name, None)
-                if group is not None:
-                    topic_name, group_name, cursors, filter, missed, filtered = group
-                    restored = Group(topic_name, group_name, queue, cursors, filter)
-                    restored.missed, restored.filtered = missed, filtered
-                    state._attach(state.topics[topic_name], restored)
-                else:
-                    queue.on_ready = state._wake
-                    state.queues[queue.name] = queue
-            elif rtype == SNAPSHOT_MESSAGES:
-                of_group = state.group_queues.get(fields[0])
-                if of_group is not None:
-                    state.queues[fields[0]].import_messages(fields[1], copy_maker(state.topics[of_group.topic]))
-                else:
-                    state.queues[fields[0]].import_messages(fields[1])
-            elif rtype == SNAPSHOT_WAITS:
-                waits_on = state.queues[fields[0]].waits_on
-                for mid, deps in fields[1]:
-                    waits_on[mid] = {(q, i) for q, i in deps}
-            elif rtype == SNAPSHOT_TOPIC:
-                held = Topic.from_header(fields)
-                state.topics[held.name] = held
-            elif rtype == SNAPSHOT_TOPIC_MESSAGES:
-                state.topics[fields[0]].import_messages(fields[1])
-            elif rtype == SNAPSHOT_GROUP:
-                groups[group_queue_name(fields[0], fields[1])] = fields
-            elif rtype == SNAPSHOT_DEAD_LETTERS:
-                state.queues[fields[0]].import_sources(fields[1])
-            elif rtype == SNAPSHOT_ERRORS:
-                state.queues[fields[0]].errors.update(map(tuple, fields[1]))
-            elif rtype == SNAPSHOT_EXPIRIES:
-                state.queues[fields[0]].import_expiries(fields[1])
-            elif rtype == SNAPSHOT_DEDUP_COLUMNS:
-                state.queues[fields[0]].import_dedup_columns(fields[1], fields[2], fields[3])
-            elif rtype == SNAPSHOT_DEDUP:
-                state.queues[fields[0]].import_dedup(fields[1])
-            else:
-                raise ValueError(f"unknown snapshot record type {rtype}")
+            try:
+                state._import_record(groups, rtype, msgpack.unpackb(payload, raw=False))
+            except Exception:
+                if not lenient:
+                    raise
+                state.import_skipped += 1
+        if lenient:
+            for queue in state.queues.values():
+                queue.drop_dangling()
         state.ack_reserve = state.count_ack_reserve()
         for name, queue in state.queues.items():
             queue.finish_import()
@@ -666,6 +642,50 @@ class BrokerState(TopicAppliers):
                 for dep in sorted(deps):
                     state.dependents.setdefault(dep, []).append((name, mid))
         return state
+
+    def _import_record(self, groups: dict[str, list[Any]], rtype: int, fields: Any) -> None:
+        """One snapshot record into this state (``from_records``)."""
+        state = self
+        if rtype == SNAPSHOT_QUEUE:
+            queue = Queue.from_header(fields)
+            group = groups.pop(queue.name, None)
+            if group is not None:
+                topic_name, group_name, cursors, filter, missed, filtered = group
+                restored = Group(topic_name, group_name, queue, cursors, filter)
+                restored.missed, restored.filtered = missed, filtered
+                state._attach(state.topics[topic_name], restored)
+            else:
+                queue.on_ready = state._wake
+                state.queues[queue.name] = queue
+        elif rtype == SNAPSHOT_MESSAGES:
+            of_group = state.group_queues.get(fields[0])
+            if of_group is not None:
+                state.queues[fields[0]].import_messages(fields[1], copy_maker(state.topics[of_group.topic]))
+            else:
+                state.queues[fields[0]].import_messages(fields[1])
+        elif rtype == SNAPSHOT_WAITS:
+            waits_on = state.queues[fields[0]].waits_on
+            for mid, deps in fields[1]:
+                waits_on[mid] = {(q, i) for q, i in deps}
+        elif rtype == SNAPSHOT_TOPIC:
+            held = Topic.from_header(fields)
+            state.topics[held.name] = held
+        elif rtype == SNAPSHOT_TOPIC_MESSAGES:
+            state.topics[fields[0]].import_messages(fields[1])
+        elif rtype == SNAPSHOT_GROUP:
+            groups[group_queue_name(fields[0], fields[1])] = fields
+        elif rtype == SNAPSHOT_DEAD_LETTERS:
+            state.queues[fields[0]].import_sources(fields[1])
+        elif rtype == SNAPSHOT_ERRORS:
+            state.queues[fields[0]].errors.update(map(tuple, fields[1]))
+        elif rtype == SNAPSHOT_EXPIRIES:
+            state.queues[fields[0]].import_expiries(fields[1])
+        elif rtype == SNAPSHOT_DEDUP_COLUMNS:
+            state.queues[fields[0]].import_dedup_columns(fields[1], fields[2], fields[3])
+        elif rtype == SNAPSHOT_DEDUP:
+            state.queues[fields[0]].import_dedup(fields[1])
+        else:
+            raise ValueError(f"unknown snapshot record type {rtype}")
 
     # -- reading --------------------------------------------------------------------
 

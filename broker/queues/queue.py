@@ -798,6 +798,22 @@ class Queue:
             heap.append((at, mid))
         heapq.heapify(heap)
 
+    def drop_dangling(self) -> None:
+        """Forget what refers to messages this queue does not hold: after importing the
+        whole records of a damaged snapshot, some rows may be missing."""
+        msgs = self.messages
+        for mid in [m for m in self.expires if m not in msgs]:
+            del self.expires[mid]
+        self._expiry_heap = [e for e in self._expiry_heap if e[1] in msgs]
+        heapq.heapify(self._expiry_heap)
+        for mid in [m for m in self.errors if m not in msgs]:
+            del self.errors[mid]
+        for mid in [m for m in self.sources if m not in msgs]:
+            record = self.sources.pop(mid)
+            self._by_source.pop((record.source, record.source_id), None)
+        for mid in [m for m in self.waits_on if m not in msgs]:
+            del self.waits_on[mid]
+
     def finish_import(self) -> None:
         """Rebuild the lease timers from the imported leased messages, and an ordered
         queue's key groups (ready messages join their ready set in the order imported,

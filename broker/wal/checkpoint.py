@@ -13,8 +13,11 @@ Rules:
    records the log could still lose.
 4. After the rename, segments that end at or before the LSN and older snapshots are
    deleted (then the directory is fsynced): what they held is in the snapshot.
-5. A snapshot under its final name that fails a check is ``WalCorruption`` naming the
-   file and offset: it was complete once, so damage is not a torn write. A version
+5. A snapshot is read back from the disk and checked whole after its fsync, before it
+   may be published (so before the log it holds is deleted). A snapshot under its
+   final name that fails a check is ``WalCorruption`` naming the file and offset: it
+   was complete once, so damage is not a torn write; ``salvage_snapshot`` keeps its
+   records that are still whole. A version
    this build cannot read is ``WalVersionError`` (a subclass): not damage.
    ``*.snap.tmp`` leftovers are incomplete by definition and are removed.
 6. Only names matching ``^\\d{20}\\.snap$`` are snapshots: recovery's ``*.damaged``
@@ -26,6 +29,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from crc32c import crc32c
 
@@ -70,9 +74,11 @@ def snapshot_tmp_path(directory: str, lsn: int) -> str:
 
 def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
                        records: Iterable[tuple[int, bytes]]) -> str:
-    """Write ``records`` and the end record to ``<name>.tmp`` and fsync it; returns its path.
+    """Write ``records`` and the end record to ``<name>.tmp``, fsync it, then read it back
+    and check it whole (``read_snapshot``); returns its path.
 
-    On failure the temp file is removed.
+    On failure (``WalCorruption`` if the bytes read back are not what was written) the
+    temp file is removed.
 
     Does not publish it: call :func:`publish_snapshot` once the log is durable to ``lsn``.
     """
@@ -94,6 +100,13 @@ def write_snapshot_tmp(io: FileIO, directory: str, lsn: int,
         parts.append(encode_record(SNAPSHOT_END, _END.pack(lsn, count)))
         write_all(io, fd, b"".join(parts))
         io.fsync(fd)
+        # Read it back from the disk, not the page cache, and check every record: a
+        # snapshot replaces the log it holds, so it must be whole before it does.
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except (AttributeError, OSError):
+            pass
+        read_snapshot(io, path)
     except BaseException:
         io.close(fd)
         try:  # e.g. no room left for it: leave nothing behind
@@ -180,3 +193,60 @@ def read_snapshot(io: FileIO, path: str) -> tuple[int, Iterator[tuple[int, bytes
             yield rtype, data[start:end]
 
     return lsn, records()
+
+
+@dataclass(frozen=True, slots=True)
+class Salvage:
+    """What ``salvage_snapshot`` kept of a damaged snapshot."""
+
+    #: The snapshot's LSN (from its header, or its name if the header is damaged).
+    lsn: int
+    #: Every record that is whole, in order (the end record left out).
+    records: list[tuple[int, bytes]]
+    #: Damaged records stepped over (each may hold up to 1,000 messages, or a queue's
+    #: header), and whether the damage hid the rest of the file (a length field that
+    #: leads nowhere): then every record after it is lost too.
+    bad: int
+    cut_at: int | None
+
+
+def salvage_snapshot(data: bytes, path: str) -> Salvage:
+    """The whole records of a damaged snapshot's bytes ``data``.
+
+    Steps from record to record by their length fields; a damaged record is skipped if
+    its length leads to a record that is whole (or to the end record), else the rest of
+    the file is given up (``cut_at``). A header that fails its check is taken on trust
+    for the layout only: the LSN comes from the file name. Raises ``WalVersionError``
+    for a version this build cannot read, ``WalCorruption`` if the name is not a
+    snapshot's.
+    """
+    m = _NAME.match(os.path.basename(path))
+    if m is None:
+        raise WalCorruption(path, 0, "not a snapshot file name")
+    lsn = int(m.group(1))
+    if len(data) >= SNAPSHOT_HEADER_SIZE:
+        magic, version, head_lsn = _HEAD.unpack_from(data, 0)
+        (crc,) = _CRC.unpack_from(data, _HEAD.size)
+        if magic == SNAPSHOT_MAGIC and crc32c(data[: _HEAD.size]) == crc:
+            if version != SNAPSHOT_VERSION:
+                raise WalVersionError(path, 0, f"snapshot version {version} is not readable by this build")
+            lsn = head_lsn
+    records: list[tuple[int, bytes]] = []
+    bad = 0
+    off = SNAPSHOT_HEADER_SIZE
+    n = len(data)
+    while off + RECORD_HEADER_SIZE <= n:
+        problem = record_problem(data, off)
+        length, _, rtype = RECORD_HEADER.unpack_from(data, off)
+        end = off + RECORD_HEADER_SIZE + length
+        if problem is None:
+            if rtype == SNAPSHOT_END:
+                return Salvage(lsn, records, bad, None)
+            records.append((rtype, data[off + RECORD_HEADER_SIZE:end]))
+            off = end
+            continue
+        bad += 1
+        if end + RECORD_HEADER_SIZE > n or record_problem(data, end) is not None:
+            return Salvage(lsn, records, bad, off)
+        off = end
+    return Salvage(lsn, records, bad, off if off < n else None)

@@ -332,7 +332,7 @@ def test_damaged_only_snapshot_falls_back_to_the_whole_log(tmp_path: Path) -> No
 
 def test_no_usable_snapshot_and_a_log_that_starts_late(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The snapshot the deleted segments relied on is damaged: what precedes the oldest
+    """The snapshot the deleted segments relied on is gone: what precedes the oldest
     segment is lost, and said so; an older intact snapshot the log does not meet is
     moved aside rather than applied to."""
     wal = tmp_path / "wal"
@@ -351,7 +351,7 @@ def test_no_usable_snapshot_and_a_log_that_starts_late(
             (wal / name).unlink()
     first_base = list_segments(FileIO(), str(wal))[0][0]
     assert ends[5] < first_base < ends[newest_at - 1]
-    flip(newest, newest.stat().st_size - 3)
+    newest.unlink()  # gone (a damaged one would be salvaged, rule 5)
 
     with pytest.raises(WalCorruption):
         recover(wal)
@@ -365,12 +365,64 @@ def test_no_usable_snapshot_and_a_log_that_starts_late(
     assert got.lost_before_lsn == first_base
     assert got.skipped_records == sum(1 for m in muts[first:] if m.queue == "a")
     assert got.state.snapshot() == state_of(from_log).snapshot()
-    assert {d.path: "intact" in d.reason for d in got.discarded} == {
-        str(newest): False, str(older): True}
+    assert {d.path: "intact" in d.reason for d in got.discarded} == {str(older): True}
     assert f"LSN {first_base}" in caplog.text and "lost" in caplog.text
     # The recovered state was written as a snapshot at the end of the log.
     assert got.snapshot_lsn == ends[-1]
     assert list_snapshots(FileIO(), str(wal)) == [(ends[-1], snapshot_name(ends[-1]))]
+    assert assert_clean_restart(wal, got.state).replay.records == 0
+
+
+def test_damaged_only_snapshot_keeps_its_whole_records_and_the_log_after_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's case: a byte flipped in the middle of the only snapshot, whose log
+    before it was deleted. Every record of the snapshot but the damaged one is kept,
+    and every log record after the snapshot is replayed: only the messages of the
+    damaged record (here 5) are lost."""
+    wal = tmp_path / "wal"
+    muts = workload(120, ("a", "b"))
+    at = 90  # the snapshot holds muts[:at]; the log after it is replayed
+    muts.append(QueueCreate("c", "fifo", 1, 30_000, 0, None, 10_000))
+    muts += [Publish("c", 1 + i, 9, [b"after-%d" % i]) for i in range(5)]
+    ends = write_log(wal, muts)
+    io = FileIO()
+    tmp = write_snapshot_tmp(io, str(wal), ends[at - 1], state_of(muts[:at]).export_records(chunk=5))
+    snap = Path(publish_snapshot(io, str(wal), tmp))
+    segs = list_segments(io, str(wal))
+    for (_, name), (next_base, _) in zip(segs, segs[1:]):  # what the checkpoint deleted
+        if next_base <= ends[at - 1]:
+            (wal / name).unlink()
+    assert list_segments(io, str(wal))[0][0] > 0
+    # The record of message rows nearest the middle of the file is damaged.
+    pristine = snap.read_bytes()
+    spans = []
+    off = 24
+    while off < len(pristine):
+        length, _, rtype = struct.unpack_from(">IIB", pristine, off)
+        if rtype == 102:
+            spans.append((off, length))
+        off += 9 + length
+    off, length = min(spans, key=lambda span: abs(span[0] - len(pristine) // 2))
+    queue, rows = msgpack.unpackb(pristine[off + 9:off + 9 + length], raw=False)
+    lost = {row[0] for row in rows}
+    flip(snap, off + 9 + length // 2)
+
+    with pytest.raises(WalCorruption):
+        recover(wal)
+    with caplog.at_level(logging.ERROR, logger="lockgate.recovery"):
+        got = recover(wal, mode="truncate")
+
+    expected = state_of(muts)
+    assert got.salvaged > 0 and got.salvage_lost == 1 and got.lost_before_lsn == 0
+    for name in ("a", "b", "c"):
+        want = set(expected.queues[name].messages) - (lost if name == queue else set())
+        assert set(got.state.queues[name].messages) == want, name
+    assert 0 < len(lost) <= 5
+    assert got.replay.records == len(muts) - at  # every log record after the snapshot
+    assert "kept" in caplog.text and "damaged snapshot" in caplog.text
+    assert [d.path for d in got.discarded] == [str(snap)]
+    assert Path(str(snap) + DAMAGED_SUFFIX).read_bytes() != pristine  # the damaged original
+    assert got.snapshot_lsn == ends[-1]
     assert assert_clean_restart(wal, got.state).replay.records == 0
 
 
@@ -482,3 +534,35 @@ def test_refuse_mode_refuses_a_log_that_starts_after_lsn_0_without_a_snapshot(tm
     with pytest.raises(WalCorruption) as info:
         recover(wal)
     assert "no snapshot" in info.value.reason and info.value.path.endswith("00000000000000004096.wal")
+
+
+class RottingDisk(FileIO):
+    """Snapshot temp files come back from the disk with one byte changed."""
+
+    def __init__(self) -> None:
+        self.snapshots: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        self.snapshots.discard(fd)
+        if path.endswith(".snap.tmp"):
+            self.snapshots.add(fd)
+        return fd
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        data = super().pread(fd, size, offset)
+        if fd in self.snapshots and len(data) > 100:
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return data
+
+
+def test_a_snapshot_that_reads_back_wrong_is_never_published(tmp_path: Path) -> None:
+    """A snapshot is read back and checked whole after its fsync: one that does not read
+    back as written fails, and leaves nothing behind (the log it would replace stays)."""
+    wal = tmp_path / "wal"
+    muts = workload(30)
+    ends = write_log(wal, muts)
+    with pytest.raises(WalCorruption):
+        write_snapshot_tmp(RottingDisk(), str(wal), ends[-1], state_of(muts).export_records())
+    assert not [n for n in names(wal) if ".snap" in n]
+    assert recover(wal).state.snapshot() == state_of(muts).snapshot()
