@@ -12,8 +12,8 @@ Rules:
    ``handshake_timeout_ms`` (counted from the accept, so TLS and ``hello`` share it).
 3. A connection whose first byte is not a TLS handshake record (0x16) is a plain client:
    it gets ``MALFORMED_FRAME`` (id nil, ``details.tls = "required"``) in plain text and a
-   clean close (``connlimits``, rule 4). A length prefix starting 0x16 would announce a
-   frame of over 369 MB, beyond any ``max_frame``, so no plain client is mistaken.
+   clean close (``connlimits``, rule 4). A plain client's first frame is ``hello``, far
+   below 16 MiB, so its length prefix starts with 0x00: none is mistaken for TLS.
 4. A TLS handshake that fails (no common version, a client certificate missing or not
    trusted, garbage) or does not finish in time ends in a clean close of the TCP
    connection, with nothing more sent; each is logged as a warning with the peer and the
