@@ -90,7 +90,10 @@ def main(ctx: click.Context, /, **options: Any) -> None:
     as one transaction: all of them or none. `brokerctl info` shows the broker itself.
 
     The options below apply to every command that talks to a broker, given before the
-    command or after it (after wins), else from their LOCKGATE_* variables. `brokerctl
+    command or after it (after wins), else from their LOCKGATE_* variables. For a broker
+    that speaks TLS: --tls (its certificate verified against the system's CAs), --tls-ca
+    FILE (against your own CA), and --tls-cert FILE [--tls-key FILE] when it requires a
+    client certificate. `brokerctl
     wal ...` reads a data directory offline (never modifying it); `brokerctl user ...`
     edits a users file offline.
     """

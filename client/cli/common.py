@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import os
+import ssl
 import stat
 import sys
 import types
@@ -23,6 +24,7 @@ from client.auth import PASSWORD_ENV, TOKEN_ENV, USER_ENV, Credentials
 from client.errors import ConnectionClosed, LockgateError
 from client.ops import QUEUE_SETTINGS, Param
 from client.sync import SyncClient
+from client.tls import tls_context
 from client.types import (
     ADDR_ENV,
     DEFAULT_ADDR,
@@ -108,6 +110,10 @@ def fail_with(exc: LockgateError, message: str | None = None) -> NoReturn:
 #: The environment variables of the options that have no home in client.auth or client.types.
 TIMEOUT_ENV = "LOCKGATE_TIMEOUT"
 JSON_ENV = "LOCKGATE_JSON"
+#: The variables of the TLS options (not LOCKGATE_TLS_CERT and LOCKGATE_TLS_KEY: those are
+#: the broker's own certificate, which a shell that runs both may hold).
+TLS_ENV, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV = (
+    "LOCKGATE_TLS", "LOCKGATE_TLS_CA", "LOCKGATE_CLIENT_CERT", "LOCKGATE_CLIENT_KEY")
 DEFAULT_TIMEOUT_S = 30.0
 _GLOBALS_KEY = "lockgate.brokerctl.globals"
 
@@ -122,6 +128,10 @@ class Globals:
     user: str | None = None
     token: str | None = None
     timeout: float = DEFAULT_TIMEOUT_S
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     as_json: bool = False
 
 
@@ -142,6 +152,20 @@ _GLOBAL_OPTIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "timeout": ("--timeout", TIMEOUT_ENV, {
         "type": click.FloatRange(0, min_open=True), "metavar": "SECONDS",
         "help": "How long to wait for the broker: to connect, and for each reply.",
+    }),
+    "tls": ("--tls", TLS_ENV, {"is_flag": True, "help": "Connect with TLS, verifying the broker's certificate "
+                                                        "and name (the host of --addr) against the system's CAs."}),
+    "tls_ca": ("--tls-ca", TLS_CA_ENV, {
+        "type": click.Path(exists=True, dir_okay=False), "metavar": "FILE",
+        "help": "Verify the broker against the CA certificates in this PEM file instead; implies --tls.",
+    }),
+    "tls_cert": ("--tls-cert", TLS_CERT_ENV, {
+        "type": click.Path(exists=True, dir_okay=False), "metavar": "FILE",
+        "help": "Present this client certificate (PEM) to a broker that requires one; implies --tls.",
+    }),
+    "tls_key": ("--tls-key", TLS_KEY_ENV, {
+        "type": click.Path(exists=True, dir_okay=False), "metavar": "FILE",
+        "help": "The client certificate's private key (PEM), if it is not in --tls-cert.",
     }),
     "as_json": ("--json", JSON_ENV, {"is_flag": True,
                                      "help": "Print one machine-readable JSON document instead of text."}),
@@ -237,16 +261,49 @@ def credentials(opts: Globals) -> Credentials | None:
     return Credentials(user=opts.user, password=password)
 
 
+def tls_option(opts: Globals) -> ssl.SSLContext | None:
+    """The client TLS context the options ask for; None for plain TCP."""
+    if not (opts.tls or opts.tls_ca or opts.tls_cert or opts.tls_key):
+        return None
+    if opts.tls_key and not opts.tls_cert:
+        raise click.UsageError(f"--tls-key (${TLS_KEY_ENV}) needs --tls-cert (${TLS_CERT_ENV})")
+    try:
+        return tls_context(ca=opts.tls_ca, cert=opts.tls_cert, key=opts.tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        named = ", ".join(f"{flag} {value}" for flag, value in (
+            ("--tls-ca", opts.tls_ca), ("--tls-cert", opts.tls_cert), ("--tls-key", opts.tls_key)) if value)
+        raise click.UsageError(f"cannot use the TLS files ({named}): {exc}") from None
+
+
+def _certificate_refused(exc: ConnectionClosed) -> bool:
+    """Whether a TLS connection closed with an alert about the client's certificate."""
+    text = f"{exc.message} {exc.__cause__ or ''}".upper()
+    return "ALERT" in text and "CERTIFICATE" in text or "UNKNOWN_CA" in text
+
+
 @contextmanager
 def connect(addr: str) -> Iterator[SyncClient]:
     """A client connected to ``addr`` with the global options in force (credentials,
-    timeout); broker errors and transport trouble become one line and an exit status."""
+    timeout, TLS); broker errors and transport trouble become one line and an exit status."""
     opts = current_globals()
     creds = credentials(opts)
+    tls = tls_option(opts)
     try:
         client = SyncClient(addr, client_name="brokerctl", timeout=opts.timeout,
                             user=creds.user if creds else None, password=creds.password if creds else None,
-                            token=creds.token if creds else None)
+                            token=creds.token if creds else None, tls=tls)
+    except ConnectionClosed as exc:
+        cause = exc.__cause__
+        if isinstance(cause, LockgateError) and cause.details.get("tls") == "required":
+            fail(EXIT_UNREACHABLE, f"{addr} speaks TLS: connect with --tls (and --tls-ca FILE for a CA of "
+                                   "your own)")
+        if tls is not None and _certificate_refused(exc):
+            fail(EXIT_AUTH, f"{addr} refused the TLS connection: {exc.message}; it requires a client "
+                            "certificate it trusts (--tls-cert FILE)")
+        fail(EXIT_UNREACHABLE, f"handshake with {addr} failed: {exc.message}")
+    except ssl.SSLCertVerificationError as exc:
+        fail(EXIT_UNREACHABLE, f"cannot connect to {addr}: its TLS certificate does not verify: "
+                               f"{exc.verify_message or exc.reason} (--tls-ca FILE names the CA to trust)")
     except LockgateError as exc:
         status = exit_status(exc)
         fail(status if status == EXIT_AUTH else EXIT_UNREACHABLE,
