@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from client.cli import messages, queues, server, topics, txn
+from client.cli import messages, queues, server, top, topics, txn
 from client.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STATUS_HELP, group_options, remember_globals
 
 #: Set to show the traceback of an unexpected failure instead of one line.
@@ -24,7 +24,7 @@ PLUGIN_GROUP = "lockgate.brokerctl"
 
 #: The online commands, by family (one module each).
 BUILTIN_COMMANDS: tuple[click.Command, ...] = (
-    *server.COMMANDS, *queues.COMMANDS, *messages.COMMANDS, *topics.COMMANDS, *txn.COMMANDS,
+    *server.COMMANDS, *queues.COMMANDS, *messages.COMMANDS, *topics.COMMANDS, *txn.COMMANDS, *top.COMMANDS,
 )
 
 
@@ -87,7 +87,9 @@ def main(ctx: click.Context, /, **options: Any) -> None:
     `brokerctl group ...` (create, list, stats, seek, delete); a group's messages are
     read with the queue commands under the name TOPIC/GROUP (`brokerctl consume
     orders/billing`). `brokerctl txn FILE` runs acks and publishes from a JSON file
-    as one transaction: all of them or none. `brokerctl info` shows the broker itself.
+    as one transaction: all of them or none. `brokerctl info` shows the broker itself,
+    `brokerctl top` is a live view of the queues and groups (depths, rates, the oldest
+    message's wait), sortable by key.
 
     The options below apply to every command that talks to a broker, given before the
     command or after it (after wins), else from their LOCKGATE_* variables. For a broker
