@@ -54,6 +54,9 @@ class Round:
 class Replies:
     """The reply side of one connection (see the module docstring)."""
 
+    __slots__ = ("_stream", "_account", "_write_lock", "_committer", "_enc", "_on_log_failure", "nursery",
+                 "_send", "_receive", "_closed", "_pending", "rounds", "_sent", "_sent_event")
+
     def __init__(self, stream: trio.abc.SendStream, committer: GroupCommitter, enc: Encoder,
                  on_log_failure: Callable[[], None], account: Account) -> None:
         self._stream = stream
