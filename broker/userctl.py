@@ -33,6 +33,11 @@ EXIT_REFUSED = 1
 PERMISSIONS = [str(p) for p in Permission]
 
 
+def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--json`` here, or brokerctl's own (before the command, or ``$LOCKGATE_JSON``)."""
+    return value or bool(ctx.find_root().params.get("as_json"))
+
+
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_REFUSED)
@@ -111,7 +116,8 @@ def file_option(f: Any) -> Any:
 
 
 def json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(f)
+    return click.option("--json", "as_json", is_flag=True, callback=json_flag,
+                        help="Print one JSON document instead of text.")(f)
 
 
 def password_options(f: Any) -> Any:

@@ -683,6 +683,11 @@ def _report(problem: Problem) -> None:
 _DIR = click.Path(exists=True, file_okay=False, readable=True)
 
 
+def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--json`` here, or brokerctl's own (before the command, or ``$LOCKGATE_JSON``)."""
+    return value or bool(ctx.find_root().params.get("as_json"))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def wal() -> None:
     """Offline tools for a broker's write-ahead log (see docs/wal.md).
@@ -697,7 +702,7 @@ def wal() -> None:
 @wal.command()
 @click.argument("directory", metavar="DIR", type=_DIR)
 @click.option("--strict", is_flag=True, help="Exit 1 on a torn tail too.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag, help="Print one JSON object instead of text.")
 def verify(directory: str, strict: bool, as_json: bool) -> None:
     """Check every segment, record and snapshot of the WAL in DIR.
 
@@ -785,7 +790,7 @@ def _choose_segment(loc: WalLocation, spec: str) -> SegmentFile:
 
 @wal.command()
 @click.argument("directory", metavar="DIR", type=_DIR)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag, help="Print one JSON object instead of text.")
 def stats(directory: str, as_json: bool) -> None:
     """Show the segments of the WAL in DIR with sizes, records and live bytes.
 

@@ -97,6 +97,8 @@ def test_passwd_grant_revoke_delete_and_list(users: Users) -> None:
     assert lines[2].split() == ["svc", "1", "token(s)", "-", "-", "-"]
     users.run("delete", "svc")
     assert [u["user"] for u in users.json("list")["users"]] == ["alice"]
+    before = CliRunner().invoke(main, ["--json", "user", "list", "--file", str(users.path)])  # brokerctl's --json
+    assert before.exit_code == 0 and [u["user"] for u in json.loads(before.stdout)["users"]] == ["alice"]
 
 
 @pytest.mark.parametrize("args, message", [

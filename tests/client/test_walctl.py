@@ -343,3 +343,11 @@ def test_stats_live_bytes(wal_dir: Path) -> None:
         "SEGMENT", "FILE_BYTES", "RECORDS", "RECORD_BYTES", "LIVE_MESSAGES", "LIVE_BYTES",
         "DEAD_BYTES"]
     assert f"queues: 3, live messages: {len(live)}" in text
+
+
+def test_brokerctl_json_before_the_command_and_its_variable(data_dir: Path) -> None:
+    for runner, args in ((CliRunner(), ["--json", "wal", "stats", str(data_dir)]),
+                         (CliRunner(env={"LOCKGATE_JSON": "1"}), ["wal", "verify", str(data_dir)])):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["directory"] == str(data_dir / "wal")
