@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any, NoReturn, TypeVar, cast
+from typing import IO, Any, BinaryIO, NoReturn, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -382,6 +382,18 @@ class Progress:
         """Advance by ``n``."""
         if self._bar is not None:
             self._bar.update(n)
+
+
+def file_lines(f: BinaryIO, progress: Progress) -> Iterator[bytes]:
+    """The lines of ``f`` without their line ends (``\\n`` or ``\\r\\n``), empty ones
+    skipped, as raw bytes; ``progress`` advances by the bytes read."""
+    for raw in f:
+        progress.add(len(raw))
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            yield line
 
 
 def emit_json(value: Any) -> None:

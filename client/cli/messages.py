@@ -17,6 +17,7 @@ from client.cli.common import (
     common_options,
     connect,
     emit_json,
+    file_lines,
     fail,
     ids_text,
     plural,
@@ -41,18 +42,6 @@ from protocol import DEFAULT_CREDIT, MAX_TTL_MS
 
 #: Where ``consume --follow`` long-polls: each request waits at most this long for messages.
 FOLLOW_WAIT_MS = 10_000
-
-
-def _file_lines(f: BinaryIO, progress: Progress) -> Iterator[bytes]:
-    """The lines of ``f`` without their line ends (``\\n`` or ``\\r\\n``), empty ones
-    skipped, as raw bytes; ``progress`` advances by the bytes read."""
-    for raw in f:
-        progress.add(len(raw))
-        line = raw[:-1] if raw.endswith(b"\n") else raw
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line:
-            yield line
 
 
 def _copies(message: Message, count: int, progress: Progress) -> Iterator[Message]:
@@ -104,7 +93,7 @@ def publish(
         if file is not None:
             with Progress(stream_size(file), "publishing") as progress:
                 results = client.publish_many(
-                    queue, (Message(line, key, priority, delay_ms, ttl_ms) for line in _file_lines(file, progress)),
+                    queue, (Message(line, key, priority, delay_ms, ttl_ms) for line in file_lines(file, progress)),
                     batch_size=batch)
         else:
             data = read_stdin() if body == "-" else (body or "").encode()

@@ -2,22 +2,28 @@
 ``brokerctl group ...``."""
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from client.cli.common import (
+    Progress,
     SETTING_OPTIONS,
     common_options,
     connect,
     emit_json,
     fail_with,
+    file_lines,
+    plural,
     print_fields,
     print_table,
     read_stdin,
     setting_options,
     spans,
+    stream_size,
     value_text,
 )
 from client.errors import LockgateError, QueueNotFound
@@ -180,42 +186,71 @@ def topic_stats_cmd(name: str, addr: str, as_json: bool) -> None:
         print_fields(asdict(stats))
 
 
+def _topic_batches(messages: Iterable[TopicMessage], max_batch: int, max_frame: int) -> Iterator[list[TopicMessage]]:
+    """``messages`` in batches of at most ``max_batch`` that fit a frame of ``max_frame``."""
+    budget = max_frame - 1024
+    batch: list[TopicMessage] = []
+    size = 0
+    for m in messages:
+        key = m.key.encode() if isinstance(m.key, str) else m.key or b""
+        n = len(m.body) * (4 if isinstance(m.body, str) else 1) + len(key) + 32 + sum(
+            10 + len(k.encode()) + len(v.encode()) for k, v in (m.headers or {}).items())
+        if batch and (len(batch) >= max_batch or size + n > budget):
+            yield batch
+            batch, size = [], 0
+        batch.append(m)
+        size += n
+    if batch:
+        yield batch
+
+
 @topic.command("publish")
 @click.argument("name", metavar="TOPIC")
-@click.argument("body")
+@click.argument("body", required=False)
+@click.option("--file", "-f", "file", type=click.File("rb"), metavar="FILE",
+              help="Publish each line of FILE as one message, in order and in batches ('-': stdin lines); "
+                   "empty lines are skipped. Instead of BODY.")
 @click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
 @click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", callback=_pairs,
               help="A header (repeatable; at most 32 and 4096 bytes in all); groups may filter on them.")
 @click.option("--count", "-n", type=click.IntRange(1), default=1, show_default=True,
-              help="Publish this many copies (sent in batches, each atomic).")
+              help="Publish this many copies (sent in batches, each atomic). Not with --file.")
 @common_options
 def topic_publish(
-    name: str, body: str, key: str | None, headers: dict[str, str] | None, count: int, addr: str, as_json: bool
+    name: str, body: str | None, file: BinaryIO | None, key: str | None, headers: dict[str, str] | None,
+    count: int, addr: str, as_json: bool,
 ) -> None:
-    """Publish BODY to TOPIC, once for all its groups.
+    """Publish BODY to TOPIC, once for all its groups, or each line of --file.
 
-    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin.
+    BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin. With
+    --file, each line is a message (raw bytes, without its line end), sent in order in
+    batches, each atomic; a progress bar shows on a terminal for a file of 1 MiB or more.
     """
-    data = read_stdin() if body == "-" else body.encode()
-    message = TopicMessage(data, key, headers)
+    if (body is None) == (file is None):
+        raise click.UsageError("give BODY or --file FILE (one of them)")
+    if file is not None and count != 1:
+        raise click.UsageError("--count cannot be used with --file")
     results: list[PublishResult] = []
     with connect(addr) as client:
         info = client.server_info
-        size = len(data) + len((key or "").encode()) + 32 + sum(
-            10 + len(k.encode()) + len(v.encode()) for k, v in (headers or {}).items())
-        per_batch = max(1, min(info.max_batch, (info.max_frame - 1024) // size))
-        left = count
-        while left:
-            n = min(per_batch, left)
-            results.append(client.publish_topic(name, [message] * n))
-            left -= n
+        if file is not None:
+            with Progress(stream_size(file), "publishing") as progress:
+                messages: Iterable[TopicMessage] = (
+                    TopicMessage(line, key, headers) for line in file_lines(file, progress))
+                for batch in _topic_batches(messages, info.max_batch, info.max_frame):
+                    results.append(client.publish_topic(name, batch))
+        else:
+            message = TopicMessage(read_stdin() if body == "-" else (body or "").encode(), key, headers)
+            for batch in _topic_batches(itertools.repeat(message, count), info.max_batch, info.max_frame):
+                results.append(client.publish_topic(name, batch))
+    sent = sum(r.count for r in results)
     if as_json:
-        emit_json({"topic": name, "count": count,
+        emit_json({"topic": name, "count": sent,
                     "batches": [{"first_id": r.first_id, "count": r.count} for r in results]})
-    elif count == 1:
+    elif file is None and count == 1:
         click.echo(f"published 1 message to topic {name}: id {results[0].first_id}")
     else:
-        click.echo(f"published {count} messages to topic {name}: ids {spans(results)}")
+        click.echo(f"published {plural(sent, 'message')} to topic {name}" + (f": ids {spans(results)}" if sent else ""))
 
 
 @topic.command("delete")

@@ -158,6 +158,20 @@ def test_topic_publish_key_headers_stdin_and_count(ctl: Ctl) -> None:
     assert result.stderr.startswith("error: QUEUE_NOT_FOUND: ")
 
 
+def test_topic_publish_lines_from_stdin(ctl: Ctl) -> None:
+    name = qname()
+    ctl.run("topic", "create", name)
+    ctl.run("group", "create", name, "all", "--start", "earliest")
+    lines = [f"event {i}" for i in range(12)]
+    doc = ctl.json("topic", "publish", name, "--file", "-", "--header", "src=file",
+                   input="\n".join(lines[:5]) + "\n\n" + "\n".join(lines[5:]) + "\n")
+    assert doc["count"] == 12 and sum(b["count"] for b in doc["batches"]) == 12
+    out = ctl.json("consume", f"{name}/all", "--max", "20")
+    assert [m["body"] for m in out["messages"]] == lines and {m["headers"]["src"] for m in out["messages"]} == {"file"}
+    assert "BODY or --file" in ctl.run("topic", "publish", name, expect=2).stderr
+    assert "--count" in ctl.run("topic", "publish", name, "-f", "-", "-n", "2", input="x", expect=2).stderr
+
+
 # --- groups ----------------------------------------------------------------------------------
 
 
