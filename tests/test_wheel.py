@@ -26,7 +26,7 @@ _NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-in
 #: A generous bound for each step: a cold pip cache downloads the dependencies.
 _STEP_TIMEOUT_S = 300
 
-pytestmark = pytest.mark.packaging
+pytestmark = pytest.mark.wheel
 
 
 def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
