@@ -151,6 +151,9 @@ class ServerFacts:
     #: The WAL's segment files and their bytes now.
     wal_segments: int
     wal_bytes: int
+    #: The memory budget and the bytes counted against it now (``membudget``).
+    memory_budget: int = 0
+    memory_used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,8 +514,8 @@ def ping(session: Session, args: Args, ctx: Context) -> Outcome:
 
 
 def broker_info(session: Session, args: Args, ctx: Context) -> Outcome:
-    """The broker's version, uptime, fsync policy, data directory, WAL size and
-    connections (SPEC §5.30)."""
+    """The broker's version, uptime, fsync policy, data directory, WAL size,
+    connections and memory budget (SPEC §5.30)."""
     config = ctx.config
     facts = ctx.facts() if ctx.facts is not None else ServerFacts(ctx.now_ms, 0, 0, 0)
     groups = sum(GROUP_SEPARATOR in name for name in ctx.state.queues)
@@ -522,7 +525,7 @@ def broker_info(session: Session, args: Args, ctx: Context) -> Outcome:
         "fsync_interval_ms": config.fsync_interval_ms, "data_dir": str(config.data_dir.absolute()),
         "wal_segments": facts.wal_segments, "wal_bytes": facts.wal_bytes, "connections": facts.connections,
         "queues": len(ctx.state.queues) - groups, "topics": len(ctx.state.topics), "groups": groups,
-        "auth": config.auth,
+        "auth": config.auth, "memory_budget": facts.memory_budget, "memory_used": facts.memory_used,
     })
 
 

@@ -127,7 +127,7 @@ class Broker:
         """What ``broker_info`` reports of this server (a listing and a ``stat`` per WAL
         segment)."""
         segments, size = self._log.disk_usage()[:2] if self._log is not None else (0, 0)
-        return ServerFacts(self._started_ms, self._connections, segments, size)
+        return ServerFacts(self._started_ms, self._connections, segments, size, self.memory.limit, self.memory.used)
 
     # -- start and stop ---------------------------------------------------------------
 

@@ -202,8 +202,8 @@ class ServerInfo:
 
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
-    """The broker's version, uptime, fsync policy, data directory, WAL size and
-    connections (``broker_info``, SPEC §5.30)."""
+    """The broker's version, uptime, fsync policy, data directory, WAL size,
+    connections and memory budget (``broker_info``, SPEC §5.30)."""
 
     server: str
     node: str
@@ -226,12 +226,17 @@ class BrokerInfo:
     groups: int
     #: ``off`` or ``required``.
     auth: str
+    #: The broker's memory budget and the bytes its connections hold against it now
+    #: (unread input, unsent replies); 0 from a broker that does not say.
+    memory_budget: int = 0
+    memory_used: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> BrokerInfo:
         return cls(m["server"], m["node"], m["now_ms"], m["started_ms"], m["uptime_ms"], m["fsync"],
                    m["fsync_interval_ms"], m["data_dir"], m["wal_segments"], m["wal_bytes"], m["connections"],
-                   m["queues"], m["topics"], m["groups"], m["auth"])
+                   m["queues"], m["topics"], m["groups"], m["auth"], m.get("memory_budget", 0),
+                   m.get("memory_used", 0))
 
 
 @dataclass(frozen=True, slots=True)

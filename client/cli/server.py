@@ -77,6 +77,7 @@ def info(addr: str, as_json: bool) -> None:
         ("queues", str(facts.queues)),
         ("topics", f"{facts.topics} ({facts.groups} consumer group{'' if facts.groups == 1 else 's'})"),
         ("auth", facts.auth),
+        ("memory", f"{size_text(facts.memory_used)} of a {size_text(facts.memory_budget)} budget held by connections"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -30,6 +30,8 @@ async def test_broker_info_reports_the_running_broker(
         assert first.auth == "off"
         assert (first.queues, first.topics, first.groups, first.connections) == (0, 0, 0, 1)
         assert first.uptime_ms == first.now_ms - first.started_ms
+        assert first.memory_budget == broker.memory.limit > 0
+        assert 0 <= first.memory_used <= broker.memory.peak
 
         await c.create_queue("jobs.dlq")
         await c.create_queue("jobs", dead_letter="jobs.dlq")

@@ -186,6 +186,9 @@ def test_info(ctl: Ctl, tmp_path: Path) -> None:
     assert re.search(r"^fsync +always$", text, re.M) and re.search(r"^connections +\d+$", text, re.M)
     assert re.search(r"^topics +1 \(1 consumer group\)$", text, re.M)
     assert re.search(r"^data_dir +" + re.escape(str(tmp_path / "data")) + "$", text, re.M)
+    # The broker's default budget: 1 GiB, or a quarter of this machine's memory.
+    assert 0 < after["memory_budget"] <= 1 << 30 and 0 <= after["memory_used"] <= after["memory_budget"]
+    assert re.search(r"^memory +[\d.]+ [KMG]?i?B of a [\d.]+ [KMG]iB budget held by connections$", text, re.M)
 
 
 def test_global_options_before_or_after_the_command(ctl: Ctl) -> None:
