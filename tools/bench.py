@@ -47,6 +47,7 @@ from typing import Any
 
 import click
 
+from client.cli.common import Progress
 from protocol import GROUP_SEPARATOR, GROUP_WINDOW, Connection, Encoder, Error, Push, Reply
 
 BODY_SIZE = 128
@@ -908,16 +909,18 @@ def main(addr: str | None, policies: str, runs: int, scale: float, replay_record
         else:
             from tools.procs import BrokerProcess
 
-            for policy in policies.split(","):
-                for name in SCENARIOS:  # a fresh broker per scenario: no carry-over between them
-                    if chosen is not None and name not in chosen:
-                        continue
+            # A fresh broker per scenario: no carry-over between them.
+            plan = [(policy, name) for policy in policies.split(",") for name in SCENARIOS
+                    if chosen is None or name in chosen]
+            with Progress(len(plan), "scenarios", min_total=2) as progress:
+                for policy, name in plan:
                     proc = BrokerProcess(workdir / f"data-{policy}-{name}", fsync=policy).start()
                     try:
                         results += run_scenarios(proc.host, proc.port, policy, sizes, runs, policy, (name,),
                                                  proc.data_dir, proc.pid)
                     finally:
                         proc.stop()
+                    progress.add(1)
         if replay_records:
             rate, seconds = measure_replay(replay_records, workdir)
             extras["replay_records"] = replay_records
