@@ -17,6 +17,8 @@ directory (``tools.procs``). What it sends:
   decoded frame (an argument given a value another frame had for it, a value of another
   argument, an extreme value, removed or wrapped; the op swapped; arguments spliced; the
   id, kind or array length broken), or byte changes under a correct length prefix.
+  Half of them start from a frame of an op with arguments that the broker has replied
+  to (not with an error), so that they reach past the argument checks into the handlers.
   Drawing a hypothesis example costs a few milliseconds; a variation tens of
   microseconds, which is what makes a million inputs a run of minutes, not hours.
 
@@ -338,6 +340,10 @@ class Mutator:
         self.by_name: dict[str, list[Any]] = {}
         self.frames: list[Input] = []
         self.raw: list[Input] = []
+        #: Frames of ops with arguments that the broker answered with a reply, not an
+        #: error, by op (bounded): half of all variations start from one (of an op drawn
+        #: evenly), so that they reach past the argument checks.
+        self.accepted: dict[str, list[Input]] = {}
 
     def feed(self, frames: list[Input], raw: list[Input]) -> None:
         """New hypothesis inputs to vary (the most recent few thousand are kept)."""
@@ -354,10 +360,23 @@ class Mutator:
                         else:
                             pool[rng.randrange(most)] = value
 
+    def accept(self, x: Input) -> None:
+        """The broker replied to ``x`` (not an error): vary it more, if its op takes arguments."""
+        if x.op is None or not OP_ARGS.get(x.op):
+            return
+        pool = self.accepted.setdefault(x.op, [])
+        if len(pool) < 200:
+            pool.append(x)
+        else:
+            pool[self.rng.randrange(200)] = x
+
     def frame(self) -> Input:
         """A variation of a random frame of the corpus."""
         rng = self.rng
-        base = rng.choice(self.frames)
+        if self.accepted and rng.random() < 0.5:
+            base = rng.choice(self.accepted[rng.choice(list(self.accepted))])
+        else:
+            base = rng.choice(self.frames)
         if rng.random() < 0.1:
             return classify(framed(self._bytes(base.data[4:])), "mutant", True)
         obj = _decode(base.data)
@@ -540,6 +559,8 @@ class Report:
     #: Frames of a batch after an unforeseen close, so never read by the broker (not in ``inputs``).
     unread: int = 0
     connections: int = 0
+    #: Replies to the hello each fuzzing connection starts with (not in ``replies``).
+    hellos: int = 0
     replies: int = 0
     errors: int = 0
     closes: int = 0
@@ -601,6 +622,8 @@ class _Peer:
         self.open = True
         #: Its hello is sent with its first batch; its reply is read with that batch's.
         self.greeted = False
+        #: Its hello is sent and the reply to it not read yet (the first response).
+        self.hello_pending = False
         self.hung = False
 
     def close(self) -> None:
@@ -626,12 +649,15 @@ class _Sent:
 class Fuzzer:
     """Drives one broker process with hostile input; see the module docs."""
 
-    def __init__(self, broker: BrokerProcess, connections: int = 8, timeout: float = 10.0) -> None:
+    def __init__(self, broker: BrokerProcess, connections: int = 8, timeout: float = 10.0,
+                 accepted: Callable[[Input], None] | None = None) -> None:
         self.broker = broker
         self.addr = (broker.host, broker.port)
         self.timeout = timeout
         self.report = Report()
         self.peers: list[_Peer | None] = [None] * connections
+        #: Told of every frame the broker replied to (not with an error).
+        self.accepted = accepted
         self._sentinels = 0
         #: The well-behaved client's ping round trips between rounds, in ms.
         self._pings: list[float] = []
@@ -678,6 +704,7 @@ class Fuzzer:
             self.report.connections += 1
         hello = not peer.greeted
         peer.greeted = True
+        peer.hello_pending = hello
         sentinel: int | None = None
         tail = b""
         if not batch[-1].fatal:
@@ -697,6 +724,7 @@ class Fuzzer:
         """Raw bytes on a connection of their own (after hello), then EOF: the broker must
         answer with errors and close, within the timeout."""
         peer = _Peer(self.addr, self.timeout)
+        peer.hello_pending = True
         self.report.connections += 1
         self._count(x, 1)
         try:
@@ -748,7 +776,7 @@ class Fuzzer:
                     ended = "sentinel"
                     break
                 got += 1
-                self._check(frame, batch)
+                self._check(frame, batch, peer)
                 if isinstance(frame, Error) and frame.code in CLOSING:
                     errored = True
                     self._expect_close(peer, deadline, batch)
@@ -800,11 +828,20 @@ class Fuzzer:
             frames = self._read(peer, deadline, batch)
             for frame in frames or ():
                 if not isinstance(frame, Push):
-                    self._check(frame, batch)
+                    self._check(frame, batch, peer)
 
-    def _check(self, frame: Any, batch: list[Input]) -> None:
+    def _check(self, frame: Any, batch: list[Input], peer: _Peer | None = None) -> None:
+        if peer is not None and peer.hello_pending:
+            peer.hello_pending = False
+            if isinstance(frame, Reply):  # the connection's own hello
+                self.report.hellos += 1
+                return
         if isinstance(frame, Reply):
             self.report.replies += 1
+            if self.accepted is not None:
+                sent = [x for x in batch if x.rid == frame.id]
+                if len(sent) == 1:  # the frame it answers, if the id tells
+                    self.accepted(sent[0])
             return
         if not isinstance(frame, Error):
             self._finding("bad_server_frame", f"unexpected frame {frame!r}", batch)
@@ -899,8 +936,8 @@ def fuzz_broker(data_dir: Path, inputs: int, *, connections: int = 8, batch: int
     broker = BrokerProcess(data_dir / "data", fsync=fsync, log_path=data_dir / "broker.log")
     broker.start()
     try:
-        fuzzer = Fuzzer(broker, connections, timeout)
         stream = InputStream(seed, mutants)
+        fuzzer = Fuzzer(broker, connections, timeout, stream.mutator.accept)
         report = fuzzer.report
         fuzzer.check_health()
         next_health = health_every
@@ -1016,7 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{report.generated:,} drawn by hypothesis, {report.mutants:,} variations of them; "
               f"{report.unread:,} unread after a close")
         print(f"{report.replies:,} replies, {report.errors:,} errors, {report.closes:,} closes, "
-              f"{report.resets:,} resets, {report.connections:,} connections; {report.health_checks} health "
+              f"{report.resets:,} resets, {report.connections:,} connections ({report.hellos:,} hellos answered); "
+              f"{report.health_checks} health "
               f"checks, the slowest {report.health_max_ms} ms; {report.pings:,} pings during rounds: "
               "median {0} ms, p99 {1} ms, slowest {2} ms".format(*report.ping_ms))
         print(f"broker RSS: start {report.rss_start_kib / 1024:.1f} MiB, peak {report.rss_peak_kib / 1024:.1f} MiB, "

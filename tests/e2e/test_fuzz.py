@@ -36,6 +36,7 @@ def test_a_short_run_against_a_broker_process_finds_nothing(tmp_path: Path) -> N
     assert report.inputs >= 2000 and report.health_checks >= 4
     assert report.generated > 0 and report.mutants > report.generated
     assert report.raw_inputs > 0 and report.replies > 0 and report.errors > 0
+    assert report.hellos == report.connections  # every connection's hello answered
     assert report.codes.get("INVALID_ARGUMENT", 0) > 0 and report.codes.get("MALFORMED_FRAME", 0) > 0
     assert report.exit_status == 0
     assert report.rss_end_kib < 2 * report.rss_start_kib
@@ -84,6 +85,13 @@ def test_variations_keep_requests_mostly_well_formed() -> None:
     known = sum(x.op in fuzz.OP_ARGS for x in variations)
     assert known > 0.5 * len(variations)
     assert 0 < sum(x.fatal for x in variations) < 0.2 * len(variations)
+    # Frames the broker replied to (of ops with arguments) are varied more.
+    accepted = fuzz.classify(fuzz.framed(fuzz.pack([0, 5, "redrive", {"queue": "dl"}])), "request")
+    mutator.accept(fuzz.classify(fuzz.framed(fuzz.pack([0, 6, "ping", {}])), "request"))
+    assert mutator.accepted == {}
+    mutator.accept(accepted)
+    redrives = sum(mutator.frame().op == "redrive" for _ in range(1000))
+    assert redrives > 300
 
 
 def test_the_codec_under_atheris() -> None:
