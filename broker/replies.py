@@ -61,7 +61,9 @@ class Replies:
                  on_log_failure: Callable[[], None], account: Account) -> None:
         self._stream = stream
         self._account = account
-        self._write_lock = trio.Lock()
+        #: Held while a write is under way; made by the write that needs it and dropped
+        #: once free (an idle connection keeps none).
+        self._write_lock: trio.Lock | None = None
         self._committer = committer
         self._enc = enc
         self._on_log_failure = on_log_failure
@@ -158,6 +160,8 @@ class Replies:
         """Write whole frames, never interleaved with another write. A free lock is
         taken without a scheduler pass: the reply goes out that much sooner."""
         lock = self._write_lock
+        if lock is None:
+            lock = self._write_lock = trio.Lock()
         if lock.locked():
             await lock.acquire()
         else:
@@ -166,6 +170,8 @@ class Replies:
             await self._stream.send_all(data)
         finally:
             lock.release()
+            if not lock.locked() and self._write_lock is lock:  # nobody was handed it
+                self._write_lock = None
 
     def _channel(self) -> trio.MemorySendChannel[Round]:
         """The channel to ``run``, made when first needed."""

@@ -20,7 +20,7 @@ import trio
 
 from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, PushName, Request
 
-from . import connlimits, datadir, gcpolicy, recovery, tls
+from . import connlimits, datadir, gcpolicy, recovery, sockread, tls
 from .admission import Admission
 from .auth import Authenticator
 from .checkpointer import Checkpointer
@@ -471,6 +471,7 @@ class Broker:
         memory = self.memory
         assert live is not None
         reads = connlimits.ReadTimer(self._timeouts, opened)
+        receive = sockread.receiver(stream)
         timer = self.metrics.rounds if self.metrics is not None else None
         read_at = 0.0  # when the data of this round's requests was read (with metrics)
         buffered = False  # requests left from the last round: run them first
@@ -486,7 +487,7 @@ class Broker:
                             await self._refuse_frame(session, conn, replies, exc)
                             return TIMED_OUT
                         await memory.wait_for_room(account)
-                    data = await stream.receive_some(memory.read_size(RECV_BYTES))
+                    data = await receive(memory.read_size(RECV_BYTES))
                 self._idle.discard(idle)
                 if idle.cancelled_caught:
                     if self._draining:
