@@ -24,6 +24,26 @@ import trio
 
 #: Seconds between two trims, at least.
 TRIM_INTERVAL_S = 1.0
+#: Allocations from this size on are mapped on their own, and unmapped when freed.
+MMAP_THRESHOLD = 2 * 1024 * 1024
+#: glibc's ``mallopt`` parameter number for the mmap threshold.
+_M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Keep buffers of ``threshold`` bytes and more out of the heap (glibc only; False
+    elsewhere). glibc raises its mmap threshold each time a mapped chunk is freed, up to
+    32 MiB, after which a hostile client's big partial frames come from the heap and stay
+    in it once freed. Fixed at 2 MiB: a connection's reads (1 MiB at most) and small
+    frames stay in the heap as before, while the frames that the memory budget exists
+    for are mapped and given back whole."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def malloc_trim() -> Callable[[], object] | None:

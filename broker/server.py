@@ -29,7 +29,7 @@ from .commands import ServerFacts, Session, Subscribe
 from .config import RECV_BYTES, ROUND_BUSY_S, ROUND_REPLY_BYTES, ROUND_REQUESTS, BrokerConfig
 from .live import Live, RoundOut, Run
 from .membudget import Account, MemoryBudget, default_budget
-from .memtrim import Trimmer
+from .memtrim import Trimmer, fix_mmap_threshold
 from .mutations import Recover
 from .replies import Replies, Round
 from .subscriptions import Subscriptions
@@ -151,6 +151,7 @@ class Broker:
     def _start(self) -> SyncHelper | None:
         """Recover, then build the log's committer, admission, checkpointer and live path."""
         gcpolicy.tune()
+        fix_mmap_threshold()
         self._tls = self.config.tls_context()
         if self.config.auth == "required":
             assert self.config.users_file is not None

@@ -53,3 +53,13 @@ def test_the_c_library_has_malloc_trim() -> None:
     trim = malloc_trim()
     assert trim is not None
     assert trim() in (0, 1)
+
+
+def test_the_mmap_threshold_is_fixed_where_glibc_has_mallopt() -> None:
+    import ctypes
+    import platform
+
+    from broker.memtrim import MMAP_THRESHOLD, fix_mmap_threshold
+
+    has_glibc = platform.libc_ver()[0] == "glibc" and hasattr(ctypes.CDLL(None), "mallopt")
+    assert fix_mmap_threshold(MMAP_THRESHOLD) is has_glibc
