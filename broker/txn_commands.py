@@ -28,20 +28,22 @@ def txn(session: Session, args: Args, ctx: Context) -> Outcome:
     mutations: list[Mutation] = []
     results: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
-        field = f"steps[{index}]"
         if type(step) is not dict or step.get("op") not in TXN_OPS:
+            field = f"steps[{index}]"
             raise _of_step(index, invalid(f"{field}.op" if type(step) is dict else field,
                                           f"a step is a map with op {', '.join(TXN_OPS)} and that op's arguments"))
         op = step["op"]
         target = (op, step.get(TXN_OPS[op]))
         if target in seen:
-            raise _of_step(index, invalid(field, f"a transaction may {op} to each {TXN_OPS[op]} at most once"))
+            raise _of_step(index, invalid(f"steps[{index}]", f"a transaction may {op} to each {TXN_OPS[op]} "
+                                                              "at most once"))
         seen.add(target)
-        step_args = {k: v for k, v in step.items() if k != "op"}
+        step_args = dict(step)
+        del step_args["op"]
         command = COMMANDS[op]
-        unknown = next((k for k in step_args if k not in command.fields), None)
-        if unknown is not None:
-            raise _of_step(index, invalid(f"{field}.{unknown}", f"{op} takes no argument {unknown!r}"))
+        if not command.fields.issuperset(step_args):
+            unknown = next(k for k in step_args if k not in command.fields)
+            raise _of_step(index, invalid(f"steps[{index}].{unknown}", f"{op} takes no argument {unknown!r}"))
         try:
             outcome = run(command, session, step_args, ctx)
             if op == "ack":
@@ -50,7 +52,7 @@ def txn(session: Session, args: Args, ctx: Context) -> Outcome:
             details = dict(exc.details or {})
             details["step"] = index
             if "field" in details:
-                details["field"] = f"{field}.{details['field']}"
+                details["field"] = f"steps[{index}].{details['field']}"
             raise ProtocolError(exc.code, f"step {index} ({op}): {exc.message}", details=details) from None
         mutations.extend(outcome.mutations)
         results.append(outcome.result or {})
