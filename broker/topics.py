@@ -37,6 +37,11 @@ from protocol import GROUP_SEPARATOR, Retention, shard_for_key
 from .queues import Message, Queue
 
 
+#: Most group names a topic's stats list (the first, by name): a bounded reply however
+#: many groups it has; ``group_count`` says how many.
+STATS_GROUPS = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSettings:
     """What a topic was created with."""
@@ -297,7 +302,7 @@ class Topic:
             "first_offsets": [self.first_offset(i) for i in range(s.shards)],
             "next_offsets": list(self.next_offsets),
             "published": self.published, "reclaimed": self.reclaimed, "expired": self.expired,
-            "groups": sorted(self.groups),
+            "groups": sorted(self.groups)[:STATS_GROUPS], "group_count": len(self.groups),
         }
 
 

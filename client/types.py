@@ -671,12 +671,15 @@ class TopicStats:
     reclaimed: int
     expired: int
     groups: tuple[str, ...]
+    #: How many groups it has (``groups`` names at most the first 1,000).
+    group_count: int = 0
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> TopicStats:
         return cls(m["topic"], m["shards"], m["retention"], m["max_age_ms"], m["max_bytes"], m["max_messages"],
                    m["messages"], m["bytes"], tuple(m["first_offsets"]), tuple(m["next_offsets"]),
-                   m["published"], m["reclaimed"], m["expired"], tuple(m["groups"]))
+                   m["published"], m["reclaimed"], m["expired"], tuple(m["groups"]),
+                   m.get("group_count", len(m["groups"])))
 
 
 def topic_list(result: dict[str, Any]) -> list[TopicStats]:

@@ -318,3 +318,12 @@ def test_a_publish_tops_up_only_the_groups_that_had_read_everything(idle: bool) 
     assert (stats["reclaimed"] > 0) is not idle
     assert w.state.topics_snapshot() == reference.topics_snapshot()
     assert w.state.snapshot() == reference.snapshot()
+
+
+def test_topic_stats_name_at_most_the_first_thousand_groups(world: World) -> None:
+    world.call("topic_create", topic="wide")
+    for g in range(1005):
+        world.call("group_create", topic="wide", group=f"g{g:04d}")
+    stats = world.call("topic_stats", topic="wide")
+    assert stats["group_count"] == 1005
+    assert stats["groups"] == [f"g{g:04d}" for g in range(1000)]

@@ -88,7 +88,7 @@ def test_topic_create_list_stats_and_delete(ctl: Ctl) -> None:
     assert stats == {
         "name": limited, "shards": 1, "retention": "both", "max_age_ms": 60000, "max_bytes": 0, "max_messages": 5,
         "messages": 0, "bytes": 0, "first_offsets": [1], "next_offsets": [1], "published": 0, "reclaimed": 0,
-        "expired": 0, "groups": [],
+        "expired": 0, "groups": [], "group_count": 0,
     }
     lines = ctl.run("topic", "stats", name).stdout.splitlines()
     assert [line.split() for line in lines if line.split()[0] in ("shards", "first_offsets", "groups")] == [
