@@ -32,6 +32,7 @@ from broker.wal.segment import SEGMENT_HEADER_SIZE, encode_header, list_segments
 from broker.walctl import ERROR, locate, verify_wal
 
 from ..broker_process import ROOT, BrokerProcess
+from ..snapshots import middle_rows_record
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 #: Small segments, so a few dozen records span several of them.
@@ -395,16 +396,7 @@ def test_damaged_only_snapshot_keeps_its_whole_records_and_the_log_after_it(
     assert list_segments(io, str(wal))[0][0] > 0
     # The record of message rows nearest the middle of the file is damaged.
     pristine = snap.read_bytes()
-    spans = []
-    off = 24
-    while off < len(pristine):
-        length, _, rtype = struct.unpack_from(">IIB", pristine, off)
-        if rtype == 102:
-            spans.append((off, length))
-        off += 9 + length
-    off, length = min(spans, key=lambda span: abs(span[0] - len(pristine) // 2))
-    queue, rows = msgpack.unpackb(pristine[off + 9:off + 9 + length], raw=False)
-    lost = {row[0] for row in rows}
+    off, length, queue, lost = middle_rows_record(pristine)
     flip(snap, off + 9 + length // 2)
 
     with pytest.raises(WalCorruption):

@@ -9,17 +9,16 @@ the next plain start serves the same.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import msgpack
 
 from client import SyncClient
 
 from ..broker_process import ROOT, BrokerProcess
+from ..snapshots import middle_rows_record
 
 BODY = b"s" * 400
 
@@ -71,16 +70,7 @@ def test_a_damaged_only_snapshot_keeps_its_whole_records_and_the_log_after_it(tm
 
     # Damage the record of message rows nearest the middle of the snapshot.
     pristine = snap.read_bytes()
-    spans = []
-    off = 24
-    while off < len(pristine):
-        length, _, rtype = struct.unpack_from(">IIB", pristine, off)
-        if rtype == 102:
-            spans.append((off, length))
-        off += 9 + length
-    off, length = min(spans, key=lambda span: abs(span[0] - len(pristine) // 2))
-    name, rows = msgpack.unpackb(pristine[off + 9:off + 9 + length], raw=False)
-    lost = {row[0] for row in rows}
+    off, length, name, lost = middle_rows_record(pristine)
     assert name == "q" and 0 < len(lost) <= 1000
     damaged = bytearray(pristine)
     damaged[off + 9 + length // 2] ^= 0x10
