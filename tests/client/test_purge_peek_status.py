@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any
 
 import pytest
@@ -29,6 +27,7 @@ from client import (
 )
 
 from ..broker_process import BrokerProcess
+from .apis import api  # noqa: F401  (the fixture)
 
 _names = itertools.count()
 HOUR_MS = 3_600_000
@@ -36,36 +35,6 @@ HOUR_MS = 3_600_000
 
 def qname(prefix: str = "ins") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}-{next(_names)}"
-
-
-class Threaded:
-    """A :class:`SyncClient` driven from trio: every call runs in a worker thread."""
-
-    def __init__(self, client: SyncClient) -> None:
-        self.client = client
-        self.info = client.server_info
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
-
-        return call
-
-
-@pytest.fixture(params=["async", "sync"])
-async def api(request: pytest.FixtureRequest, broker_addr: tuple[str, int]) -> AsyncIterator[Any]:
-    """The async client, or the blocking one behind :class:`Threaded`: same calls, awaited."""
-    if request.param == "async":
-        async with Client.connect(broker_addr) as client:
-            yield client
-    else:
-        sync = await trio.to_thread.run_sync(partial(SyncClient, broker_addr))
-        try:
-            yield Threaded(sync)
-        finally:
-            sync.close()
 
 
 def ids_of(result: Any) -> list[int]:

@@ -8,19 +8,16 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
-import pytest
-import trio
 from click.testing import CliRunner
 
-from client import Client, Message, SyncClient
+from client import Message, SyncClient
 from client.cli import main
 from protocol import shard_for_key
 
 from ..broker_process import BrokerProcess
+from .apis import api  # noqa: F401  (the fixture)
 
 _names = itertools.count()
 A, B, C = b"A", b"B", b"C"
@@ -28,35 +25,6 @@ A, B, C = b"A", b"B", b"C"
 
 def qname() -> str:
     return f"rr-{uuid.uuid4().hex[:8]}-{next(_names)}"
-
-
-class Threaded:
-    """A :class:`SyncClient` driven from trio: every call runs in a worker thread."""
-
-    def __init__(self, client: SyncClient) -> None:
-        self.client = client
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
-
-        return call
-
-
-@pytest.fixture(params=["async", "sync"])
-async def api(request: pytest.FixtureRequest, broker_addr: tuple[str, int]) -> AsyncIterator[Any]:
-    """The async client, or the blocking one behind :class:`Threaded`: same calls, awaited."""
-    if request.param == "async":
-        async with Client.connect(broker_addr) as client:
-            yield client
-    else:
-        sync = await trio.to_thread.run_sync(partial(SyncClient, broker_addr))
-        try:
-            yield Threaded(sync)
-        finally:
-            sync.close()
 
 
 async def test_a_busy_key_does_not_starve_the_others(api: Any) -> None:
