@@ -47,7 +47,7 @@ from typing import Protocol
 from protocol import ErrorCode, ProtocolError
 
 from .mutations import Mutation, Publish, Txn
-from .records import publish_need, record_need
+from .records import publish_need, record_need, txn_need
 from .state import SNAPSHOT_BOUND_ROW
 from .wal import SegmentedLog
 
@@ -152,13 +152,12 @@ class Admission:
                 if type(m) is Publish:
                     need += publish_need(m)
                     rows += len(m.bodies)
+                elif type(m) is Txn:
+                    txn, published = txn_need(m)
+                    need += txn
+                    rows += published
                 else:
                     need += record_need(m)
-                    if type(m) is Txn:  # its messages' acks and snapshot rows
-                        for part in m.mutations():
-                            if type(part) is Publish:
-                                need += publish_need(part)
-                                rows += len(part.bodies)
         else:
             need = sum(record_need(m) for m in mutations)
         # What publishing these messages may add to the next snapshot (until it is

@@ -25,12 +25,12 @@ from typing import Any
 
 import msgpack
 
-from .mutations import MUTATIONS, Mutation, Publish
+from .mutations import MUTATIONS, Mutation, Publish, Txn
 from .wal import encode_record
 
 __all__ = [
     "ACK_RECORD_BASE", "PublishFold", "ack_cost", "decode", "decode_fields", "encode",
-    "fold_records", "publish_need", "record_need",
+    "fold_records", "publish_need", "record_need", "txn_need",
 ]
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -168,3 +168,16 @@ def publish_need(m: Publish) -> int:
 def record_need(m: Mutation) -> int:
     """Log bytes the record of ``m`` takes, at most."""
     return len(_pack(m.record_fields())) + RECORD_OVERHEAD
+
+
+def txn_need(m: Txn) -> tuple[int, int]:
+    """Log bytes a transaction's record takes, at most, with the future acks of the
+    messages its publish steps add; and how many messages those are."""
+    need = record_need(m)
+    rows = 0
+    for rtype, fields in m.steps:
+        if rtype == _PUBLISH:
+            count = len(fields[_BODIES])
+            need += count * ack_cost(fields[_QUEUE])
+            rows += count
+    return need, rows
