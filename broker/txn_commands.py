@@ -12,6 +12,7 @@ from protocol.users import Permission
 
 from .commands import COMMANDS, Arg, Args, Command, Context, Outcome, Session, invalid, run
 from .mutations import Mutation, Txn
+from .topic_commands import TOPIC_COMMANDS
 from .queues import LEASED, Queue
 
 #: Most steps of one transaction.
@@ -28,33 +29,31 @@ def txn(session: Session, args: Args, ctx: Context) -> Outcome:
     mutations: list[Mutation] = []
     results: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
-        if type(step) is not dict or step.get("op") not in TXN_OPS:
+        op = step.get("op") if type(step) is dict else None
+        if op not in TXN_OPS:
             field = f"steps[{index}]"
             raise _of_step(index, invalid(f"{field}.op" if type(step) is dict else field,
                                           f"a step is a map with op {', '.join(TXN_OPS)} and that op's arguments"))
-        op = step["op"]
-        target = (op, step.get(TXN_OPS[op]))
+        command, target_arg, accepted = _STEPS[op]
+        target = (op, step.get(target_arg))
         if target in seen:
-            raise _of_step(index, invalid(f"steps[{index}]", f"a transaction may {op} to each {TXN_OPS[op]} "
+            raise _of_step(index, invalid(f"steps[{index}]", f"a transaction may {op} to each {target_arg} "
                                                               "at most once"))
         seen.add(target)
-        step_args = dict(step)
-        del step_args["op"]
-        command = COMMANDS[op]
-        if not command.fields.issuperset(step_args):
-            unknown = next(k for k in step_args if k not in command.fields)
+        if not accepted.issuperset(step):
+            unknown = next(k for k in step if k not in accepted)
             raise _of_step(index, invalid(f"steps[{index}].{unknown}", f"{op} takes no argument {unknown!r}"))
         try:
-            outcome = run(command, session, step_args, ctx)
+            outcome = run(command, session, step, ctx)  # its parser reads only its own arguments
             if op == "ack":
-                _all_leased(ctx.state.queues[step_args["queue"]], step_args["ids"])
+                _all_leased(ctx.state.queues[step["queue"]], step["ids"])
         except ProtocolError as exc:
             details = dict(exc.details or {})
             details["step"] = index
             if "field" in details:
                 details["field"] = f"steps[{index}].{details['field']}"
             raise ProtocolError(exc.code, f"step {index} ({op}): {exc.message}", details=details) from None
-        mutations.extend(outcome.mutations)
+        mutations += outcome.mutations
         results.append(outcome.result or {})
     result = {"results": results}
     if not mutations:
@@ -94,6 +93,15 @@ def step_permissions(args: dict[str, Any]) -> list[tuple[Permission, Any]]:
             needs.extend((n.permission, step.get(n.arg)) for n in command.permission)
     return needs
 
+
+def _step_table() -> dict[str, tuple[Command, str, frozenset[str]]]:
+    """Each step op's command, the argument naming what it changes, and the keys a step
+    of it may have (its arguments and ``op``)."""
+    commands = {**COMMANDS, **{str(c.op): c for c in TOPIC_COMMANDS}}
+    return {op: (commands[op], target, commands[op].fields | {"op"}) for op, target in TXN_OPS.items()}
+
+
+_STEPS = _step_table()
 
 TXN_COMMANDS: tuple[Command, ...] = (
     Command(Op.TXN, txn, (Arg("steps", "any", doc="1..64 steps: ack, publish or topic_publish."),),
