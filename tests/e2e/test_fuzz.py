@@ -95,9 +95,31 @@ def test_variations_keep_requests_mostly_well_formed() -> None:
 
 
 def test_the_codec_under_atheris() -> None:
-    done = subprocess.run([sys.executable, "-m", "tools.fuzz", "codec", "--runs", "5000"], cwd=ROOT,
-                          capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tools.fuzz", "codec", "--runs", "5000", "--seeds", "30"],
+                          cwd=ROOT, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert b"DONE" in done.stderr
+
+
+def test_the_codec_corpus_holds_the_spec_examples_and_hypothesis_inputs(tmp_path: Path) -> None:
+    frames = fuzz.spec_frames()
+    names = {name for name, _, _ in frames}
+    assert len(names) >= 20 and {"hello", "ping", "publish-batch", "frame-too-large"} <= names
+    assert {side for _, side, _ in frames} == {"request", "reply"}
+    for name, _, data in frames:  # whole frames, but the length prefix announcing too large a one
+        assert len(data) - 4 == struct.unpack(">I", data[:4])[0] or (name == "frame-too-large" and len(data) == 4)
+    corpus = tmp_path / "corpus"
+    done = subprocess.run([sys.executable, "-m", "tools.fuzz", "codec", "--runs", "2000", "--seeds", "30",
+                           "--corpus", str(corpus)], cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    files = {p.name: p.read_bytes() for p in corpus.iterdir()}
+    for name, side, data in frames:
+        assert files[f"spec-{name}-{side}"] == data
+    assert files["spec-connection-0"].startswith(frames[0][2]) and frames[0][:2] == ("hello", "request")
+    hypothesis_files = [n for n in files if n.startswith("hypothesis-")]
+    assert len(hypothesis_files) >= 30
+    seeded = len(frames) + len(hypothesis_files) + sum(n.startswith("spec-connection-") for n in files)
+    assert f"seed corpus: {seeded} inputs".encode() in done.stderr
     assert b"DONE" in done.stderr
 
 
