@@ -639,7 +639,8 @@ class Broker:
                     await self._timer_poke.wait()
             try:
                 if live.run_due():
-                    await committer.wait_durable(live.durable_lsn())
+                    # Consumers it woke lease what fell due in the same fdatasync.
+                    await committer.wait_durable(live.durable_lsn(), gather=True)
             except LogFailedError:
                 if self._stopping is not None and self._stopping.is_set():
                     return  # the committer closed for shutdown

@@ -9,9 +9,10 @@ began):
 1. Inline, for rounds smaller than ``helper_min_bytes`` (and always without a
    helper): the first waiter leads the round. It yields for a few scheduler passes so
    that every runnable task can append and join (unless the owner marked it the
-   ``sole_appender``), then writes and fdatasyncs in the event loop. Whoever arrives
-   once it syncs waits for the next round. A leader cancelled before it syncs hands
-   the round to the committer task (``run``).
+   ``sole_appender`` and the caller did not ask it to ``gather``), then writes and
+   fdatasyncs in the event loop. Whoever arrives once it syncs waits for the next
+   round. A leader cancelled before it syncs hands the round to the committer task
+   (``run``).
 2. In flight, for bigger rounds: ``take_off`` writes, hands the fdatasync to the sync
    helper process (``synchelper``) and returns at once, so the event loop goes on
    serving (the connection that appended the round, too: it calls ``take_off`` before
@@ -137,9 +138,14 @@ class GroupCommitter:
         if lsn > self._sync_mark:
             self._sync_mark = lsn
 
-    async def wait_durable(self, lsn: int) -> None:
+    async def wait_durable(self, lsn: int, *, gather: bool = False) -> None:
         """Return once the record ending at ``lsn`` is confirmed under the policy
         (fdatasynced if it is at or past a ``sync_through`` mark).
+
+        ``gather``: should this call lead an inline round, it yields for the gather
+        passes even while one task alone appends (``sole_appender``): for a caller that
+        has just woken tasks that will append (the timer loop), so that one fdatasync
+        covers their records too.
 
         Raises ``LogFailedError`` if the log failed or the committer closed before
         that, and ``ValueError`` if ``lsn`` was never appended.
@@ -154,7 +160,7 @@ class GroupCommitter:
                 elif self._flies():
                     self._launch()
                 elif not self._leading:
-                    await self._lead()
+                    await self._lead(gather)
                 else:
                     await self._round.wait()  # the leader's round covers this record
             return
@@ -279,28 +285,31 @@ class GroupCommitter:
         except LogFailedError:
             pass  # the log is failed; the waiters see it and raise
 
-    async def _gather(self) -> None:
+    async def _gather(self, always: bool = False) -> None:
+        """Yield until a scheduler pass adds no record (at most ``GATHER_PASSES``).
+        ``always``: even for a sole appender, and for at least two passes: a task woken
+        just before runs in the same pass as the leader, maybe after it."""
         log = self._log
-        if self.sole_appender:
+        if self.sole_appender and not always:
             return  # nobody could join: sync at once
-        for _ in range(GATHER_PASSES):
+        for passes in range(GATHER_PASSES):
             before = log.appended_lsn
             await trio.lowlevel.checkpoint()
-            if log.appended_lsn == before:
+            if log.appended_lsn == before and (passes or not always):
                 break
 
-    async def _lead(self) -> None:
+    async def _lead(self, gather: bool = False) -> None:
         """Run one inline round in this task for every waiter that joins it.
 
         The leader yields so that every runnable task can append and wait on this
-        round, then syncs: one scheduler pass instead of handing the round to the
-        committer task and back. If the leader is cancelled before it syncs, the
-        committer task runs the round instead.
+        round (with a sole appender, only when told to ``gather``), then syncs: one
+        scheduler pass instead of handing the round to the committer task and back. If
+        the leader is cancelled before it syncs, the committer task runs the round instead.
         """
         self._leading = True
         synced = False
         try:
-            await self._gather()
+            await self._gather(gather)
             self._sync_round()
             synced = True
         finally:

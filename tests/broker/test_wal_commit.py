@@ -398,6 +398,31 @@ async def test_a_sole_appenders_round_syncs_at_once(tmp_path: Path) -> None:
     log.close()
 
 
+async def test_a_sole_appenders_round_gathers_when_told(tmp_path: Path) -> None:
+    """``gather=True`` (the timer loop, having woken consumers): the leader yields first
+    even for a sole appender, so the task it made runnable joins its one fdatasync."""
+    log, io = open_log(tmp_path)
+    committer = GroupCommitter(log, FsyncPolicy.ALWAYS)
+    committer.sole_appender = True
+    synced_with: list[int] = []
+
+    async def another_appender() -> None:
+        await committer.wait_durable(log.append(REC))
+        synced_with.append(log.synced_lsn)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        lsn = log.append(REC)
+        nursery.start_soon(another_appender)  # runnable when the round's leader starts
+        await committer.wait_durable(lsn, gather=True)
+        synced_with.append(log.synced_lsn)
+        await trio.testing.wait_all_tasks_blocked()
+        await committer.aclose()
+    assert synced_with == [2 * lsn, 2 * lsn]  # one round covered both records
+    assert io.calls["fdatasync"] == 1  # and the close found nothing left to sync
+    log.close()
+
+
 # -- rounds the helper syncs, told to the FileIO (power-cut journal) ------------------------
 
 
