@@ -19,7 +19,9 @@ Rules:
    connection, with nothing more sent; each is logged as a warning with the peer and the
    reason (at most one line a second per kind).
 5. The broker neither sends nor needs ``close_notify``: frames are self-delimiting, so a
-   TCP close ends the session, and a truncated frame is seen as one.
+   TCP close ends the session, and a truncated frame is seen as one. A client's EOF
+   without ``close_notify`` is no error (``OP_IGNORE_UNEXPECTED_EOF``): no alert is
+   sent, and the replies to what it sent before still go out.
 6. ``TlsStream.receive_some`` returns all that the records received so far decrypt to
    (up to its ``max_bytes``), not one record (16 KiB at most) per call: a round then
    holds as many requests over TLS as without it. No session tickets are sent (no
@@ -185,6 +187,10 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.num_tickets = 0  # no resumption (rule 6)
+    # A TCP close without close_notify is the end of the session (rule 5), not an error
+    # that OpenSSL 3 would answer with a fatal decode_error alert, after which no reply
+    # could be sent: a client that half-closes still gets the replies to what it sent.
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:

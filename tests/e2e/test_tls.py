@@ -163,6 +163,28 @@ def test_a_plain_client_on_the_tls_port_is_told_and_closed(tls_broker: BrokerPro
     assert "connect with TLS" in str(info.value)
 
 
+def test_a_client_that_half_closes_gets_every_reply_then_a_clean_end(pki: Pki, tls_broker: BrokerProcess) -> None:
+    """SPEC §3.3: after the client's EOF the broker sends the replies to what it has read,
+    then closes; in TLS too, where that EOF is a TCP half-close without close_notify
+    (§1.3). OpenSSL 3 takes such an EOF for an error: without the context's
+    OP_IGNORE_UNEXPECTED_EOF the broker sent a fatal decode_error alert, and the replies
+    still to come were lost behind it."""
+    enc = Encoder()
+    sent = [enc.request(1, "hello", {"versions": [1]}), enc.request(2, "queue_create", {"queue": "tls-eof"})]
+    sent += [enc.request(3 + i, "publish", {"queue": "tls-eof", "messages": [[b"x" * 4000]]}) for i in range(200)]
+    got: list[Any] = []
+    with socket.create_connection((tls_broker.host, tls_broker.port), timeout=30) as tcp, \
+            pki.client().wrap_socket(tcp, server_hostname=tls_broker.host) as tls:
+        tls.sendall(b"".join(sent))
+        socket.socket.shutdown(tls, socket.SHUT_WR)  # SSLSocket.shutdown would end the TLS reads too
+        conn = Connection("client")
+        while data := tls.recv(1 << 16):  # an alert raises ssl.SSLError here
+            conn.receive_data(data)
+            got += conn.frames()
+    assert [type(f) for f in got] == [Reply] * len(sent)
+    assert [f.id for f in got] == list(range(1, len(sent) + 1))
+
+
 def test_a_reconnecting_client_connects_again_in_tls(pki: Pki, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port to come back on
         s.bind(("127.0.0.1", 0))
