@@ -1,6 +1,7 @@
 """Protocol fuzzing: hostile input to a real broker process, and coverage-guided fuzzing of the codec.
 
     python -m tools.fuzz --inputs 1000000 --seed 1   # hostile clients against a fresh broker
+    python -m tools.fuzz --inputs 200000 --auth --tls  # ... requiring authentication, in TLS
     python -m tools.fuzz codec --runs 100000         # atheris (libFuzzer) on protocol's codec,
                                                      # seeded with SPEC §11's frames and hypothesis inputs
     python -m tools.fuzzcommands --runs 100000       # atheris on the command validation
@@ -46,6 +47,26 @@ its connection is replaced. It reports the broker's RSS (``/proc/PID/status``) a
 start, its peak (``VmHWM``) and at the end, once the queues and topics the run made are
 deleted and the connections closed (``settled_rss``). Exit status 0 when nothing was
 found, 1 otherwise. Seeded runs (``--seed``) send the same inputs.
+
+``--auth``: the broker requires authentication, with a users file made for the run
+(``fuzz-admin``, every permission; ``fuzz-limited``, ``LIMITED_PERMISSIONS``). The
+well-behaved client is the admin (SCRAM-SHA-256). One fuzzing connection in four sends
+its batch before authenticating (a fresh connection every round; like raw inputs, from
+one of 64 loopback addresses, so the broker's limit on failed attempts per address
+slows them, not the others); the others authenticate first as ``fuzz-limited``, by token
+and by SCRAM in turn (``client.auth``), whose grants cover some of ``NAMES`` and not
+others, so permission checks run on every op (``PERMISSION_DENIED`` counted per op).
+Fuzzed ``hello`` and ``auth`` requests carry that user's token, a token nobody has and
+SCRAM messages (``AUTH_VALUES``).
+
+``--tls``: the broker serves TLS with a throwaway certificate (``trustme``), and every
+connection speaks TLS. Of the raw inputs, a quarter go to the TLS port in plain TCP: one
+whose first byte is not 0x16 must get exactly one ``MALFORMED_FRAME`` with details
+``{"tls": "required"}`` and a clean close (SPEC §1.3); a quarter are varied TLS
+ClientHellos, which must be closed within the timeout. Findings beyond the above:
+``tls_refusal`` (a plain client not refused so), ``tls_error`` (a TLS error reading the
+broker's replies), ``connect`` (a well-formed connection or authentication failed).
+``--auth`` and ``--tls`` go together.
 """
 from __future__ import annotations
 
@@ -56,6 +77,7 @@ import platform
 import random
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -72,7 +94,10 @@ from hypothesis import seed as with_seed
 from hypothesis import strategies as st
 
 from client import SyncClient
+from client.auth import Credentials, Handshake
 from protocol import Connection, Encoder, Error, ErrorCode, Op, ProtocolError, Push, Reply, parse_request
+from protocol.scram import ScramSecret
+from protocol.users import Patterns, User, Users, dump, token_hash
 from tools.procs import ROOT, BrokerProcess
 
 #: The argument names of every op, as SPEC §5 lists them (a test checks them against
@@ -124,6 +149,31 @@ EXTREME_INTS = (0, 1, -1, 2, 255, 256, 1023, 1024, 1025, 65535, 65536, 10_000, 1
                 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**63 - 1, 2**63, 2**64 - 1, -2**31,
                 -2**63, 604_800_000, 604_800_001, 1_200_000, 1_200_001, 43_200_000, 43_200_001,
                 2_592_000_000, 2_592_000_001, 86_400_000, 86_400_001)
+#: With ``--auth``, the run's users (a users file made for the run, SPEC §4.2, §4.3): the
+#: well-behaved client is ``ADMIN_USER`` (every permission); fuzzing connections
+#: authenticate as ``LIMITED_USER`` (by token and by SCRAM-SHA-256 in turn), whose
+#: patterns grant some of ``NAMES`` and not others, so that every op that needs a
+#: permission meets both a grant and ``PERMISSION_DENIED``.
+ADMIN_USER = "fuzz-admin"
+LIMITED_USER = "fuzz-limited"
+#: Both users' password, and their tokens (a throwaway broker's).
+PASSWORD = "fuzz-password"
+ADMIN_TOKEN = "lgt_fuzz-admin-0123456789abcdef"
+LIMITED_TOKEN = "lgt_fuzz-limited-0123456789abcdef"
+LIMITED_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "publish": ("fz", "fzt"),
+    "consume": ("fz", "fzt", "dl"),
+    "admin": ("fz.b", "g", "h"),
+}
+#: Credentials fuzzed ``hello`` and ``auth`` requests carry: the limited user's token, a
+#: token of the right form that nobody has, SCRAM first messages of a known and an
+#: unknown user, a client-final message of no exchange.
+AUTH_VALUES = (LIMITED_TOKEN, "lgt_" + "0" * 40, f"n,,n={LIMITED_USER},r=fuzz0123456789nonce",
+               "n,,n=nobody,r=fuzz0123456789nonce", "c=biws,r=fuzz0123456789nonce,p=" + "A" * 43 + "=")
+#: Connections that may fail to authenticate (before authentication, and raw inputs)
+#: come from these loopback addresses, so the broker's limit of failures per address
+#: (SPEC §4.2) slows them, not the well-behaved client or the authenticated ones (127.0.0.1).
+HOSTILE_SOURCES = tuple(f"127.0.1.{i}" for i in range(1, 65))
 #: Error codes after which the server closes the connection (SPEC §3.3).
 CLOSING = {ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.CONNECTION_TIMEOUT,
            ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.AUTH_FAILED}
@@ -174,6 +224,9 @@ _pub_entry = st.lists(st.one_of(st.binary(max_size=32), st.none(), _ints, wild),
 _headers = st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), wild), max_size=4)
 
 
+_mechanisms = st.sampled_from(("TOKEN", "SCRAM-SHA-256", "PLAIN"))
+
+
 def _plausible(name: str) -> st.SearchStrategy[Any]:
     """Values near the right type for an argument, so that checks past the first run."""
     if name in ("queue", "topic", "group", "dead_letter", "prefix"):
@@ -188,8 +241,13 @@ def _plausible(name: str) -> st.SearchStrategy[Any]:
     if name in ("start", "to"):
         return st.one_of(st.sampled_from(("earliest", "latest", "middle")), _ints, st.lists(_ints, max_size=4))
     if name in ("filter", "auth"):
-        return st.one_of(_headers, st.fixed_dictionaries({"mechanism": st.sampled_from(
-            ("TOKEN", "SCRAM-SHA-256", "PLAIN"))}, optional={"token": wild, "client_first": wild}))
+        credential = st.one_of(st.sampled_from(AUTH_VALUES), wild)
+        return st.one_of(_headers, st.fixed_dictionaries({"mechanism": _mechanisms},
+                                                         optional={"token": credential, "client_first": credential}))
+    if name == "mechanism":
+        return _mechanisms
+    if name in ("token", "client_first", "client_final"):
+        return st.sampled_from(AUTH_VALUES)
     if name == "steps":
         step = st.fixed_dictionaries({"op": st.sampled_from(("ack", "publish", "topic_publish", "ping", ""))},
                                      optional={"queue": st.sampled_from(NAMES), "topic": st.sampled_from(NAMES),
@@ -396,6 +454,10 @@ class Mutator:
             return classify(framed(self._bytes(base.data[4:])), "mutant", True)
         return classify(data, "mutant", True)
 
+    def vary(self, data: bytes) -> bytes:
+        """``data`` with one to four byte changes (as a raw input's)."""
+        return self._bytes(data)
+
     def raw_input(self) -> Input:
         """A variation of a random raw input (its bytes, length prefix included)."""
         base = self.rng.choice(self.raw)
@@ -544,7 +606,9 @@ class InputStream:
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # "internal_error", "hang", "no_reply", "bad_server_frame", "crash", "health", "traceback", "exit_status"
+    kind: str  # "internal_error", "hang", "no_reply", "bad_server_frame", "crash", "health", "traceback",
+    #            "exit_status", "connect" (a well-formed connection or authentication failed),
+    #            "tls_refusal" (a plain client on the TLS port was not refused as SPEC §1.3 says)
     detail: str
     op: str | None = None
     input_hex: str = ""
@@ -580,6 +644,16 @@ class Report:
     rss_end_kib: int = 0
     exit_status: int | None = None
     codes: dict[str, int] = field(default_factory=dict)
+    #: With ``--auth``: fuzzing connections authenticated before their first batch (as
+    #: ``LIMITED_USER``), and the ``PERMISSION_DENIED`` errors by op.
+    authenticated: int = 0
+    denied: dict[str, int] = field(default_factory=dict)
+    #: With ``--tls``: plain connections to the TLS port (raw inputs without TLS), of
+    #: which refused as SPEC §1.3 says (one ``MALFORMED_FRAME``, ``{"tls": "required"}``,
+    #: then the close); varied TLS ClientHellos sent.
+    plain_on_tls: int = 0
+    tls_refusals: int = 0
+    client_hellos: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -611,15 +685,105 @@ def settled_rss(pid: int, most_s: float = 5.0) -> tuple[int, int]:
 
 # -- the broker run ---------------------------------------------------------------------
 
+# -- --auth and --tls -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How the run's broker is reached. ``auth``: it requires authentication (the run's
+    users file); of the fuzzing connections, one in four sends its frames before
+    authenticating (a fresh one every round, from ``HOSTILE_SOURCES``), the others after
+    authenticating as ``LIMITED_USER``. ``tls``: a client context trusting the run's
+    throwaway CA; every connection speaks TLS, and of the raw inputs, a quarter go to the
+    TLS port in plain TCP and a quarter are varied TLS ClientHellos (``client_hello``)."""
+
+    auth: bool = False
+    tls: ssl.SSLContext | None = None
+    client_hello: bytes = b""
+
+
+def write_users_file(path: Path) -> None:
+    """The run's users file: ``ADMIN_USER`` with every permission, ``LIMITED_USER`` with
+    ``LIMITED_PERMISSIONS``; each with ``PASSWORD`` (SCRAM-SHA-256) and a token."""
+    every = Patterns.of(["*"])
+    limited = {name: Patterns.of(patterns) for name, patterns in LIMITED_PERMISSIONS.items()}
+    users = Users({
+        ADMIN_USER: User(name=ADMIN_USER, scram=ScramSecret.from_password(PASSWORD),
+                         tokens=(token_hash(ADMIN_TOKEN),), publish=every, consume=every, admin=every),
+        LIMITED_USER: User(name=LIMITED_USER, scram=ScramSecret.from_password(PASSWORD),
+                           tokens=(token_hash(LIMITED_TOKEN),), **limited),
+    })
+    path.write_text(dump(users))
+    path.chmod(0o600)
+
+
+def throwaway_tls(where: Path) -> tuple[tuple[str, ...], ssl.SSLContext]:
+    """brokerd's TLS flags for a certificate of a fresh CA (``trustme``) for 127.0.0.1,
+    and a client context trusting that CA."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    (where / "tls-cert.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(where / "tls-key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return ("--tls-cert", str(where / "tls-cert.pem"), "--tls-key", str(where / "tls-key.pem")), client
+
+
+def client_hello(tls: ssl.SSLContext) -> bytes:
+    """The first flight of a TLS handshake (the ClientHello) as ``tls`` sends it to 127.0.0.1."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    handshake = tls.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    try:
+        handshake.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def secure(where: Path, auth: bool, tls: bool) -> tuple[tuple[str, ...], Security]:
+    """brokerd's flags and the fuzzer's :class:`Security` for ``--auth`` and ``--tls``
+    (the users file and certificate are written to ``where``)."""
+    args: tuple[str, ...] = ()
+    context: ssl.SSLContext | None = None
+    if auth:
+        write_users_file(where / "users.toml")
+        args += ("--auth", "required", "--users-file", str(where / "users.toml"))
+    if tls:
+        flags, context = throwaway_tls(where)
+        args += flags
+    return args, Security(auth, context, client_hello(context) if context is not None else b"")
+
+
+def on_tls_port(x: Input, stream: InputStream, hello: bytes) -> Input:
+    """A raw input for a TLS broker: itself (in a TLS session) half the time; else the
+    same bytes in plain TCP (now and then after a plain ``hello``), or a varied ClientHello."""
+    pick = stream.rng.random()
+    if pick < 0.5:
+        return x
+    if pick < 0.75:
+        return Input(_HELLO + x.data if pick > 0.7 else x.data, "plain-on-tls", mutant=x.mutant)
+    return Input(stream.mutator.vary(hello), "client-hello", mutant=True)
+
+
 _HELLO = framed(pack([0, 0, "hello", {"versions": [1]}]))
 
 
 class _Peer:
-    """One fuzzing connection: a blocking socket with a deadline on every read."""
+    """One fuzzing connection: a blocking socket with a deadline on every read; in TLS
+    with ``tls`` (the handshake is done here), from the loopback address ``source``."""
 
-    def __init__(self, addr: tuple[str, int], timeout: float) -> None:
-        self.sock = socket.create_connection(addr, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, addr: tuple[str, int], timeout: float, tls: ssl.SSLContext | None = None,
+                 source: str | None = None) -> None:
+        sock = socket.create_connection(addr, timeout=timeout, source_address=None if source is None else (source, 0))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=addr[0])
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.conn = Connection("client", max_frame=2**32 - 1, encoder=_ENCODER)
         self.open = True
         #: Its hello is sent with its first batch; its reply is read with that batch's.
@@ -627,6 +791,40 @@ class _Peer:
         #: Its hello is sent and the reply to it not read yet (the first response).
         self.hello_pending = False
         self.hung = False
+        #: Authenticated before its first batch (``--auth``): its frames run as that user.
+        self.user = ""
+        #: "plain" (no auth), "limited" (authenticated) or "anon" (before authentication).
+        self.role = "plain"
+
+    def half_close(self) -> None:
+        """Send EOF, keep reading. ``SSLSocket.shutdown`` would drop the TLS session (later
+        reads would see raw records): the TCP socket's own shutdown keeps it, and the
+        broker needs no ``close_notify`` (SPEC §1.3)."""
+        socket.socket.shutdown(self.sock, socket.SHUT_WR)
+
+    def authenticate(self, handshake: Handshake) -> None:
+        """``hello`` with the handshake's ``auth`` (and an ``auth`` request for SCRAM), as
+        the SDK does (``client.auth``), before any fuzzed frame. Raises on any failure."""
+        hello = self.call(0, "hello", {"versions": [1], "auth": handshake.hello_auth()})
+        more = handshake.after_hello(hello.get("auth"))
+        if more is not None:
+            handshake.after_auth(self.call(1, "auth", more))
+        self.greeted = True
+        self.user = handshake.user or ""
+
+    def call(self, rid: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """One request, and its reply's result; ``RuntimeError`` for an error or a close."""
+        self.sock.sendall(framed(pack([0, rid, op, args])))
+        while True:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError(f"the broker closed the connection before answering {op}")
+            self.conn.receive_data(data)
+            for frame in self.conn.frames():
+                if isinstance(frame, Error) and frame.id == rid:
+                    raise RuntimeError(f"{op}: {frame.code!r} {frame.message}")
+                if isinstance(frame, Reply) and frame.id == rid:
+                    return frame.result
 
     def close(self) -> None:
         self.open = False
@@ -652,18 +850,23 @@ class Fuzzer:
     """Drives one broker process with hostile input; see the module docs."""
 
     def __init__(self, broker: BrokerProcess, connections: int = 8, timeout: float = 10.0,
-                 accepted: Callable[[Input], None] | None = None) -> None:
+                 accepted: Callable[[Input], None] | None = None, security: Security = Security()) -> None:
         self.broker = broker
         self.addr = (broker.host, broker.port)
         self.timeout = timeout
+        self.security = security
         self.report = Report()
         self.peers: list[_Peer | None] = [None] * connections
+        #: What each fuzzing connection is (``Security``): with auth, one in four is "anon".
+        self.roles = [("anon" if i % 4 == 3 else "limited") if security.auth else "plain"
+                      for i in range(connections)]
         #: Told of every frame the broker replied to (not with an error).
         self.accepted = accepted
         self._sentinels = 0
         #: The well-behaved client's ping round trips between rounds, in ms.
         self._pings: list[float] = []
-        self.health = SyncClient(broker.addr, timeout=timeout)
+        creds = {"user": ADMIN_USER, "password": PASSWORD} if security.auth else {}
+        self.health = SyncClient(broker.addr, timeout=timeout, tls=security.tls, **creds)  # type: ignore[arg-type]
         self.health.create_queue(HEALTH_QUEUE)
         self.make_names()
         assert broker.pid is not None
@@ -692,18 +895,51 @@ class Fuzzer:
         self.ping()  # while the broker works through all of that
         for s in sent:
             self._collect(s)
-            if not s.peer.open or any(x.may_hold for x in s.batch):
-                # A held consume may answer late: a fresh connection starts clean.
+            if not s.peer.open or any(x.may_hold for x in s.batch) or s.peer.role == "anon":
+                # A held consume may answer late: a fresh connection starts clean (and
+                # frames before authentication go on a fresh connection every round).
                 self._drop(s.peer)
         for peer, x in raw_peers:
-            if peer is not None:
+            if peer is None:
+                continue
+            if x.kind in _PLAIN_ON_TLS:
+                self._expect_refusal(peer, x)
+            else:
                 self._expect_close(peer, time.monotonic() + self.timeout, [x])
+
+    def _connect(self, role: str, raw: bool = False) -> _Peer | None:
+        """A new fuzzing connection of ``role``: authenticated first if "limited" (by
+        token and by SCRAM in turn); in plain TCP if ``raw`` (to a TLS port). A failure
+        is a finding: a well-formed client must be able to connect."""
+        hostile = self.security.auth and role != "limited"
+        source = HOSTILE_SOURCES[self.report.connections % len(HOSTILE_SOURCES)] if hostile else None
+        try:
+            peer = _Peer(self.addr, self.timeout, None if raw else self.security.tls, source)
+        except OSError as exc:
+            self.report.findings.append(Finding("connect", f"a {role} connection failed: {exc!r}"))
+            return None
+        peer.role = role
+        self.report.connections += 1
+        if role == "limited":
+            token = self.report.authenticated % 2 == 0
+            handshake = Handshake(Credentials(token=LIMITED_TOKEN) if token else Credentials(LIMITED_USER, PASSWORD))
+            try:
+                peer.authenticate(handshake)
+            except Exception as exc:  # any failure of a well-formed authentication is the finding
+                self.report.findings.append(Finding("connect", f"authenticating as {LIMITED_USER} by "
+                                                    f"{'token' if token else 'SCRAM'} failed: {exc!r}"))
+                peer.close()
+                return None
+            self.report.hellos += 1
+            self.report.authenticated += 1
+        return peer
 
     def _send(self, i: int, batch: list[Input]) -> _Sent | None:
         peer = self.peers[i]
         if peer is None or not peer.open:
-            peer = self.peers[i] = _Peer(self.addr, self.timeout)
-            self.report.connections += 1
+            peer = self.peers[i] = self._connect(self.roles[i])
+            if peer is None:
+                return None
         hello = not peer.greeted
         peer.greeted = True
         peer.hello_pending = hello
@@ -724,14 +960,21 @@ class Fuzzer:
 
     def _send_raw(self, x: Input) -> _Peer | None:
         """Raw bytes on a connection of their own (after hello), then EOF: the broker must
-        answer with errors and close, within the timeout."""
-        peer = _Peer(self.addr, self.timeout)
-        peer.hello_pending = True
-        self.report.connections += 1
+        answer with errors and close, within the timeout. To a TLS port in plain TCP, the
+        bytes alone (``_PLAIN_ON_TLS``): the broker must refuse them (``_expect_refusal``)."""
+        plain = x.kind in _PLAIN_ON_TLS
+        peer = self._connect("anon" if self.security.auth else "plain", raw=plain)
+        if peer is None:
+            return None
+        peer.hello_pending = not plain
         self._count(x, 1)
+        if x.kind == "plain-on-tls":
+            self.report.plain_on_tls += 1
+        elif x.kind == "client-hello":
+            self.report.client_hellos += 1
         try:
-            peer.sock.sendall(_HELLO + x.data)
-            peer.sock.shutdown(socket.SHUT_WR)
+            peer.sock.sendall(x.data if plain else _HELLO + x.data)
+            peer.half_close()
         except OSError:
             self.report.resets += 1
             peer.close()
@@ -774,7 +1017,8 @@ class Fuzzer:
             for frame in frames:
                 if isinstance(frame, Push):
                     continue
-                if s.sentinel is not None and type(frame) is Reply and frame.id == s.sentinel:
+                if s.sentinel is not None and type(frame) in (Reply, Error) and frame.id == s.sentinel:
+                    # (an Error: UNAUTHENTICATED, on a connection that has not authenticated)
                     ended = "sentinel"
                     break
                 got += 1
@@ -811,6 +1055,10 @@ class Fuzzer:
             return None
         except ConnectionResetError:
             self.report.resets += 1
+            peer.close()
+            return None
+        except ssl.SSLError as exc:
+            self._finding("tls_error", f"reading from the broker's TLS session failed: {exc!r}", batch)
             peer.close()
             return None
         if not data:
@@ -854,6 +1102,55 @@ class Fuzzer:
         if frame.code == ErrorCode.INTERNAL_ERROR:
             culprit = [x for x in batch if x.rid == frame.id and x.rid is not None] or batch
             self._finding("internal_error", f"{frame.message} {frame.details}", culprit[:1])
+        elif frame.code == ErrorCode.PERMISSION_DENIED:
+            sent = [x for x in batch if x.rid == frame.id]
+            if len(sent) == 1 and sent[0].op is not None:  # the frame it answers, if the id tells
+                op = sent[0].op
+                self.report.denied[op] = self.report.denied.get(op, 0) + 1
+
+    def _expect_refusal(self, peer: _Peer, x: Input) -> None:
+        """A plain connection to the TLS port: it must be closed within the timeout; if its
+        first byte is not a TLS record's (0x16), after exactly one ``MALFORMED_FRAME`` with
+        details ``{"tls": "required"}`` (SPEC §1.3). A ClientHello gets TLS records, not frames."""
+        deadline = time.monotonic() + self.timeout
+        got = b""
+        reset = False
+        while peer.open:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                peer.sock.settimeout(left)
+                data = peer.sock.recv(1 << 16)
+            except TimeoutError:
+                self._finding("hang", f"a plain connection to the TLS port was not closed within {self.timeout} s",
+                              [x])
+                peer.close()
+                return
+            except ConnectionResetError:
+                self.report.resets += 1
+                reset = True
+                peer.close()
+                break
+            if not data:
+                self.report.closes += 1
+                peer.close()
+                break
+            got += data
+        if x.kind != "plain-on-tls" or x.data[:1] in (b"", b"\x16") or reset:
+            return
+        conn = Connection("client", max_frame=2**32 - 1)
+        conn.receive_data(got)
+        try:
+            frames: list[Any] = conn.frames()
+        except ProtocolError as exc:
+            frames = [exc]
+        first = frames[0] if len(frames) == 1 else None
+        if isinstance(first, Error) and first.code == ErrorCode.MALFORMED_FRAME and first.id is None \
+                and first.details == {"tls": "required"}:
+            self.report.tls_refusals += 1
+        else:
+            self._finding("tls_refusal", f"a plain client on the TLS port got {frames!r}", [x])
 
     def _finding(self, kind: str, detail: str, batch: list[Input]) -> None:
         x = batch[0] if batch else None
@@ -927,19 +1224,24 @@ class Fuzzer:
             self.report.findings.append(Finding("traceback", tb[-3000:]))
 
 
-_RAW_KINDS = frozenset({"truncated", "oversized", "nested", "ext"})
+#: Raw inputs sent in plain TCP to a TLS port.
+_PLAIN_ON_TLS = frozenset({"plain-on-tls", "client-hello"})
+_RAW_KINDS = frozenset({"truncated", "oversized", "nested", "ext", *_PLAIN_ON_TLS})
 
 
 def fuzz_broker(data_dir: Path, inputs: int, *, connections: int = 8, batch: int = 64, mutants: int = 15,
                 timeout: float = 10.0, seed: int | None = None, fsync: str = "never",
-                health_every: int = 5000, progress: Callable[[Report], None] | None = None) -> Report:
-    """Start a broker in ``data_dir`` and send it at least ``inputs`` inputs; see the module docs."""
+                health_every: int = 5000, progress: Callable[[Report], None] | None = None,
+                auth: bool = False, tls: bool = False) -> Report:
+    """Start a broker in ``data_dir`` and send it at least ``inputs`` inputs; see the module
+    docs. ``auth``: the broker requires authentication; ``tls``: it serves TLS (``Security``)."""
     started = time.monotonic()
-    broker = BrokerProcess(data_dir / "data", fsync=fsync, log_path=data_dir / "broker.log")
+    args, security = secure(data_dir, auth, tls)
+    broker = BrokerProcess(data_dir / "data", fsync=fsync, log_path=data_dir / "broker.log", args=args)
     broker.start()
     try:
         stream = InputStream(seed, mutants)
-        fuzzer = Fuzzer(broker, connections, timeout, stream.mutator.accept)
+        fuzzer = Fuzzer(broker, connections, timeout, stream.mutator.accept, security)
         report = fuzzer.report
         fuzzer.check_health()
         next_health = health_every
@@ -948,6 +1250,8 @@ def fuzz_broker(data_dir: Path, inputs: int, *, connections: int = 8, batch: int
             batches = [stream.frames(batch) for _ in range(connections)]
             raw_due += sum(map(len, batches)) * stream.raw_ratio
             raws = [stream.raw() for _ in range(int(raw_due))]
+            if security.tls is not None:
+                raws = [on_tls_port(x, stream, security.client_hello) for x in raws]
             raw_due -= int(raw_due)
             fuzzer.run_round(batches, raws)
             if report.inputs >= next_health:
@@ -1113,6 +1417,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a reply or close may take (10)")
     p.add_argument("--seed", type=int, default=None, help="seed of the generators (default random)")
     p.add_argument("--fsync", default="never", help="the broker's fsync policy (never)")
+    p.add_argument("--auth", action="store_true",
+                   help="the broker requires authentication (a users file made for the run); the fuzzing "
+                   "connections send their frames before authenticating and as a user of limited permissions")
+    p.add_argument("--tls", action="store_true",
+                   help="the broker serves TLS (a throwaway certificate); every connection speaks TLS, and raw "
+                   "inputs also go to the TLS port in plain TCP, with varied ClientHellos")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     ns = p.parse_args(args)
 
@@ -1124,7 +1434,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lockgate-fuzz-") as tmp:
         report = fuzz_broker(Path(tmp), ns.inputs, connections=ns.connections, batch=ns.batch,
                              mutants=ns.mutants, timeout=ns.timeout, seed=ns.seed, fsync=ns.fsync,
-                             progress=progress)
+                             progress=progress, auth=ns.auth, tls=ns.tls)
     out = asdict(report)
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if ns.json:
@@ -1142,6 +1452,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker RSS: start {report.rss_start_kib / 1024:.1f} MiB, peak {report.rss_peak_kib / 1024:.1f} MiB, "
               f"end {report.rss_end_kib / 1024:.1f} MiB; exit status {report.exit_status}")
         print("error codes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.codes.items())))
+        if ns.auth:
+            print(f"auth: {report.authenticated:,} connections authenticated as {LIMITED_USER}; "
+                  f"PERMISSION_DENIED in {len(report.denied)} ops: "
+                  + ", ".join(f"{k} {v:,}" for k, v in sorted(report.denied.items())))
+        if ns.tls:
+            print(f"tls: {report.plain_on_tls:,} plain inputs to the TLS port ({report.tls_refusals:,} refused "
+                  f"with MALFORMED_FRAME tls=required, the others began with 0x16 or were empty), "
+                  f"{report.client_hellos:,} varied ClientHellos")
         for f in report.findings:
             print(f"FINDING {f.kind} op={f.op} {f.detail}\n  input {f.input_hex[:400]}")
         print("no findings" if report.ok else f"{len(report.findings)} findings")

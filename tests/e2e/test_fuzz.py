@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.commands import COMMANDS
-from protocol import Error, ErrorCode, Op
+from protocol import Encoder, Error, ErrorCode, Op
 from tools import fuzz, fuzzcommands
 from tools.procs import ROOT
 
@@ -40,6 +41,47 @@ def test_a_short_run_against_a_broker_process_finds_nothing(tmp_path: Path) -> N
     assert report.codes.get("INVALID_ARGUMENT", 0) > 0 and report.codes.get("MALFORMED_FRAME", 0) > 0
     assert report.exit_status == 0
     assert report.rss_end_kib < 2 * report.rss_start_kib
+
+
+def test_a_short_run_requiring_authentication_finds_nothing(tmp_path: Path) -> None:
+    report = fuzz.fuzz_broker(tmp_path, 1500, connections=4, batch=32, seed=14, timeout=10.0,
+                              health_every=500, auth=True)
+    assert report.findings == []
+    assert report.inputs >= 1500 and report.health_checks >= 3 and report.exit_status == 0
+    # One connection in four sends before authenticating, the others as the limited user.
+    assert report.authenticated > 0 and report.codes.get("UNAUTHENTICATED", 0) > 0
+    assert report.replies > 0
+    with_permission = {op for op, c in COMMANDS.items() if c.permission}
+    assert report.denied and set(report.denied) <= with_permission and len(report.denied) >= 8
+    assert sum(report.denied.values()) <= report.codes["PERMISSION_DENIED"]
+
+
+def test_a_short_run_in_tls_finds_nothing(tmp_path: Path) -> None:
+    report = fuzz.fuzz_broker(tmp_path, 1500, connections=4, batch=32, seed=15, timeout=10.0,
+                              health_every=500, tls=True)
+    assert report.findings == []
+    assert report.inputs >= 1500 and report.health_checks >= 3 and report.exit_status == 0
+    assert report.replies > 0 and report.errors > 0
+    assert report.plain_on_tls > 0 and 0 < report.tls_refusals <= report.plain_on_tls
+    assert report.client_hellos > 0
+
+
+def test_a_plain_client_on_the_tls_port_refused_otherwise_is_a_finding() -> None:
+    fuzzer = fuzz.Fuzzer.__new__(fuzz.Fuzzer)
+    fuzzer.report = fuzz.Report()
+    fuzzer.timeout = 5.0
+    enc = Encoder()
+    plain = fuzz.Input(fuzz._HELLO, "plain-on-tls")
+    for answer in (enc.error(None, ErrorCode.MALFORMED_FRAME, "TLS required", {"tls": "required"}),
+                   enc.error(None, ErrorCode.MALFORMED_FRAME, "not a frame", {}), b""):
+        ours, theirs = socket.socketpair()
+        peer = fuzz._Peer.__new__(fuzz._Peer)
+        peer.sock, peer.open = ours, True
+        theirs.sendall(answer)
+        theirs.close()
+        fuzzer._expect_refusal(peer, plain)
+    assert fuzzer.report.tls_refusals == 1
+    assert [f.kind for f in fuzzer.report.findings] == ["tls_refusal", "tls_refusal"]
 
 
 def test_an_internal_error_reply_is_a_finding() -> None:
