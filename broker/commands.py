@@ -707,7 +707,7 @@ def _deduplicated_columns(queue: Queue, entries: list[list[Any]], now: int, max_
         return None
     held = queue.dedup
     if not held.keys().isdisjoint(dedup_ids) and any(
-            queue.duplicate_of(d, now) is not None for d in dedup_ids if d in held):
+            queue.dedup.duplicate_of(d, now) is not None for d in dedup_ids if d in held):
         return None
     first_id = queue.next_id
     return _outcome({"first_id": first_id, "count": len(bodies)}, (Publish(
@@ -818,7 +818,7 @@ def _deduplicated_run(queue: Queue, items: list[bytes | tuple[bytes, bytes]],
             body, dedup_id = item
             earlier = stored.get(dedup_id)
             if earlier is None:
-                earlier = queue.duplicate_of(dedup_id, now)
+                earlier = queue.dedup.duplicate_of(dedup_id, now)
             if earlier is not None:
                 results.append({"first_id": next_id + len(bodies), "count": 0, "duplicates": [[0, earlier]]})
                 continue
@@ -896,7 +896,7 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
         if dedup and dedup_id is not None:
             earlier = batch.get(dedup_id)
             if earlier is None:
-                earlier = queue.duplicate_of(dedup_id, now)
+                earlier = queue.dedup.duplicate_of(dedup_id, now)
             if earlier is not None:
                 duplicates.append([index, earlier])
                 continue
@@ -962,7 +962,7 @@ def _room_without_duplicates(queue: Queue, entries: list[Any], now: int) -> bool
     for entry in entries:
         dedup_id = entry[5] if type(entry) is list and 6 <= len(entry) <= 8 else None
         if type(dedup_id) is bytes and 1 <= len(dedup_id) <= MAX_DEDUP_ID:
-            if dedup_id in seen or queue.duplicate_of(dedup_id, now) is not None:
+            if dedup_id in seen or queue.dedup.duplicate_of(dedup_id, now) is not None:
                 duplicates += 1
             else:
                 seen.add(dedup_id)

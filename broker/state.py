@@ -257,7 +257,7 @@ class BrokerState(TopicAppliers):
         waits, failed = self._dependencies(name, first_id, depends_on) if depends_on is not None else (None, [])
         queue.add(first_id, now_ms, bodies, keys, priorities, ready_at_ms, expires_at_ms, waits)
         if dedup_ids is not None:
-            queue.remember(first_id, dedup_ids, now_ms)
+            queue.dedup.remember(first_id, dedup_ids, now_ms)
         self.ack_reserve += len(bodies) * ack_cost(name)
         # Wake as many as became deliverable: not the delayed, nor those an ordered
         # queue holds back for their key's turn, nor those waiting on dependencies.
@@ -604,7 +604,7 @@ class BrokerState(TopicAppliers):
             for start in range(0, len(waits), chunk):
                 yield SNAPSHOT_WAITS, pack([name, [[mid, sorted(map(list, deps))]
                                                    for mid, deps in waits[start:start + chunk]]])
-            for ids, at_ms, mids in queue.export_dedup_columns(chunk * 16):
+            for ids, at_ms, mids in queue.dedup.export_columns(chunk * 16):
                 yield SNAPSHOT_DEDUP_COLUMNS, pack([name, ids, at_ms, mids])
 
     @classmethod
@@ -681,9 +681,9 @@ class BrokerState(TopicAppliers):
         elif rtype == SNAPSHOT_EXPIRIES:
             state.queues[fields[0]].import_expiries(fields[1])
         elif rtype == SNAPSHOT_DEDUP_COLUMNS:
-            state.queues[fields[0]].import_dedup_columns(fields[1], fields[2], fields[3])
+            state.queues[fields[0]].dedup.import_columns(fields[1], fields[2], fields[3])
         elif rtype == SNAPSHOT_DEDUP:
-            state.queues[fields[0]].import_dedup(fields[1])
+            state.queues[fields[0]].dedup.import_rows(fields[1])
         else:
             raise ValueError(f"unknown snapshot record type {rtype}")
 

@@ -11,10 +11,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from protocol import DEDUP_MAX_IDS, Overflow, retry_delay, shard_for_key
+from protocol import Overflow, retry_delay, shard_for_key
 
+from .dedup import DedupIds
 from .message import DELAYED, DELETED, LEASED, READY, WAITING, Message, plain_messages
 from .ready import READY_SETS, ReadySet
 
@@ -25,10 +26,6 @@ DELIVERY_OVERHEAD = 40
 #: Bytes a peeked message adds beyond ``DELIVERY_OVERHEAD`` (a peeked row takes 52 at
 #: most beyond its body and key: it adds the state 8, until_ms 9 and a nil 1).
 PEEK_EXTRA = 24
-#: A remembered dedup id's entry packs the first publish's time and the message id:
-#: ``at_ms << _ID_BITS | id`` (ids are below 2**63).
-_ID_BITS = 64
-_ID_MASK = (1 << _ID_BITS) - 1
 #: Bytes a peeked dead letter's record adds beyond its source queue's name and error text.
 DEAD_LETTER_OVERHEAD = 96
 
@@ -140,14 +137,8 @@ class Queue:
         #: timer heap of (expires_at_ms, id) over them (stale entries skipped).
         self.expires: dict[int, int] = {}
         self._expiry_heap: list[tuple[int, int]] = []
-        #: Dedup ids remembered (SPEC §8.9): id -> the ms of the first publish with it and
-        #: the message id it got (packed, see ``_ID_BITS``), oldest first. Kept after the
-        #: message is gone.
-        self.dedup: dict[bytes, int] = {}
-        #: The dedup ids of ``dedup`` in the order they were remembered, so the oldest
-        #: is found in O(1): a dict's first key is not (it skips the slots its deleted
-        #: keys leave behind). An id remembered again is here twice; the first is stale.
-        self._dedup_order: deque[bytes] = deque()
+        #: Dedup ids remembered (SPEC §8.9), kept after their messages are gone.
+        self.dedup = DedupIds(settings.dedup_window_ms)
         # Timers: (deadline_ms, seq, ids) per lease batch; (ready_at_ms, id) per delayed message.
         self._lease_heap: list[tuple[int, int, list[int]]] = []
         self._delay_heap: list[tuple[int, int]] = []
@@ -415,74 +406,6 @@ class Queue:
         msgs = self.messages
         for mid, original in zip(range(first_id, first_id + len(originals)), originals):
             msgs[mid].published_at = original.published_at
-
-    def duplicate_of(self, dedup_id: bytes, now_ms: int) -> int | None:
-        """The id of the message first published with ``dedup_id`` within the dedup
-        window before ``now_ms``, if remembered. Reads only."""
-        entry = self.dedup.get(dedup_id)
-        if entry is None or (entry >> _ID_BITS) + self.settings.dedup_window_ms <= now_ms:
-            return None
-        return entry & _ID_MASK
-
-    def remember(self, first_id: int, dedup_ids: list[bytes | None], now_ms: int) -> None:
-        """Messages ``first_id, first_id + 1, ...`` were published at ``now_ms`` with these
-        dedup ids (None: none). Entries whose window has passed by ``now_ms`` are
-        forgotten from the oldest on; beyond ``DEDUP_MAX_IDS`` the oldest go."""
-        dedup, order = self.dedup, self._dedup_order
-        window = self.settings.dedup_window_ms
-        if not window:
-            return
-        while order:
-            entry = dedup.get(order[0])
-            if entry is not None and (entry >> _ID_BITS) + window > now_ms:
-                break
-            del_id = order.popleft()
-            if entry is not None:
-                del dedup[del_id]
-        # Each entry is one int, ``now_ms << _ID_BITS | id``: no tuple (nor a container
-        # for the collector to scan) per remembered id.
-        base = now_ms << _ID_BITS
-        ids = range(base + first_id, base + first_id + len(dedup_ids))
-        if None not in dedup_ids:  # the common case, in C
-            every = cast("list[bytes]", dedup_ids)
-            # The handler stored no id the window still holds, and the ids whose window
-            # has passed were forgotten just above (times only grow), so these are new.
-            dedup.update(zip(every, ids))
-            order.extend(every)
-        else:
-            for entry, dedup_id in zip(ids, dedup_ids):
-                if dedup_id is not None:
-                    dedup.pop(dedup_id, None)  # a new first publish goes to the back
-                    dedup[dedup_id] = entry
-                    order.append(dedup_id)
-        while len(dedup) > DEDUP_MAX_IDS:
-            dedup.pop(order.popleft(), None)
-
-    def export_dedup(self) -> Iterator[list[Any]]:
-        """``dedup`` as snapshot rows ``[dedup id, first publish ms, message id]``, oldest first."""
-        for dedup_id, entry in self.dedup.items():
-            yield [dedup_id, entry >> _ID_BITS, entry & _ID_MASK]
-
-    def export_dedup_columns(self, chunk: int) -> Iterator[tuple[list[bytes], list[int], list[int]]]:
-        """``dedup`` as chunks of three columns, oldest first (snapshot record 111): the
-        dedup ids, their first publish times (ms) and their message ids."""
-        dedup = self.dedup
-        ids, entries = iter(list(dedup)), iter(list(dedup.values()))
-        mask = _ID_MASK
-        for _ in range(0, len(dedup), chunk):
-            packed = list(islice(entries, chunk))
-            yield list(islice(ids, chunk)), [e >> _ID_BITS for e in packed], [e & mask for e in packed]
-
-    def import_dedup_columns(self, ids: list[bytes], at_ms: list[int], mids: list[int]) -> None:
-        """A chunk of ``export_dedup_columns``, in order."""
-        self.dedup.update(zip(ids, (at << _ID_BITS | mid for at, mid in zip(at_ms, mids))))
-        self._dedup_order.extend(ids)
-
-    def import_dedup(self, rows: list[list[Any]]) -> None:
-        """Rows of ``export_dedup``, in order."""
-        for dedup_id, at_ms, mid in rows:
-            self.dedup[dedup_id] = at_ms << _ID_BITS | mid
-            self._dedup_order.append(dedup_id)
 
     def set_expiries(self, first_id: int, expires_at_ms: list[int]) -> None:
         """Messages ``first_id, first_id + 1, ...`` expire at these times (0: never)."""

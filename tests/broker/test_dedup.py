@@ -93,7 +93,7 @@ def test_forgotten_as_publishes_come_and_bounded(world: World, monkeypatch: pyte
     world.advance(WINDOW)
     world.call("publish", queue="q", messages=[entry(b"c", b"d3")])
     assert list(world.state.queues["q"].dedup) == [b"d3"]  # the window of d1 and d2 has passed
-    monkeypatch.setattr("broker.queues.queue.DEDUP_MAX_IDS", 2)
+    monkeypatch.setattr("broker.queues.dedup.DEDUP_MAX_IDS", 2)
     world.call("publish", queue="q", messages=[entry(b"d", b"d4"), entry(b"e", b"d5")])
     assert list(world.state.queues["q"].dedup) == [b"d4", b"d5"]  # the oldest went first
     assert world.call("publish", queue="q", messages=[entry(b"c", b"d3")])["count"] == 1
@@ -159,7 +159,7 @@ def test_records_snapshots_and_old_headers(world: World) -> None:
     assert not recs[1].plain
     # snapshots keep the order (chunk=2 splits the rows over two records)
     restored = world.restored()
-    assert list(restored.queues["q"].export_dedup()) == [[b"d1", T0, 1], [b"d2", T0, 2], [b"d3", T0, 3]]
+    assert list(restored.queues["q"].dedup.export_rows()) == [[b"d1", T0, 1], [b"d2", T0, 2], [b"d3", T0, 3]]
     header = world.state.queues["q"].export_header()
     assert Queue.from_header(header[:15]).settings.dedup_window_ms == WINDOW
     other = BrokerState.from_records([(SNAPSHOT_QUEUE, msgpack.packb(header))])
@@ -180,13 +180,13 @@ def test_forgetting_the_oldest_ids_stays_in_step_with_the_window() -> None:
         w.call("publish", queue="q", messages=[entry(b"x", b"id-%d" % i)])
         w.advance(10)  # 100 publishes a window
         assert len(queue.dedup) <= 101
-    assert list(queue._dedup_order) == list(queue.dedup)
+    assert list(queue.dedup.order) == list(queue.dedup)
     assert next(iter(queue.dedup)) == b"id-2900"
     # an id whose window passed is stored again, and remembered anew at the back
     w.call("publish", queue="q", messages=[entry(b"again", b"id-0")])
-    assert list(queue.dedup)[-1] == b"id-0" and list(queue._dedup_order) == list(queue.dedup)
+    assert list(queue.dedup)[-1] == b"id-0" and list(queue.dedup.order) == list(queue.dedup)
     same_after_restart(w)
-    assert list(w.restored().queues["q"]._dedup_order) == list(queue.dedup)
+    assert list(w.restored().queues["q"].dedup.order) == list(queue.dedup)
 
 
 @pytest.mark.parametrize("batch", [
@@ -232,4 +232,4 @@ def test_a_snapshot_with_dedup_rows_of_the_older_kind_still_restores(world: Worl
     assert any(rtype == SNAPSHOT_DEDUP for rtype, _ in records)
     restored = BrokerState.from_records(records)
     assert restored.snapshot() == world.state.snapshot()
-    assert restored.queues["q"].duplicate_of(b"d2", T0) == 2
+    assert restored.queues["q"].dedup.duplicate_of(b"d2", T0) == 2
