@@ -308,12 +308,15 @@ class Evict(Mutation):
 class TopicCreate(Mutation):
     """A topic comes into being (``broker.topics.TopicSettings``)."""
 
+    RECORD_BASE = 6
     topic: str
     shards: int
     retention: str
     max_age_ms: int
     max_bytes: int
     max_messages: int
+    #: How long a dedup id is remembered (0: no dedup); older records lack it.
+    dedup_window_ms: int = 300_000
 
 
 @mutation(16)
@@ -328,14 +331,19 @@ class TopicPublish(Mutation):
     """Messages join a topic with consecutive ids ``first_id, ...``, each in the shard its
     key (or else its id) picks, at the next offset there, published at ``now_ms``. The
     groups that run low take them (``broker.topics`` rule 2); the limits then apply.
-    ``keys`` and ``headers`` are None when no message has one."""
+    ``keys`` and ``headers`` are None when no message has one. A ``dedup_ids`` entry
+    (bytes, or None) is remembered with its message's id and ``now_ms`` for the topic's
+    dedup window, as ``Publish``'s; the handler leaves duplicates out of the record, and
+    records leave the column out when it is None (older records lack it)."""
 
+    RECORD_BASE = 6
     topic: str
     first_id: int
     now_ms: int
     bodies: list[bytes]
     keys: list[bytes | None] | None = None
     headers: list[dict[str, str] | None] | None = None
+    dedup_ids: list[bytes | None] | None = None
 
 
 @mutation(18)

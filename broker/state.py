@@ -86,6 +86,9 @@ SNAPSHOT_TOPIC_MESSAGES = 108
 SNAPSHOT_GROUP = 109
 #: Up to 1000 waiting messages of a queue with what each waits on (SPEC §8.14).
 SNAPSHOT_WAITS = 110
+#: Up to 16,000 remembered dedup ids of a topic, as 111's columns:
+#: ``[topic, ids, first publish times, message ids]``, oldest first.
+SNAPSHOT_TOPIC_DEDUP = 112
 
 #: ``take_woken``'s count for a queue that was deleted: every waiter looks again.
 WAKE_ALL = 2**62
@@ -580,6 +583,8 @@ class BrokerState(TopicAppliers):
                     retained = []
             if retained:
                 yield SNAPSHOT_TOPIC_MESSAGES, pack([topic_name, retained])
+            for ids, at_ms, mids in held.dedup.export_columns(chunk * 16):
+                yield SNAPSHOT_TOPIC_DEDUP, pack([topic_name, ids, at_ms, mids])
             for group_name in sorted(held.groups):
                 yield SNAPSHOT_GROUP, pack(held.groups[group_name].export_header())
         for name in sorted(self.queues):
@@ -672,6 +677,8 @@ class BrokerState(TopicAppliers):
             state.topics[held.name] = held
         elif rtype == SNAPSHOT_TOPIC_MESSAGES:
             state.topics[fields[0]].import_messages(fields[1])
+        elif rtype == SNAPSHOT_TOPIC_DEDUP:
+            state.topics[fields[0]].dedup.import_columns(fields[1], fields[2], fields[3])
         elif rtype == SNAPSHOT_GROUP:
             groups[group_queue_name(fields[0], fields[1])] = fields
         elif rtype == SNAPSHOT_DEAD_LETTERS:
@@ -703,7 +710,7 @@ class BrokerState(TopicAppliers):
                       + len(q.waits_on) * SNAPSHOT_BOUND_WAIT)
         for t in self.topics.values():
             total += (SNAPSHOT_BOUND_QUEUE * (1 + len(t.groups)) + t.bytes
-                      + len(t) * SNAPSHOT_BOUND_ROW)
+                      + len(t) * SNAPSHOT_BOUND_ROW + len(t.dedup) * SNAPSHOT_BOUND_DEDUP)
         return total
 
     def count_ack_reserve(self) -> int:
@@ -717,6 +724,7 @@ class BrokerState(TopicAppliers):
                 "stats": t.stats(),
                 "messages": list(t.export_messages()),
                 "groups": {g: [*grp.export_header(), t.lag(grp)] for g, grp in sorted(t.groups.items())},
+                "dedup": list(t.dedup.items()),
             }
             for name, t in sorted(self.topics.items())
         }

@@ -10,6 +10,9 @@ from protocol import (
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_MAX_DELAY_MS,
     DEFAULT_VISIBILITY_MS,
+    MAX_DEDUP_ID,
+    MAX_DEDUP_WINDOW_MS,
+    DEFAULT_DEDUP_WINDOW_MS,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_KEY,
@@ -44,7 +47,7 @@ from .commands import (
     visible,
 )
 from .mutations import GroupCreate, GroupDelete, GroupSeek, TopicCreate, TopicDelete, TopicPublish
-from .topics import Group, Topic, group_queue_name
+from .topics import Group, Topic, TopicSettings, group_queue_name
 
 #: The longest a topic retains a message by age: a year.
 MAX_AGE_MS = 365 * 24 * 60 * 60 * 1000
@@ -64,11 +67,10 @@ def existing_group(held: Topic, args: dict[str, Any]) -> Group:
 def topic_create(session: Session, args: Args, ctx: Context) -> Outcome:
     name = args["topic"]
     mutation = TopicCreate(name, args["shards"], args["retention"], args["max_age_ms"], args["max_bytes"],
-                           args["max_messages"])
+                           args["max_messages"], args["dedup_window_ms"])
     existing = ctx.state.topics.get(name)
     if existing is not None:
-        s = existing.settings
-        if (s.shards, s.retention, s.max_age_ms, s.max_bytes, s.max_messages) != tuple(mutation.fields()[1:]):
+        if existing.settings != TopicSettings(*mutation.fields()):
             raise ProtocolError(ErrorCode.QUEUE_EXISTS, f"topic {name!r} exists with different settings",
                                 details={"field": "topic", "topic": name})
         return Outcome({"topic": name, "created": False})
@@ -103,10 +105,17 @@ def topic_publish(session: Session, args: Args, ctx: Context) -> Outcome:
     bodies: list[bytes] = []
     keys: list[bytes | None] = []
     headers: list[dict[str, str] | None] = []
+    dedup_ids: list[bytes | None] = []
+    duplicates: list[list[int]] = []
+    #: Dedup ids of this request's stored entries -> the ids they get (SPEC §8.9).
+    batch: dict[bytes, int] = {}
+    dedup = held.dedup.window > 0
+    now = ctx.now_ms
+    first_id = held.next_id
     for index, entry in enumerate(entries):
-        if type(entry) is not list or not 1 <= len(entry) <= 3:
-            raise invalid(f"messages[{index}]", "a message is an array [body, key, headers]")
-        body, key, more = (entry + [None, None])[:3]
+        if type(entry) is not list or not 1 <= len(entry) <= 4:
+            raise invalid(f"messages[{index}]", "a message is an array [body, key, headers, dedup_id]")
+        body, key, more, dedup_id = (entry + [None, None, None])[:4]
         if type(body) is not bytes:
             raise invalid(f"messages[{index}].body", "body must be binary (msgpack bin)")
         if key is not None and (type(key) is not bytes or len(key) > MAX_KEY):
@@ -114,16 +123,37 @@ def topic_publish(session: Session, args: Args, ctx: Context) -> Outcome:
                           f"key must be binary (msgpack bin) of at most {MAX_KEY} bytes, or nil")
         if more is not None:
             _check_headers(more, f"messages[{index}].headers")
+        if dedup_id is not None:
+            if type(dedup_id) is not bytes or not 1 <= len(dedup_id) <= MAX_DEDUP_ID:
+                raise invalid(f"messages[{index}].dedup_id",
+                              f"dedup_id must be binary (msgpack bin) of 1 to {MAX_DEDUP_ID} bytes, or nil")
+            if dedup:
+                earlier = batch.get(dedup_id)
+                if earlier is None:
+                    earlier = held.dedup.duplicate_of(dedup_id, now)
+                if earlier is not None:
+                    duplicates.append([index, earlier])
+                    continue
+                batch[dedup_id] = first_id + len(bodies)
+            else:
+                dedup_id = None
         bodies.append(body)
         keys.append(key)
         headers.append(more or None)
-    if max(map(len, bodies)) > ctx.config.max_message:
-        _too_large(bodies, ctx.config.max_message)
-    first_id = held.next_id
-    mutation = TopicPublish(held.name, first_id, ctx.now_ms, bodies,
+        dedup_ids.append(dedup_id)
+    every = [e[0] for e in entries] if duplicates else bodies  # duplicates' bodies too (SPEC §5.23)
+    if max(map(len, every)) > ctx.config.max_message:
+        _too_large(every, ctx.config.max_message)
+    result: dict[str, Any] = {"first_id": first_id, "count": len(bodies)}
+    if duplicates:
+        result["duplicates"] = duplicates
+    if not bodies:
+        return Outcome(result)  # all duplicates: nothing to log
+    mutation = TopicPublish(held.name, first_id, now, bodies,
                             keys if any(k is not None for k in keys) else None,
-                            headers if any(h is not None for h in headers) else None)
-    return Outcome({"first_id": first_id, "count": len(bodies)}, (mutation,))
+                            headers if any(h is not None for h in headers) else None,
+                            dedup_ids if batch else None)
+    return Outcome(result, (mutation,))
 
 
 def _check_headers(value: Any, field: str) -> dict[str, str]:
@@ -233,6 +263,7 @@ TOPIC_COMMANDS: tuple[Command, ...] = (
         Arg("max_age_ms", "int", default=0, lo=0, hi=MAX_AGE_MS),
         Arg("max_bytes", "int", default=0, lo=0, hi=2**63 - 1),
         Arg("max_messages", "int", default=0, lo=0, hi=2**63 - 1),
+        Arg("dedup_window_ms", "int", default=DEFAULT_DEDUP_WINDOW_MS, lo=0, hi=MAX_DEDUP_WINDOW_MS),
     ), AdmissionClass.LOG, changes_state=True, permission=_ADMINISTERS),
     Command(Op.TOPIC_DELETE, topic_delete, (_TOPIC,), AdmissionClass.LOG, changes_state=True,
             permission=_ADMINISTERS),

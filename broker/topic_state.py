@@ -7,6 +7,7 @@ applier reads only its record's fields and the state, and never fails.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from protocol import GROUP_WINDOW, QueueKind
@@ -54,10 +55,10 @@ class TopicAppliers:
 
     @_applies(TopicCreate)
     def _topic_create(self, topic: str, shards: int, retention: str, max_age_ms: int, max_bytes: int,
-                      max_messages: int) -> None:
+                      max_messages: int, dedup_window_ms: int = 300_000) -> None:
         if topic not in self.topics:
             self.topics[topic] = Topic(TopicSettings(topic, shards, retention, max_age_ms, max_bytes,
-                                                     max_messages))
+                                                     max_messages, dedup_window_ms))
 
     @_applies(TopicDelete)
     def _topic_delete(self, topic: str) -> None:
@@ -71,10 +72,13 @@ class TopicAppliers:
     @_applies(TopicPublish)
     def _topic_publish(self, topic: str, first_id: int, now_ms: int, bodies: list[bytes],
                        keys: list[bytes | None] | None = None,
-                       headers: list[dict[str, str] | None] | None = None) -> None:
+                       headers: list[dict[str, str] | None] | None = None,
+                       dedup_ids: list[bytes | None] | None = None) -> None:
         held = self.topics[topic]
         caught_up = list(held.next_offsets)
         held.add(first_id, now_ms, bodies, keys, headers)
+        if dedup_ids is not None:
+            held.dedup.remember(first_id, dedup_ids, now_ms)
         dropped = self._enforce_limits(held, None)
         moved = dropped or not held.groups
         for group in held.groups.values():
@@ -243,3 +247,8 @@ class TopicAppliers:
             self._schedule(name, at)
             return []
         return [TopicTrim(held.name, now_ms)]
+
+
+# A topic's settings are declared once (TopicSettings); its creation record mirrors them.
+assert TopicCreate.FIELDS[1:] == tuple(f.name for f in dataclass_fields(TopicSettings))[1:], \
+    "TopicCreate's fields must be TopicSettings' fields, in order"

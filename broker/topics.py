@@ -32,9 +32,9 @@ from itertools import islice
 from operator import attrgetter
 from typing import Any
 
-from protocol import GROUP_SEPARATOR, Retention, shard_for_key
+from protocol import DEFAULT_DEDUP_WINDOW_MS, GROUP_SEPARATOR, Retention, shard_for_key
 
-from .queues import Message, Queue
+from .queues import DedupIds, Message, Queue
 
 
 #: Most group names a topic's stats list (the first, by name): a bounded reply however
@@ -53,6 +53,8 @@ class TopicSettings:
     max_age_ms: int = 0
     max_bytes: int = 0
     max_messages: int = 0
+    #: How long a dedup id published to it is remembered (SPEC §8.9); 0: no dedup.
+    dedup_window_ms: int = 300_000
 
 
 class TopicMessage:
@@ -153,6 +155,8 @@ class Topic:
         self.reclaimed = 0
         #: Dropped by the age, byte or message limit.
         self.expired = 0
+        #: Dedup ids remembered (SPEC §8.9), whatever retention did to their messages.
+        self.dedup = DedupIds(settings.dedup_window_ms)
 
     @property
     def name(self) -> str:
@@ -273,12 +277,16 @@ class Topic:
     def export_header(self) -> list[Any]:
         s = self.settings
         return [s.name, s.shards, s.retention, s.max_age_ms, s.max_bytes, s.max_messages,
-                self.next_offsets, self.next_id, self.published, self.reclaimed, self.expired]
+                self.next_offsets, self.next_id, self.published, self.reclaimed, self.expired,
+                s.dedup_window_ms]
 
     @classmethod
     def from_header(cls, fields: list[Any]) -> Topic:
+        """From ``export_header``; a header of an older build lacks ``dedup_window_ms``
+        (then the default, as for an older ``TopicCreate`` record)."""
         name, shards, retention, max_age, max_bytes, max_messages = fields[:6]
-        topic = cls(TopicSettings(name, shards, retention, max_age, max_bytes, max_messages))
+        window = fields[11] if len(fields) > 11 else DEFAULT_DEDUP_WINDOW_MS
+        topic = cls(TopicSettings(name, shards, retention, max_age, max_bytes, max_messages, window))
         (topic.next_offsets, topic.next_id, topic.published, topic.reclaimed,
          topic.expired) = fields[6:11]
         return topic
@@ -298,7 +306,7 @@ class Topic:
         return {
             "topic": s.name, "shards": s.shards, "retention": s.retention,
             "max_age_ms": s.max_age_ms, "max_bytes": s.max_bytes, "max_messages": s.max_messages,
-            "messages": len(self), "bytes": self.bytes,
+            "dedup_window_ms": s.dedup_window_ms, "messages": len(self), "bytes": self.bytes,
             "first_offsets": [self.first_offset(i) for i in range(s.shards)],
             "next_offsets": list(self.next_offsets),
             "published": self.published, "reclaimed": self.reclaimed, "expired": self.expired,

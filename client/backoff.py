@@ -10,9 +10,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-#: Index of the dedup id in a publish entry (SPEC.md §5.7).
-_DEDUP = 5
-_PADDING = [[None] * (_DEDUP - n) for n in range(_DEDUP + 1)]
+from protocol import Op
+
+#: The ops whose typed calls are retried after a lost connection, because every message
+#: they carry has a dedup id (one is given to each message without): the index of the
+#: dedup id in their entries (SPEC.md §5.7, §5.23).
+RETRIED_BY_DEDUP_ID = {Op.PUBLISH.value: 5, Op.TOPIC_PUBLISH.value: 3}
+_DEDUP = RETRIED_BY_DEDUP_ID[Op.PUBLISH.value]
+#: Per dedup id index, the Nones that pad an entry of n elements up to it.
+_PADDING = {at: [[None] * (at - n) for n in range(at + 1)] for at in RETRIED_BY_DEDUP_ID.values()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +37,7 @@ class Reconnect:
     jitter: float = 0.5
     #: Failed attempts in a row before giving up (``None``: never).
     max_attempts: int | None = None
-    #: Give publishes dedup ids and send them again after a reconnect.
+    #: Give publishes (to queues and topics) dedup ids and send them again after a reconnect.
     retry_publishes: bool = True
     #: Seconds after its first send within which a publish may be retried (0..3600).
     publish_retry_s: float = 120.0
@@ -70,16 +76,28 @@ class DedupIds:
         self._count += 1
         return self._prefix + self._count.to_bytes(8, "big")
 
-    def fill(self, entries: list[list[Any]]) -> None:
-        """Give each publish entry without a dedup id a new one (in place)."""
+    def fill(self, entries: list[list[Any]], at: int = _DEDUP) -> None:
+        """Give each entry without a dedup id a new one (in place); ``at`` is the dedup
+        id's index in an entry (a ``publish``'s unless given)."""
+        padding = _PADDING[at]
         for entry in entries:
             n = len(entry)
-            if n > _DEDUP:
-                if entry[_DEDUP] is None:
-                    entry[_DEDUP] = self()
+            if n > at:
+                if entry[at] is None:
+                    entry[at] = self()
             else:
-                entry.extend(_PADDING[n])
+                entry.extend(padding[n])
                 entry.append(self())
 
+    def prepare_retry(self, op: str, args: dict[str, Any]) -> bool:
+        """Whether a typed request of ``op`` is retried after a lost connection: only an
+        op of ``RETRIED_BY_DEDUP_ID``, whose messages then all carry a dedup id (those
+        without one get a new one here, in place, before the first send)."""
+        at = RETRIED_BY_DEDUP_ID.get(op)
+        if at is None:
+            return False
+        self.fill(args["messages"], at)
+        return True
 
-__all__ = ["DedupIds", "Reconnect"]
+
+__all__ = ["RETRIED_BY_DEDUP_ID", "DedupIds", "Reconnect"]

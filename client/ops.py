@@ -663,6 +663,10 @@ def create_topic(
     max_age_ms: Annotated[int | None, Arg(doc="Age limit (limits/both); 0 = none.")] = None,
     max_bytes: Annotated[int | None, Arg(doc="Bytes of bodies retained, at most (limits/both); 0 = none.")] = None,
     max_messages: Annotated[int | None, Arg(doc="Messages retained, at most (limits/both); 0 = none.")] = None,
+    dedup_window_ms: Annotated[
+        int | None, Arg(doc="How long a published dedup id is remembered; 0 = no dedup "
+                            "[server default: 300000].")
+    ] = None,
 ) -> None:
     """Declare a topic; ``True`` if created, ``False`` if it existed with these settings.
 
@@ -690,7 +694,10 @@ def publish_topic(
     topic: str, messages: Annotated[Iterable[Bytes | t.TopicMessage], Arg(convert=t.topic_entries)]
 ) -> None:
     """Publish messages to a topic atomically (stored once, read by every group); each
-    item is a body or a :class:`~client.types.TopicMessage` (key, headers)."""
+    item is a body or a :class:`~client.types.TopicMessage` (key, headers, dedup id).
+    Messages whose dedup id was already published to the topic within its dedup window
+    are not stored again: the result's ``duplicates`` names them and the ids they map
+    to, and ``message_ids()`` gives every item's id."""
 
 
 @op(Op.GROUP_CREATE, field("created", bool))

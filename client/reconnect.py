@@ -10,18 +10,20 @@ in flight is unknown then):
   publishes (below). A ``consume``, ``ack``, ``nack``, ``txn`` or any other request whose
   reply was lost may or may not have taken effect; retrying it is the caller's choice.
 - **Publishes are retried.** With ``retry_publishes`` (the default) the typed
-  ``publish`` and ``publish_batch`` give every message without a dedup id one of their
-  own (16 bytes: 8 random per client, then a counter) before the first send; a publish
-  whose connection is lost before its reply is sent again, with the same dedup ids, on
-  the next connection. The broker stores a message whose dedup id it has already seen
-  within the queue's dedup window only once (SPEC.md §8.9), so a retry never
-  duplicates. A publish is retried only within ``publish_retry_s`` (120 s) of its first
-  send, which keeps the retry inside the default 5-minute dedup window; past that, or on
-  a queue whose ``dedup_window_ms`` is 0 (then it could duplicate), raise
-  ``ConnectionClosed`` as any request does. ``publish_topic``, ``txn`` and
-  ``client.request("publish", ...)`` are not retried. Generated dedup ids take room in
-  the queue's dedup memory (at most 1,000,000 ids per queue; a queue taking more than
-  about 3,300 publishes a second outlives the oldest within the window).
+  ``publish``, ``publish_batch`` and ``publish_topic`` give every message without a
+  dedup id one of their own (16 bytes: 8 random per client, then a counter) before the
+  first send, so that every message carries one; a publish whose connection is lost
+  before its reply is sent again, with the same dedup ids, on the next connection. The
+  broker stores a message whose dedup id it has already seen within the queue's or
+  topic's dedup window only once (SPEC.md §8.9, §5.23), so a retry never duplicates
+  (its reply names the messages stored before the loss in ``duplicates``). A publish is
+  retried only within ``publish_retry_s`` (120 s) of its first send, which keeps the
+  retry inside the default 5-minute dedup window; past that, or on a queue or topic
+  whose ``dedup_window_ms`` is 0 (then it could duplicate), raise ``ConnectionClosed``
+  as any request does. ``txn`` and ``client.request("publish", ...)`` are not retried.
+  Generated dedup ids take room in the queue's or topic's dedup memory (at most
+  1,000,000 ids each; one taking more than about 3,300 publishes a second outlives the
+  oldest within the window).
 - **Requests made while disconnected wait** for the next connection (nothing was sent,
   so nothing is unknown) and are then sent; bound them with ``anyio.fail_after`` if
   waiting is not acceptable.
@@ -49,8 +51,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from protocol import Op
-
 from .backoff import DedupIds, Reconnect
 from .errors import ConnectionClosed, LockgateError
 
@@ -62,9 +62,6 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 logger = logging.getLogger("lockgate.client")
-
-_PUBLISH = Op.PUBLISH.value
-
 
 class Reconnector:
     """Keeps one :class:`~client.api.Client` connected (``run`` is its task) and sends
@@ -120,10 +117,10 @@ class Reconnector:
         return await conn.request(op, args)
 
     async def typed_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`request`, but a publish gets dedup ids and is retried after a loss."""
-        if op != _PUBLISH or not self.policy.retry_publishes:
+        """:meth:`request`, but a publish (to a queue or a topic) gets dedup ids and is
+        retried after a loss."""
+        if not self.policy.retry_publishes or not self.dedup_ids.prepare_retry(op, args):
             return await self.request(op, args)
-        self.dedup_ids.fill(args["messages"])
         deadline: float | None = None
         while True:
             conn = self.client.connection

@@ -28,13 +28,13 @@ connection, with the async client's rules (:mod:`client.reconnect`), made when t
 client next needs the connection, since a blocking client has no task of its own:
 
 - **Requests in flight fail** with :class:`~client.errors.ConnectionClosed` (their
-  outcome is unknown), except publishes: the typed ``publish`` and ``publish_batch``, and
-  ``publish_many``, give every message without a dedup id one of their own before the
-  first send, and a publish whose connection is lost before its reply is sent again with
-  the same ids on the next connection, within ``publish_retry_s`` of its first send; the
-  broker stores a dedup id it has seen within the queue's dedup window only once
-  (SPEC.md §8.9). ``submit``, ``request``, ``request_many``, ``publish_topic`` and ``txn``
-  are not retried.
+  outcome is unknown), except publishes: the typed ``publish``, ``publish_batch`` and
+  ``publish_topic``, and ``publish_many``, give every message without a dedup id one of
+  their own before the first send, and a publish whose connection is lost before its
+  reply is sent again with the same ids on the next connection, within
+  ``publish_retry_s`` of its first send; the broker stores a dedup id it has seen within
+  the queue's or topic's dedup window only once (SPEC.md §8.9, §5.23). ``submit``,
+  ``request``, ``request_many`` and ``txn`` are not retried.
 - **The next request reconnects**: it waits out the backoff (``initial_delay_s``, growing
   by ``multiplier`` to ``max_delay_s``, shortened at random by up to ``jitter``), then
   connects and says ``hello`` again, as often as it takes, then is sent. The wait counts
@@ -378,11 +378,11 @@ class SyncClient:
         self, op: str, args: dict[str, Any], timeout: float | None | EllipsisType = ...
     ) -> dict[str, Any]:
         """What the typed methods send through: :meth:`request`, but with ``reconnect`` a
-        publish gets dedup ids and is sent again after a lost connection."""
+        publish (to a queue or a topic) gets dedup ids and is sent again after a lost
+        connection."""
         policy = self._policy
-        if op != _PUBLISH or policy is None or not policy.retry_publishes:
+        if policy is None or not policy.retry_publishes or not self._dedup_ids.prepare_retry(op, args):
             return self.request(op, args, timeout)
-        self._dedup_ids.fill(args["messages"])
         self._connected(self._deadline(self.timeout))
         until = monotonic() + policy.publish_retry_s
         while True:

@@ -86,7 +86,8 @@ class PublishResult:
     """The messages of one publish that were stored got the ids ``first_id .. first_id +
     count - 1``, in request order; ``duplicates`` holds ``(index, id)`` for each message
     (by its index in the request) that was not stored because its dedup id was already
-    published within the queue's dedup window: ``id`` is the message published first."""
+    published within the queue's (or topic's) dedup window: ``id`` is the message
+    published first (for a topic, its topic-wide id)."""
 
     first_id: int
     count: int
@@ -628,21 +629,27 @@ def checked_request(encoder: Encoder, rid: int, op: str, args: dict[str, Any],
 
 @dataclass(frozen=True, slots=True)
 class TopicMessage:
-    """A message for ``publish_topic``: body, optional key (picks the shard) and headers
-    (str to str; groups may filter on them)."""
+    """A message for ``publish_topic``: body, optional key (picks the shard), headers
+    (str to str; groups may filter on them) and dedup id (1..128 bytes: within the
+    topic's dedup window a message with a dedup id already published to it is not
+    stored again, see :class:`PublishResult`)."""
 
     body: Bytes
     key: Bytes | None = None
     headers: dict[str, str] | None = None
+    dedup_id: Bytes | None = None
 
 
 def topic_entries(messages: Iterable[Bytes | TopicMessage]) -> list[list[Any]]:
-    """The wire entries ``[body, key?, headers?]`` of ``publish_topic``."""
+    """The wire entries ``[body, key?, headers?, dedup_id?]`` of ``publish_topic``."""
     out: list[list[Any]] = []
     for m in messages:
         if isinstance(m, TopicMessage):
             key = None if m.key is None else as_bytes(m.key)
-            out.append([as_bytes(m.body), key, m.headers] if m.headers else [as_bytes(m.body), key])
+            if m.dedup_id is not None:
+                out.append([as_bytes(m.body), key, m.headers or None, as_bytes(m.dedup_id)])
+            else:
+                out.append([as_bytes(m.body), key, m.headers] if m.headers else [as_bytes(m.body), key])
         else:
             out.append([as_bytes(m)])
     return out
@@ -663,6 +670,9 @@ class TopicStats:
     max_age_ms: int
     max_bytes: int
     max_messages: int
+    #: How long a dedup id published to it is remembered (0: no dedup, and from a
+    #: broker without topic dedup).
+    dedup_window_ms: int
     messages: int
     bytes: int
     first_offsets: tuple[int, ...]
@@ -677,8 +687,8 @@ class TopicStats:
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> TopicStats:
         return cls(m["topic"], m["shards"], m["retention"], m["max_age_ms"], m["max_bytes"], m["max_messages"],
-                   m["messages"], m["bytes"], tuple(m["first_offsets"]), tuple(m["next_offsets"]),
-                   m["published"], m["reclaimed"], m["expired"], tuple(m["groups"]),
+                   m.get("dedup_window_ms", 0), m["messages"], m["bytes"], tuple(m["first_offsets"]),
+                   tuple(m["next_offsets"]), m["published"], m["reclaimed"], m["expired"], tuple(m["groups"]),
                    m.get("group_count", len(m["groups"])))
 
 

@@ -35,7 +35,7 @@ from client.types import (
     TopicStats,
     group_queue,
 )
-from protocol import MAX_SHARDS, MIN_SHARDS, Retention
+from protocol import MAX_DEDUP_WINDOW_MS, MAX_SHARDS, MIN_SHARDS, Retention
 
 
 def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
@@ -93,6 +93,9 @@ _TOPIC_OPTIONS: dict[str, dict[str, Any]] = {
     "max_age_ms": {"type": click.IntRange(0)},
     "max_bytes": {"type": click.IntRange(0)},
     "max_messages": {"type": click.IntRange(0)},
+    "dedup_window_ms": {"type": click.IntRange(0, MAX_DEDUP_WINDOW_MS),
+                        "help": "How long a dedup id published to the topic is remembered (publish "
+                                "--dedup-id); 0 = no dedup [server default: 300000]."},
 }
 _QUEUE_SETTINGS_BY_NAME = {p.name: p for p in QUEUE_SETTINGS}
 #: The delivery settings of ``create_group``: those it shares with ``create_queue``, with
@@ -213,23 +216,30 @@ def _topic_batches(messages: Iterable[TopicMessage], max_batch: int, max_frame: 
 @click.option("--key", help="Routing key (text); picks the shard, keeping order per key.")
 @click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", callback=_pairs,
               help="A header (repeatable; at most 32 and 4096 bytes in all); groups may filter on them.")
+@click.option("--dedup-id", help="Idempotency key (text, 1..128 bytes of UTF-8): not stored again if a message "
+              "with it was published to the topic within its dedup window. Not with --file or --count.")
 @click.option("--count", "-n", type=click.IntRange(1), default=1, show_default=True,
               help="Publish this many copies (sent in batches, each atomic). Not with --file.")
 @common_options
 def topic_publish(
     name: str, body: str | None, file: BinaryIO | None, key: str | None, headers: dict[str, str] | None,
-    count: int, addr: str, as_json: bool,
+    dedup_id: str | None, count: int, addr: str, as_json: bool,
 ) -> None:
     """Publish BODY to TOPIC, once for all its groups, or each line of --file.
 
     BODY is text, sent as UTF-8; "-" reads the body as raw bytes from stdin. With
     --file, each line is a message (raw bytes, without its line end), sent in order in
     batches, each atomic; a progress bar shows on a terminal for a file of 1 MiB or more.
+    With --dedup-id, a message whose dedup id was already published to the topic within
+    its dedup window is reported as a duplicate of the message published first (nothing
+    is stored).
     """
     if (body is None) == (file is None):
         raise click.UsageError("give BODY or --file FILE (one of them)")
     if file is not None and count != 1:
         raise click.UsageError("--count cannot be used with --file")
+    if dedup_id is not None and (file is not None or count != 1):
+        raise click.UsageError("--dedup-id cannot be used with --file or --count")
     results: list[PublishResult] = []
     with connect(addr) as client:
         info = client.server_info
@@ -240,13 +250,18 @@ def topic_publish(
                 for batch in _topic_batches(messages, info.max_batch, info.max_frame):
                     results.append(client.publish_topic(name, batch))
         else:
-            message = TopicMessage(read_stdin() if body == "-" else (body or "").encode(), key, headers)
+            message = TopicMessage(read_stdin() if body == "-" else (body or "").encode(), key, headers, dedup_id)
             for batch in _topic_batches(itertools.repeat(message, count), info.max_batch, info.max_frame):
                 results.append(client.publish_topic(name, batch))
     sent = sum(r.count for r in results)
+    duplicates = [mid for r in results for _, mid in r.duplicates]
     if as_json:
-        emit_json({"topic": name, "count": sent,
-                    "batches": [{"first_id": r.first_id, "count": r.count} for r in results]})
+        emit_json({"topic": name, "count": sent + len(duplicates),
+                    "batches": [{"first_id": r.first_id, "count": r.count,
+                                 **({"duplicates": [list(d) for d in r.duplicates]} if r.duplicates else {})}
+                                for r in results]})
+    elif duplicates:
+        click.echo(f"duplicate in topic {name}: nothing stored; the message published first is id {duplicates[0]}")
     elif file is None and count == 1:
         click.echo(f"published 1 message to topic {name}: id {results[0].first_id}")
     else:

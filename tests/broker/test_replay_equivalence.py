@@ -22,6 +22,10 @@ their places in id order, queue by queue in name order (SPEC 7.1, 8.6), and the 
 order is otherwise unchanged; and that the rebuilt timers call for the same releases and
 promotions as the live ones. The run then continues on the rebuilt state, as a restarted
 broker would.
+
+A topic (``TOPIC``, retention by limits, without groups: the topic model test covers
+groups) takes publishes with dedup ids, so that its remembered ids are held to the same
+checks (``topics_snapshot()`` with the rest).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ START_MS = 1_700_000_000_000
 CONFIG = BrokerConfig()
 ADDR = "127.0.0.1:7878"
 NAMES = ["alpha", "beta", "gamma"]
+TOPIC = "events"
 
 Record = tuple[int, bytes]
 
@@ -168,12 +173,18 @@ class ReplayMachine(RuleBasedStateMachine):
         bounds=st.lists(st.sampled_from([(0, 0, "reject"), (0, 0, "reject"), (4, 0, "reject"), (0, 12, "reject"),
                                          (4, 0, "drop_oldest"), (6, 20, "drop_oldest"),
                                          (4, 12, "dead_letter_oldest")]), min_size=3, max_size=3),
+        topic_window=dedup_windows,
     )
     def create_all(self, kinds: list[str], shards: list[int], max_attempts: list[int],
                    dead_letters: tuple[str | None, str | None],
                    retry: list[tuple[int, str, int, int] | None], ttl: list[tuple[int, str] | None],
-                   dedup_window: list[int | None], bounds: list[tuple[int, int, str]]) -> None:
-        """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none)."""
+                   dedup_window: list[int | None], bounds: list[tuple[int, int, str]],
+                   topic_window: int | None = None) -> None:
+        """gamma, then beta (dead-letter gamma or none), then alpha (beta, gamma or none);
+        and the topic."""
+        window = {} if topic_window is None else {"dedup_window_ms": topic_window}
+        assert self.call("topic_create", topic=TOPIC, shards=2, retention="limits", max_messages=5,
+                         **window) == {"topic": TOPIC, "created": True}
         for name, kind, n, attempts, dlq, backoff, lifetime, window, (most, most_bytes, overflow) in zip(
             ["gamma", "beta", "alpha"], kinds, shards, max_attempts, (None, dead_letters[1], dead_letters[0]),
             retry, ttl, dedup_window, bounds,
@@ -218,6 +229,13 @@ class ReplayMachine(RuleBasedStateMachine):
     @rule(name=names, batch=st.lists(st.tuples(bodies, ttls, dedup_ids), min_size=1, max_size=4))
     def publish_with_dedup_ids(self, name: str, batch: list[tuple[bytes, int | None, bytes | None]]) -> None:
         self.publish(name, [[body, None, None, None, ttl, dedup_id] for body, ttl, dedup_id in batch])
+
+    @rule(batch=st.lists(st.tuples(bodies, keys, dedup_ids), min_size=1, max_size=4))
+    def publish_to_the_topic(self, batch: list[tuple[bytes, bytes | None, bytes | None]]) -> None:
+        result = self.call("topic_publish", topic=TOPIC, messages=[[b, k, None, d] for b, k, d in batch])
+        assert result is not None
+        if "duplicates" in result:
+            tally(f"topic publish: duplicates, all of them {result['count'] == 0}")
 
     @rule(name=names, deps=st.lists(st.tuples(names, st.integers(1, 12)), min_size=1, max_size=3),
           delay=st.one_of(st.none(), st.integers(1, 300)))
@@ -269,7 +287,9 @@ class ReplayMachine(RuleBasedStateMachine):
     @rule(chunk=st.integers(1, 4))
     def checkpoint(self, chunk: int) -> None:
         records = list(self.state.export_records(chunk=chunk))
-        assert BrokerState.from_records(records).snapshot() == self.state.snapshot()
+        restored = BrokerState.from_records(records)
+        assert restored.snapshot() == self.state.snapshot()
+        assert restored.topics_snapshot() == self.state.topics_snapshot()
         self.checkpoints.append((len(self.log), records))
 
     @rule(clean=st.booleans())
@@ -367,9 +387,10 @@ class ReplayMachine(RuleBasedStateMachine):
 
     @invariant()
     def replay_gives_the_same_state(self) -> None:
-        live = self.state.snapshot()
-        assert replay(self.log).snapshot() == live
-        assert startup(self.log, self.checkpoints).snapshot() == live
+        live, topics = self.state.snapshot(), self.state.topics_snapshot()
+        for rebuilt in (replay(self.log), startup(self.log, self.checkpoints)):
+            assert rebuilt.snapshot() == live
+            assert rebuilt.topics_snapshot() == topics
 
 
 TestReplayEquivalence = ReplayMachine.TestCase

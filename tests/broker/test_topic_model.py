@@ -6,8 +6,10 @@
 - under ``interest`` retention a shard's oldest retained message is one some group is
   not done with (nothing reclaimable is kept at the front), and every message published
   is retained or reclaimed;
+- a publish entry whose dedup id the topic published within its window (whatever
+  retention did since) stores nothing and names the first message's id (SPEC §8.9);
 - live apply, replay of the log, and a restore from a snapshot (then the rest of the log)
-  give the same state, topics and groups included.
+  give the same state, topics and groups included, remembered dedup ids too.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from protocol import ProtocolError
 CFG = BrokerConfig()
 START_MS = 1_700_000_000_000
 GROUPS = ["a", "b", "c"]
+DEDUP_IDS = [b"d1", b"d2", b"d3", b"d4"]
 
 
 class TopicMachine(RuleBasedStateMachine):
@@ -40,6 +43,9 @@ class TopicMachine(RuleBasedStateMachine):
         #: Per group: ids delivered at least once, and per shard the last offset first delivered.
         self.seen: dict[str, set[int]] = {}
         self.last_offset: dict[str, dict[int, int]] = {}
+        #: The dedup model: id -> (first publish ms, message id).
+        self.window = 0
+        self.first_published: dict[bytes, tuple[int, int]] = {}
 
     def call(self, op: str, **args: Any) -> dict[str, Any] | None:
         try:
@@ -51,9 +57,11 @@ class TopicMachine(RuleBasedStateMachine):
             self.state.apply(m)
         return outcome.result
 
-    @initialize(shards=st.integers(1, 3))
-    def create(self, shards: int) -> None:
-        assert self.call("topic_create", topic="t", shards=shards) == {"topic": "t", "created": True}
+    @initialize(shards=st.integers(1, 3), window=st.sampled_from([0, 150, 300_000]))
+    def create(self, shards: int, window: int) -> None:
+        assert self.call("topic_create", topic="t", shards=shards, dedup_window_ms=window) == {
+            "topic": "t", "created": True}
+        self.window = window
 
     @rule(group=st.sampled_from(GROUPS), start=st.sampled_from(["earliest", "latest"]))
     def create_group(self, group: str, start: str) -> None:
@@ -68,9 +76,23 @@ class TopicMachine(RuleBasedStateMachine):
             self.seen.pop(group, None)
             self.last_offset.pop(group, None)
 
-    @rule(keys=st.lists(st.one_of(st.none(), st.sampled_from([b"k1", b"k2", b"k3"])), min_size=1, max_size=6))
-    def publish(self, keys: list[bytes | None]) -> None:
-        assert self.call("topic_publish", topic="t", messages=[[b"m", k] for k in keys]) is not None
+    @rule(entries=st.lists(st.tuples(st.one_of(st.none(), st.sampled_from([b"k1", b"k2", b"k3"])),
+                                      st.one_of(st.none(), st.sampled_from(DEDUP_IDS))), min_size=1, max_size=6))
+    def publish(self, entries: list[tuple[bytes | None, bytes | None]]) -> None:
+        first_id = self.state.topics["t"].next_id
+        result = self.call("topic_publish", topic="t", messages=[[b"m", k, None, d] for k, d in entries])
+        assert result is not None
+        duplicates: list[list[int]] = []
+        stored = 0
+        for index, (_, dedup_id) in enumerate(entries):
+            earlier = self.first_published.get(dedup_id) if dedup_id is not None and self.window else None
+            if earlier is not None and self.now < earlier[0] + self.window:
+                duplicates.append([index, earlier[1]])
+                continue
+            if dedup_id is not None and self.window:
+                self.first_published[dedup_id] = (self.now, first_id + stored)
+            stored += 1
+        assert result == {"first_id": first_id, "count": stored, **({"duplicates": duplicates} if duplicates else {})}
 
     @rule(group=st.sampled_from(GROUPS), most=st.integers(1, 5), ack=st.booleans())
     def consume(self, group: str, most: int, ack: bool) -> None:

@@ -257,9 +257,12 @@ class EveryGroupToppedUp(BrokerState):
 
     def _topic_publish(self, topic: str, first_id: int, now_ms: int, bodies: list[bytes],
                        keys: list[bytes | None] | None = None,
-                       headers: list[dict[str, str] | None] | None = None) -> None:
+                       headers: list[dict[str, str] | None] | None = None,
+                       dedup_ids: list[bytes | None] | None = None) -> None:
         held = self.topics[topic]
         held.add(first_id, now_ms, bodies, keys, headers)
+        if dedup_ids is not None:
+            held.dedup.remember(first_id, dedup_ids, now_ms)
         self._enforce_limits(held, None)
         for group in held.groups.values():
             self._top_up(held, group)

@@ -81,13 +81,13 @@ def test_topic_create_list_stats_and_delete(ctl: Ctl) -> None:
     result = ctl.run("topic", "create", name, "--shards", "3", expect=1)
     assert result.stderr.startswith("error: QUEUE_EXISTS: ") and result.stderr.count("\n") == 1
     assert ctl.json("topic", "create", limited, "--retention", "both", "--max-age-ms", "60000",
-                    "--max-messages", "5") == {"topic": limited, "created": True}
+                    "--max-messages", "5", "--dedup-window-ms", "1000") == {"topic": limited, "created": True}
     ctl.run("group", "create", name, "audit")
 
     stats = ctl.json("topic", "stats", limited)
     assert stats == {
         "name": limited, "shards": 1, "retention": "both", "max_age_ms": 60000, "max_bytes": 0, "max_messages": 5,
-        "messages": 0, "bytes": 0, "first_offsets": [1], "next_offsets": [1], "published": 0, "reclaimed": 0,
+        "dedup_window_ms": 1000, "messages": 0, "bytes": 0, "first_offsets": [1], "next_offsets": [1], "published": 0, "reclaimed": 0,
         "expired": 0, "groups": [], "group_count": 0,
     }
     lines = ctl.run("topic", "stats", name).stdout.splitlines()
@@ -340,3 +340,24 @@ def test_reject_from_a_group_reaches_its_dead_letter_queue(ctl: Ctl) -> None:
     groups = ctl.json("group", "list", name)
     assert [(g["group"], g["dead_lettered"]) for g in groups] == [("g", 1)]
     assert json.loads(ctl.run("topic", "stats", name, "--json").stdout)["messages"] == 0
+
+
+def test_topic_publish_with_a_dedup_id(ctl: Ctl) -> None:
+    name = qname()
+    ctl.run("topic", "create", name, "--dedup-window-ms", "600000")
+    assert ctl.run("topic", "publish", name, "order 1", "--dedup-id", "order-1").stdout == \
+        f"published 1 message to topic {name}: id 1\n"
+    assert ctl.run("topic", "publish", name, "order 1 again", "--dedup-id", "order-1").stdout == \
+        f"duplicate in topic {name}: nothing stored; the message published first is id 1\n"
+    assert ctl.json("topic", "publish", name, "again", "--dedup-id", "order-1") == {
+        "topic": name, "count": 1, "batches": [{"first_id": 2, "count": 0, "duplicates": [[0, 1]]}]}
+    assert ctl.json("topic", "publish", name, "order 2", "--dedup-id", "order-2") == {
+        "topic": name, "count": 1, "batches": [{"first_id": 2, "count": 1}]}
+    assert ctl.json("topic", "stats", name)["published"] == 2
+    for extra in (["--count", "2"], ["--file", "-"]):
+        args = ["topic", "publish", name, *(["x"] if extra[0] == "--count" else []), "--dedup-id", "d", *extra]
+        assert "--dedup-id cannot be used" in ctl.run(*args, input="x\n", expect=2).stderr
+    assert "--dedup-window-ms" in ctl.run("topic", "create", "--help").stdout
+    assert "--dedup-id" in ctl.run("topic", "publish", "--help").stdout
+    result = ctl.run("topic", "create", qname(), "--dedup-window-ms", "86400001", expect=2)
+    assert "dedup-window-ms" in result.stderr

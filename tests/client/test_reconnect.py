@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from client import Client, ConnectionClosed, SyncClient
+from client import Client, ConnectionClosed, SyncClient, TopicMessage
 from client.reconnect import DedupIds, Reconnect
 
 from .cutproxy import cut_proxy
@@ -67,6 +67,21 @@ def test_dedup_ids_fill_only_entries_without_one() -> None:
     assert DedupIds()()[:8] != made[0][:8]                            # another client, another prefix
 
 
+def test_topic_publishes_get_dedup_ids_at_their_own_index() -> None:
+    """One rule for both publish ops: every message of a retried ``publish`` or
+    ``topic_publish`` carries a dedup id (its op's element 5 or 3); other ops are not retried."""
+    ids = DedupIds()
+    entries: list[list[Any]] = [[b"a"], [b"b", b"k"], [b"c", None, {"h": "1"}, b"mine"], [b"d", None, None, None]]
+    assert ids.prepare_retry("topic_publish", {"topic": "t", "messages": entries})
+    assert [len(e) for e in entries] == [4, 4, 4, 4]
+    assert entries[1][:3] == [b"b", b"k", None] and entries[2] == [b"c", None, {"h": "1"}, b"mine"]
+    assert all(type(e[3]) is bytes and len(e[3]) == 16 for e in (entries[0], entries[1], entries[3]))
+    queue: list[list[Any]] = [[b"a"]]
+    assert ids.prepare_retry("publish", {"queue": "q", "messages": queue}) and len(queue[0]) == 6
+    steps: list[Any] = [{"op": "topic_publish", "topic": "t", "messages": [[b"x"]]}]
+    assert not ids.prepare_retry("txn", {"steps": steps}) and steps[0]["messages"] == [[b"x"]]
+
+
 def test_spill_needs_reconnect(tmp_path: Any) -> None:
     from client.spill import Spill
 
@@ -95,6 +110,33 @@ def test_a_publish_whose_reply_was_lost_is_stored_once(backend: str, sync_broker
     run(backend, main)
     with SyncClient(sync_broker_addr) as lg:
         assert [m.body for m in lg.peek(q, 10)] == [b"exactly once", b"b1", b"b2"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_topic_publish_whose_reply_was_lost_is_stored_once(backend: str, sync_broker_addr: tuple[str, int]) -> None:
+    """The rule of ``publish`` for ``publish_topic``: sent again with the same dedup ids,
+    the retry's reply names every message as stored before the loss. The control: a
+    topic that keeps no dedup ids stores the retried message twice."""
+    t, u = qname(), qname()
+
+    async def main() -> None:
+        async with cut_proxy(sync_broker_addr) as proxy, Client.connect(proxy.addr, reconnect=FAST) as c:
+            await c.create_topic(t)
+            await c.create_topic(u, dedup_window_ms=0)
+            proxy.cut_reply_to("topic_publish")
+            with anyio.fail_after(30):
+                lost = await c.publish_topic(t, [b"once", TopicMessage(b"mine", dedup_id=b"order-1")])
+                after = await c.publish_topic(t, [b"next"])
+            assert (c.reconnects, c.publishes_retried) == (1, 1)
+            assert (lost.count, lost.duplicates, lost.message_ids()) == (0, ((0, 1), (1, 2)), [1, 2])
+            assert (after.first_id, after.count) == (3, 1)
+            assert (await c.topic_stats(t)).published == 3
+            proxy.cut_reply_to("topic_publish")
+            with anyio.fail_after(30):
+                await c.publish_topic(u, [b"twice"])
+            assert (await c.topic_stats(u)).published == 2
+
+    run(backend, main)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

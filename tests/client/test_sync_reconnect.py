@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from client import ConnectionClosed, SyncClient
+from client import ConnectionClosed, SyncClient, TopicMessage
 from client.backoff import Reconnect
 from tests.broker_process import BrokerProcess
 
@@ -87,6 +87,22 @@ def test_a_publish_whose_reply_was_lost_is_stored_once(sync_broker_addr: tuple[s
         assert [len(res.message_ids()) for res in results] == [2, 2, 1]     # stored now or before the loss
         assert [m.body for m in lg.peek(q, 10)] == [b"exactly once", *(b"m%d" % i for i in range(5))]
         assert lg.queue_stats(r).ready == 2
+
+
+def test_a_topic_publish_whose_reply_was_lost_is_stored_once(sync_broker_addr: tuple[str, int]) -> None:
+    t = qname()
+    with proxy_to(sync_broker_addr) as (proxy, portal), SyncClient(proxy.addr, reconnect=FAST) as lg:
+        lg.create_topic(t, 2)
+        proxy.cut_reply_to("topic_publish")
+        lost = lg.publish_topic(t, [b"once", TopicMessage(b"mine", b"k", dedup_id=b"order-1")])
+        assert (lg.reconnects, lg.publishes_retried, proxy.accepted) == (1, 1, 2)
+        assert (lost.count, lost.duplicates) == (0, ((0, 1), (1, 2)))
+        assert lg.topic_stats(t).published == 2
+        txn = lg.transaction().publish_topic(t, [b"in a txn"])
+        proxy.cut_reply_to("txn")
+        with pytest.raises(ConnectionClosed):                          # a txn is not retried
+            txn.commit()
+        assert lg.topic_stats(t).published == 3
 
 
 def test_other_requests_in_flight_raise_and_the_next_one_reconnects(sync_broker_addr: tuple[str, int]) -> None:

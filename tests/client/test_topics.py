@@ -40,6 +40,24 @@ async def test_fan_out_to_groups_each_at_its_own_pace(api: Any) -> None:
     assert isinstance(group, GroupStats) and (group.lag, group.delivery.acked) == (0, 2)
 
 
+async def test_dedup_ids_make_a_topic_publish_idempotent(api: Any) -> None:
+    """SPEC §5.23: an entry whose dedup id the topic remembers stores nothing and is named
+    in ``duplicates`` with the topic-wide id of the message published first."""
+    topic = qname("topic")
+    assert await api.create_topic(topic, 2, dedup_window_ms=60_000)
+    assert not await api.create_topic(topic, 2, dedup_window_ms=60_000)
+    assert (await api.topic_stats(topic)).dedup_window_ms == 60_000
+    await api.create_group(topic, "g", start="earliest")
+    first = await api.publish_topic(topic, [TopicMessage(b"a", b"k", {"h": "1"}, dedup_id=b"order-1"), b"plain"])
+    assert (first.first_id, first.count, first.duplicates) == (1, 2, ())
+    again = await api.publish_topic(topic, [b"new", TopicMessage(b"a again", dedup_id="order-1")])
+    assert (again.first_id, again.count, again.duplicates) == (3, 1, ((1, 1),))
+    assert again.message_ids() == [3, 1]
+    delivered = await api.consume(group_queue(topic, "g"), 10)
+    assert sorted(d.body for d in delivered) == [b"a", b"new", b"plain"]
+    assert (await api.topic_stats(topic)).published == 3
+
+
 async def test_a_filter_seek_and_limits(api: Any) -> None:
     topic = qname("topic")
     await api.create_topic(topic, retention="limits", max_messages=3)
