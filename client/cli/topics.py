@@ -130,7 +130,8 @@ def topic() -> None:
 
     A topic keeps each message in the shard its key picks, at that shard's next offset,
     until its groups are done with it (retention interest), until its age, byte or
-    message limit lets go of it (limits), or the first of the two (both). Groups:
+    message limit lets go of it (limits), or the first of the two (both). A message
+    published with a dedup id is stored once within the topic's dedup window. Groups:
     `brokerctl group ...`.
     """
 

@@ -51,7 +51,7 @@ object with "op" and that op's arguments as in SPEC.md §5.28:
 
 A message is its body (a string, sent as UTF-8, or {"base64": "..."}) or an object with
 "body" and the message's other fields (publish: key, priority, delay_ms, ttl_ms,
-dedup_id, deliver_at, after; topic_publish: key, headers); key and dedup_id are written
+dedup_id, deliver_at, after; topic_publish: key, headers, dedup_id); key and dedup_id are written
 like a body. An ack step may name a consumer group as TOPIC/GROUP."""
 
 

@@ -143,6 +143,20 @@ def test_a_duplicate_and_a_group_ack_in_text(ctl: Ctl) -> None:
     assert ctl.json("group", "stats", topic, "billing")["acked"] == 1
 
 
+def test_a_topic_publish_step_with_dedup_ids(ctl: Ctl) -> None:
+    topic = qname()
+    ctl.run("topic", "create", topic)
+    ctl.run("topic", "publish", topic, "first", "--dedup-id", "d1")
+    steps = [{"op": "topic_publish", "topic": topic,
+              "messages": [{"body": "again", "dedup_id": "d1"}, {"body": "new", "dedup_id": {"base64": "AAE="}}]}]
+    assert ctl.run("txn", "-", input=json.dumps(steps)).stdout.splitlines() == [
+        f"step 0 topic_publish {topic}: ids 2; 1 duplicate of 1"]
+    assert ctl.json("txn", "-", input=json.dumps(steps)) == {"results": [
+        {"step": 0, "op": "topic_publish", "topic": topic, "first_id": 3, "count": 0,
+         "duplicates": [[0, 1], [1, 2]]}]}
+    assert ctl.json("topic", "stats", topic)["published"] == 2
+
+
 def test_a_conflict_names_the_step_and_the_ids_and_applies_nothing(ctl: Ctl) -> None:
     src, dst = qname(), qname()
     for queue in (src, dst):
