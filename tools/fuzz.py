@@ -701,18 +701,22 @@ class Security:
     client_hello: bytes = b""
 
 
-def write_users_file(path: Path) -> None:
-    """The run's users file: ``ADMIN_USER`` with every permission, ``LIMITED_USER`` with
+def run_users() -> Users:
+    """The run's users: ``ADMIN_USER`` with every permission, ``LIMITED_USER`` with
     ``LIMITED_PERMISSIONS``; each with ``PASSWORD`` (SCRAM-SHA-256) and a token."""
     every = Patterns.of(["*"])
     limited = {name: Patterns.of(patterns) for name, patterns in LIMITED_PERMISSIONS.items()}
-    users = Users({
+    return Users({
         ADMIN_USER: User(name=ADMIN_USER, scram=ScramSecret.from_password(PASSWORD),
                          tokens=(token_hash(ADMIN_TOKEN),), publish=every, consume=every, admin=every),
         LIMITED_USER: User(name=LIMITED_USER, scram=ScramSecret.from_password(PASSWORD),
                            tokens=(token_hash(LIMITED_TOKEN),), **limited),
     })
-    path.write_text(dump(users))
+
+
+def write_users_file(path: Path) -> None:
+    """The run's users file (``run_users``), readable by its owner only."""
+    path.write_text(dump(run_users()))
     path.chmod(0o600)
 
 

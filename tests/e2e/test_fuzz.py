@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.commands import COMMANDS
+from broker.live import Live
 from protocol import Encoder, Error, ErrorCode, Op
 from tools import fuzz, fuzzcommands
 from tools.procs import ROOT
@@ -186,13 +188,51 @@ def command_target() -> Callable[[bytes], None]:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-@given(run=fuzz.frame_runs)
+@given(scenario=st.sampled_from(fuzzcommands.SCENARIOS), run=fuzz.frame_runs)
 def test_command_validation_raises_only_protocol_errors(command_target: Callable[[bytes], None],
-                                                        run: list[fuzz.Input]) -> None:
-    """The atheris target under hypothesis: every frame a run of the broker fuzz sends,
-    through the registry and the batch fast path, then logged and replayed: a reply or a
-    typed refusal, never another exception, and replay gives the same state."""
-    command_target(b"".join(x.data for x in run))
+                                                        scenario: Any, run: list[fuzz.Input]) -> None:
+    """The atheris target under hypothesis: a scenario (held consumes, subscriptions, time
+    passing), then every frame a run of the broker fuzz sends, through the live path with
+    auth off and as the limited user, then replayed: a reply or a typed refusal, never
+    another exception, and replay gives the same state."""
+    command_target(fuzzcommands.scenario_bytes(scenario) + b"".join(x.data for x in run))
+
+
+def test_the_scenarios_reach_held_consumes_subscriptions_timers_and_permissions() -> None:
+    stats: Counter[str] = Counter()
+    target = fuzzcommands.build_target(stats)
+    for scenario in fuzzcommands.SCENARIOS:
+        target(fuzzcommands.scenario_bytes(scenario))
+    # Each scenario runs twice: auth off, and as the limited user (who may not publish to dl).
+    assert stats["held"] >= 4 and 0 < stats["answered"] <= stats["held"]
+    assert stats["subscriptions"] >= 2 * 6 and stats["pushes"] >= stats["subscriptions"] // 2
+    assert stats["timers"] > 0 and stats["released"] > 0
+    assert stats["PERMISSION_DENIED"] > 0
+
+
+@pytest.fixture
+def unlogged_timers() -> Iterator[None]:
+    """Lease expiries, delays and times to live applied without being logged."""
+    run_due = Live.run_due
+
+    def applied_only(self: Live) -> bool:
+        changes = self.state.due(self.clock.now_ms())
+        for m in changes:
+            self.state.apply(m)
+        return bool(changes)
+
+    Live.run_due = applied_only  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Live.run_due = run_due  # type: ignore[method-assign]
+
+
+def test_the_command_target_compares_what_time_changed(command_target: Callable[[bytes], None],
+                                                       unlogged_timers: None) -> None:
+    leases_run_out = next(s for s in fuzzcommands.SCENARIOS if any(rid == 131071 for rid, _, _ in s))
+    with pytest.raises(AssertionError, match="differs from the state replayed"):
+        command_target(fuzzcommands.scenario_bytes(leases_run_out))
 
 
 @pytest.fixture
