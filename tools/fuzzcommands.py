@@ -75,7 +75,7 @@ SETUP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("group_create", {"topic": "fzt", "group": "g"}),
     ("publish", {"queue": "fz", "messages": [[b"a"], [b"b", b"k"]]}),
     ("consume", {"queue": "fz", "max": 1}),
-    ("topic_publish", {"topic": "fzt", "messages": [[b"t"]]}),
+    ("topic_publish", {"topic": "fzt", "messages": [[b"t"], [b"u", None, None, b"fz-1"]]}),
 )
 
 
