@@ -203,3 +203,11 @@ def test_txn_steps_take_dedup_ids(world: World) -> None:
         {"op": "topic_publish", "topic": "t", "messages": [entry(b"x", b"")]}])
     assert error.details["step"] == 0
     same_after_restart(world)
+
+
+def test_deleting_the_topic_forgets_its_ids(world: World) -> None:
+    world.call("topic_publish", topic="t", messages=[entry(b"a", b"d")])
+    world.call("topic_delete", topic="t")
+    world.call("topic_create", topic="t", shards=2)
+    assert world.call("topic_publish", topic="t", messages=[entry(b"a", b"d")]) == {"first_id": 1, "count": 1}
+    same_after_restart(world)
