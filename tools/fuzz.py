@@ -226,6 +226,12 @@ _headers = st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), w
 
 
 _mechanisms = st.sampled_from(("TOKEN", "SCRAM-SHA-256", "PLAIN"))
+#: Well-formed transactions, so that some reach past the steps' checks (with --auth, to
+#: their permissions: the limited user may not publish to dl).
+_STEPS = ([{"op": "ack", "queue": "fz", "ids": [1]}],
+          [{"op": "publish", "queue": "dl", "messages": [[b"x"]]}, {"op": "ack", "queue": "fz", "ids": [2]}],
+          [{"op": "topic_publish", "topic": "fzt", "messages": [[b"t"]]}, {"op": "publish", "queue": "fz",
+                                                                          "messages": [[b"y"]]}])
 
 
 def _plausible(name: str) -> st.SearchStrategy[Any]:
@@ -254,7 +260,7 @@ def _plausible(name: str) -> st.SearchStrategy[Any]:
                                      optional={"queue": st.sampled_from(NAMES), "topic": st.sampled_from(NAMES),
                                                "ids": _id_lists, "messages": _plausible("messages"),
                                                "extra": wild})
-        return st.lists(st.one_of(step, wild), max_size=5)
+        return st.one_of(st.lists(st.one_of(step, wild), max_size=5), st.sampled_from(_STEPS))
     if name == "versions":
         return st.lists(_ints, max_size=3)
     return _ints
@@ -397,8 +403,9 @@ class Mutator:
         self.rng = rng
         #: Argument values seen in generated requests (bounded), for wrong-type swaps.
         self.values: list[Any] = list(_REPLACEMENTS)
-        #: The same, by argument name (bounded each).
-        self.by_name: dict[str, list[Any]] = {}
+        #: The same, by argument name (bounded each); well-formed transactions to start
+        #: with (hypothesis seldom draws one in a long run of frames).
+        self.by_name: dict[str, list[Any]] = {"steps": list(_STEPS)}
         self.frames: list[Input] = []
         self.raw: list[Input] = []
         #: Frames of ops with arguments that the broker answered with a reply, not an

@@ -81,20 +81,20 @@ SETUP: tuple[tuple[str, dict[str, Any]], ...] = (
 
 class _Log:
     """The write-ahead log as the live path uses it (``append``, ``appended_lsn``,
-    ``failed``): it keeps each record's type and payload, for replay."""
+    ``failed``): it keeps each record's type and payload (``decode``: the WAL's
+    ``decode_record``), for replay."""
 
     failed = False
     failure = None
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], tuple[int, bytes]]) -> None:
+        self.decode = decode
         self.types = bytearray()
         self.payloads: list[bytes] = []
         self.appended_lsn = 0
 
     def append(self, record: bytes) -> int:
-        from broker.wal import decode_record
-
-        rtype, payload = decode_record(record)
+        rtype, payload = self.decode(record)
         self.types.append(rtype)
         self.payloads.append(payload)
         self.appended_lsn += len(record)
@@ -172,6 +172,7 @@ def build_target(stats: Counter[str] | None = None) -> Callable[[bytes], None]:
     from broker.state import BrokerState
     from broker.subscriptions import Subscription, Subscriptions
     from broker.waiting import Holds
+    from broker.wal import decode_record
     from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
 
     from tools import fuzz
@@ -215,7 +216,7 @@ def build_target(stats: Counter[str] | None = None) -> Callable[[bytes], None]:
         """``data`` as one connection of ``user`` ("": auth off) sends it (the module docs)."""
         sess = session(user)
         clock = _Clock(NOW_MS)
-        log = _Log()
+        log = _Log(decode_record)
         woken: list[bool] = [False]
         live = Live(fresh(), log, config, clock, _Room(), None,  # type: ignore[arg-type]
                     lambda queues: woken.__setitem__(0, True), lambda: None)
