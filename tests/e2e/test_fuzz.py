@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -171,7 +172,8 @@ def test_the_command_validation_under_atheris(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "tools.fuzzcommands", "--runs", "1000", "--seeds", "40"], cwd=tmp_path,
                           capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    assert b"Done 1000 runs" in done.stderr
+    runs = re.search(rb"Done (\d+) runs", done.stderr)  # libFuzzer may count a few more
+    assert runs is not None and int(runs.group(1)) >= 1000
     assert b"INFO: Instrumenting broker.commands" in done.stderr
     assert list(tmp_path.glob("crash-*")) == []
 
