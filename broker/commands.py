@@ -816,9 +816,7 @@ def _deduplicated_run(queue: Queue, items: list[bytes | tuple[bytes, bytes]],
     for item in items:
         if type(item) is tuple:
             body, dedup_id = item
-            earlier = stored.get(dedup_id)
-            if earlier is None:
-                earlier = queue.dedup.duplicate_of(dedup_id, now)
+            earlier = queue.dedup.first_of(dedup_id, now, stored)
             if earlier is not None:
                 results.append({"first_id": next_id + len(bodies), "count": 0, "duplicates": [[0, earlier]]})
                 continue
@@ -894,9 +892,7 @@ def _publish_entries(queue: Queue, entries: list[Any], now: int, max_message: in
             after = _dependencies(after, f"messages[{index}].after", queue, next_id + len(bodies), queues)
         sizes.append(body)
         if dedup and dedup_id is not None:
-            earlier = batch.get(dedup_id)
-            if earlier is None:
-                earlier = queue.dedup.duplicate_of(dedup_id, now)
+            earlier = queue.dedup.first_of(dedup_id, now, batch)
             if earlier is not None:
                 duplicates.append([index, earlier])
                 continue

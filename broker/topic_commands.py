@@ -128,9 +128,7 @@ def topic_publish(session: Session, args: Args, ctx: Context) -> Outcome:
                 raise invalid(f"messages[{index}].dedup_id",
                               f"dedup_id must be binary (msgpack bin) of 1 to {MAX_DEDUP_ID} bytes, or nil")
             if dedup:
-                earlier = batch.get(dedup_id)
-                if earlier is None:
-                    earlier = held.dedup.duplicate_of(dedup_id, now)
+                earlier = held.dedup.first_of(dedup_id, now, batch)
                 if earlier is not None:
                     duplicates.append([index, earlier])
                     continue

@@ -49,6 +49,7 @@ import click
 
 from client.cli.common import Progress
 from protocol import GROUP_SEPARATOR, GROUP_WINDOW, Connection, Encoder, Error, Push, Reply
+from tools import tlscerts
 
 BODY_SIZE = 128
 #: What ``--metrics`` adds to the command line of the second broker.
@@ -686,19 +687,12 @@ def instructions_per_message(workdir: Path, args: tuple[str, ...] = (),
 
 
 def throwaway_tls(workdir: Path) -> tuple[tuple[str, ...], ssl.SSLContext]:
-    """``--tls``: brokerd's TLS flags for a fresh self-signed CA's certificate for
-    127.0.0.1, and a client context trusting that CA."""
+    """``--tls``: brokerd's TLS flags for a fresh CA's certificate for 127.0.0.1, and a
+    client context trusting that CA (``tools.tlscerts``)."""
     try:
-        import trustme
+        return tlscerts.throwaway_tls(workdir)
     except ImportError:
         raise click.UsageError("--tls makes its certificate with trustme: pip install -e '.[bench]'") from None
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    (workdir / "tls-cert.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(workdir / "tls-key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return ("--tls-cert", str(workdir / "tls-cert.pem"), "--tls-key", str(workdir / "tls-key.pem")), client
 
 
 def compare_metrics(workdir: Path, policies: list[str], sizes: dict[str, int], runs: int,

@@ -99,6 +99,7 @@ from protocol import Connection, Encoder, Error, ErrorCode, Op, ProtocolError, P
 from protocol.scram import ScramSecret
 from protocol.users import Patterns, User, Users, dump, token_hash
 from tools.procs import ROOT, BrokerProcess
+from tools.tlscerts import throwaway_tls
 
 #: The argument names of every op, as SPEC §5 lists them (a test checks them against
 #: the broker's registry).
@@ -726,20 +727,6 @@ def write_users_file(path: Path) -> None:
     """The run's users file (``run_users``), readable by its owner only."""
     path.write_text(dump(run_users()))
     path.chmod(0o600)
-
-
-def throwaway_tls(where: Path) -> tuple[tuple[str, ...], ssl.SSLContext]:
-    """brokerd's TLS flags for a certificate of a fresh CA (``trustme``) for 127.0.0.1,
-    and a client context trusting that CA."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    (where / "tls-cert.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(where / "tls-key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return ("--tls-cert", str(where / "tls-cert.pem"), "--tls-key", str(where / "tls-key.pem")), client
 
 
 def client_hello(tls: ssl.SSLContext) -> bytes:

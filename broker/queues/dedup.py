@@ -44,6 +44,13 @@ class DedupIds(dict[bytes, int]):
             return None
         return entry & _ID_MASK
 
+    def first_of(self, dedup_id: bytes, now_ms: int, batch: dict[bytes, int]) -> int | None:
+        """The id of the message first published with ``dedup_id``: by an earlier entry
+        of the same publish (``batch``: its dedup ids -> the ids they got), else within
+        the window (``duplicate_of``). Reads only."""
+        earlier = batch.get(dedup_id)
+        return earlier if earlier is not None else self.duplicate_of(dedup_id, now_ms)
+
     def remember(self, first_id: int, dedup_ids: list[bytes | None], now_ms: int) -> None:
         """Messages ``first_id, first_id + 1, ...`` were published at ``now_ms`` with these
         dedup ids (None: none). Entries whose window has passed by ``now_ms`` are
