@@ -7,8 +7,9 @@ connection. A session must therefore be safe to start over, and each one here is
 
 - **the producer** asks the topic how many orders it holds (``topic_stats``'s
   ``published``; it is the topic's only publisher and each publish is atomic) and goes
-  on from there, so an order whose publish was cut off is sent again only if the
-  broker did not store it;
+  on from there; and each order carries a dedup id (``order-N``), so even a batch sent
+  again whose first send the broker did store is stored once (its orders come back as
+  ``duplicates``, SPEC §8.9);
 - **a worker** keeps the work it had transformed but not seen committed (``pending``)
   and sends that transaction again first. Whatever happened to the first one, the
   second cannot double it: if the first committed, its acks now find the orders not
@@ -106,9 +107,16 @@ async def produce(client: Client, topic: str, orders: list[Order], batch: int, p
         say("resume", role="producer", published=held, next_order=held + 1)
     for i in range(held, len(orders), batch):
         chunk = orders[i:i + batch]
-        result = await client.publish_topic(topic, [TopicMessage(encode(o), key=o.customer) for o in chunk])
-        say("published", first_id=result.first_id, count=result.count, orders=f"{chunk[0].order}-{chunk[-1].order}")
+        result = await client.publish_topic(topic, [TopicMessage(encode(o), key=o.customer, dedup_id=order_id(o))
+                                                     for o in chunk])
+        say("published", first_id=result.first_id, count=result.count, orders=f"{chunk[0].order}-{chunk[-1].order}",
+            **({"duplicates": len(result.duplicates)} if result.duplicates else {}))
         await trio.sleep(pace_s)  # orders trickle in
+
+
+def order_id(order: Order) -> bytes:
+    """An order's dedup id: the topic stores an order published twice only once."""
+    return f"order-{order.order}".encode()
 
 
 # --- the workers --------------------------------------------------------------------------

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from client import SyncClient
+from broker.server import Broker
+from client import Client, SyncClient, TopicMessage
+from examples.partitioned.orders import encode, make_orders
+from examples.partitioned.pipeline import order_id, produce
 
 from ..broker_process import BrokerProcess
 from .programs import Event, Running, named, run
@@ -98,3 +101,18 @@ def test_demo_crashes_and_restarts_its_own_broker(tmp_path: Path) -> None:
     assert 30 <= crash["committed"]["enrich"] < orders
     summary = check_exactly_once(events, orders)
     assert summary["reconnects"] >= 1
+
+
+async def test_the_producer_sent_again_from_the_start_stores_each_order_once(broker: Broker) -> None:
+    """A producer session that starts over from an order the topic already holds (as a
+    second producer, or one whose ``published`` count was stale, would): the orders'
+    dedup ids keep one copy of each."""
+    orders = make_orders(12, customers=3, seed=7)
+    async with Client.connect(broker.addr) as client:
+        await client.create_topic("orders", shards=2)
+        await produce(client, "orders", orders[:8], batch=4, pace_s=0)
+        again = await client.publish_topic(
+            "orders", [TopicMessage(encode(o), key=o.customer, dedup_id=order_id(o)) for o in orders[4:12]])
+        assert (again.count, [index for index, _ in again.duplicates]) == (4, [0, 1, 2, 3])
+        stats = await client.topic_stats("orders")
+    assert stats.published == 12  # not 16
