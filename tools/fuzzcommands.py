@@ -5,7 +5,7 @@
     python -m tools.fuzzcommands crash-1f2e...      # run one input again, with its traceback
 
 Each input is the bytes a connection would send, run twice: as a connection with auth off,
-and as one authenticated as ``tools.fuzz.LIMITED_USER`` (auth on, the broker fuzz's users:
+and as one authenticated as ``tools.fuzzinputs.LIMITED_USER`` (auth on, the broker fuzz's users:
 grants on some of the fuzzed names and not others, so ``PERMISSION_DENIED`` comes up on
 every op that needs a permission). ``protocol``'s server-side ``Connection`` cuts the
 bytes into frames, and they run through the broker's own live path (``broker/live.py``:
@@ -43,7 +43,7 @@ leased), ``dl`` and ``fzt/g`` (topic ``fzt``, group ``g``). atheris instruments
 ``protocol`` and ``broker`` as they are imported (the branches taken and the operands
 of comparisons guide libFuzzer's byte mutations); the seed corpus is ``SCENARIOS``
 (held consumes, subscriptions, time passing) and hypothesis-drawn runs of frames of
-every op (``tools.fuzz.frame_runs``), and a libFuzzer dictionary holds the op and
+every op (``tools.fuzzinputs.frame_runs``), and a libFuzzer dictionary holds the op and
 argument names, the fuzzed names and the enumerated values as msgpack strings.
 
 The test suite runs 1,000 inputs under atheris, the scenarios, and 100 hypothesis runs
@@ -175,7 +175,7 @@ def build_target(stats: Counter[str] | None = None) -> Callable[[bytes], None]:
     from broker.wal import decode_record
     from protocol import NEED_DATA, Connection, Encoder, ErrorCode, ProtocolError, Request
 
-    from tools import fuzz
+    from tools import fuzz, fuzzinputs
 
     config = BrokerConfig()
     encoder = Encoder()
@@ -333,7 +333,7 @@ def build_target(stats: Counter[str] | None = None) -> Callable[[bytes], None]:
 
     def one(data: bytes) -> None:
         one_session(data, "")
-        one_session(data, fuzz.LIMITED_USER)
+        one_session(data, fuzzinputs.LIMITED_USER)
 
     return one
 
@@ -347,7 +347,7 @@ def write_seeds(corpus: Path, dictionary: Path, examples: int = 300, seed: int =
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as with_seed
 
-    from tools import fuzz
+    from tools import fuzzinputs
 
     corpus.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -355,7 +355,7 @@ def write_seeds(corpus: Path, dictionary: Path, examples: int = 300, seed: int =
     @with_seed(seed)
     @settings(max_examples=examples, phases=[Phase.generate], database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(fuzz.frame_runs)
+    @given(fuzzinputs.frame_runs)
     def one(run: list[Any]) -> None:
         nonlocal written
         (corpus / f"seed-{written:05d}").write_bytes(b"".join(x.data for x in run))
@@ -365,7 +365,7 @@ def write_seeds(corpus: Path, dictionary: Path, examples: int = 300, seed: int =
     for i, scenario in enumerate(SCENARIOS):
         (corpus / f"scenario-{i:02d}").write_bytes(scenario_bytes(scenario))
         written += 1
-    words = {*fuzz.OP_ARGS, *(n for names in fuzz.OP_ARGS.values() for n in names), *fuzz.NAMES,
+    words = {*fuzzinputs.OP_ARGS, *(n for names in fuzzinputs.OP_ARGS.values() for n in names), *fuzzinputs.NAMES,
              "earliest", "latest", "fifo", "lifo", "priority", "round_robin", "drop", "dead_letter",
              "reject", "fixed", "exponential", "ready", "leased", "delayed", "SCRAM-SHA-256", "TOKEN"}
     lines = []

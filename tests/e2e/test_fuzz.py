@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from broker.commands import COMMANDS
 from broker.live import Live
 from protocol import Encoder, Error, ErrorCode, Op
-from tools import fuzz, fuzzcommands
+from tools import fuzz, fuzzcodec, fuzzcommands, fuzzinputs
 from tools.procs import ROOT
 
 
 def test_the_op_table_names_every_op_and_its_arguments() -> None:
-    assert set(fuzz.OP_ARGS) == set(Op)
-    assert {op: set(names) for op, names in fuzz.OP_ARGS.items()} == {
+    assert set(fuzzinputs.OP_ARGS) == set(Op)
+    assert {op: set(names) for op, names in fuzzinputs.OP_ARGS.items()} == {
         op: set(c.fields) for op, c in COMMANDS.items()}
 
 
@@ -74,7 +74,7 @@ def test_a_plain_client_on_the_tls_port_refused_otherwise_is_a_finding() -> None
     fuzzer.report = fuzz.Report()
     fuzzer.timeout = 5.0
     enc = Encoder()
-    plain = fuzz.Input(fuzz._HELLO, "plain-on-tls")
+    plain = fuzzinputs.Input(fuzz._HELLO, "plain-on-tls")
     for answer in (enc.error(None, ErrorCode.MALFORMED_FRAME, "TLS required", {"tls": "required"}),
                    enc.error(None, ErrorCode.MALFORMED_FRAME, "not a frame", {}), b""):
         ours, theirs = socket.socketpair()
@@ -90,25 +90,25 @@ def test_a_plain_client_on_the_tls_port_refused_otherwise_is_a_finding() -> None
 def test_an_internal_error_reply_is_a_finding() -> None:
     fuzzer = fuzz.Fuzzer.__new__(fuzz.Fuzzer)
     fuzzer.report = fuzz.Report()
-    culprit = fuzz.Input(b"\x00\x00\x00\x01\xc0", "request", "publish", 9)
+    culprit = fuzzinputs.Input(b"\x00\x00\x00\x01\xc0", "request", "publish", 9)
     fuzzer._check(Error(id=9, code=ErrorCode.INTERNAL_ERROR, message="internal error in publish", details={}),
-                  [fuzz.Input(b"", "request", "ping", 8), culprit])
+                  [fuzzinputs.Input(b"", "request", "ping", 8), culprit])
     assert [(f.kind, f.op, f.input_hex) for f in fuzzer.report.findings] == [
         ("internal_error", "publish", culprit.data.hex())]
 
 
 def test_inputs_are_classified_as_the_server_would_read_them() -> None:
-    ping = fuzz.framed(fuzz.pack([0, 7, "ping", {}]))
-    assert fuzz.classify(ping, "request") == fuzz.Input(ping, "request", "ping", 7)
-    held = fuzz.classify(fuzz.framed(fuzz.pack([0, 8, "consume", {"queue": "fz", "wait_ms": 5}])), "request")
+    ping = fuzzinputs.framed(fuzzinputs.pack([0, 7, "ping", {}]))
+    assert fuzzinputs.classify(ping, "request") == fuzzinputs.Input(ping, "request", "ping", 7)
+    held = fuzzinputs.classify(fuzzinputs.framed(fuzzinputs.pack([0, 8, "consume", {"queue": "fz", "wait_ms": 5}])), "request")
     assert held.may_hold and not held.fatal
-    assert fuzz.classify(struct.pack(">I", 1) + b"\xc1", "mutant", True).fatal
-    shape = fuzz.classify(fuzz.framed(fuzz.pack({"not": "a request"})), "shape")
+    assert fuzzinputs.classify(struct.pack(">I", 1) + b"\xc1", "mutant", True).fatal
+    shape = fuzzinputs.classify(fuzzinputs.framed(fuzzinputs.pack({"not": "a request"})), "shape")
     assert not shape.fatal and shape.op is None
 
 
 def test_the_stream_mixes_hypothesis_inputs_and_variations_and_ends_batches_with_a_fatal_frame() -> None:
-    stream = fuzz.InputStream(seed=5, mutants=9, chunk=40)
+    stream = fuzzinputs.InputStream(seed=5, mutants=9, chunk=40)
     batches = [stream.frames(20) for _ in range(40)]
     frames = [x for b in batches for x in b]
     assert all(not x.fatal for b in batches for x in b[:-1])
@@ -119,20 +119,20 @@ def test_the_stream_mixes_hypothesis_inputs_and_variations_and_ends_batches_with
     assert {x.op for x in frames if x.op} >= {"publish", "consume", "queue_create", "txn"}
     raws = [stream.raw() for _ in range(50)]
     assert 0 < stream.raw_ratio < 0.5 and any(x.mutant for x in raws)
-    again = fuzz.InputStream(seed=5, mutants=9, chunk=40)
+    again = fuzzinputs.InputStream(seed=5, mutants=9, chunk=40)
     assert [x.data for x in again.frames(20)] == [x.data for x in batches[0]]
 
 
 def test_variations_keep_requests_mostly_well_formed() -> None:
-    mutator = fuzz.Mutator(random.Random(3))
-    mutator.feed(*fuzz.hypothesis_inputs(60, 4))
+    mutator = fuzzinputs.Mutator(random.Random(3))
+    mutator.feed(*fuzzinputs.hypothesis_inputs(60, 4))
     variations = [mutator.frame() for _ in range(2000)]
-    known = sum(x.op in fuzz.OP_ARGS for x in variations)
+    known = sum(x.op in fuzzinputs.OP_ARGS for x in variations)
     assert known > 0.5 * len(variations)
     assert 0 < sum(x.fatal for x in variations) < 0.2 * len(variations)
     # Frames the broker replied to (of ops with arguments) are varied more.
-    accepted = fuzz.classify(fuzz.framed(fuzz.pack([0, 5, "redrive", {"queue": "dl"}])), "request")
-    mutator.accept(fuzz.classify(fuzz.framed(fuzz.pack([0, 6, "ping", {}])), "request"))
+    accepted = fuzzinputs.classify(fuzzinputs.framed(fuzzinputs.pack([0, 5, "redrive", {"queue": "dl"}])), "request")
+    mutator.accept(fuzzinputs.classify(fuzzinputs.framed(fuzzinputs.pack([0, 6, "ping", {}])), "request"))
     assert mutator.accepted == {}
     mutator.accept(accepted)
     redrives = sum(mutator.frame().op == "redrive" for _ in range(1000))
@@ -147,7 +147,7 @@ def test_the_codec_under_atheris() -> None:
 
 
 def test_the_codec_corpus_holds_the_spec_examples_and_hypothesis_inputs(tmp_path: Path) -> None:
-    frames = fuzz.spec_frames()
+    frames = fuzzcodec.spec_frames()
     names = {name for name, _, _ in frames}
     assert len(names) >= 20 and {"hello", "ping", "publish-batch", "frame-too-large"} <= names
     assert {side for _, side, _ in frames} == {"request", "reply"}
@@ -179,9 +179,9 @@ def test_the_command_validation_under_atheris(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.binary(max_size=64) | fuzz.requests().map(lambda x: x.data) | fuzz.shapes().map(lambda x: x.data))
+@given(st.binary(max_size=64) | fuzzinputs.requests().map(lambda x: x.data) | fuzzinputs.shapes().map(lambda x: x.data))
 def test_the_server_codec_raises_only_protocol_errors(data: bytes) -> None:
-    fuzz.codec_target(data)
+    fuzzcodec.codec_target(data)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +190,9 @@ def command_target() -> Callable[[bytes], None]:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-@given(scenario=st.sampled_from(fuzzcommands.SCENARIOS), run=fuzz.frame_runs)
+@given(scenario=st.sampled_from(fuzzcommands.SCENARIOS), run=fuzzinputs.frame_runs)
 def test_command_validation_raises_only_protocol_errors(command_target: Callable[[bytes], None],
-                                                        scenario: Any, run: list[fuzz.Input]) -> None:
+                                                        scenario: Any, run: list[fuzzinputs.Input]) -> None:
     """The atheris target under hypothesis: a scenario (held consumes, subscriptions, time
     passing), then every frame a run of the broker fuzz sends, through the live path with
     auth off and as the limited user, then replayed: a reply or a typed refusal, never
@@ -255,4 +255,4 @@ def broken_ping() -> Iterator[None]:
 def test_the_command_target_reports_a_fault_of_a_handler(command_target: Callable[[bytes], None],
                                                          broken_ping: None) -> None:
     with pytest.raises(KeyError):
-        command_target(fuzz.framed(msgpack.packb([0, 1, "ping", {}])))
+        command_target(fuzzinputs.framed(msgpack.packb([0, 1, "ping", {}])))
