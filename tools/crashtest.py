@@ -3,7 +3,7 @@
     python -m tools.crashtest [--iterations N] [--seconds-per-iteration S] [--producers P]
                               [--consumers C] [--fsync always|interval|never]
                               [--power-cut none|drop|garbage] [--min-confirmed N]
-                              [--min-acked N] [--min-big N] [--seed N] [--data DIR] [--keep]
+                              [--min-acked N] [--min-big N] [--dedup] [--seed N] [--data DIR] [--keep]
 
 One data directory serves the whole run, so state carries across crashes. Each
 iteration starts the broker on it, verifies everything the run has confirmed so far
@@ -43,6 +43,17 @@ What is checked (violations; each must be zero):
 Publishes in flight at a kill (never confirmed) may or may not have happened; messages
 of theirs that show up are adopted as published, those that do not are forgotten.
 Acks in flight at a kill are resolved the same way.
+
+Idempotent publishing (``--dedup``). Every message carries its tag as its dedup id
+(SPEC §8.9), and a publish in flight at a kill is not left to chance: once the restart
+is verified (its drain adopted the messages of it that were stored and forgot the
+others), it is sent again with the same dedup ids. Its reply gives each message the id
+it got, or, for one the broker already had, the id of that first copy (``duplicates``):
+an adopted message must come back as a duplicate of itself, a forgotten one is
+published now; from then on the rules above hold for them as for any confirmed
+message. A body stored twice shows up as one body with two ids (``other``). The
+summary adds ``resent`` (publishes sent again) and ``duplicates`` (messages of theirs
+the broker already had).
 
 Verification (after every start): check each queue's settings and that re-declaring it
 is a no-op, then drain it: consume everything with a long visibility and ``wait_ms`` 0
@@ -320,11 +331,19 @@ class Tracker:
     def publish_confirmed(self, queue: str, bodies: Sequence[bytes], first_id: int,
                           at: float | None = None) -> None:
         """The publish reply, arriving at ``at``, gave ``bodies`` the ids ``first_id, first_id + 1, ...``."""
+        self.publish_confirmed_ids(queue, [(body, first_id + i) for i, body in enumerate(bodies)], at)
+
+    def publish_confirmed_ids(self, queue: str, ids: Sequence[tuple[bytes, int]], at: float | None = None) -> None:
+        """The publish reply, arriving at ``at``, gave each body its id: ``(body, id)``
+        (with dedup ids, a duplicate's id is that of the copy the broker already had)."""
         at = time.monotonic() if at is None else at
         with self._lock:
-            for offset, body in enumerate(bodies):
+            for body, mid in ids:
                 rec = self._by_body[queue][body]
-                if self._assign_id(rec, first_id + offset, "publish reply") and not rec.published:
+                if rec.dropped:  # found absent after a restart, and now sent again (--dedup)
+                    rec.dropped = False
+                    self._open[queue].add(rec)
+                if self._assign_id(rec, mid, "publish reply") and not rec.published:
                     rec.published = True
                     self.backlog += 1
                 if rec.known_at is None or at < rec.known_at:
@@ -594,6 +613,9 @@ class Load:
     #: Big batches confirmed in this phase (producers count them under ``lock``).
     big_confirmed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: With ``--dedup``: the run's publishes in flight at a kill, (queue, bodies,
+    #: messages), appended under ``lock``; sent again after the restart (``resend``).
+    in_flight: list[tuple[str, list[bytes], list[Message]]] | None = None
 
 
 def _run_worker(load: Load, name: str, body: Callable[[SyncClient], None]) -> None:
@@ -641,12 +663,17 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 priority = rng.randrange(10) if spec.prioritized else None
                 delay = rng.randint(1, 200) if rng.random() < 0.03 else None
                 bodies.append(tag + b"." + pad)
-                messages.append(Message(bodies[-1], key, priority, delay))
+                messages.append(Message(bodies[-1], key, priority, delay,
+                                        dedup_id=tag if load.in_flight is not None else None))
             if client.closed:
                 return
             tracker.publish_sent(spec.name, bodies)
+            ids: list[int] | None = None
             try:
-                if count == 1:
+                if load.in_flight is not None:
+                    ids = client.publish_batch(spec.name, messages).message_ids()
+                    first_id = ids[0]
+                elif count == 1:
                     m = messages[0]
                     first_id = client.publish(spec.name, m.body, key=m.key, priority=m.priority,
                                               delay_ms=m.delay_ms)
@@ -654,6 +681,9 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                     first_id = client.publish_batch(spec.name, messages).first_id
                 confirmed_at = time.monotonic()
             except ConnectionClosed:
+                if load.in_flight is not None:
+                    with load.lock:
+                        load.in_flight.append((spec.name, bodies, messages))  # sent again after the restart
                 raise  # in flight: it may or may not have happened
             except ShuttingDown:
                 tracker.publish_failed(spec.name, bodies)  # refused: it did not happen
@@ -662,7 +692,10 @@ def producer(load: Load, index: int, rng: random.Random) -> None:
                 tracker.publish_failed(spec.name, bodies)
                 tracker.violation(OTHER, f"{name}: publish to {spec.name} failed: {exc}")
                 continue
-            tracker.publish_confirmed(spec.name, bodies, first_id, confirmed_at)
+            if ids is not None:
+                tracker.publish_confirmed_ids(spec.name, list(zip(bodies, ids)), confirmed_at)
+            else:
+                tracker.publish_confirmed(spec.name, bodies, first_id, confirmed_at)
             if big:
                 with load.lock:
                     load.big_confirmed += 1
@@ -720,11 +753,13 @@ def consumer(load: Load, index: int, rng: random.Random) -> None:
 
 def run_load(addr: str, specs: tuple[QueueSpec, ...], tracker: Tracker, rng: random.Random,
              producers: int, consumers: int, iteration: int, seconds: float,
-             interrupt: Callable[[], object], progress: Progress = Progress()) -> int:
+             interrupt: Callable[[], object], progress: Progress = Progress(),
+             in_flight: list[tuple[str, list[bytes], list[Message]]] | None = None) -> int:
     """Run the workers for ``seconds`` and until they had ``progress`` (bounded by
     ``PROGRESS_TIMEOUT``), call ``interrupt`` (kill or stop the broker) while they run,
-    and wait (bounded) for them to finish. Returns the big batches confirmed."""
-    load = Load(addr, specs, tracker, threading.Event(), iteration)
+    and wait (bounded) for them to finish. Returns the big batches confirmed. With
+    ``in_flight`` (``--dedup``), publishes carry dedup ids and those cut off go there."""
+    load = Load(addr, specs, tracker, threading.Event(), iteration, in_flight=in_flight)
     confirmed0, acked0 = tracker.confirmed, tracker.acked
     threads = [
         threading.Thread(target=producer, args=(load, i, random.Random(rng.random())),
@@ -852,6 +887,29 @@ def release(client: SyncClient, spec: QueueSpec, ids: Sequence[int], tracker: Tr
             tracker.violation(OTHER, f"{spec.name}: nack after the drain missed ids {list(result.missing)[:10]}")
 
 
+def resend(client: SyncClient, in_flight: list[tuple[str, list[bytes], list[Message]]],
+           tracker: Tracker) -> tuple[int, int]:
+    """``--dedup``: send the publishes in flight at the kill again, with their dedup ids,
+    once the restart is verified, and record the id each message got (a duplicate: the
+    first copy's). Returns (the publishes sent, the messages the broker already had).
+    Workers must not run."""
+    sent = duplicates = 0
+    while in_flight:
+        queue, bodies, messages = in_flight[0]
+        try:
+            result = client.publish_batch(queue, messages)
+        except LockgateError as exc:  # none of them exists now
+            if not (isinstance(exc, QueueNotFound) and tracker.queue_may_be_gone(queue)):
+                tracker.violation(OTHER, f"resend to {queue} failed: {exc}")
+            tracker.publish_failed(queue, bodies)
+        else:
+            tracker.publish_confirmed_ids(queue, list(zip(bodies, result.message_ids())))
+            sent += 1
+            duplicates += len(result.duplicates)
+        in_flight.pop(0)
+    return sent, duplicates
+
+
 def verify(client: SyncClient, specs: Sequence[QueueSpec], tracker: Tracker) -> None:
     """The full check after a start; see the module docstring. Workers must not run."""
     check_metadata(client, specs, tracker)
@@ -897,6 +955,10 @@ class Summary:
     lost_allowed: int = 0
     resurrected_allowed: int = 0
     attempt_regressions_allowed: int = 0
+    #: ``--dedup``: publishes sent again after a kill, and messages of theirs the broker
+    #: already had (None: not asked for).
+    resent: int | None = None
+    duplicates: int = 0
 
     @property
     def ok(self) -> bool:
@@ -912,6 +974,8 @@ class Summary:
             text += (f" power_cut={self.power_cut} power_cuts={self.power_cuts} helper_syncs={self.helper_syncs} "
                      f"lost_allowed={self.lost_allowed} resurrected_allowed={self.resurrected_allowed} "
                      f"attempt_regressions_allowed={self.attempt_regressions_allowed}")
+        if self.resent is not None:
+            text += f" resent={self.resent} duplicates={self.duplicates}"
         return text
 
 
@@ -930,6 +994,7 @@ def run(
     seed: int | None = None,
     data_dir: Path | None = None,
     keep: bool = False,
+    dedup: bool = False,
     broker_args: tuple[str, ...] = (),
     progress: Progress = Progress(),
     log: Callable[[str], None] | None = None,
@@ -941,7 +1006,9 @@ def run(
     are extra broker flags (e.g. ``("--segment-bytes", "1048576")``). Every load phase
     runs until it had ``progress`` (see ``Progress``), however long it takes. ``power_cut``
     ("drop" or "garbage") simulates a power cut after every SIGKILL and after the
-    graceful stop under load (see the module docstring). ``log`` gets progress lines.
+    graceful stop under load (see the module docstring). ``log`` gets progress lines. ``dedup``:
+    publishes carry dedup ids, and those in flight at a kill are sent again after the
+    restart.
     """
     if power_cut != "none" and power_cut not in POWER_CUT_MODES:
         raise ValueError(f"unknown power-cut mode {power_cut!r}")
@@ -970,6 +1037,8 @@ def run(
     done = 0
     big_batches = 0
     helper_syncs = 0
+    in_flight: list[tuple[str, list[bytes], list[Message]]] | None = [] if dedup else None
+    resent = duplicates = 0
 
     def cut_power(strict: bool = False) -> None:
         """After the broker died or stopped: simulate a power cut, if asked to.
@@ -986,6 +1055,7 @@ def run(
         say(f"  {cut.describe()}")
 
     def start_and_verify(first: bool = False) -> str:
+        nonlocal resent, duplicates
         try:
             broker.start(timeout=START_TIMEOUT)
         except RuntimeError as exc:
@@ -996,6 +1066,9 @@ def run(
                 if first:
                     create_queues(admin, specs, tracker)
                 verify(admin, specs, tracker)
+                if in_flight:
+                    sent, known = resend(admin, in_flight, tracker)
+                    resent, duplicates = resent + sent, duplicates + known
         except (ConnectionClosed, OSError, LockgateError) as exc:
             tracker.violation(OTHER, f"verification could not talk to the broker: {exc!r}; "
                                      f"log: {broker.log_tail(1000)}")
@@ -1012,7 +1085,7 @@ def run(
             addr = start_and_verify(first=iteration == 0)
             kill_after = rng.uniform(0.3, 1.0) * seconds_per_iteration
             big_batches += run_load(addr, specs, tracker, rng, producers, consumers, iteration, kill_after,
-                                    broker.kill, progress)
+                                    broker.kill, progress, in_flight)
             kills += 1
             done += 1
             say(f"iteration {iteration + 1}: killed after {kill_after:.2f}s or later; confirmed={tracker.confirmed} "
@@ -1022,7 +1095,7 @@ def run(
         addr = start_and_verify(first=iterations == 0)
         big_batches += run_load(addr, specs, tracker, rng, producers, consumers, iterations,
                                 rng.uniform(0.3, 1.0) * seconds_per_iteration,
-                                lambda: stop_cleanly("stop under load"), progress)
+                                lambda: stop_cleanly("stop under load"), progress, in_flight)
         cut_power(strict=True)  # a clean stop synced everything: the cut may take nothing
         start_and_verify()
         stop_cleanly("final stop")
@@ -1039,6 +1112,7 @@ def run(
         big_batches=big_batches, power_cut=power_cut, power_cuts=tracker.power_cuts, helper_syncs=helper_syncs,
         lost_allowed=tracker.allowed[LOST], resurrected_allowed=tracker.allowed[RESURRECTED],
         attempt_regressions_allowed=tracker.allowed[REGRESSION],
+        resent=resent if dedup else None, duplicates=duplicates,
     )
     if temp is not None:
         if keep or not summary.ok:
@@ -1079,18 +1153,21 @@ def report(summary: Summary, out: Callable[[str], None] = print) -> None:
               help="Messages each load phase must have acked (confirmed) before the kill.")
 @click.option("--min-big", default=0, show_default=True, type=click.IntRange(0),
               help="Big batches (rounds for the sync helper) each load phase must have confirmed before the kill.")
+@click.option("--dedup", is_flag=True,
+              help="Publish with dedup ids and send the publishes in flight at each kill again after the "
+              "restart: every message must be stored once.")
 @click.option("--seed", type=int, default=None, help="Seed for the random choices (default: random).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Empty or missing data directory to use (default: a temporary one).")
 @click.option("--keep", is_flag=True, help="Keep the temporary data directory and broker log.")
 def main(iterations: int, seconds_per_iteration: float, producers: int, consumers: int, fsync: str,
-         power_cut: str, min_confirmed: int, min_acked: int, min_big: int, seed: int | None,
+         power_cut: str, min_confirmed: int, min_acked: int, min_big: int, dedup: bool, seed: int | None,
          data_dir: Path | None, keep: bool) -> None:
     """SIGKILL a loaded Lockgate broker repeatedly and check that nothing confirmed is lost."""
     try:
         summary = run(iterations=iterations, seconds_per_iteration=seconds_per_iteration,
                       producers=producers, consumers=consumers, fsync=fsync, power_cut=power_cut, seed=seed,
-                      data_dir=data_dir, keep=keep, progress=Progress(min_confirmed, min_acked, min_big),
+                      data_dir=data_dir, keep=keep, dedup=dedup, progress=Progress(min_confirmed, min_acked, min_big),
                       log=lambda text: click.echo(text, err=True))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

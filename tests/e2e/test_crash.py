@@ -74,6 +74,17 @@ def test_short_crash_run_under_fsync_always_loses_nothing(tmp_path: Path) -> Non
     assert summary.delivered >= summary.acked, detail  # every ack was of a delivery
 
 
+def test_short_crash_run_with_dedup_ids_stores_every_message_once(tmp_path: Path) -> None:
+    """``--dedup``: the publishes in flight at each kill are sent again with their dedup
+    ids after the restart, and every body is stored once (one id each)."""
+    summary = run(iterations=4, seconds_per_iteration=1.0, producers=2, consumers=2, fsync="always",
+                  seed=20261203, data_dir=tmp_path / "data", progress=PROGRESS, dedup=True)
+    detail = "\n".join([summary.line(), *summary.violations[:20]])
+    assert summary.ok, detail
+    assert summary.kills == 4, detail
+    assert summary.resent is not None and summary.resent >= 1, detail  # two producers publish all the time
+
+
 # --- the checker can fail -----------------------------------------------------------------
 
 
@@ -232,6 +243,22 @@ def test_unconfirmed_publishes_and_acks_are_resolved_by_the_drain() -> None:
     # The adopted message is now expected after every restart.
     tracker.reconcile("q", {}, at=5.0)
     assert tracker.counts[LOST] == 1, tracker.violations
+
+
+def test_a_publish_sent_again_with_dedup_ids_must_give_each_body_its_one_id() -> None:
+    tracker = Tracker()
+    tracker.declare_queue("q", ())
+    tracker.publish_sent("q", [b"stored.", b"not-stored."])  # in flight at a kill
+    tracker.reconcile("q", {1: b"stored."}, at=2.0)  # the drain adopts one, forgets the other
+
+    # Sent again (--dedup): the stored one is a duplicate of itself, the other is published now.
+    tracker.publish_confirmed_ids("q", [(b"stored.", 1), (b"not-stored.", 2)])
+    assert tracker.counts == {LOST: 0, RESURRECTED: 0, REGRESSION: 0, OTHER: 0}, tracker.violations
+    tracker.reconcile("q", {1: b"stored."}, at=3.0)  # now it must be there after a restart
+    assert tracker.counts[LOST] == 1, tracker.violations
+    # A second copy of a body (a publish sent again without its dedup ids) is caught.
+    tracker.publish_confirmed_ids("q", [(b"stored.", 7)])
+    assert tracker.counts[OTHER] == 1, tracker.violations
 
 
 # --- power cuts -----------------------------------------------------------------------------
